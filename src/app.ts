@@ -1,0 +1,171 @@
+// Wires the layers together: upstream (embedded or external), branch provider and manager, pools,
+// and the listener. The only file that knows all of them.
+import net from 'node:net';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { CatalogRoleSource } from './auth/roles.js';
+import { DatabaseProvider } from './branch/database-provider.js';
+import { BranchManager } from './branch/manager.js';
+import type { CopyMethod } from './branch/provider.js';
+import type { Config } from './config/schema.js';
+import { PoolManager } from './pool/pool.js';
+import { CancelRegistry } from './proxy/cancel.js';
+import { serveClient, type ProxyContext } from './proxy/client-session.js';
+import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
+import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
+import { openServerSession } from './upstream/server-connection.js';
+
+export interface Running {
+  /** Where clients connect. */
+  host: string;
+  port: number;
+  /** A connection string for the superuser (embedded) or a template without password (upstream). */
+  connectionString: string;
+  copyMethod: CopyMethod;
+  serverVersion: string;
+  embedded?: EmbeddedServer;
+  upstream: string;
+  stop(): Promise<void>;
+}
+
+const MAINTENANCE_DATABASE = 'postgres';
+
+export async function startPgbranch(config: Config, log: Logger): Promise<Running> {
+  let embedded: EmbeddedServer | undefined;
+  let endpoint: Endpoint;
+  let adminConfig: pg.PoolConfig;
+  if (config.upstream) {
+    const url = new URL(config.upstream);
+    endpoint = { host: url.hostname || '127.0.0.1', port: Number(url.port || 5432) };
+    adminConfig = {
+      ...pgClientConfig(endpoint),
+      user: decodeURIComponent(url.username) || 'postgres',
+      password: decodeURIComponent(url.password) || undefined,
+      database: decodeURIComponent(url.pathname.slice(1)) || MAINTENANCE_DATABASE,
+    };
+  } else {
+    embedded = await startEmbedded({
+      dataDir: config.data_dir,
+      password: config.embedded.password,
+      port: config.embedded.port,
+      maxConnections: config.pool.max_server_connections + 20,
+      log,
+    });
+    endpoint = embedded.endpoint;
+    adminConfig = {
+      ...pgClientConfig(endpoint),
+      user: embedded.superuser,
+      database: MAINTENANCE_DATABASE,
+    };
+  }
+  const admin = new pg.Pool({
+    ...adminConfig,
+    max: 4,
+    idleTimeoutMillis: 10_000,
+    application_name: 'pgbranch',
+  });
+  admin.on('error', (error) => log.warn({ err: error }, 'administrative connection failed'));
+
+  let provider: DatabaseProvider;
+  try {
+    provider = await DatabaseProvider.open(admin, embedded?.pgDataDir);
+  } catch (error) {
+    await admin.end().catch(() => undefined);
+    await embedded?.stop();
+    throw new Error(
+      `cannot use the PostgreSQL server at ${describeEndpoint(endpoint)}: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+
+  const pools = new PoolManager(
+    {
+      size: config.pool.size,
+      maxServerConnections: config.pool.max_server_connections,
+      idleTimeoutMs: config.pool.idle_timeout,
+      waitTimeoutMs: config.pool.wait_timeout,
+    },
+    (request) =>
+      openServerSession({
+        endpoint,
+        user: request.user,
+        database: request.database,
+        parameters: request.parameters,
+        login: request.login,
+        timeoutMs: config.pool.connect_timeout,
+      }),
+  );
+  const branches = new BranchManager({
+    provider,
+    drainer: pools,
+    drainTimeoutMs: config.branch.drain_timeout,
+    maintenanceDatabase: adminConfig.database ?? MAINTENANCE_DATABASE,
+    log,
+  });
+  const ctx: ProxyContext = {
+    log,
+    auth: config.auth,
+    roles: new CatalogRoleSource(admin),
+    branches,
+    pools,
+    cancels: new CancelRegistry(endpoint),
+    maxClients: config.pool.max_client_connections,
+    clients: new Set(),
+    shuttingDown: false,
+  };
+
+  const listener = net.createServer((socket) => {
+    ctx.clients.add(socket);
+    socket.once('close', () => ctx.clients.delete(socket));
+    void serveClient(socket, ctx);
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      listener.once('error', reject);
+      listener.listen(config.listen.port, config.listen.host, resolve);
+    });
+  } catch (error) {
+    pools.close();
+    await admin.end().catch(() => undefined);
+    await embedded?.stop();
+    const e = error as NodeJS.ErrnoException;
+    throw new Error(
+      e.code === 'EADDRINUSE'
+        ? `port ${config.listen.port} on ${config.listen.host} is already in use: stop what uses it or pick another with --port`
+        : `cannot listen on ${config.listen.host}:${config.listen.port}: ${e.message}`,
+      { cause: error },
+    );
+  }
+  const port = (listener.address() as net.AddressInfo).port;
+  const host = config.listen.host;
+  const hostInUrl = host.includes(':') ? `[${host}]` : host;
+  const connectionString = embedded
+    ? `postgres://${embedded.superuser}:${encodeURIComponent(embedded.password)}@${hostInUrl}:${port}/postgres`
+    : `postgres://${encodeURIComponent(String(adminConfig.user))}@${hostInUrl}:${port}/postgres`;
+
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      ctx.shuttingDown = true;
+      await new Promise<void>((resolve) => {
+        listener.close(() => resolve());
+        pools.close();
+        for (const socket of ctx.clients) socket.destroy();
+      });
+      await admin.end().catch(() => undefined);
+      await embedded?.stop();
+    })());
+
+  return {
+    host,
+    port,
+    connectionString,
+    copyMethod: provider.copyMethod,
+    serverVersion: provider.serverVersion,
+    embedded,
+    upstream: embedded
+      ? `embedded PostgreSQL ${provider.serverVersion}`
+      : describeEndpoint(endpoint),
+    stop,
+  };
+}

@@ -1,0 +1,113 @@
+// Authenticates a client against its role's verifier before anything else happens, and returns
+// what the proxy needs to log in to the server as that role (SCRAM pass-through, or the md5 hash).
+import type net from 'node:net';
+import { randomBytes, createHash } from 'node:crypto';
+import { errors, PgError } from '../errors.js';
+import {
+  authenticationMd5,
+  authenticationSasl,
+  authenticationSaslContinue,
+  authenticationSaslFinal,
+} from '../wire/backend.js';
+import type { MessageReader } from '../wire/message-reader.js';
+import type { ServerLogin } from '../upstream/server-connection.js';
+import {
+  parseScramVerifier,
+  ScramProtocolError,
+  ScramServerExchange,
+  type ScramVerifier,
+} from './scram.js';
+import { isMd5Hash, md5Verify } from './md5.js';
+import type { RoleSource } from './roles.js';
+
+export type AuthMethod = 'scram-sha-256' | 'md5' | 'trust';
+
+export interface AuthContext {
+  socket: net.Socket;
+  reader: MessageReader;
+  user: string;
+  method: AuthMethod;
+  roles: RoleSource;
+  timeoutMs: number;
+}
+
+export async function authenticateClient(ctx: AuthContext): Promise<ServerLogin> {
+  if (ctx.method === 'trust') {
+    const role = await ctx.roles.lookup(ctx.user);
+    if (!role) throw new PgError('28000', `role "${ctx.user}" does not exist`);
+    if (!role.canLogin) throw errors.cannotLogin(ctx.user);
+    return { method: 'none' };
+  }
+  const role = await ctx.roles.lookup(ctx.user);
+  const stored = role?.password ?? null;
+  let login: ServerLogin | undefined;
+  if (stored !== null && isMd5Hash(stored)) {
+    login = (await md5Exchange(ctx, stored)) ? { method: 'md5', storedHash: stored } : undefined;
+  } else {
+    // Unknown roles and roles without a password go through the same exchange with a verifier
+    // nobody knows, so that a failure does not tell an attacker which roles exist.
+    const verifier = (stored !== null && parseScramVerifier(stored)) || mockVerifier(ctx.user);
+    const keys = await scramExchange(ctx, verifier);
+    login = keys && stored !== null ? { method: 'scram', keys } : undefined;
+  }
+  if (!login || !role) {
+    if (role && stored === null) throw errors.noPassword(ctx.user);
+    throw errors.authFailed(ctx.user);
+  }
+  if (role.validUntil && role.validUntil.getTime() < Date.now()) throw errors.authFailed(ctx.user);
+  if (!role.canLogin) throw errors.cannotLogin(ctx.user);
+  return login;
+}
+
+async function md5Exchange(ctx: AuthContext, storedHash: string): Promise<boolean> {
+  const salt = randomBytes(4);
+  ctx.socket.write(authenticationMd5(salt));
+  const { body } = await ctx.reader.nextMessage(ctx.timeoutMs, 'p');
+  const response = body.subarray(0, Math.max(0, body.indexOf(0))).toString('utf8');
+  return md5Verify(storedHash, salt, response);
+}
+
+async function scramExchange(ctx: AuthContext, verifier: ScramVerifier) {
+  ctx.socket.write(authenticationSasl(['SCRAM-SHA-256']));
+  const initial = await ctx.reader.nextMessage(ctx.timeoutMs, 'p');
+  const nameEnd = initial.body.indexOf(0);
+  if (nameEnd < 0 || initial.body.length < nameEnd + 5) {
+    throw errors.protocolViolation('malformed SASLInitialResponse message');
+  }
+  const mechanism = initial.body.subarray(0, nameEnd).toString('utf8');
+  if (mechanism !== 'SCRAM-SHA-256') {
+    throw errors.protocolViolation(
+      `client selected an invalid SASL authentication mechanism "${mechanism}"`,
+    );
+  }
+  const length = initial.body.readInt32BE(nameEnd + 1);
+  const data = initial.body.subarray(nameEnd + 5);
+  if (length !== data.length)
+    throw errors.protocolViolation('malformed SASLInitialResponse message');
+  const exchange = new ScramServerExchange(verifier);
+  try {
+    ctx.socket.write(authenticationSaslContinue(exchange.first(data)));
+    const response = await ctx.reader.nextMessage(ctx.timeoutMs, 'p');
+    const result = exchange.final(response.body);
+    if (!result.ok) return undefined;
+    ctx.socket.write(authenticationSaslFinal(result.serverFinal));
+    return result.keys;
+  } catch (error) {
+    if (error instanceof ScramProtocolError) {
+      throw errors.protocolViolation(`malformed SCRAM message: ${error.message}`);
+    }
+    throw error;
+  }
+}
+
+/** A stable, secret-looking verifier for roles that have none, like PostgreSQL's mock salt. */
+const mockSecret = randomBytes(32);
+function mockVerifier(user: string): ScramVerifier {
+  const seed = createHash('sha256').update(mockSecret).update(user).digest();
+  return {
+    iterations: 4096,
+    salt: seed.subarray(0, 16),
+    storedKey: randomBytes(32),
+    serverKey: randomBytes(32),
+  };
+}

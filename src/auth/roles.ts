@@ -1,0 +1,35 @@
+// Reads what pgbranch needs to authenticate a role from the server's catalog, as PgBouncer's
+// auth_query does: the password verifier, whether it may log in, and until when.
+import type pg from 'pg';
+
+export interface RoleSecret {
+  name: string;
+  /** pg_authid.rolpassword: a SCRAM verifier, an md5 hash, or null. */
+  password: string | null;
+  canLogin: boolean;
+  validUntil: Date | null;
+}
+
+export interface RoleSource {
+  lookup(user: string): Promise<RoleSecret | undefined>;
+}
+
+export class CatalogRoleSource implements RoleSource {
+  constructor(private readonly admin: pg.Pool) {}
+
+  async lookup(user: string): Promise<RoleSecret | undefined> {
+    const { rows } = await this.admin.query<{
+      rolpassword: string | null;
+      rolcanlogin: boolean;
+      rolvaliduntil: Date | null;
+    }>('SELECT rolpassword, rolcanlogin, rolvaliduntil FROM pg_authid WHERE rolname = $1', [user]);
+    const row = rows[0];
+    if (!row) return undefined;
+    return {
+      name: user,
+      password: row.rolpassword,
+      canLogin: row.rolcanlogin,
+      validUntil: row.rolvaliduntil,
+    };
+  }
+}

@@ -1,0 +1,127 @@
+// The default provider: a branch is a database in the same cluster, made with
+// CREATE DATABASE ... TEMPLATE parent STRATEGY FILE_COPY (a metadata-only clone on PostgreSQL 18
+// with file_copy_method = clone on a copy-on-write filesystem, a file copy otherwise).
+import fs from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import type { BranchProvider, BranchRecord, CopyMethod } from './provider.js';
+import { detectCloneSupport } from './copy-on-write.js';
+
+/** Comments on branch databases start with this, followed by the branch's record as JSON. */
+export const RECORD_PREFIX = 'pgbranch:';
+
+export class DatabaseProvider implements BranchProvider {
+  private constructor(
+    private readonly admin: pg.Pool,
+    readonly copyMethod: CopyMethod,
+    readonly serverVersion: string,
+  ) {}
+
+  /**
+   * Detects how branches will be made. `localDataDir` is the server's data directory when pgbranch
+   * can see it (the embedded server, or an upstream on this machine); clone is only claimed after a
+   * real clone in it succeeded.
+   */
+  static async open(admin: pg.Pool, localDataDir?: string): Promise<DatabaseProvider> {
+    const { rows } = await admin.query<{
+      num: string;
+      version: string;
+      method: string | null;
+      dir: string | null;
+    }>(
+      `SELECT current_setting('server_version_num') AS num,
+              current_setting('server_version') AS version,
+              current_setting('file_copy_method', true) AS method,
+              (SELECT setting FROM pg_settings WHERE name = 'data_directory') AS dir`,
+    );
+    const row = rows[0]!;
+    const version = Number(row.num);
+    const dataDir = localDataDir ?? row.dir ?? undefined;
+    let copyMethod: CopyMethod;
+    if (version < 180000) {
+      copyMethod = {
+        mode: 'copy',
+        reason: `PostgreSQL ${row.version} copies files; cloning needs PostgreSQL 18 (file_copy_method = clone)`,
+      };
+    } else if (!dataDir || !fs.existsSync(path.join(dataDir, 'base'))) {
+      copyMethod = {
+        mode: 'copy',
+        reason: `the server's data directory is not visible from here, so copy-on-write can't be verified; branches are copied`,
+      };
+    } else {
+      const support = detectCloneSupport(path.join(dataDir, 'base'));
+      copyMethod = support.supported
+        ? {
+            mode: 'clone',
+            reason: `PostgreSQL ${row.version} with file_copy_method = clone; ${support.detail}`,
+          }
+        : { mode: 'copy', reason: support.detail };
+    }
+    return new DatabaseProvider(admin, copyMethod, row.version);
+  }
+
+  async exists(physical: string): Promise<boolean> {
+    const { rowCount } = await this.admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [
+      physical,
+    ]);
+    return rowCount === 1;
+  }
+
+  async sessionsOn(physical: string): Promise<number> {
+    const { rows } = await this.admin.query<{ n: string }>(
+      'SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()',
+      [physical],
+    );
+    return Number(rows[0]!.n);
+  }
+
+  async mayCreate(user: string, parentPhysical: string): Promise<boolean> {
+    const { rows } = await this.admin.query<{ ok: boolean }>(
+      `SELECT r.rolsuper OR r.rolcreatedb OR d.datdba = r.oid AS ok
+         FROM pg_roles r LEFT JOIN pg_database d ON d.datname = $2
+        WHERE r.rolname = $1`,
+      [user, parentPhysical],
+    );
+    return rows[0]?.ok === true;
+  }
+
+  async create(physical: string, parentPhysical: string, record: BranchRecord): Promise<void> {
+    const client = await this.admin.connect();
+    try {
+      await client.query(`SET file_copy_method = ${this.copyMethod.mode}`).catch(() => undefined);
+      const owner = await client.query<{ owner: string }>(
+        'SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = $1',
+        [parentPhysical],
+      );
+      const ownerClause = owner.rows[0] ? ` OWNER ${quoteIdent(owner.rows[0].owner)}` : '';
+      await client.query(
+        `CREATE DATABASE ${quoteIdent(physical)} TEMPLATE ${quoteIdent(parentPhysical)} STRATEGY FILE_COPY${ownerClause}`,
+      );
+      try {
+        await client.query(
+          `COMMENT ON DATABASE ${quoteIdent(physical)} IS ${quoteLiteral(RECORD_PREFIX + JSON.stringify(record))}`,
+        );
+      } catch (error) {
+        // A branch without its record would look like a stranger's database: all or nothing.
+        await client
+          .query(`DROP DATABASE IF EXISTS ${quoteIdent(physical)}`)
+          .catch(() => undefined);
+        throw error;
+      }
+    } finally {
+      client.release();
+    }
+  }
+
+  async drop(physical: string): Promise<void> {
+    await this.admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(physical)} WITH (FORCE)`);
+  }
+}
+
+export function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+export function quoteLiteral(text: string): string {
+  return `'${text.replace(/'/g, "''")}'`;
+}

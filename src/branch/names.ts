@@ -1,0 +1,126 @@
+// How a connection names its branch: `db@branch` in the database name, or pgbranch.branch and
+// pgbranch.parent in the `options` startup parameter; and how a branch maps to a database name.
+import { createHash } from 'node:crypto';
+import { errors, PgError } from '../errors.js';
+import { joinOptions, splitOptions } from '../wire/startup.js';
+
+export const ROOT_BRANCH = 'main';
+export const SEPARATOR = '@';
+/** PostgreSQL's identifier limit (NAMEDATALEN - 1), in bytes. */
+export const MAX_IDENTIFIER_BYTES = 63;
+export const MAX_BRANCH_LENGTH = 255;
+
+export interface BranchTarget {
+  /** The project's root database, e.g. `app`. */
+  root: string;
+  /** The branch, or undefined for the root itself (`app` and `app@main`). */
+  branch?: string;
+  /** The branch to create it from when it does not exist yet; undefined means the root. */
+  parent?: string;
+}
+
+export interface ParsedConnectTarget {
+  target: BranchTarget;
+  /** The `options` parameter without pgbranch's own settings; undefined when nothing is left. */
+  options?: string;
+}
+
+/** Reads the branch a client asks for from its database name and `options` parameter. */
+export function parseConnectTarget(database: string, options?: string): ParsedConnectTarget {
+  const at = database.indexOf(SEPARATOR);
+  const root = at < 0 ? database : database.slice(0, at);
+  const fromName = at < 0 ? undefined : database.slice(at + 1);
+  if (root.length === 0) {
+    throw errors.invalidDatabaseName(database, 'the database name before "@" is empty');
+  }
+  if (Buffer.byteLength(root) > MAX_IDENTIFIER_BYTES) {
+    throw errors.invalidDatabaseName(root, `longer than ${MAX_IDENTIFIER_BYTES} bytes`);
+  }
+  let fromOption: string | undefined;
+  let parent: string | undefined;
+  let rest = options;
+  if (options !== undefined && options.includes('pgbranch.')) {
+    const words = splitOptions(options);
+    const kept: string[] = [];
+    for (let i = 0; i < words.length; i++) {
+      const word = words[i]!;
+      let setting: string | undefined;
+      if (word === '-c' && i + 1 < words.length && words[i + 1]!.startsWith('pgbranch.')) {
+        setting = words[++i]!;
+      } else if (word.startsWith('-cpgbranch.')) setting = word.slice(2);
+      else if (word.startsWith('--pgbranch.')) setting = word.slice(2);
+      if (setting === undefined) {
+        kept.push(word);
+        continue;
+      }
+      const eq = setting.indexOf('=');
+      const name = eq < 0 ? setting : setting.slice(0, eq);
+      const value = eq < 0 ? '' : setting.slice(eq + 1);
+      if (name === 'pgbranch.branch') fromOption = value;
+      else if (name === 'pgbranch.parent') parent = value;
+      else {
+        throw new PgError(
+          '42704',
+          `unrecognized configuration parameter "${name}"`,
+          undefined,
+          'pgbranch understands pgbranch.branch and pgbranch.parent in options.',
+        );
+      }
+    }
+    rest = kept.length > 0 ? joinOptions(kept) : undefined;
+  }
+  if (fromName !== undefined && fromOption !== undefined && fromName !== fromOption) {
+    throw errors.invalidBranchName(
+      fromOption,
+      `the database name asks for branch "${fromName}" but options ask for "${fromOption}"; name one`,
+    );
+  }
+  const named = fromOption ?? fromName;
+  if (named !== undefined) validateBranchName(named);
+  if (parent !== undefined) validateBranchName(parent);
+  const branch = named === undefined || named === ROOT_BRANCH ? undefined : named;
+  const target: BranchTarget = { root };
+  if (branch !== undefined) target.branch = branch;
+  if (parent !== undefined && parent !== ROOT_BRANCH) target.parent = parent;
+  return rest === undefined ? { target } : { target, options: rest };
+}
+
+/** Branch names come from git and CI as they are; only what can't be stored or shown is refused. */
+export function validateBranchName(name: string): void {
+  if (name.length === 0) throw errors.invalidBranchName(name, 'it is empty');
+  if (name.length > MAX_BRANCH_LENGTH) {
+    throw errors.invalidBranchName(
+      `${name.slice(0, 40)}...`,
+      `it is ${name.length} characters long; the limit is ${MAX_BRANCH_LENGTH}`,
+    );
+  }
+  // eslint-disable-next-line no-control-regex -- control characters are what this looks for
+  if (/[\u0000-\u001f\u007f]/.test(name)) {
+    throw errors.invalidBranchName(name, 'it contains a control character');
+  }
+}
+
+/**
+ * The database that holds a branch: `root@branch` when that fits in 63 bytes, else a prefix of it
+ * and a hash of the whole name, so that every long name still maps to one database, always the same.
+ */
+export function physicalName(root: string, branch?: string): string {
+  if (branch === undefined || branch === ROOT_BRANCH) return root;
+  const full = `${root}${SEPARATOR}${branch}`;
+  if (Buffer.byteLength(full) <= MAX_IDENTIFIER_BYTES) return full;
+  const hash = createHash('sha256').update(full).digest('hex').slice(0, 12);
+  const suffix = `~${hash}`;
+  return truncateUtf8(full, MAX_IDENTIFIER_BYTES - suffix.length) + suffix;
+}
+
+function truncateUtf8(text: string, maxBytes: number): string {
+  let out = '';
+  let bytes = 0;
+  for (const ch of text) {
+    const size = Buffer.byteLength(ch);
+    if (bytes + size > maxBytes) break;
+    out += ch;
+    bytes += size;
+  }
+  return out;
+}

@@ -1,0 +1,93 @@
+// The text of `pgbranch --help`. Options come from the schema walk, so each key is listed with the
+// flag, variable and default it really has; only the one-line descriptions are written here.
+import { z } from 'zod';
+import { configKeys, type ConfigKey, type ConfigPath } from './load.js';
+import { duration } from './schema.js';
+
+/** One line per schema key; the type makes a key without a description a compile error. */
+export const descriptions: Record<ConfigPath, string> = {
+  'listen.host': 'Address to accept client connections on; 0.0.0.0 or :: for every interface.',
+  'listen.port': 'TCP port to accept client connections on.',
+  data_dir: "Directory for the embedded PostgreSQL and pgbranch's own state.",
+  upstream:
+    'postgres:// URL of an existing server to use instead of the embedded one (role with CREATEDB).',
+  auth: 'How clients authenticate; trust is refused unless listen.host is a loopback address.',
+  'embedded.password':
+    'Superuser password of the embedded server; generated and kept in data_dir when unset.',
+  'embedded.port': 'TCP port of the embedded server on 127.0.0.1; 0 picks a free one.',
+  'pool.size':
+    'Server connections per pool; there is a pool per branch, user and startup parameters.',
+  'pool.max_server_connections': 'Server connections across all pools.',
+  'pool.max_client_connections': 'Client connections open at once.',
+  'pool.idle_timeout': 'Idle pooled server connections are closed after this long.',
+  'pool.wait_timeout':
+    'A client waiting longer than this for a server connection gets error 53300.',
+  'pool.connect_timeout': 'Time allowed to open and authenticate one server connection.',
+  'branch.drain_timeout':
+    'How long in-flight work on a parent may take to finish before a clone gives up.',
+  'log.level': 'Least severe log messages written.',
+  'log.format': 'auto is pretty on a terminal and JSON otherwise.',
+};
+
+const units = [
+  ['d', 86_400_000],
+  ['h', 3_600_000],
+  ['m', 60_000],
+  ['s', 1000],
+] as const;
+
+/** Milliseconds as the largest whole unit a duration can be written in: 600000 -> 10m. */
+export function formatDuration(ms: number): string {
+  const unit = units.find(([, size]) => ms >= size && ms % size === 0);
+  return unit ? `${ms / unit[1]}${unit[0]}` : `${ms}ms`;
+}
+
+function placeholder(key: ConfigKey): string {
+  if (key.schema === duration) return 'DURATION';
+  if (key.schema instanceof z.ZodEnum) return key.schema.options.join('|');
+  if (key.schema instanceof z.ZodNumber) return 'N';
+  return key.path.slice(key.path.lastIndexOf('.') + 1).toUpperCase();
+}
+
+function formatDefault(key: ConfigKey): string {
+  if (key.default === undefined) return 'unset';
+  if (key.schema === duration) return formatDuration(key.default as number);
+  return String(key.default);
+}
+
+function option(key: ConfigKey): string {
+  const value = placeholder(key);
+  return [
+    `  ${key.flags.map((flag) => `${flag} ${value}`).join(', ')}`,
+    `      ${descriptions[key.path]}`,
+    `      file: ${key.path}   env: ${key.envVars.join(', ')}   default: ${formatDefault(key)}`,
+  ].join('\n');
+}
+
+export function helpText(): string {
+  return `Usage: pgbranch [options]
+       npm start -- [options]    npm passes what follows -- on, e.g. npm start -- --port 7432
+
+pgbranch is a PostgreSQL proxy that gives every branch of your code its own database. Clients
+connect to it as to PostgreSQL, and asking for database app@feature-x gets a copy-on-write branch
+of database app named feature-x. The databases live in an embedded PostgreSQL under data_dir, or
+on an existing server given as upstream.
+
+Settings are read from the defaults, then the config file, then PGBRANCH_* environment variables,
+then flags; each overrides the one before. The config file is --config PATH or PGBRANCH_CONFIG,
+else pgbranch.yaml or config/pgbranch.yaml in the current directory if there is one. Flags take
+--key value or --key=value. An empty environment variable counts as unset. Durations are written
+500ms, 30s, 5m, 2h, 7d, or as a bare number of seconds.
+
+Options:
+  -h, --help
+      Show this help and exit.
+  -V, --version
+      Print the version and exit.
+  --config PATH
+      YAML config file to read; see config/pgbranch.example.yaml.
+      env: PGBRANCH_CONFIG
+
+${configKeys.map(option).join('\n')}
+`;
+}

@@ -1,0 +1,100 @@
+// The one schema for pgbranch's configuration: file, environment and flags all land here.
+import { z } from 'zod';
+
+/**
+ * Durations are written as `500ms`, `30s`, `5m`, `2h`, `7d`, or a bare number of seconds, and held
+ * in milliseconds. zod 4 hands out a .default() value without transforming it: defaults are in ms.
+ */
+export const duration = z.union([z.number().nonnegative(), z.string()]).transform((value, ctx) => {
+  if (typeof value === 'number') return value * 1000;
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(value);
+  if (!match) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `"${value}" is not a duration: write e.g. 500ms, 30s, 5m, 2h or 7d`,
+    });
+    return z.NEVER;
+  }
+  const unit = match[2] ?? 's';
+  const factor = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[unit] ?? 1000;
+  return Math.round(Number(match[1]) * factor);
+});
+
+const port = z.coerce.number().int().min(0).max(65535);
+const positiveInt = z.coerce.number().int().positive();
+
+export const configSchema = z
+  .object({
+    listen: z
+      .object({
+        host: z.string().min(1).default('127.0.0.1'),
+        port: port.default(6432),
+      })
+      .strict()
+      .default({ host: '127.0.0.1', port: 6432 }),
+    /** Where pgbranch keeps its embedded PostgreSQL and its own state. */
+    data_dir: z.string().min(1).default('.pgbranch'),
+    /**
+     * An existing server to branch on instead of the embedded one: a postgres:// URL with the
+     * credentials of a role that may create databases (superuser, or CREATEDB and read access to
+     * pg_authid for client authentication).
+     */
+    upstream: z
+      .string()
+      .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL')
+      .optional(),
+    /** How clients authenticate to the proxy. `trust` is refused unless listen.host is loopback. */
+    auth: z.enum(['scram-sha-256', 'md5', 'trust']).default('scram-sha-256'),
+    embedded: z
+      .object({
+        /** Superuser password of the embedded server; generated and kept in data_dir when unset. */
+        password: z.string().min(1).optional(),
+        /** TCP port of the embedded server on 127.0.0.1 (0 picks a free one). */
+        port: port.default(0),
+      })
+      .strict()
+      .default({ port: 0 }),
+    pool: z
+      .object({
+        /** Server connections per (branch, user, startup parameters) pool. */
+        size: positiveInt.default(20),
+        max_server_connections: positiveInt.default(200),
+        max_client_connections: positiveInt.default(5000),
+        /** Idle pooled server connections are closed after this long. */
+        idle_timeout: duration.default(600_000),
+        /** A client waiting for a server connection longer than this gets 53300. */
+        wait_timeout: duration.default(30_000),
+        /** Time allowed to open and authenticate one server connection. */
+        connect_timeout: duration.default(10_000),
+      })
+      .strict()
+      .default({
+        size: 20,
+        max_server_connections: 200,
+        max_client_connections: 5000,
+        idle_timeout: 600_000,
+        wait_timeout: 30_000,
+        connect_timeout: 10_000,
+      }),
+    branch: z
+      .object({
+        /** How long in-flight work on a parent may take to finish before a clone gives up. */
+        drain_timeout: duration.default(5_000),
+      })
+      .strict()
+      .default({ drain_timeout: 5000 }),
+    log: z
+      .object({
+        level: z
+          .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'])
+          .default('info'),
+        /** `auto` is pretty on a terminal and JSON otherwise. */
+        format: z.enum(['auto', 'json', 'pretty']).default('auto'),
+      })
+      .strict()
+      .default({ level: 'info', format: 'auto' }),
+  })
+  .strict();
+
+export type Config = z.output<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;

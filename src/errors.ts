@@ -1,0 +1,120 @@
+// Errors that reach a client are values with a SQLSTATE and a message a person can act on.
+// Every one the proxy raises is built here, so wording and codes stay consistent.
+
+export type Severity = 'ERROR' | 'FATAL';
+
+export class PgError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly detail?: string,
+    readonly hint?: string,
+    readonly severity: Severity = 'FATAL',
+  ) {
+    super(message);
+    this.name = 'PgError';
+  }
+}
+
+/** Fields of an ErrorResponse a server sent us, kept so a client sees the server's own words. */
+export interface ServerErrorFields {
+  severity?: string;
+  code?: string;
+  message?: string;
+  detail?: string;
+  hint?: string;
+}
+
+export const errors = {
+  protocolViolation: (message: string) => new PgError('08P01', message),
+  unsupportedProtocol: (major: number, minor: number) =>
+    new PgError(
+      '08P01',
+      `unsupported frontend protocol ${major}.${minor}: pgbranch serves protocol 3.0 through 3.2`,
+    ),
+  invalidBranchName: (name: string, rule: string) =>
+    new PgError(
+      '42602',
+      `invalid branch name "${printable(name)}": ${rule}`,
+      undefined,
+      'A branch name is 1 to 255 characters without control characters, as git branch names are.',
+    ),
+  invalidDatabaseName: (name: string, rule: string) =>
+    new PgError('3D000', `invalid database name "${printable(name)}": ${rule}`),
+  parentMissing: (database: string, parent: string) =>
+    new PgError(
+      '3D000',
+      `cannot create a branch of "${database}": parent branch "${parent}" does not exist`,
+      undefined,
+      parent === 'main'
+        ? `Create the database first: CREATE DATABASE "${database}"`
+        : `Connect to ${database}@${parent} once to create it, or pick another parent with options=-c pgbranch.parent=...`,
+    ),
+  databaseMissing: (database: string) =>
+    new PgError(
+      '3D000',
+      `database "${database}" does not exist`,
+      undefined,
+      `Create it first through pgbranch: psql ".../postgres" -c 'CREATE DATABASE "${database}"'`,
+    ),
+  parentBusy: (parent: string, sessions: number, waitedMs: number) =>
+    new PgError(
+      '55006',
+      `cannot branch "${parent}": ${sessions} other session${sessions === 1 ? '' : 's'} still connected to it after waiting ${waitedMs} ms`,
+      'PostgreSQL clones only a database that nobody is connected to. pgbranch paused its own pooled connections, but these sessions are held by clients in session mode or bypass the proxy.',
+      `Disconnect them (see SELECT pid, usename, application_name FROM pg_stat_activity WHERE datname = '${parent}'), then connect again.`,
+    ),
+  mayNotCreateBranch: (user: string, branch: string, parent: string) =>
+    new PgError(
+      '42501',
+      `permission denied to create branch "${branch}" of "${parent}": role "${user}" may not create databases`,
+      'Creating a branch needs SUPERUSER, CREATEDB, or ownership of the parent database. Existing branches can be used without it.',
+      `Ask an administrator to create the branch, or to run: ALTER ROLE "${user}" CREATEDB`,
+    ),
+  authFailed: (user: string) =>
+    new PgError('28P01', `password authentication failed for user "${user}"`),
+  noPassword: (user: string) =>
+    new PgError(
+      '28P01',
+      `password authentication failed for user "${user}"`,
+      `Role "${user}" has no password, so pgbranch cannot authenticate it.`,
+      `Set one with ALTER ROLE "${user}" PASSWORD '...', or run pgbranch with --auth trust on loopback.`,
+    ),
+  cannotLogin: (user: string) => new PgError('28000', `role "${user}" is not permitted to log in`),
+  roleMissing: (user: string) =>
+    new PgError('28P01', `password authentication failed for user "${user}"`),
+  tooManyClients: (max: number) =>
+    new PgError(
+      '53300',
+      `sorry, too many clients already: pgbranch serves at most ${max} client connections`,
+      undefined,
+      'Raise pool.max_client_connections, or close idle connections.',
+    ),
+  poolTimeout: (pool: string, waitedMs: number) =>
+    new PgError(
+      '53300',
+      `no server connection for pool ${pool} became free within ${waitedMs} ms`,
+      undefined,
+      'Raise pool.size or pool.max_server_connections, or pool.wait_timeout, or close idle sessions.',
+    ),
+  upstreamUnavailable: (reason: string) =>
+    new PgError(
+      '08006',
+      `pgbranch could not reach the PostgreSQL server: ${reason}`,
+      undefined,
+      'Check that the upstream server is running and reachable, then connect again.',
+    ),
+  branchCreationFailed: (branch: string, reason: string) =>
+    new PgError('58000', `could not create branch "${branch}": ${reason}`),
+  shuttingDown: () =>
+    new PgError('57P01', 'terminating connection because pgbranch is shutting down'),
+};
+
+/** Control characters would garble a terminal: show them escaped. */
+export function printable(text: string): string {
+  return text.replace(
+    // eslint-disable-next-line no-control-regex -- control characters are what this looks for
+    /[\u0000-\u001f\u007f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
+}

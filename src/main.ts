@@ -1,0 +1,97 @@
+// `pgbranch`: reads the configuration, starts the proxy (and the embedded server unless an
+// upstream is set), prints how to connect, and stops both cleanly on Ctrl-C.
+import { startPgbranch } from './app.js';
+import { ConfigError, loadConfig } from './config/load.js';
+import { helpText } from './config/help.js';
+import { createLogger } from './log.js';
+import { version } from './version.js';
+
+async function main(): Promise<number> {
+  let loaded;
+  try {
+    loaded = loadConfig(process.argv.slice(2), process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(
+        `pgbranch: invalid configuration\n${error.message}\nSee pgbranch --help.\n`,
+      );
+      return 2;
+    }
+    throw error;
+  }
+  if (loaded.help) {
+    process.stdout.write(helpText());
+    return 0;
+  }
+  if (loaded.version) {
+    process.stdout.write(`pgbranch ${version}\n`);
+    return 0;
+  }
+  if (loaded.command.length > 0) {
+    process.stderr.write(
+      `pgbranch: unknown command "${loaded.command.join(' ')}". See pgbranch --help.\n`,
+    );
+    return 2;
+  }
+  const { config } = loaded;
+  const log = createLogger(config.log);
+  let running;
+  try {
+    running = await startPgbranch(config, log);
+  } catch (error) {
+    log.fatal({ err: error }, (error as Error).message);
+    process.stderr.write(`pgbranch: ${(error as Error).message}\n`);
+    return 1;
+  }
+  const branchExample = running.connectionString.replace(/\/postgres$/, '/app@feature-x');
+  const lines = [
+    '',
+    `pgbranch ${version} is ready on ${running.host}:${running.port}`,
+    `  connect:   psql "${running.connectionString}"`,
+    `  a branch:  psql "${branchExample}"   (after: CREATE DATABASE app)`,
+    `  server:    ${running.upstream}`,
+    ...(running.embedded ? [`  data:      ${running.embedded.pgDataDir}`] : []),
+    `  branches:  ${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
+    '',
+  ];
+  process.stderr.write(lines.join('\n') + '\n');
+  log.info(
+    {
+      event: 'ready',
+      host: running.host,
+      port: running.port,
+      connectionString: running.connectionString,
+      dataDir: running.embedded?.pgDataDir,
+      upstream: running.upstream,
+      copyMode: running.copyMethod.mode,
+      copyReason: running.copyMethod.reason,
+      serverVersion: running.serverVersion,
+    },
+    'pgbranch is ready',
+  );
+  await new Promise<void>((resolve) => {
+    const shutdown = (signal: string) => {
+      log.info({ event: 'stopping', signal }, `stopping on ${signal}`);
+      running.stop().then(resolve, (error) => {
+        log.error({ err: error }, 'error while stopping');
+        resolve();
+      });
+    };
+    process.once('SIGINT', () => shutdown('SIGINT'));
+    process.once('SIGTERM', () => shutdown('SIGTERM'));
+  });
+  log.info({ event: 'stopped' }, 'pgbranch stopped');
+  return 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+    // pino-pretty runs in a worker; give it a moment to flush before exiting.
+    setTimeout(() => process.exit(code), 100).unref();
+  },
+  (error) => {
+    process.stderr.write(`pgbranch: ${error instanceof Error ? error.stack : String(error)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,209 @@
+// Opens one server connection: startup, authentication on the client's behalf, and the
+// ParameterStatus/BackendKeyData the server announces. After that the socket belongs to the relay.
+import type net from 'node:net';
+import { Parser } from 'pg-protocol/dist/parser.js';
+import type { BackendMessage } from 'pg-protocol/dist/messages.js';
+import { serialize } from 'pg-protocol';
+import { ScramClientExchange, type ScramKeys } from '../auth/scram.js';
+import { md5Response } from '../auth/md5.js';
+import { errors, PgError } from '../errors.js';
+import { startupMessage } from '../wire/frontend.js';
+import { connectSocket, describeEndpoint, type Endpoint } from './endpoint.js';
+
+/** How to answer the server's authentication request without the user's password. */
+export type ServerLogin =
+  { method: 'none' } | { method: 'scram'; keys: ScramKeys } | { method: 'md5'; storedHash: string };
+
+export interface ServerConnectOptions {
+  endpoint: Endpoint;
+  user: string;
+  database: string;
+  /** Startup parameters besides user and database, exactly as the client sent them. */
+  parameters: ReadonlyMap<string, string>;
+  login: ServerLogin;
+  timeoutMs: number;
+}
+
+export interface ServerSession {
+  socket: net.Socket;
+  processId: number;
+  secretKey: Buffer;
+  /** Every ParameterStatus the server sent during startup, in order. */
+  parameters: Map<string, string>;
+}
+
+/** A server's ErrorResponse, kept whole so the client sees the server's own words and code. */
+export class ServerError extends PgError {
+  constructor(fields: {
+    code?: string;
+    message: string;
+    detail?: string;
+    hint?: string;
+    severity?: string;
+  }) {
+    super(
+      fields.code ?? 'XX000',
+      fields.message,
+      fields.detail,
+      fields.hint,
+      fields.severity === 'ERROR' ? 'ERROR' : 'FATAL',
+    );
+  }
+}
+
+export function openServerSession(options: ServerConnectOptions): Promise<ServerSession> {
+  return new Promise((resolve, reject) => {
+    const socket = connectSocket(options.endpoint);
+    const parser = new Parser();
+    const parameters = new Map<string, string>();
+    let processId = 0;
+    let secretKey = Buffer.alloc(0);
+    let scram: ScramClientExchange | undefined;
+    let settled = false;
+
+    const fail = (error: Error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.destroy();
+      reject(error);
+    };
+    const timer = setTimeout(
+      () =>
+        fail(
+          errors.upstreamUnavailable(
+            `no answer from ${describeEndpoint(options.endpoint)} within ${options.timeoutMs} ms`,
+          ),
+        ),
+      options.timeoutMs,
+    );
+
+    const onMessage = (msg: BackendMessage) => {
+      switch (msg.name) {
+        case 'authenticationOk':
+          return;
+        case 'authenticationMD5Password': {
+          if (options.login.method !== 'md5') return fail(loginImpossible(options, 'md5'));
+          const salt = (msg as unknown as { salt: Buffer }).salt;
+          socket.write(serialize.password(md5Response(options.login.storedHash, salt)));
+          return;
+        }
+        case 'authenticationSASL': {
+          const mechanisms = (msg as unknown as { mechanisms: string[] }).mechanisms;
+          if (options.login.method !== 'scram' || !mechanisms.includes('SCRAM-SHA-256')) {
+            return fail(loginImpossible(options, mechanisms.join(', ')));
+          }
+          scram = new ScramClientExchange(options.login.keys);
+          socket.write(
+            serialize.sendSASLInitialResponseMessage(
+              'SCRAM-SHA-256',
+              scram.initialResponse().toString('utf8'),
+            ),
+          );
+          return;
+        }
+        case 'authenticationSASLContinue': {
+          const data = (msg as unknown as { data: string }).data;
+          try {
+            socket.write(
+              serialize.sendSCRAMClientFinalMessage(
+                scram!.continue(Buffer.from(data)).toString('utf8'),
+              ),
+            );
+          } catch (error) {
+            fail(staleKeys(options, error));
+          }
+          return;
+        }
+        case 'authenticationSASLFinal': {
+          const data = (msg as unknown as { data: string }).data;
+          try {
+            scram!.finish(Buffer.from(data));
+          } catch (error) {
+            fail(errors.upstreamUnavailable(`server failed SCRAM verification: ${String(error)}`));
+          }
+          return;
+        }
+        case 'authenticationCleartextPassword':
+          return fail(loginImpossible(options, 'password'));
+        case 'parameterStatus': {
+          const p = msg as unknown as { parameterName: string; parameterValue: string };
+          parameters.set(p.parameterName, p.parameterValue);
+          return;
+        }
+        case 'backendKeyData': {
+          const k = msg as unknown as { processID: number; secretKey: number };
+          processId = k.processID;
+          secretKey = Buffer.allocUnsafe(4);
+          secretKey.writeInt32BE(k.secretKey | 0, 0);
+          return;
+        }
+        case 'notice':
+          return;
+        case 'readyForQuery':
+          settled = true;
+          clearTimeout(timer);
+          socket.removeListener('data', onData);
+          socket.removeListener('error', onError);
+          socket.removeListener('close', onClose);
+          resolve({ socket, processId, secretKey, parameters });
+          return;
+        case 'error': {
+          const e = msg as unknown as {
+            code?: string;
+            message: string;
+            detail?: string;
+            hint?: string;
+            severity?: string;
+          };
+          fail(new ServerError(e));
+          return;
+        }
+        default:
+          fail(
+            errors.protocolViolation(`unexpected message ${msg.name} from server during startup`),
+          );
+      }
+    };
+    const onData = (chunk: Buffer) => parser.parse(chunk, onMessage);
+    const onError = (error: Error) =>
+      fail(errors.upstreamUnavailable(`${describeEndpoint(options.endpoint)}: ${error.message}`));
+    const onClose = () =>
+      fail(
+        errors.upstreamUnavailable(`${describeEndpoint(options.endpoint)} closed the connection`),
+      );
+
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('close', onClose);
+    socket.once('connect', () => {
+      socket.write(
+        startupMessage([
+          ['user', options.user],
+          ['database', options.database],
+          ...options.parameters,
+        ]),
+      );
+    });
+  });
+}
+
+function loginImpossible(options: ServerConnectOptions, asked: string): PgError {
+  return new PgError(
+    '28000',
+    `pgbranch cannot log in to the server as "${options.user}": the server asks for ${asked}`,
+    options.login.method === 'none'
+      ? 'pgbranch has no keys for this role: clients authenticated with trust, so no password exchange took place.'
+      : `pgbranch has ${options.login.method} keys for this role from the client's login, which that method cannot use.`,
+    'Configure the server to use scram-sha-256 (or md5) for connections from pgbranch, or trust them.',
+  );
+}
+
+function staleKeys(options: ServerConnectOptions, error: unknown): PgError {
+  return new PgError(
+    '28P01',
+    `pgbranch cannot log in to the server as "${options.user}": ${error instanceof Error ? error.message : String(error)}`,
+    undefined,
+    'The password may have changed on the server since this client logged in; connect again.',
+  );
+}

@@ -1,0 +1,50 @@
+// Frontend messages the proxy sends to servers on its own behalf (resetting a pooled connection,
+// forwarding a cancel). Client traffic is relayed as it came and never rebuilt here.
+
+function message(type: string, body: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out.write(type, 0, 'latin1');
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+function cstring(text: string): Buffer {
+  return Buffer.concat([Buffer.from(text, 'utf8'), Buffer.alloc(1)]);
+}
+
+export function query(sql: string): Buffer {
+  return message('Q', cstring(sql));
+}
+
+export function sync(): Buffer {
+  return message('S', Buffer.alloc(0));
+}
+
+export function copyFail(reason: string): Buffer {
+  return message('f', cstring(reason));
+}
+
+export function terminate(): Buffer {
+  return message('X', Buffer.alloc(0));
+}
+
+export function cancelRequest(processId: number, secret: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(12 + secret.length);
+  out.writeInt32BE(12 + secret.length, 0);
+  out.writeInt32BE(80877102, 4);
+  out.writeInt32BE(processId, 8);
+  secret.copy(out, 12);
+  return out;
+}
+
+/** StartupMessage for protocol 3.0 with exactly these parameters, in this order. */
+export function startupMessage(parameters: Iterable<[string, string]>): Buffer {
+  const parts: Buffer[] = [Buffer.alloc(8)];
+  for (const [key, value] of parameters) parts.push(cstring(key), cstring(value));
+  parts.push(Buffer.alloc(1));
+  const out = Buffer.concat(parts);
+  out.writeInt32BE(out.length, 0);
+  out.writeInt32BE(3 << 16, 4);
+  return out;
+}

@@ -1,0 +1,114 @@
+// Reads whole packets from a client socket during the startup phase (startup packet, then
+// authentication messages). Not used once the relay takes over the socket.
+import type net from 'node:net';
+import { errors, PgError } from '../errors.js';
+import { startupPacketLength } from './startup.js';
+
+/** Authentication messages are small; anything larger than this is an attack or a confused client. */
+const MAX_AUTH_MESSAGE = 10_000;
+
+export interface TypedMessage {
+  type: number;
+  body: Buffer;
+}
+
+export class MessageReader {
+  private buffer: Buffer = Buffer.alloc(0);
+  private waiting: (() => void) | undefined;
+  private ended: Error | undefined;
+  private readonly onData = (chunk: Buffer) => {
+    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+    this.wake();
+  };
+  private readonly onEnd = () => {
+    this.ended ??= new ClientGone();
+    this.wake();
+  };
+
+  constructor(private readonly socket: net.Socket) {
+    socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+    socket.on('close', this.onEnd);
+    socket.on('error', this.onEnd);
+  }
+
+  /** The next startup-phase packet (length word, then body; no type byte). */
+  async nextStartupPacket(timeoutMs: number): Promise<Buffer> {
+    for (;;) {
+      const length = startupPacketLength(this.buffer);
+      if (length !== undefined && this.buffer.length >= length) return this.take(length);
+      await this.more(timeoutMs);
+    }
+  }
+
+  /** The next typed message; `expected` names the types allowed here. */
+  async nextMessage(timeoutMs: number, expected: string): Promise<TypedMessage> {
+    for (;;) {
+      if (this.buffer.length >= 5) {
+        const type = this.buffer[0]!;
+        const length = this.buffer.readInt32BE(1);
+        if (!expected.includes(String.fromCharCode(type))) {
+          throw errors.protocolViolation(
+            `expected ${[...expected].map((t) => `'${t}'`).join(' or ')} message, got '${printableType(type)}'`,
+          );
+        }
+        if (length < 4 || length > MAX_AUTH_MESSAGE) {
+          throw errors.protocolViolation(`invalid message length ${length}`);
+        }
+        if (this.buffer.length >= length + 1) {
+          const packet = this.take(length + 1);
+          return { type, body: packet.subarray(5) };
+        }
+      }
+      await this.more(timeoutMs);
+    }
+  }
+
+  /** Stops reading and returns what arrived beyond the last packet taken. */
+  detach(): Buffer {
+    this.socket.removeListener('data', this.onData);
+    this.socket.removeListener('end', this.onEnd);
+    this.socket.removeListener('close', this.onEnd);
+    this.socket.removeListener('error', this.onEnd);
+    const rest = this.buffer;
+    this.buffer = Buffer.alloc(0);
+    return rest;
+  }
+
+  private take(n: number): Buffer {
+    const packet = this.buffer.subarray(0, n);
+    this.buffer = this.buffer.subarray(n);
+    return packet;
+  }
+
+  private more(timeoutMs: number): Promise<void> {
+    if (this.ended) return Promise.reject(this.ended);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting = undefined;
+        reject(new PgError('08006', `client sent no complete message within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiting = () => {
+        clearTimeout(timer);
+        this.waiting = undefined;
+        if (this.ended) reject(this.ended);
+        else resolve();
+      };
+    });
+  }
+
+  private wake(): void {
+    this.waiting?.();
+  }
+}
+
+/** The client closed the connection; nothing to answer. */
+export class ClientGone extends Error {
+  constructor() {
+    super('client closed the connection');
+  }
+}
+
+function printableType(type: number): string {
+  return type >= 0x20 && type < 0x7f ? String.fromCharCode(type) : `\\x${type.toString(16)}`;
+}
