@@ -68,7 +68,7 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
 
   let provider: DatabaseProvider;
   try {
-    provider = await DatabaseProvider.open(admin, embedded?.pgDataDir);
+    provider = await DatabaseProvider.open(admin, embedded?.pgDataDir, config.branch.copy_method);
   } catch (error) {
     await admin.end().catch(() => undefined);
     await embedded?.stop();

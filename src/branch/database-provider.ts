@@ -22,7 +22,11 @@ export class DatabaseProvider implements BranchProvider {
    * can see it (the embedded server, or an upstream on this machine); clone is only claimed after a
    * real clone in it succeeded.
    */
-  static async open(admin: pg.Pool, localDataDir?: string): Promise<DatabaseProvider> {
+  static async open(
+    admin: pg.Pool,
+    localDataDir: string | undefined,
+    wanted: 'auto' | 'clone' | 'copy' = 'auto',
+  ): Promise<DatabaseProvider> {
     const { rows } = await admin.query<{
       num: string;
       version: string;
@@ -56,6 +60,17 @@ export class DatabaseProvider implements BranchProvider {
             reason: `PostgreSQL ${row.version} with file_copy_method = clone; ${support.detail}`,
           }
         : { mode: 'copy', reason: support.detail };
+    }
+    if (wanted === 'clone' && copyMethod.mode !== 'clone') {
+      throw new Error(
+        `branch.copy_method is clone, but branches can't be cloned here: ${copyMethod.reason}. Use copy_method auto or copy, or move the data directory to XFS (reflink=1), btrfs or ZFS 2.2+.`,
+      );
+    }
+    if (wanted === 'copy' && copyMethod.mode === 'clone') {
+      copyMethod = {
+        mode: 'copy',
+        reason: 'branch.copy_method is copy (cloning would be possible here)',
+      };
     }
     return new DatabaseProvider(admin, copyMethod, row.version);
   }

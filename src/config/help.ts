@@ -25,6 +25,8 @@ export const descriptions: Record<ConfigPath, string> = {
   'pool.connect_timeout': 'Time allowed to open and authenticate one server connection.',
   'branch.drain_timeout':
     'How long in-flight work on a parent may take to finish before a clone gives up.',
+  'branch.copy_method':
+    'auto clones where the server and filesystem can and copies elsewhere; clone or copy force one.',
   'log.level': 'Least severe log messages written.',
   'log.format': 'auto is pretty on a terminal and JSON otherwise.',
 };

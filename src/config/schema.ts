@@ -80,9 +80,14 @@ export const configSchema = z
       .object({
         /** How long in-flight work on a parent may take to finish before a clone gives up. */
         drain_timeout: duration.default(5_000),
+        /**
+         * `auto` clones where the server and filesystem can (detected at start) and copies
+         * elsewhere; `copy` always copies; `clone` refuses to start where cloning is impossible.
+         */
+        copy_method: z.enum(['auto', 'clone', 'copy']).default('auto'),
       })
       .strict()
-      .default({ drain_timeout: 5000 }),
+      .default({ drain_timeout: 5000, copy_method: 'auto' }),
     log: z
       .object({
         level: z

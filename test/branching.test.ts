@@ -1,0 +1,74 @@
+// The core promise: connect to app@feature-x and get a branch of app, made on first connect.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect, psql, queryOnce } from './support/clients.js';
+import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
+
+let proxy: PgbranchProcess;
+
+beforeAll(async () => {
+  proxy = await startPgbranch();
+  const created = await psql(proxy.url('postgres'), 'create database app');
+  expect(created).toMatchObject({ code: 0 });
+  const root = await connect(proxy.url('app'));
+  await root.query('create table items (id int primary key, name text)');
+  await root.query("insert into items values (1, 'from app')");
+  await root.end();
+});
+
+afterAll(async () => {
+  await proxy?.stop();
+});
+
+describe('connecting to app@branch', () => {
+  it('creates the branch on first connect, and the session runs in it with the parent’s data', async () => {
+    const result = await psql(
+      proxy.url('app@feature-x'),
+      'select current_database(), name from items',
+    );
+    expect(result).toMatchObject({ code: 0, stdout: 'app@feature-x|from app' });
+    expect(result.stderr).toContain('created branch "feature-x" of "app"');
+    expect(proxy.events('branch_created')).toContainEqual(
+      expect.objectContaining({
+        root: 'app',
+        branch: 'feature-x',
+        parent: 'main',
+        mode: proxy.ready.copyMode,
+      }),
+    );
+  });
+
+  it('keeps what a branch writes in that branch', async () => {
+    await queryOnce(proxy.url('app@isolated'), "insert into items values (2, 'only in branch')");
+    const inBranch = await queryOnce(
+      proxy.url('app@isolated'),
+      'select name from items order by id',
+    );
+    const inRoot = await queryOnce(proxy.url('app'), 'select name from items order by id');
+    expect(inBranch.map((r) => r.name)).toEqual(['from app', 'only in branch']);
+    expect(inRoot.map((r) => r.name)).toEqual(['from app']);
+  });
+
+  it('reaches the same branch on the next connect, without creating it again', async () => {
+    await queryOnce(proxy.url('app@again'), 'create table marker (x int)');
+    const before = proxy.events('branch_created').length;
+    const rows = await queryOnce(
+      proxy.url('app@again'),
+      "select to_regclass('marker') is not null as found",
+    );
+    expect(rows).toEqual([{ found: true }]);
+    expect(proxy.events('branch_created').length).toBe(before);
+  });
+
+  it('treats app and app@main as the same root', async () => {
+    const rows = await queryOnce(proxy.url('app@main'), 'select current_database() as db');
+    expect(rows).toEqual([{ db: 'app' }]);
+  });
+
+  it('refuses to branch a database that does not exist, naming it', async () => {
+    const result = await psql(proxy.url('nosuch@feature'), 'select 1');
+    expect(result.code).not.toBe(0);
+    expect(result.stderr).toMatch(
+      /cannot create a branch of "nosuch": parent branch "main" does not exist/,
+    );
+  });
+});

@@ -1,0 +1,69 @@
+// Real clients for tests: psql (the machine's), and node-postgres.
+import { execFile } from 'node:child_process';
+import pg from 'pg';
+
+export interface PsqlResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs psql -X -A -t with the given SQL; never throws on a failed query (read `code`). */
+export function psql(
+  url: string,
+  sql: string,
+  options: { env?: Record<string, string>; timeoutMs?: number; args?: string[] } = {},
+): Promise<PsqlResult> {
+  return new Promise((resolve) => {
+    execFile(
+      'psql',
+      ['-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', ...(options.args ?? []), '-d', url, '-c', sql],
+      {
+        env: { ...process.env, PGCONNECT_TIMEOUT: '30', ...options.env },
+        timeout: options.timeoutMs ?? 60_000,
+      },
+      (error, stdout, stderr) => {
+        const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
+        resolve({ code, stdout: stdout.trim(), stderr: stderr.trim() });
+      },
+    );
+  });
+}
+
+/** A connected node-postgres client; the caller ends it. */
+export async function connect(url: string, config: pg.ClientConfig = {}): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: url, ...config });
+  await client.connect();
+  return client;
+}
+
+/** Connects, runs one query, disconnects: the rows. */
+export async function queryOnce<T extends pg.QueryResultRow = pg.QueryResultRow>(
+  url: string,
+  sql: string,
+  params: unknown[] = [],
+): Promise<T[]> {
+  const client = await connect(url);
+  try {
+    return (await client.query<T>(sql, params)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+/** The SQLSTATE a connection attempt fails with (undefined when it succeeds). */
+export async function connectError(
+  url: string,
+  config: pg.ClientConfig = {},
+): Promise<{ code?: string; message: string } | undefined> {
+  const client = new pg.Client({ connectionString: url, ...config });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await client.end();
+    return undefined;
+  } catch (error) {
+    const e = error as { code?: string; message: string };
+    return { code: e.code, message: e.message };
+  }
+}

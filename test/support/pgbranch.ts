@@ -1,0 +1,143 @@
+// Starts a real pgbranch process (the CLI, as a user would) on a free port with its own data
+// directory, and stops it and removes what it made afterwards.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+
+export interface ReadyEvent {
+  host: string;
+  port: number;
+  connectionString: string;
+  dataDir?: string;
+  upstream: string;
+  copyMode: 'clone' | 'copy';
+  copyReason: string;
+  serverVersion: string;
+}
+
+export interface PgbranchProcess {
+  child: ChildProcess;
+  ready: ReadyEvent;
+  port: number;
+  /** pgbranch's data directory (embedded mode). */
+  dataDir: string;
+  /** The embedded superuser's password. */
+  password: string;
+  /** Every JSON log line so far. */
+  logs: Record<string, unknown>[];
+  /** Human output on stderr so far. */
+  stderr: () => string;
+  /**
+   * A connection string through the proxy. `@` and `/` stay as they are, since node-postgres
+   * decodes the path with decodeURI; names with `?`, `#` or `%` need a config object for pg.
+   */
+  url(database: string, user?: string, password?: string): string;
+  /** Log lines with this event name. */
+  events(name: string): Record<string, unknown>[];
+  /** SIGINT, wait for exit; returns the exit code. */
+  stop(): Promise<number | null>;
+}
+
+export interface StartOptions {
+  /** Reuse a data directory (for restart tests); default a fresh temp dir removed on stop. */
+  dataDir?: string;
+  keepDataDir?: boolean;
+  args?: string[];
+  env?: Record<string, string>;
+  password?: string;
+  timeoutMs?: number;
+}
+
+export function tempDir(prefix: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `pgbranch-${prefix}-`));
+  // The embedded server runs as the postgres user, which must reach the data directory.
+  fs.chmodSync(dir, 0o755);
+  return dir;
+}
+
+export async function startPgbranch(options: StartOptions = {}): Promise<PgbranchProcess> {
+  const dataDir = options.dataDir ?? tempDir('data');
+  const password = options.password ?? 'test-password';
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      path.join(ROOT, 'src/main.ts'),
+      '--port',
+      '0',
+      '--data-dir',
+      dataDir,
+      '--log-format',
+      'json',
+      ...(options.args ?? []),
+    ],
+    {
+      cwd: ROOT,
+      env: { ...process.env, PGBRANCH_PASSWORD: password, ...options.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  const logs: Record<string, unknown>[] = [];
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const lines = readline.createInterface({ input: child.stdout! });
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => resolve(code)),
+  );
+  const ready = await new Promise<ReadyEvent>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`pgbranch did not become ready:\n${stderr}`)),
+      options.timeoutMs ?? 60_000,
+    );
+    lines.on('line', (line) => {
+      let entry: Record<string, unknown>;
+      try {
+        entry = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      logs.push(entry);
+      if (entry.event === 'ready') {
+        clearTimeout(timer);
+        resolve(entry as unknown as ReadyEvent);
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`pgbranch exited with ${code} before it was ready:\n${stderr}`));
+    });
+  });
+  let stopped: Promise<number | null> | undefined;
+  return {
+    child,
+    ready,
+    port: ready.port,
+    dataDir,
+    password,
+    logs,
+    stderr: () => stderr,
+    url: (database, user = 'postgres', pw = user === 'postgres' ? password : undefined) =>
+      `postgres://${encodeURIComponent(user)}${pw === undefined ? '' : `:${encodeURIComponent(pw)}`}@127.0.0.1:${ready.port}/${encodeDatabase(database)}`,
+    events: (name) => logs.filter((entry) => entry.event === name),
+    stop: () =>
+      (stopped ??= (async () => {
+        if (child.exitCode === null) child.kill('SIGINT');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+        const code = await exited;
+        clearTimeout(timer);
+        if (!options.dataDir && !options.keepDataDir) {
+          fs.rmSync(dataDir, { recursive: true, force: true });
+        }
+        return code;
+      })()),
+  };
+}
+
+function encodeDatabase(name: string): string {
+  return encodeURIComponent(name).replace(/%40/g, '@').replace(/%2F/g, '/');
+}
