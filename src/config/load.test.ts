@@ -140,6 +140,7 @@ describe('loadConfig', () => {
       'pool.wait_timeout',
       'pool.connect_timeout',
       'branch.drain_timeout',
+      'branch.copy_method',
       'log.level',
       'log.format',
     ]);
