@@ -100,7 +100,11 @@ export class BranchManager {
           createdAt: new Date().toISOString(),
         });
       } catch (error) {
-        throw translateCreateError(error, database, parent);
+        // Another proxy on the same server made it first: the branch exists, which is what we want.
+        const code = (error as { code?: string }).code;
+        if (code !== '42P04' || !(await provider.exists(database))) {
+          throw translateCreateError(error, database, parent);
+        }
       }
       this.known.add(database);
       log.info(

@@ -31,8 +31,13 @@ export function psql(
 }
 
 /** A connected node-postgres client; the caller ends it. */
-export async function connect(url: string, config: pg.ClientConfig = {}): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString: url, ...config });
+export async function connect(
+  url: string | pg.ClientConfig,
+  config: pg.ClientConfig = {},
+): Promise<pg.Client> {
+  const client = new pg.Client(
+    typeof url === 'string' ? { connectionString: url, ...config } : { ...url, ...config },
+  );
   await client.connect();
   return client;
 }
@@ -53,10 +58,12 @@ export async function queryOnce<T extends pg.QueryResultRow = pg.QueryResultRow>
 
 /** The SQLSTATE a connection attempt fails with (undefined when it succeeds). */
 export async function connectError(
-  url: string,
+  url: string | pg.ClientConfig,
   config: pg.ClientConfig = {},
 ): Promise<{ code?: string; message: string } | undefined> {
-  const client = new pg.Client({ connectionString: url, ...config });
+  const client = new pg.Client(
+    typeof url === 'string' ? { connectionString: url, ...config } : { ...url, ...config },
+  );
   client.on('error', () => undefined);
   try {
     await client.connect();

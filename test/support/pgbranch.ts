@@ -19,6 +19,14 @@ export interface ReadyEvent {
   serverVersion: string;
 }
 
+export interface ClientSettings {
+  host: string;
+  port: number;
+  user: string;
+  password?: string;
+  database: string;
+}
+
 export interface PgbranchProcess {
   child: ChildProcess;
   ready: ReadyEvent;
@@ -36,6 +44,10 @@ export interface PgbranchProcess {
    * decodes the path with decodeURI; names with `?`, `#` or `%` need a config object for pg.
    */
   url(database: string, user?: string, password?: string): string;
+  /** node-postgres settings through the proxy, with the database name given as is. */
+  config(database: string, user?: string, password?: string): ClientSettings;
+  /** A connection string straight to the embedded server, bypassing the proxy. */
+  directUrl(database: string): string;
   /** Log lines with this event name. */
   events(name: string): Record<string, unknown>[];
   /** SIGINT, wait for exit; returns the exit code. */
@@ -123,6 +135,17 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
     stderr: () => stderr,
     url: (database, user = 'postgres', pw = user === 'postgres' ? password : undefined) =>
       `postgres://${encodeURIComponent(user)}${pw === undefined ? '' : `:${encodeURIComponent(pw)}`}@127.0.0.1:${ready.port}/${encodeDatabase(database)}`,
+    config: (database, user = 'postgres', pw = user === 'postgres' ? password : undefined) => ({
+      host: '127.0.0.1',
+      port: ready.port,
+      user,
+      password: pw,
+      database,
+    }),
+    directUrl: (database) => {
+      const pid = fs.readFileSync(path.join(dataDir, 'pg', 'postmaster.pid'), 'utf8').split('\n');
+      return `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${pid[3]}/${encodeDatabase(database)}`;
+    },
     events: (name) => logs.filter((entry) => entry.event === name),
     stop: () =>
       (stopped ??= (async () => {

@@ -1,0 +1,100 @@
+import { describe, expect, it } from 'vitest';
+import { PgError } from '../errors.js';
+import { parseConnectTarget, physicalName, validateBranchName } from './names.js';
+
+function code(fn: () => unknown): string | undefined {
+  try {
+    fn();
+    return undefined;
+  } catch (error) {
+    return error instanceof PgError ? error.code : 'not a PgError';
+  }
+}
+
+describe('parseConnectTarget', () => {
+  it('reads the branch after the first @ of the database name', () => {
+    expect(parseConnectTarget('app@feature-x').target).toEqual({ root: 'app', branch: 'feature-x' });
+    expect(parseConnectTarget('app@user@example').target).toEqual({
+      root: 'app',
+      branch: 'user@example',
+    });
+  });
+
+  it('treats app and app@main as the root', () => {
+    expect(parseConnectTarget('app').target).toEqual({ root: 'app' });
+    expect(parseConnectTarget('app@main').target).toEqual({ root: 'app' });
+  });
+
+  it('reads pgbranch.branch and pgbranch.parent from options and strips them', () => {
+    const parsed = parseConnectTarget(
+      'app',
+      '-c pgbranch.branch=feature/x -c statement_timeout=5s --pgbranch.parent=develop',
+    );
+    expect(parsed.target).toEqual({ root: 'app', branch: 'feature/x', parent: 'develop' });
+    expect(parsed.options).toBe('-c statement_timeout=5s');
+  });
+
+  it('drops options entirely when only pgbranch settings were in it', () => {
+    expect(parseConnectTarget('app', '-cpgbranch.branch=x').options).toBeUndefined();
+  });
+
+  it('keeps options untouched when they hold no pgbranch setting', () => {
+    expect(parseConnectTarget('app@x', '-c search_path=a\\ b').options).toBe('-c search_path=a\\ b');
+  });
+
+  it('refuses two different branch names, and unknown pgbranch settings', () => {
+    expect(code(() => parseConnectTarget('app@a', '-c pgbranch.branch=b'))).toBe('42602');
+    expect(parseConnectTarget('app@a', '-c pgbranch.branch=a').target.branch).toBe('a');
+    expect(code(() => parseConnectTarget('app', '-c pgbranch.brnch=b'))).toBe('42704');
+  });
+
+  it('refuses an empty root and a root longer than 63 bytes', () => {
+    expect(code(() => parseConnectTarget('@x'))).toBe('3D000');
+    expect(code(() => parseConnectTarget(`${'a'.repeat(64)}@x`))).toBe('3D000');
+  });
+});
+
+describe('validateBranchName', () => {
+  it('accepts names as git and CI make them', () => {
+    for (const name of [
+      'feature/login-v2',
+      'dependabot/npm_and_yarn/pg-8.13.1',
+      'PR-1234',
+      'x'.repeat(255),
+      'ünïcødé-ブランチ',
+      'with space',
+    ]) {
+      expect(code(() => validateBranchName(name)), name).toBeUndefined();
+    }
+  });
+
+  it('refuses empty names, control characters, NUL and names over 255 characters with 42602', () => {
+    for (const name of ['', 'a\u0000b', 'tab\there', 'new\nline', '\u007f', 'x'.repeat(256)]) {
+      expect(code(() => validateBranchName(name)), JSON.stringify(name)).toBe('42602');
+    }
+  });
+});
+
+describe('physicalName', () => {
+  it('is root@branch when that fits in 63 bytes', () => {
+    expect(physicalName('app', 'feature-x')).toBe('app@feature-x');
+    expect(physicalName('app')).toBe('app');
+    expect(physicalName('app', 'main')).toBe('app');
+  });
+
+  it('maps long names to a deterministic, distinct name of at most 63 bytes', () => {
+    const a = physicalName('app', 'a'.repeat(200));
+    const b = physicalName('app', `${'a'.repeat(199)}b`);
+    expect(Buffer.byteLength(a)).toBeLessThanOrEqual(63);
+    expect(a).toBe(physicalName('app', 'a'.repeat(200)));
+    expect(a).not.toBe(b);
+    expect(a.startsWith('app@aaaa')).toBe(true);
+  });
+
+  it('never splits a multi-byte character when shortening', () => {
+    const name = physicalName('app', 'ブ'.repeat(40));
+    expect(Buffer.byteLength(name)).toBeLessThanOrEqual(63);
+    expect(name).not.toContain('\uFFFD');
+    expect(Buffer.from(name).toString()).toBe(name);
+  });
+});
