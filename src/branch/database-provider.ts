@@ -84,7 +84,7 @@ export class DatabaseProvider implements BranchProvider {
 
   async sessionsOn(physical: string): Promise<number> {
     const { rows } = await this.admin.query<{ n: string }>(
-      'SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()',
+      "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
       [physical],
     );
     return Number(rows[0]!.n);

@@ -12,6 +12,9 @@ export interface Drainer {
   resume(database: string): void;
 }
 
+/** How long a closed server connection's backend may take to leave pg_stat_activity. */
+const EXIT_GRACE_MS = 300;
+
 export interface BranchManagerOptions {
   provider: BranchProvider;
   drainer: Drainer;
@@ -82,8 +85,10 @@ export class BranchManager {
       throw errors.mayNotCreateBranch(user, branch, parent);
     }
     const started = Date.now();
-    const deadline = started + this.options.drainTimeoutMs;
     await drainer.pause(parent, this.options.drainTimeoutMs);
+    // Server processes of connections just closed take a moment to exit: allow them that even when
+    // the drain used up the whole bound.
+    const deadline = Math.max(started + this.options.drainTimeoutMs, Date.now() + EXIT_GRACE_MS);
     try {
       let others = await provider.sessionsOn(parent);
       while (others > 0 && Date.now() < deadline) {

@@ -84,11 +84,12 @@ export class PoolManager {
 
   /** A server connection for this request: idle, new, or the next one released, within the wait timeout. */
   async acquire(request: PoolRequest): Promise<ServerConnection> {
-    const pool = this.poolFor(request);
     const started = Date.now();
     while (this.paused.has(request.database)) {
-      await this.waitForResume(request.database, started, pool);
+      await this.waitForResume(request, started);
     }
+    // Looked up only now: the janitor drops empty pools, also while a client waited above.
+    const pool = this.poolFor(request);
     const idle = this.takeIdle(pool);
     if (idle) return idle;
     if (pool.total < this.limits.size && this.makeRoom()) return this.open(pool, request);
@@ -215,14 +216,17 @@ export class PoolManager {
     for (const pool of this.pools.values()) if (pool.database === database) yield pool;
   }
 
-  private waitForResume(database: string, started: number, pool: Pool): Promise<void> {
+  private waitForResume(request: PoolRequest, started: number): Promise<void> {
     return new Promise((resolve, reject) => {
       const remaining = this.limits.waitTimeoutMs - (Date.now() - started);
       const timer = setTimeout(
-        () => reject(errors.poolTimeout(pool.name, this.limits.waitTimeoutMs)),
+        () =>
+          reject(
+            errors.poolTimeout(`${request.database}/${request.user}`, this.limits.waitTimeoutMs),
+          ),
         Math.max(0, remaining),
       );
-      this.paused.get(database)!.push(() => {
+      this.paused.get(request.database)!.push(() => {
         clearTimeout(timer);
         resolve();
       });
