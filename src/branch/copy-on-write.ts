@@ -11,6 +11,9 @@ export interface CloneSupport {
   detail: string;
 }
 
+/** What FICLONE fails with where the filesystem (or the kernel) has no reflink. */
+const NO_CLONE = new Set(['ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'EINVAL', 'ENOSYS', 'ENOTTY']);
+
 /** Clones a scratch file inside `dir` with FICLONE; only a real clone counts. */
 export function detectCloneSupport(dir: string): CloneSupport {
   const filesystem = filesystemType(dir);
@@ -21,7 +24,16 @@ export function detectCloneSupport(dir: string): CloneSupport {
     fs.copyFileSync(source, target, fs.constants.COPYFILE_FICLONE_FORCE);
     return { supported: true, filesystem, detail: `${filesystem} supports reflink clones` };
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? String(error);
+    const e = error as NodeJS.ErrnoException;
+    const code = e.code ?? String(error);
+    if (!NO_CLONE.has(code)) {
+      // A full disk or a directory we may not write to says nothing about the filesystem.
+      return {
+        supported: false,
+        filesystem,
+        detail: `could not check whether ${filesystem} can clone files: ${e.message}`,
+      };
+    }
     return {
       supported: false,
       filesystem,
@@ -46,7 +58,10 @@ export function filesystemType(dir: string): string {
   for (const line of mounts.split('\n')) {
     const [, point, type] = line.split(' ');
     if (!point || !type) continue;
-    const decoded = point.replace(/\\040/g, ' ');
+    // The kernel writes space, tab, newline and backslash in mount points as octal escapes.
+    const decoded = point.replace(/\\([0-7]{3})/g, (_, octal: string) =>
+      String.fromCharCode(parseInt(octal, 8)),
+    );
     const inside =
       real === decoded || real.startsWith(decoded.endsWith('/') ? decoded : `${decoded}/`);
     if (inside && decoded.length >= best.point.length) best = { point: decoded, type };

@@ -1,0 +1,77 @@
+// A throwaway copy-on-write filesystem for tests: a sparse file formatted as XFS with reflink and
+// loop-mounted. Needs root, xfsprogs (installed by CI, never by tests) and a loop device; where any
+// is missing it says why instead, so that tests can skip and print the reason.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+export interface MountedXfs {
+  /** The mount point: world-traversable, so the embedded server's postgres user can use it. */
+  dir: string;
+  /** Unmounts (lazily when something still holds it) and removes the image file. */
+  unmount(): Promise<void>;
+}
+
+export type XfsMount = MountedXfs | { skipped: string };
+
+export async function mountReflinkXfs(sizeMB: number): Promise<XfsMount> {
+  if (process.getuid?.() !== 0) {
+    return { skipped: 'not running as root: a loop-mounted XFS needs root' };
+  }
+  const mkfs = findTool('mkfs.xfs');
+  const mount = findTool('mount');
+  const umount = findTool('umount');
+  if (!mkfs) return { skipped: 'mkfs.xfs is not installed (apt-get install -y xfsprogs)' };
+  if (!mount || !umount) return { skipped: 'mount or umount is not installed' };
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'pgbranch-xfs-'));
+  fs.chmodSync(base, 0o755);
+  const image = path.join(base, 'xfs.img');
+  const dir = path.join(base, 'mnt');
+  fs.mkdirSync(dir);
+  try {
+    // Sparse: the image costs the host only what the test writes into it.
+    fs.writeFileSync(image, '');
+    fs.truncateSync(image, sizeMB * 1024 * 1024);
+    await run(mkfs, ['-q', '-m', 'reflink=1', image]);
+    await run(mount, ['-o', 'loop', image, dir]);
+  } catch (error) {
+    fs.rmSync(base, { recursive: true, force: true });
+    const e = error as { stderr?: string; message: string };
+    return { skipped: `cannot make a loop-mounted XFS: ${(e.stderr || e.message).trim()}` };
+  }
+  fs.chmodSync(dir, 0o755);
+  let unmounted: Promise<void> | undefined;
+  return {
+    dir,
+    unmount: () =>
+      (unmounted ??= (async () => {
+        try {
+          await run(umount, [dir]);
+        } catch {
+          // Busy (a server that has not quite exited): detach now, release when the last user goes.
+          await run(umount, ['-l', dir]).catch(() => undefined);
+        }
+        fs.rmSync(base, { recursive: true, force: true });
+      })()),
+  };
+}
+
+/** A program's full path, looking in the sbin directories too: a non-login shell may lack them. */
+function findTool(tool: string): string | undefined {
+  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin'];
+  return dirs
+    .filter(Boolean)
+    .map((dir) => path.join(dir, tool))
+    .find((file) => {
+      try {
+        fs.accessSync(file, fs.constants.X_OK);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+}

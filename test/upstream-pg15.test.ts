@@ -1,0 +1,180 @@
+// Pointing pgbranch at an existing server older than 18 (the machine's PostgreSQL 15): branches are
+// copied instead of cloned and pgbranch says why, and everything else works the same.
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vitest';
+import { connectError, psql, queryOnce } from './support/clients.js';
+import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
+
+const UPSTREAM = 'postgres://postgres@127.0.0.1:5432/postgres';
+const suffix = randomBytes(4).toString('hex');
+/** Everything this file makes on the shared server carries the suffix, and is dropped afterwards. */
+const DB = `pgb15_${suffix}`;
+const ROLE = `pgb15_user_${suffix}`;
+const PASSWORD = `secret-${suffix}`;
+
+let proxy: PgbranchProcess | undefined;
+let unavailable: string | undefined;
+
+/** Runs `fn` on a direct connection to the upstream server (bypassing pgbranch). */
+async function onUpstream<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: UPSTREAM, connectionTimeoutMillis: 5000 });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
+/** A client config through the proxy as the test role; database names here need no URL escaping. */
+function asRole(database: string, extra: pg.ClientConfig = {}): pg.ClientConfig {
+  return {
+    host: '127.0.0.1',
+    port: proxy!.port,
+    user: ROLE,
+    password: PASSWORD,
+    database,
+    ...extra,
+  };
+}
+
+async function query<T extends pg.QueryResultRow>(config: pg.ClientConfig, sql: string) {
+  const client = new pg.Client(config);
+  await client.connect();
+  try {
+    return (await client.query<T>(sql)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+function requireUpstream(ctx: TestContext): void {
+  if (unavailable === undefined) return;
+  console.warn(`skipped "${ctx.task.name}": ${unavailable}`);
+  ctx.skip(unavailable);
+}
+
+beforeAll(async () => {
+  try {
+    const version = await onUpstream(async (client) => {
+      const { rows } = await client.query<{ num: string }>(
+        "select current_setting('server_version_num') as num",
+      );
+      return Number(rows[0]!.num);
+    });
+    if (version >= 180000)
+      unavailable = `the server on 127.0.0.1:5432 is ${version}, not older than 18`;
+  } catch (error) {
+    unavailable = `no PostgreSQL on 127.0.0.1:5432: ${(error as Error).message}`;
+  }
+  if (unavailable !== undefined) {
+    console.warn(`upstream tests skipped: ${unavailable}`);
+    return;
+  }
+  await onUpstream(async (client) => {
+    await client.query("set password_encryption = 'scram-sha-256'");
+    await client.query(`create role ${ROLE} login createdb password '${PASSWORD}'`);
+  });
+  proxy = await startPgbranch({ args: ['--upstream', UPSTREAM] });
+  await queryOnce(proxy.url('postgres', ROLE, PASSWORD), `create database ${DB}`);
+  const db = new pg.Client(asRole(DB));
+  await db.connect();
+  await db.query('create table items (id int primary key, name text)');
+  await db.query("insert into items select g, 'item ' || g from generate_series(1, 1000) g");
+  await db.end();
+});
+
+afterAll(async () => {
+  await proxy?.stop();
+  if (unavailable !== undefined) return;
+  await onUpstream(async (client) => {
+    const { rows } = await client.query<{ datname: string }>(
+      'select datname from pg_database where datname = $1 or starts_with(datname, $2)',
+      [DB, `${DB}@`],
+    );
+    for (const { datname } of rows) {
+      await client.query(`drop database "${datname.replace(/"/g, '""')}" with (force)`);
+    }
+    await client.query(`drop role if exists ${ROLE}`);
+  });
+});
+
+describe('with PostgreSQL 15 upstream', () => {
+  it('copies branches, and says that cloning needs PostgreSQL 18', (ctx) => {
+    requireUpstream(ctx);
+    expect(proxy!.ready).toMatchObject({
+      copyMode: 'copy',
+      copyReason: expect.stringMatching(/^PostgreSQL 15\.\S+.* cloning needs PostgreSQL 18/),
+      upstream: expect.stringContaining('127.0.0.1:5432'),
+    });
+  });
+
+  it('still authenticates clients itself, though the server trusts them', async (ctx) => {
+    requireUpstream(ctx);
+    const rows = await queryOnce(proxy!.url('postgres', ROLE, PASSWORD), 'select current_user');
+    expect(rows).toEqual([{ current_user: ROLE }]);
+    expect(await connectError(proxy!.url('postgres', ROLE, 'wrong'))).toMatchObject({
+      code: '28P01',
+      message: `password authentication failed for user "${ROLE}"`,
+    });
+    const withoutPassword = await psql(proxy!.url('postgres', ROLE), 'select 1', { args: ['-w'] });
+    expect(withoutPassword.code).not.toBe(0);
+    expect(withoutPassword.stderr).toMatch(/password/);
+  });
+
+  it('branches a database made through the proxy by copy, with its data, on first connect', async (ctx) => {
+    requireUpstream(ctx);
+    const rows = await query<{ db: string; n: number }>(
+      asRole(`${DB}@feature-x`),
+      'select current_database() as db, count(*)::int as n from items',
+    );
+    expect(rows).toEqual([{ db: `${DB}@feature-x`, n: 1000 }]);
+    const event = proxy!.events('branch_created').find((e) => e.branch === 'feature-x');
+    expect(event).toMatchObject({ root: DB, mode: 'copy', user: ROLE });
+    console.info(
+      `copy on PostgreSQL 15: ${String(event!.cloneMs)} ms (${String(event!.totalMs)} ms in all)`,
+    );
+  });
+
+  it('keeps writes in the branch or the parent that made them', async (ctx) => {
+    requireUpstream(ctx);
+    await query(asRole(`${DB}@isolated`), "insert into items values (1001, 'branch only')");
+    await query(asRole(DB), "insert into items values (1002, 'parent only')");
+    const inBranch = await query<{ id: number }>(
+      asRole(`${DB}@isolated`),
+      'select id from items where id > 1000',
+    );
+    const inParent = await query<{ id: number }>(
+      asRole(DB),
+      'select id from items where id > 1000',
+    );
+    expect(inBranch).toEqual([{ id: 1001 }]);
+    expect(inParent).toEqual([{ id: 1002 }]);
+    await query(asRole(DB), 'delete from items where id = 1002');
+  });
+
+  it('takes a 200-character branch name, and finds the same branch by it again', async (ctx) => {
+    requireUpstream(ctx);
+    const branch = `feature/${'a-long-branch-name-'.repeat(11)}`.slice(0, 200);
+    expect(branch).toHaveLength(200);
+    await query(asRole(`${DB}@${branch}`), 'create table marker (x int)');
+    const rows = await query<{ db: string; found: boolean }>(
+      asRole(`${DB}@${branch}`),
+      "select current_database() as db, to_regclass('marker') is not null as found",
+    );
+    expect(rows[0]!.found).toBe(true);
+    expect(rows[0]!.db.startsWith(`${DB}@feature/`)).toBe(true);
+    expect(Buffer.byteLength(rows[0]!.db)).toBeLessThanOrEqual(63);
+    expect(proxy!.events('branch_created').filter((e) => e.branch === branch)).toHaveLength(1);
+  });
+
+  it('takes the branch from options=-c pgbranch.branch=...', async (ctx) => {
+    requireUpstream(ctx);
+    const rows = await query<{ db: string; n: number }>(
+      asRole(DB, { options: '-c pgbranch.branch=from-options' }),
+      'select current_database() as db, count(*)::int as n from items',
+    );
+    expect(rows).toEqual([{ db: `${DB}@from-options`, n: 1000 }]);
+  });
+});
