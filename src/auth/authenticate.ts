@@ -54,7 +54,7 @@ export async function authenticateClient(ctx: AuthContext): Promise<ServerLogin>
     if (role && stored === null) throw errors.noPassword(ctx.user);
     throw errors.authFailed(ctx.user);
   }
-  if (role.validUntil && role.validUntil.getTime() < Date.now()) throw errors.authFailed(ctx.user);
+  if (role.expired) throw errors.authFailed(ctx.user);
   if (!role.canLogin) throw errors.cannotLogin(ctx.user);
   return login;
 }

@@ -7,7 +7,11 @@ export interface RoleSecret {
   /** pg_authid.rolpassword: a SCRAM verifier, an md5 hash, or null. */
   password: string | null;
   canLogin: boolean;
-  validUntil: Date | null;
+  /**
+   * VALID UNTIL has passed, by the server's clock as PostgreSQL itself judges it. Decided in SQL:
+   * node-postgres reads 'infinity' as the number Infinity, not a Date.
+   */
+  expired: boolean;
 }
 
 export interface RoleSource {
@@ -21,15 +25,20 @@ export class CatalogRoleSource implements RoleSource {
     const { rows } = await this.admin.query<{
       rolpassword: string | null;
       rolcanlogin: boolean;
-      rolvaliduntil: Date | null;
-    }>('SELECT rolpassword, rolcanlogin, rolvaliduntil FROM pg_authid WHERE rolname = $1', [user]);
+      expired: boolean;
+    }>(
+      `SELECT rolpassword, rolcanlogin,
+              coalesce(rolvaliduntil < clock_timestamp(), false) AS expired
+         FROM pg_authid WHERE rolname = $1`,
+      [user],
+    );
     const row = rows[0];
     if (!row) return undefined;
     return {
       name: user,
       password: row.rolpassword,
       canLogin: row.rolcanlogin,
-      validUntil: row.rolvaliduntil,
+      expired: row.expired,
     };
   }
 }
