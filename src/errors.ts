@@ -10,6 +10,8 @@ export class PgError extends Error {
     readonly detail?: string,
     readonly hint?: string,
     readonly severity: Severity = 'FATAL',
+    /** Why, for the log only: what a client must not learn (e.g. that a role exists). */
+    readonly reason?: string,
   ) {
     super(message);
     this.name = 'PgError';
@@ -77,12 +79,21 @@ export const errors = {
     new PgError(
       '28P01',
       `password authentication failed for user "${user}"`,
-      `Role "${user}" has no password, so pgbranch cannot authenticate it.`,
-      `Set one with ALTER ROLE "${user}" PASSWORD '...', or run pgbranch with --auth trust on loopback.`,
+      undefined,
+      undefined,
+      'FATAL',
+      `role "${user}" has no password; set one with ALTER ROLE, or use --auth trust on loopback`,
     ),
   cannotLogin: (user: string) => new PgError('28000', `role "${user}" is not permitted to log in`),
   roleMissing: (user: string) =>
-    new PgError('28P01', `password authentication failed for user "${user}"`),
+    new PgError(
+      '28P01',
+      `password authentication failed for user "${user}"`,
+      undefined,
+      undefined,
+      'FATAL',
+      `role "${user}" does not exist`,
+    ),
   tooManyClients: (max: number) =>
     new PgError(
       '53300',

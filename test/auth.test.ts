@@ -215,7 +215,7 @@ describe('through the embedded server', () => {
       expect(rows).toEqual([{ who: 'zoë' }]);
     });
 
-    it('refuses a role that has no password with 28P01, saying that it has none', async () => {
+    it('refuses a role that has no password with the same 28P01 as a wrong password, and logs why', async () => {
       expect(await storedPassword('nopass')).toBeNull();
       const client = new pg.Client({ connectionString: proxy.url('postgres', 'nopass', 'x') });
       client.on('error', () => undefined);
@@ -224,12 +224,17 @@ describe('through the embedded server', () => {
         (e: unknown) => e,
       )) as DatabaseError | undefined;
       expect(error?.code).toBe('28P01');
-      expect(error?.detail).toBe(
-        'Role "nopass" has no password, so pgbranch cannot authenticate it.',
-      );
+      expect(error?.message).toBe('password authentication failed for user "nopass"');
+      expect(error?.detail).toBeUndefined();
       const viaPsql = await psql(proxy.url('postgres', 'nopass', 'anything'), 'select 1');
       expect(viaPsql.code).not.toBe(0);
-      expect(viaPsql.stderr).toContain('Role "nopass" has no password');
+      expect(viaPsql.stderr).not.toContain('no password');
+      expect(proxy.events('client_refused')).toContainEqual(
+        expect.objectContaining({
+          user: 'nopass',
+          reason: expect.stringMatching(/has no password/),
+        }),
+      );
     });
   });
 

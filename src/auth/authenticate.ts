@@ -43,6 +43,9 @@ export async function authenticateClient(ctx: AuthContext): Promise<ServerLogin>
   let login: ServerLogin | undefined;
   if (stored !== null && isMd5Hash(stored)) {
     login = (await md5Exchange(ctx, stored)) ? { method: 'md5', storedHash: stored } : undefined;
+  } else if (ctx.method === 'md5' && (stored === null || !parseScramVerifier(stored))) {
+    // As PostgreSQL's md5 method: roles without a usable verifier get the md5 challenge too.
+    await md5Exchange(ctx, MOCK_MD5);
   } else {
     // Unknown roles and roles without a password go through the same exchange with a verifier
     // nobody knows, so that a failure does not tell an attacker which roles exist.
@@ -50,10 +53,9 @@ export async function authenticateClient(ctx: AuthContext): Promise<ServerLogin>
     const keys = await scramExchange(ctx, verifier);
     login = keys && stored !== null ? { method: 'scram', keys } : undefined;
   }
-  if (!login || !role) {
-    if (role && stored === null) throw errors.noPassword(ctx.user);
-    throw errors.authFailed(ctx.user);
-  }
+  if (!role) throw errors.roleMissing(ctx.user);
+  if (stored === null) throw errors.noPassword(ctx.user);
+  if (!login) throw errors.authFailed(ctx.user);
   if (role.expired) throw errors.authFailed(ctx.user);
   if (!role.canLogin) throw errors.cannotLogin(ctx.user);
   return login;
@@ -99,6 +101,9 @@ async function scramExchange(ctx: AuthContext, verifier: ScramVerifier) {
     throw error;
   }
 }
+
+/** An md5 hash no password produces in practice: the exchange runs, and always fails. */
+const MOCK_MD5 = `md5${randomBytes(16).toString('hex')}`;
 
 /** A stable, secret-looking verifier for roles that have none, like PostgreSQL's mock salt. */
 const mockSecret = randomBytes(32);

@@ -13,7 +13,10 @@ function code(fn: () => unknown): string | undefined {
 
 describe('parseConnectTarget', () => {
   it('reads the branch after the first @ of the database name', () => {
-    expect(parseConnectTarget('app@feature-x').target).toEqual({ root: 'app', branch: 'feature-x' });
+    expect(parseConnectTarget('app@feature-x').target).toEqual({
+      root: 'app',
+      branch: 'feature-x',
+    });
     expect(parseConnectTarget('app@user@example').target).toEqual({
       root: 'app',
       branch: 'user@example',
@@ -39,7 +42,9 @@ describe('parseConnectTarget', () => {
   });
 
   it('keeps options untouched when they hold no pgbranch setting', () => {
-    expect(parseConnectTarget('app@x', '-c search_path=a\\ b').options).toBe('-c search_path=a\\ b');
+    expect(parseConnectTarget('app@x', '-c search_path=a\\ b').options).toBe(
+      '-c search_path=a\\ b',
+    );
   });
 
   it('refuses two different branch names, and unknown pgbranch settings', () => {
@@ -64,13 +69,19 @@ describe('validateBranchName', () => {
       'ünïcødé-ブランチ',
       'with space',
     ]) {
-      expect(code(() => validateBranchName(name)), name).toBeUndefined();
+      expect(
+        code(() => validateBranchName(name)),
+        name,
+      ).toBeUndefined();
     }
   });
 
   it('refuses empty names, control characters, NUL and names over 255 characters with 42602', () => {
     for (const name of ['', 'a\u0000b', 'tab\there', 'new\nline', '\u007f', 'x'.repeat(256)]) {
-      expect(code(() => validateBranchName(name)), JSON.stringify(name)).toBe('42602');
+      expect(
+        code(() => validateBranchName(name)),
+        JSON.stringify(name),
+      ).toBe('42602');
     }
   });
 });

@@ -138,7 +138,12 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
       setTimeout(() => socket.destroy(), 1000).unref();
     }
     ctx.log.info(
-      { event: 'client_refused', ...label, code: pgError.code, reason: pgError.message },
+      {
+        event: 'client_refused',
+        ...label,
+        code: pgError.code,
+        reason: pgError.reason ?? pgError.message,
+      },
       `refused ${label.user ?? 'client'}: ${pgError.message}`,
     );
     return;
