@@ -1,8 +1,8 @@
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { descriptions, helpText } from './help.js';
 import { ConfigError, configKeys, loadConfig } from './load.js';
@@ -12,8 +12,14 @@ const defaults = configSchema.parse({});
 const exampleFile = fileURLToPath(new URL('../../config/pgbranch.example.yaml', import.meta.url));
 
 /** A fresh directory holding the given files, to run loadConfig in. */
+const made: string[] = [];
+afterAll(() => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
 function directory(files: Record<string, string> = {}): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'pgbranch-config-'));
+  made.push(dir);
   for (const [name, text] of Object.entries(files)) {
     mkdirSync(path.dirname(path.join(dir, name)), { recursive: true });
     writeFileSync(path.join(dir, name), text);
