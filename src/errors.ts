@@ -32,7 +32,7 @@ export const errors = {
   unsupportedProtocol: (major: number, minor: number) =>
     new PgError(
       '08P01',
-      `unsupported frontend protocol ${major}.${minor}: pgbranch serves protocol 3.0 through 3.2`,
+      `unsupported frontend protocol ${major}.${minor}: pgbranch serves protocol 3 (3.0; newer 3.x clients are negotiated down)`,
     ),
   invalidBranchName: (name: string, rule: string) =>
     new PgError(

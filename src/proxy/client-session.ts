@@ -46,6 +46,8 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
   socket.on('error', () => socket.destroy());
   const reader = new MessageReader(socket);
   const started = Date.now();
+  // The whole login, however many packets it takes, as PostgreSQL's authentication_timeout.
+  const loginTimer = setTimeout(() => socket.destroy(), STARTUP_TIMEOUT_MS);
   let label: { user?: string; database?: string } = {};
   let conn: ServerConnection | undefined;
   try {
@@ -69,6 +71,7 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
       timeoutMs: STARTUP_TIMEOUT_MS,
     });
     socket.write(authenticationOk());
+    clearTimeout(loginTimer);
 
     const parameters = new Map(packet.parameters);
     parameters.delete('user');
@@ -148,6 +151,7 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     );
     return;
   } finally {
+    clearTimeout(loginTimer);
     reader.detach();
   }
   ctx.log.info(
@@ -158,11 +162,19 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
 
 /** Reads until a StartupMessage, answering encryption requests and forwarding cancels on the way. */
 async function readStartup(socket: net.Socket, reader: MessageReader, ctx: ProxyContext) {
+  const refused = new Set<'ssl' | 'gssenc'>();
   for (;;) {
     const packet = parseStartupPacket(await reader.nextStartupPacket(STARTUP_TIMEOUT_MS));
     switch (packet.kind) {
       case 'ssl':
       case 'gssenc':
+        // PostgreSQL answers each kind once; a client that keeps asking only holds the slot.
+        if (refused.has(packet.kind)) {
+          throw errors.protocolViolation(
+            `second ${packet.kind === 'ssl' ? 'SSLRequest' : 'GSSENCRequest'} on one connection`,
+          );
+        }
+        refused.add(packet.kind);
         // TLS and GSS encryption are not offered yet; clients fall back to plain text (or stop,
         // if they require encryption).
         socket.write('N');

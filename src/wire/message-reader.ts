@@ -2,10 +2,16 @@
 // authentication messages). Not used once the relay takes over the socket.
 import type net from 'node:net';
 import { errors, PgError } from '../errors.js';
-import { startupPacketLength } from './startup.js';
+import { MAX_STARTUP_PACKET, startupPacketLength } from './startup.js';
 
 /** Authentication messages are small; anything larger than this is an attack or a confused client. */
 const MAX_AUTH_MESSAGE = 10_000;
+/**
+ * Unread bytes beyond which the socket is paused until they are taken. Larger than any message
+ * allowed here, so a paused reader always holds a complete message (or a length it refuses), while
+ * a client that floods the socket costs a bounded amount of memory and copying.
+ */
+const MAX_BUFFERED = 64 * 1024 + Math.max(MAX_STARTUP_PACKET, MAX_AUTH_MESSAGE + 1);
 
 export interface TypedMessage {
   type: number;
@@ -16,8 +22,13 @@ export class MessageReader {
   private buffer: Buffer = Buffer.alloc(0);
   private waiting: (() => void) | undefined;
   private ended: Error | undefined;
+  private paused = false;
   private readonly onData = (chunk: Buffer) => {
     this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+    if (this.buffer.length >= MAX_BUFFERED && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
     this.wake();
   };
   private readonly onEnd = () => {
@@ -32,17 +43,23 @@ export class MessageReader {
     socket.on('error', this.onEnd);
   }
 
-  /** The next startup-phase packet (length word, then body; no type byte). */
+  /**
+   * The next startup-phase packet (length word, then body; no type byte). The whole packet must
+   * arrive within timeoutMs, however it is split, so that trickling bytes does not hold a
+   * connection open.
+   */
   async nextStartupPacket(timeoutMs: number): Promise<Buffer> {
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
       const length = startupPacketLength(this.buffer);
       if (length !== undefined && this.buffer.length >= length) return this.take(length);
-      await this.more(timeoutMs);
+      await this.more(deadline, timeoutMs);
     }
   }
 
-  /** The next typed message; `expected` names the types allowed here. */
+  /** The next typed message, within timeoutMs as a whole; `expected` names the types allowed here. */
   async nextMessage(timeoutMs: number, expected: string): Promise<TypedMessage> {
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (this.buffer.length >= 5) {
         const type = this.buffer[0]!;
@@ -60,7 +77,7 @@ export class MessageReader {
           return { type, body: packet.subarray(5) };
         }
       }
-      await this.more(timeoutMs);
+      await this.more(deadline, timeoutMs);
     }
   }
 
@@ -70,6 +87,7 @@ export class MessageReader {
     this.socket.removeListener('end', this.onEnd);
     this.socket.removeListener('close', this.onEnd);
     this.socket.removeListener('error', this.onEnd);
+    // The socket stays paused if it was: whoever reads it next resumes it.
     const rest = this.buffer;
     this.buffer = Buffer.alloc(0);
     return rest;
@@ -78,16 +96,23 @@ export class MessageReader {
   private take(n: number): Buffer {
     const packet = this.buffer.subarray(0, n);
     this.buffer = this.buffer.subarray(n);
+    if (this.paused && this.buffer.length < MAX_BUFFERED) {
+      this.paused = false;
+      this.socket.resume();
+    }
     return packet;
   }
 
-  private more(timeoutMs: number): Promise<void> {
+  private more(deadline: number, timeoutMs: number): Promise<void> {
     if (this.ended) return Promise.reject(this.ended);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiting = undefined;
-        reject(new PgError('08006', `client sent no complete message within ${timeoutMs} ms`));
-      }, timeoutMs);
+      const timer = setTimeout(
+        () => {
+          this.waiting = undefined;
+          reject(new PgError('08006', `client sent no complete message within ${timeoutMs} ms`));
+        },
+        Math.max(0, deadline - Date.now()),
+      );
       this.waiting = () => {
         clearTimeout(timer);
         this.waiting = undefined;
