@@ -112,6 +112,7 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
     maxClients: config.pool.max_client_connections,
     clients: new Set(),
     shuttingDown: false,
+    poolModeFor: poolModeRule(config.pool.mode, config.pool.transaction_mode_for),
   };
 
   const listener = net.createServer((socket) => {
@@ -168,4 +169,18 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
       : describeEndpoint(endpoint),
     stop,
   };
+}
+
+/** The configured pool mode for a database name: transaction where a pattern matches. */
+function poolModeRule(
+  mode: 'session' | 'transaction',
+  patterns: string,
+): (database: string) => 'session' | 'transaction' {
+  const rules = patterns
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => p.length > 0)
+    .map((p) => new RegExp(`^${p.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*')}$`));
+  if (rules.length === 0) return () => mode;
+  return (database) => (rules.some((r) => r.test(database)) ? 'transaction' : mode);
 }

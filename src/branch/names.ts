@@ -19,8 +19,12 @@ export interface BranchTarget {
   parent?: string;
 }
 
+export type PoolMode = 'session' | 'transaction';
+
 export interface ParsedConnectTarget {
   target: BranchTarget;
+  /** Asked for with options=-c pgbranch.pool_mode=...; undefined leaves it to the configuration. */
+  poolMode?: PoolMode;
   /** The `options` parameter without pgbranch's own settings; undefined when nothing is left. */
   options?: string;
 }
@@ -38,6 +42,7 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
   }
   let fromOption: string | undefined;
   let parent: string | undefined;
+  let poolMode: PoolMode | undefined;
   let rest = options;
   if (options !== undefined && options.includes('pgbranch.')) {
     const words = splitOptions(options);
@@ -58,12 +63,22 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
       const value = eq < 0 ? '' : setting.slice(eq + 1);
       if (name === 'pgbranch.branch') fromOption = value;
       else if (name === 'pgbranch.parent') parent = value;
-      else {
+      else if (name === 'pgbranch.pool_mode') {
+        if (value !== 'session' && value !== 'transaction') {
+          throw new PgError(
+            '22023',
+            `invalid value for parameter "pgbranch.pool_mode": "${value}"`,
+            undefined,
+            'Available values: session, transaction.',
+          );
+        }
+        poolMode = value;
+      } else {
         throw new PgError(
           '42704',
           `unrecognized configuration parameter "${name}"`,
           undefined,
-          'pgbranch understands pgbranch.branch and pgbranch.parent in options.',
+          'pgbranch understands pgbranch.branch, pgbranch.parent and pgbranch.pool_mode in options.',
         );
       }
     }
@@ -82,7 +97,10 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
   const target: BranchTarget = { root };
   if (branch !== undefined) target.branch = branch;
   if (parent !== undefined && parent !== ROOT_BRANCH) target.parent = parent;
-  return rest === undefined ? { target } : { target, options: rest };
+  const parsed: ParsedConnectTarget = { target };
+  if (rest !== undefined) parsed.options = rest;
+  if (poolMode !== undefined) parsed.poolMode = poolMode;
+  return parsed;
 }
 
 /** Branch names come from git and CI as they are; only what can't be stored or shown is refused. */

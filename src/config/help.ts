@@ -17,6 +17,10 @@ export const descriptions: Record<ConfigPath, string> = {
   'embedded.port': 'TCP port of the embedded server on 127.0.0.1; 0 picks a free one.',
   'pool.size':
     'Server connections per pool; there is a pool per branch, user and startup parameters.',
+  'pool.mode':
+    'session (a server connection per client session) or transaction (one per transaction, shared).',
+  'pool.transaction_mode_for':
+    'Comma-separated database patterns (app@ci-*, preview-*) that use transaction mode.',
   'pool.max_server_connections': 'Server connections across all pools.',
   'pool.max_client_connections': 'Client connections open at once.',
   'pool.idle_timeout': 'Idle pooled server connections are closed after this long.',

@@ -139,6 +139,8 @@ describe('loadConfig', () => {
       'auth',
       'embedded.password',
       'embedded.port',
+      'pool.mode',
+      'pool.transaction_mode_for',
       'pool.size',
       'pool.max_server_connections',
       'pool.max_client_connections',

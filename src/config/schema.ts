@@ -56,6 +56,13 @@ export const configSchema = z
       .default({ port: 0 }),
     pool: z
       .object({
+        /**
+         * session: a server connection per client session. transaction: a server connection per
+         * transaction, shared by many clients. A client can choose with options=-c pgbranch.pool_mode=.
+         */
+        mode: z.enum(['session', 'transaction']).default('session'),
+        /** Comma-separated database name patterns (`*` matches anything) that use transaction mode. */
+        transaction_mode_for: z.string().default(''),
         /** Server connections per (branch, user, startup parameters) pool. */
         size: positiveInt.default(20),
         max_server_connections: positiveInt.default(200),
@@ -69,6 +76,8 @@ export const configSchema = z
       })
       .strict()
       .default({
+        mode: 'session',
+        transaction_mode_for: '',
         size: 20,
         max_server_connections: 200,
         max_client_connections: 5000,

@@ -9,6 +9,11 @@ export interface PoolRequest {
   /** Startup parameters besides user and database; part of the pool's identity. */
   parameters: ReadonlyMap<string, string>;
   login: ServerLogin;
+  /**
+   * Transaction-mode pools are apart from session-mode ones: their connections are shared
+   * between clients and are not reset with DISCARD ALL (which would drop prepared statements).
+   */
+  mode?: 'session' | 'transaction';
 }
 
 export interface PoolLimits {
@@ -170,6 +175,8 @@ export class PoolManager {
     const wakers = this.paused.get(database);
     this.paused.delete(database);
     for (const wake of wakers ?? []) wake();
+    // Clients that queued before the pause, while its connections were closed instead of reused.
+    this.serveWaiters();
   }
 
   /** Closes every connection to `database`: idle ones now, busy ones when they come back. */
@@ -335,5 +342,5 @@ export class PoolManager {
 
 function poolKey(request: PoolRequest): string {
   const params = [...request.parameters].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return [request.database, request.user, ...params.flat()].join('\0');
+  return [request.mode ?? 'session', request.database, request.user, ...params.flat()].join('\0');
 }

@@ -1,42 +1,73 @@
-// CancelRequest routing. Clients get BackendKeyData with their server connection's real process id
-// and a secret of pgbranch's; a cancel that matches both is forwarded with the server's own key.
+// CancelRequest routing. Session-mode clients get BackendKeyData with their server connection's
+// real process id, transaction-mode clients one of the proxy's, each with a secret of pgbranch's; a
+// cancel that matches both is forwarded, with the server's own key, to the server connection that
+// runs the client's query at that moment.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { connectSocket, type Endpoint } from '../upstream/endpoint.js';
 import { cancelRequest } from '../wire/frontend.js';
 
+/** The key of the server process that runs a client's query now. */
+export interface ServerKey {
+  processId: number;
+  secret: Buffer;
+}
+
 interface Target {
   secret: Buffer;
-  serverProcessId: number;
-  serverSecret: Buffer;
+  /** Undefined when the client holds no server connection (transaction mode, between transactions). */
+  server: () => ServerKey | undefined;
 }
+
+/** Process ids the proxy makes up for transaction-mode clients: above any Linux pid (2^22). */
+const FIRST_OWN_ID = 1 << 23;
 
 export class CancelRegistry {
   private readonly targets = new Map<number, Target>();
+  private nextId = FIRST_OWN_ID;
 
   constructor(private readonly endpoint: Endpoint) {}
 
-  /** Registers a client's session on a server connection; returns the secret to hand the client. */
-  register(serverProcessId: number, serverSecret: Buffer): Buffer {
+  /**
+   * Registers a client under a process id: its server connection's real one (session mode), or
+   * undefined to get one of the proxy's (transaction mode). Returns the key to hand the client.
+   */
+  register(processId: number | undefined, server: () => ServerKey | undefined): ServerKey {
+    let id = processId;
+    if (id === undefined) {
+      do {
+        id = this.nextId;
+        this.nextId = this.nextId >= 0x7fffffff ? FIRST_OWN_ID : this.nextId + 1;
+      } while (this.targets.has(id));
+    }
     const secret = randomBytes(4);
-    this.targets.set(serverProcessId, { secret, serverProcessId, serverSecret });
-    return secret;
+    this.targets.set(id, { secret, server });
+    return { processId: id, secret };
   }
 
-  unregister(serverProcessId: number, secret: Buffer): void {
-    if (this.targets.get(serverProcessId)?.secret === secret) this.targets.delete(serverProcessId);
+  unregister(key: ServerKey): void {
+    if (this.targets.get(key.processId)?.secret === key.secret) this.targets.delete(key.processId);
   }
 
-  /** Forwards a client's CancelRequest if it names a live session; says whether it did. */
-  cancel(processId: number, secret: Buffer): boolean {
+  /**
+   * Forwards a client's CancelRequest if it names a live session. Resolves (with whether it did)
+   * once the server has closed the forwarded request's connection: by then PostgreSQL has signalled
+   * the backend, as it has when it closes a client's own cancel connection. A client may send its
+   * next query as soon as its cancel connection closes, and that query must not be the one canceled.
+   */
+  async cancel(processId: number, secret: Buffer): Promise<boolean> {
     const target = this.targets.get(processId);
     if (!target || target.secret.length !== secret.length) return false;
     if (!timingSafeEqual(target.secret, secret)) return false;
-    const socket = connectSocket(this.endpoint);
-    socket.on('error', () => socket.destroy());
-    socket.setTimeout(5000, () => socket.destroy());
-    socket.once('connect', () =>
-      socket.end(cancelRequest(target.serverProcessId, target.serverSecret)),
-    );
+    const server = target.server();
+    // A transaction-mode client between transactions runs nothing: there is nothing to cancel.
+    if (!server) return false;
+    await new Promise<void>((resolve) => {
+      const socket = connectSocket(this.endpoint);
+      socket.on('error', () => socket.destroy());
+      socket.setTimeout(5000, () => socket.destroy());
+      socket.once('connect', () => socket.end(cancelRequest(server.processId, server.secret)));
+      socket.once('close', () => resolve());
+    });
     return true;
   }
 }

@@ -5,9 +5,9 @@ import type { Logger } from 'pino';
 import { authenticateClient, type AuthMethod } from '../auth/authenticate.js';
 import type { RoleSource } from '../auth/roles.js';
 import type { BranchManager } from '../branch/manager.js';
-import { parseConnectTarget, type BranchTarget } from '../branch/names.js';
+import { parseConnectTarget, type BranchTarget, type PoolMode } from '../branch/names.js';
 import { errors, PgError } from '../errors.js';
-import type { PoolManager, ServerConnection } from '../pool/pool.js';
+import type { PoolManager, PoolRequest, ServerConnection } from '../pool/pool.js';
 import { ServerError, type ServerLogin } from '../upstream/server-connection.js';
 import {
   authenticationOk,
@@ -22,6 +22,8 @@ import { ClientGone, MessageReader } from '../wire/message-reader.js';
 import { parseStartupPacket } from '../wire/startup.js';
 import type { CancelRegistry } from './cancel.js';
 import { SessionRelay } from './relay.js';
+import { ClientState, serverState } from './client-state.js';
+import { prepareServer, TransactionRelay } from './transaction-relay.js';
 
 /** Like PostgreSQL's authentication_timeout: a client must finish logging in within this. */
 const STARTUP_TIMEOUT_MS = 60_000;
@@ -39,6 +41,8 @@ export interface ProxyContext {
   /** Clients connected now (all of them, in any phase). */
   clients: Set<net.Socket>;
   shuttingDown: boolean;
+  /** The pool mode for a database name as the client wrote it, from the configuration. */
+  poolModeFor: (database: string) => PoolMode;
 }
 
 export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promise<void> {
@@ -61,7 +65,10 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     if (packet.minor > 0 || packet.protocolOptions.length > 0) {
       socket.write(negotiateProtocolVersion(0, packet.protocolOptions));
     }
-    const { target, options } = parseConnectTarget(requested, packet.parameters.get('options'));
+    const { target, options, poolMode } = parseConnectTarget(
+      requested,
+      packet.parameters.get('options'),
+    );
     const login = await authenticateClient({
       socket,
       reader,
@@ -79,56 +86,18 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     if (options === undefined) parameters.delete('options');
     else parameters.set('options', options);
 
-    const opened = await connectToBranch(ctx, target, user, parameters, login);
-    conn = opened.conn;
-    const session = conn.session;
-    const secret = ctx.cancels.register(session.processId, session.secretKey);
-    try {
-      const greeting: Buffer[] = [];
-      if (opened.created) {
-        greeting.push(
-          noticeResponse(
-            `pgbranch: created branch "${target.branch}" of "${target.root}" from ${target.parent ?? 'main'}`,
-          ),
-        );
-      }
-      for (const [name, value] of session.parameters) greeting.push(parameterStatus(name, value));
-      greeting.push(backendKeyData(session.processId, secret), readyForQuery('I'));
-      socket.write(Buffer.concat(greeting));
-      ctx.log.info(
-        {
-          event: 'client_connected',
-          user,
-          branch: requested,
-          database: opened.database,
-          serverPid: session.processId,
-        },
-        `client ${user} connected to ${requested}`,
-      );
-      const relay = new SessionRelay(socket, session.socket, reader.detach());
-      const end = await relay.ended;
-      if (end.by === 'client') {
-        const clean = await relay.resetForReuse(RESET_TIMEOUT_MS);
-        ctx.pools.release(conn, clean);
-        conn = undefined;
-        socket.end();
-      } else {
-        ctx.pools.release(conn, false);
-        conn = undefined;
-        if (end.by === 'server' && end.atBoundary && end.lastType !== 0x45 /* E */) {
-          socket.write(
-            errorResponse(
-              ctx.shuttingDown
-                ? errors.shuttingDown()
-                : errors.upstreamUnavailable('the server closed the connection unexpectedly'),
-            ),
-          );
-        }
-        socket.end();
-      }
-    } finally {
-      ctx.cancels.unregister(session.processId, secret);
-    }
+    const mode: PoolMode = parameters.has('replication')
+      ? 'session'
+      : (poolMode ?? ctx.poolModeFor(requested));
+    const run = mode === 'transaction' ? serveTransactions : serveSession;
+    await run(
+      ctx,
+      socket,
+      reader,
+      { target, user, requested, parameters, login },
+      (c) => (conn = c),
+    );
+    conn = undefined;
   } catch (error) {
     if (conn) ctx.pools.release(conn, false);
     if (error instanceof ClientGone) {
@@ -158,6 +127,151 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     { event: 'client_disconnected', ...label, durationMs: Date.now() - started },
     `client ${label.user} disconnected from ${label.database}`,
   );
+}
+
+interface Admitted {
+  target: BranchTarget;
+  user: string;
+  /** The database name as the client wrote it (app@feature-x). */
+  requested: string;
+  /** Startup parameters for the server (user, database and pgbranch's own settings removed). */
+  parameters: Map<string, string>;
+  login: ServerLogin;
+}
+
+/** Session mode: one server connection for the whole session, reset and pooled afterwards. */
+async function serveSession(
+  ctx: ProxyContext,
+  socket: net.Socket,
+  reader: MessageReader,
+  { target, user, requested, parameters, login }: Admitted,
+  /** Tells the caller which server connection to release if this throws. */
+  hold: (conn: ServerConnection | undefined) => void,
+): Promise<void> {
+  const opened = await connectToBranch(ctx, target, user, parameters, login, 'session');
+  const conn = opened.conn;
+  hold(conn);
+  const session = conn.session;
+  const cancelKey = ctx.cancels.register(session.processId, () => ({
+    processId: session.processId,
+    secret: session.secretKey,
+  }));
+  try {
+    const greeting: Buffer[] = [];
+    if (opened.created) {
+      greeting.push(
+        noticeResponse(
+          `pgbranch: created branch "${target.branch}" of "${target.root}" from ${target.parent ?? 'main'}`,
+        ),
+      );
+    }
+    for (const [name, value] of session.parameters) greeting.push(parameterStatus(name, value));
+    greeting.push(backendKeyData(cancelKey.processId, cancelKey.secret), readyForQuery('I'));
+    socket.write(Buffer.concat(greeting));
+    ctx.log.info(
+      {
+        event: 'client_connected',
+        user,
+        branch: requested,
+        database: opened.database,
+        serverPid: session.processId,
+      },
+      `client ${user} connected to ${requested}`,
+    );
+    const relay = new SessionRelay(socket, session.socket, reader.detach());
+    const end = await relay.ended;
+    if (end.by === 'client') {
+      const clean = await relay.resetForReuse(RESET_TIMEOUT_MS);
+      hold(undefined);
+      ctx.pools.release(conn, clean);
+      socket.end();
+    } else {
+      hold(undefined);
+      ctx.pools.release(conn, false);
+      if (end.by === 'server' && end.atBoundary && end.lastType !== 0x45 /* E */) {
+        socket.write(
+          errorResponse(
+            ctx.shuttingDown
+              ? errors.shuttingDown()
+              : errors.upstreamUnavailable('the server closed the connection unexpectedly'),
+          ),
+        );
+      }
+      socket.end();
+    }
+  } finally {
+    ctx.cancels.unregister(cancelKey);
+  }
+}
+
+/**
+ * Transaction mode: a server connection only while a transaction runs. The client's startup
+ * parameters become settings that follow it from server connection to server connection.
+ */
+async function serveTransactions(
+  ctx: ProxyContext,
+  socket: net.Socket,
+  reader: MessageReader,
+  { target, user, requested, parameters, login }: Admitted,
+  hold: (conn: ServerConnection | undefined) => void,
+): Promise<void> {
+  const state = new ClientState(parameters);
+  const opened = await connectToBranch(ctx, target, user, new Map(), login, 'transaction');
+  hold(opened.conn);
+  // The greeting shows the client's own settings: apply them to the first server connection.
+  await prepareServer(opened.conn, state);
+  const reported = serverState(opened.conn).reported;
+  for (const [name, value] of reported) state.reported.set(name, value);
+  hold(undefined);
+  ctx.pools.release(opened.conn, true);
+
+  let current: ServerConnection | undefined;
+  const cancelKey = ctx.cancels.register(undefined, () =>
+    current
+      ? { processId: current.session.processId, secret: current.session.secretKey }
+      : undefined,
+  );
+  try {
+    const greeting: Buffer[] = [];
+    if (opened.created) {
+      greeting.push(
+        noticeResponse(
+          `pgbranch: created branch "${target.branch}" of "${target.root}" from ${target.parent ?? 'main'}`,
+        ),
+      );
+    }
+    for (const [name, value] of reported) greeting.push(parameterStatus(name, value));
+    greeting.push(backendKeyData(cancelKey.processId, cancelKey.secret), readyForQuery('I'));
+    socket.write(Buffer.concat(greeting));
+    ctx.log.info(
+      {
+        event: 'client_connected',
+        user,
+        branch: requested,
+        database: opened.database,
+        mode: 'transaction',
+      },
+      `client ${user} connected to ${requested} (transaction mode)`,
+    );
+    const relay = new TransactionRelay({
+      client: socket,
+      pools: ctx.pools,
+      request: opened.request,
+      state,
+      pending: reader.detach(),
+      resetTimeoutMs: RESET_TIMEOUT_MS,
+      onServer: (conn) => (current = conn),
+      onPinned: (reason) =>
+        ctx.log.info(
+          { event: 'client_pinned', user, branch: requested, reason },
+          `client ${user} on ${requested} holds ${reason}: it keeps its server connection until it disconnects`,
+        ),
+    });
+    await relay.ended;
+    socket.end();
+  } finally {
+    ctx.cancels.unregister(cancelKey);
+  }
 }
 
 /** Reads until a StartupMessage, answering encryption requests and forwarding cancels on the way. */
@@ -195,12 +309,14 @@ async function connectToBranch(
   user: string,
   parameters: Map<string, string>,
   login: ServerLogin,
-): Promise<{ conn: ServerConnection; database: string; created: boolean }> {
+  mode: PoolMode,
+): Promise<{ conn: ServerConnection; request: PoolRequest; database: string; created: boolean }> {
   for (let attempt = 0; ; attempt++) {
     const { database, created } = await ctx.branches.resolve(target, user);
     try {
-      const conn = await ctx.pools.acquire({ database, user, parameters, login });
-      return { conn, database, created };
+      const request: PoolRequest = { database, user, parameters, login, mode };
+      const conn = await ctx.pools.acquire(request);
+      return { conn, request, database, created };
     } catch (error) {
       // A branch dropped behind pgbranch's back: forget it and make it again, once.
       if (

@@ -3,9 +3,10 @@
 // be brought back to a clean, idle state and pooled, or closed when that is not possible.
 import type net from 'node:net';
 import { FrameScanner, TERMINATE } from '../wire/frames.js';
-import { copyFail, query, sync } from '../wire/frontend.js';
+import { abortBatch, copyFail, query } from '../wire/frontend.js';
 
 const QUERY = 0x51; // 'Q'
+const FUNCTION_CALL = 0x46; // 'F'
 const SYNC = 0x53; // 'S'
 const ERROR = 0x45; // 'E'
 const COPY_IN = 0x47; // 'G'
@@ -14,12 +15,12 @@ const STATUS_IDLE = 0x49; // 'I'
 
 /** Client to server: counts the messages that each end in one ReadyForQuery. */
 class ClientFrames extends FrameScanner {
-  /** Query and Sync messages sent whose ReadyForQuery has not come back yet. */
+  /** Query, FunctionCall and Sync messages sent whose ReadyForQuery has not come back yet. */
   pending = 0;
   /** Extended-protocol messages sent since the last Sync. */
   unsynced = false;
   protected override onFrame(type: number): void {
-    if (type === QUERY) this.pending++;
+    if (type === QUERY || type === FUNCTION_CALL) this.pending++;
     else if (type === SYNC) {
       this.pending++;
       this.unsynced = false;
@@ -76,7 +77,6 @@ export class SessionRelay {
   private finished = false;
   private resolveEnd!: (end: RelayEnd) => void;
   readonly ended: Promise<RelayEnd> = new Promise((resolve) => (this.resolveEnd = resolve));
-  private clientGone = false;
 
   constructor(
     private readonly client: net.Socket,
@@ -95,7 +95,9 @@ export class SessionRelay {
     server.on('error', this.serverEnded);
     server.resume();
     client.resume();
-    if (pending.length > 0) this.fromClient(pending);
+    // A client can leave while it waits for a server connection; its 'close' has been and gone.
+    if (client.destroyed || client.readableEnded) this.clientEnded();
+    else if (pending.length > 0) this.fromClient(pending);
   }
 
   private readonly fromClient = (chunk: Buffer): void => {
@@ -107,7 +109,6 @@ export class SessionRelay {
     }
     if (stop > 0) this.server.write(chunk.subarray(0, stop));
     // Terminate is for us: the server connection stays open for the next client.
-    this.clientGone = true;
     this.finish({ by: 'client' });
   };
 
@@ -125,7 +126,6 @@ export class SessionRelay {
   };
 
   private readonly clientEnded = (): void => {
-    this.clientGone = true;
     this.finish({ by: 'client' });
   };
 
@@ -150,11 +150,6 @@ export class SessionRelay {
     this.server.removeListener('close', this.serverEnded);
     this.server.removeListener('error', this.serverEnded);
     this.resolveEnd(end);
-  }
-
-  /** Whether the client has left (as opposed to being told to leave). */
-  get clientLeft(): boolean {
-    return this.clientGone;
   }
 
   /**
@@ -210,8 +205,9 @@ export class SessionRelay {
       socket.resume();
       if (server.copyIn) socket.write(copyFail('client disconnected'));
       if (client.unsynced) {
+        // Sync alone would commit what the batch did; PostgreSQL rolls back a departed client's work.
         client.pending++;
-        socket.write(sync());
+        socket.write(abortBatch());
       }
       advance();
     });

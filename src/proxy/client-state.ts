@@ -1,0 +1,148 @@
+// What a transaction-mode client believes about its session, kept by the proxy because its server
+// connections change under it: settings (startup parameters, SET statements, reported parameters)
+// and named prepared statements. Also what each server connection currently carries, so that only
+// the difference is replayed when a server connection moves to another client.
+import { createHash } from 'node:crypto';
+import { quoteIdent, quoteLiteral } from '../branch/database-provider.js';
+import type { ServerConnection } from '../pool/pool.js';
+import { splitOptions } from '../wire/startup.js';
+
+/** Reported parameters a client may set; the others (server_version, is_superuser, ...) it can't. */
+const SETTABLE_REPORTED = new Set([
+  'application_name',
+  'client_encoding',
+  'DateStyle',
+  'IntervalStyle',
+  'TimeZone',
+  'search_path',
+  'standard_conforming_strings',
+  'default_transaction_read_only',
+]);
+
+/** Startup parameters that are not settings. */
+const NOT_SETTINGS = new Set(['user', 'database', 'options', 'replication']);
+
+export interface PreparedStatement {
+  /** The name on server connections: derived from the statement itself, so clients share it. */
+  serverName: string;
+  /** The Parse message's body after the statement name: query text and parameter types. */
+  definition: Buffer;
+}
+
+export class ClientState {
+  /** SET statements to replay, in order: from startup parameters, then the client's own. */
+  readonly statements: string[] = [];
+  /** The statements joined: equal keys mean equal settings. */
+  statementsKey = '';
+  /** Reported parameters as the client last saw them. */
+  readonly reported = new Map<string, string>();
+  readonly prepared = new Map<string, PreparedStatement>();
+  /** Why the client is pinned to a server connection (session behaviour), once it is. */
+  pinned: string | undefined;
+
+  constructor(startupParameters: ReadonlyMap<string, string>) {
+    for (const [name, value] of startupParameters) {
+      if (NOT_SETTINGS.has(name)) continue;
+      this.statements.push(`SET ${quoteIdent(name)} = ${quoteLiteral(value)}`);
+    }
+    const options = startupParameters.get('options');
+    if (options) {
+      const words = splitOptions(options);
+      for (let i = 0; i < words.length; i++) {
+        let setting: string | undefined;
+        if (words[i] === '-c' && i + 1 < words.length) setting = words[++i];
+        else if (words[i]!.startsWith('-c')) setting = words[i]!.slice(2);
+        else if (words[i]!.startsWith('--')) setting = words[i]!.slice(2);
+        const eq = setting?.indexOf('=') ?? -1;
+        if (setting && eq > 0) {
+          const name = setting.slice(0, eq).replace(/-/g, '_');
+          this.statements.push(`SET ${quoteIdent(name)} = ${quoteLiteral(setting.slice(eq + 1))}`);
+        }
+      }
+    }
+    this.statementsKey = this.statements.join(';\n');
+  }
+
+  /** Records a client's simple query if it only sets or resets session settings. */
+  noteSettings(sql: string): boolean {
+    if (!SET_OR_RESET.test(sql)) return false;
+    const parts = sql
+      .split(';')
+      .map((p) => p.trim())
+      .filter((p) => p.length > 0);
+    if (parts.length === 0 || !parts.every((p) => SET_STATEMENT.test(p) && !LOCAL.test(p))) {
+      return false;
+    }
+    for (const part of parts) {
+      if (/^reset\s+all$/i.test(part) || /^discard\s+all$/i.test(part)) this.statements.length = 0;
+      this.statements.push(part);
+    }
+    this.statementsKey = this.statements.join(';\n');
+    return true;
+  }
+
+  /** Defines a named statement; returns its server-side name. */
+  define(name: string, definition: Buffer): PreparedStatement {
+    const statement = {
+      serverName: `pgbranch_${createHash('sha1').update(definition).digest('hex').slice(0, 24)}`,
+      definition: Buffer.from(definition),
+    };
+    this.prepared.set(name, statement);
+    return statement;
+  }
+}
+
+const SET_OR_RESET = /^\s*(set|reset|discard\s+all)\b/i;
+const SET_STATEMENT = /^(set|reset|discard\s+all)\b/i;
+const LOCAL = /^set\s+(local|transaction|constraints)\b/i;
+
+/** What a server connection carries for transaction-mode clients. */
+export interface ServerState {
+  /** ClientState.statementsKey of the SET statements in effect on it ('' for none). */
+  appliedKey: string;
+  /** Server-side prepared statement names, oldest first. */
+  prepared: Map<string, true>;
+  /** Reported parameters as the server last sent them. */
+  reported: Map<string, string>;
+  /** Reported parameters as they were at login, which RESET ALL returns to. */
+  initial: ReadonlyMap<string, string>;
+}
+
+const serverStates = new WeakMap<ServerConnection, ServerState>();
+
+export function serverState(conn: ServerConnection): ServerState {
+  let state = serverStates.get(conn);
+  if (!state) {
+    state = {
+      appliedKey: '',
+      prepared: new Map(),
+      reported: new Map(conn.session.parameters),
+      initial: conn.session.parameters,
+    };
+    serverStates.set(conn, state);
+  }
+  return state;
+}
+
+/**
+ * The statements that make a server connection carry this client's settings, or undefined when
+ * it already does: the client's SET statements (after RESET ALL, when another client's are in
+ * effect), then any reported parameter whose value differs.
+ */
+export function settingsFor(client: ClientState, server: ServerState): string | undefined {
+  const parts: string[] = [];
+  let base: ReadonlyMap<string, string> = server.reported;
+  if (server.appliedKey !== client.statementsKey) {
+    if (server.appliedKey !== '') {
+      parts.push('RESET ALL');
+      base = server.initial;
+    }
+    parts.push(...client.statements);
+  }
+  for (const [name, value] of client.reported) {
+    if (SETTABLE_REPORTED.has(name) && base.get(name) !== value) {
+      parts.push(`SET ${quoteIdent(name)} = ${quoteLiteral(value)}`);
+    }
+  }
+  return parts.length > 0 ? parts.join('; ') : undefined;
+}

@@ -1,0 +1,711 @@
+// Transaction mode: a client holds a server connection from the first message of a transaction to
+// the ReadyForQuery that ends it idle, then the connection goes back to the pool. Client messages
+// are read whole (their bodies can be rewritten: named prepared statements get server-side names,
+// and are prepared on demand wherever the client lands); server messages are forwarded as they
+// arrive, with frames scanned in place, except the few responses to what the proxy itself added.
+import type net from 'node:net';
+import { PgError } from '../errors.js';
+import type { PoolManager, PoolRequest, ServerConnection } from '../pool/pool.js';
+import { errorResponse } from '../wire/backend.js';
+import { copyFail, query } from '../wire/frontend.js';
+import { ClientState, serverState, settingsFor, type ServerState } from './client-state.js';
+
+const BIND = 0x42; // 'B'
+const CLOSE = 0x43; // 'C'
+const DESCRIBE = 0x44; // 'D'
+const FUNCTION_CALL = 0x46; // 'F'
+const PARSE = 0x50; // 'P'
+const QUERY = 0x51; // 'Q'
+const SYNC = 0x53; // 'S'
+const TERMINATE = 0x58; // 'X'
+const EXECUTE = 0x45; // 'E'
+const FLUSH = 0x48; // 'H'
+
+const PARSE_COMPLETE = 0x31; // '1'
+const CLOSE_COMPLETE = 0x33; // '3'
+const PARAMETER_STATUS = 0x53; // 'S'
+const READY = 0x5a; // 'Z'
+const ERROR = 0x45; // 'E'
+const COPY_IN = 0x47; // 'G'
+const COPY_OUT = 0x48; // 'H'
+const STATUS_IDLE = 0x49; // 'I'
+
+/** Largest client message accepted (PostgreSQL's own limit for most messages is 1 GB). */
+const MAX_MESSAGE = 256 * 1024 * 1024;
+/** How many prepared statements one server connection keeps before closing the oldest. */
+const MAX_PREPARED_PER_SERVER = 200;
+
+/** Statements that tie a session to its server connection until it ends. */
+const PINNING = /pg_(try_)?advisory_lock(_shared)?\s*\(|^\s*listen\b|\bwith\s+hold\b/i;
+
+export interface TransactionRelayOptions {
+  client: net.Socket;
+  pools: PoolManager;
+  /** The pool this client draws from (database, user, login; no startup parameters). */
+  request: PoolRequest;
+  state: ClientState;
+  /** Bytes the client sent before the relay started. */
+  pending: Buffer;
+  /** Called once when the client gets pinned, with the reason. */
+  onPinned: (reason: string) => void;
+  /** Called with the server connection the client now holds (undefined when it holds none). */
+  onServer: (conn: ServerConnection | undefined) => void;
+  resetTimeoutMs: number;
+}
+
+/** An entry per Parse or Close sent, in order: the responses come back in the same order. */
+interface Expected {
+  /** How many Query/Sync/FunctionCall messages were sent before it: its batch. */
+  batch: number;
+  type: number;
+  /** Responses to the proxy's own messages are not forwarded. */
+  swallow: boolean;
+  /** For a Parse: the server-side name it defines, recorded once it succeeded. */
+  defines?: string;
+  /** For a Close: the server-side name it removes. */
+  removes?: string;
+}
+
+export class TransactionRelay {
+  private conn: ServerConnection | undefined;
+  private server: ServerState | undefined;
+  private acquiring = false;
+  /** Client bytes that arrived while the client had no server connection. */
+  private raw: Buffer[] = [];
+  /** A partial client message carried over to the next chunk. */
+  private tail: Buffer | undefined;
+  private finished = false;
+  private resolveEnd!: (reason: 'client' | 'server' | 'error') => void;
+  readonly ended = new Promise<'client' | 'server' | 'error'>((r) => (this.resolveEnd = r));
+
+  // Client-side protocol state.
+  /** Query, FunctionCall and Sync messages whose ReadyForQuery has not come back yet. */
+  private pendingReady = 0;
+  private unsynced = false;
+  private readonly expected: Expected[] = [];
+  /** Query, Sync and FunctionCall messages sent, and ReadyForQuery messages received. */
+  private batchesSent = 0;
+  private batchesDone = 0;
+  private settingsChanged = false;
+
+  // Server-side frame scanning.
+  private remaining = 0;
+  private frameType = 0;
+  private copyIn = false;
+  /** Bytes of the ParameterStatus frame being collected. */
+  private status: Buffer[] | undefined;
+  private readyStatus = 0;
+
+  constructor(private readonly options: TransactionRelayOptions) {
+    const { client } = options;
+    client.on('data', this.fromClient);
+    client.on('end', this.clientEnded);
+    client.on('close', this.clientEnded);
+    client.on('error', this.clientEnded);
+    client.on('drain', this.resumeServer);
+    client.resume();
+    if (client.destroyed || client.readableEnded) this.clientEnded();
+    else if (options.pending.length > 0) this.fromClient(options.pending);
+  }
+
+  private readonly fromClient = (data: Buffer): void => {
+    if (this.finished) return;
+    if (!this.conn || this.acquiring) {
+      // Rewriting depends on the server connection: keep the bytes until there is one.
+      this.raw.push(data);
+      if (!this.acquiring) {
+        const first = this.tail ? this.tail[0] : this.raw[0]![0];
+        if (first === TERMINATE) {
+          this.finish('client');
+          return;
+        }
+        void this.attach();
+      }
+      return;
+    }
+    let chunk = data;
+    if (this.tail) {
+      chunk = Buffer.concat([this.tail, data]);
+      this.tail = undefined;
+    }
+    const out: Buffer[] = [];
+    let start = 0;
+    let i = 0;
+    while (i + 5 <= chunk.length) {
+      const type = chunk[i]!;
+      const length = chunk.readInt32BE(i + 1);
+      if (length < 4 || length > MAX_MESSAGE) {
+        this.fail(new PgError('08P01', `invalid message length ${length} from client`));
+        return;
+      }
+      const end = i + 1 + length;
+      if (end > chunk.length) break;
+      switch (type) {
+        case QUERY:
+        case FUNCTION_CALL:
+          this.pendingReady++;
+          this.batchesSent++;
+          if (type === QUERY) this.inspectQuery(chunk, i + 5, end - 1);
+          break;
+        case SYNC:
+          this.pendingReady++;
+          this.batchesSent++;
+          this.unsynced = false;
+          break;
+        case EXECUTE:
+        case FLUSH:
+          this.unsynced = true;
+          break;
+        case PARSE:
+        case BIND:
+        case DESCRIBE:
+        case CLOSE: {
+          this.unsynced = true;
+          const rewritten = this.extended(type, chunk, i, end);
+          if (rewritten) {
+            if (i > start) out.push(chunk.subarray(start, i));
+            out.push(...rewritten);
+            start = end;
+          }
+          break;
+        }
+        case TERMINATE:
+          if (i > start) out.push(chunk.subarray(start, i));
+          this.send(out);
+          this.finish('client');
+          return;
+      }
+      i = end;
+    }
+    if (i > start) out.push(chunk.subarray(start, i));
+    if (i < chunk.length) this.tail = Buffer.from(chunk.subarray(i));
+    if (out.length > 0) this.send(out);
+  };
+
+  /** Notices settings and session-pinning statements in a simple query's text. */
+  private inspectQuery(chunk: Buffer, start: number, end: number): void {
+    // Cheap first look at the bytes; only candidates are decoded.
+    if (!startsLikeSetting(chunk, start, end) && !mightPin(chunk, start, end)) return;
+    const sql = chunk.toString('utf8', start, end);
+    if (this.options.state.noteSettings(sql)) this.settingsChanged = true;
+    if (/^\s*(discard\s+all|deallocate\s+all)/i.test(sql)) this.server?.prepared.clear();
+    this.checkPin(sql);
+  }
+
+  private checkPin(sql: string): void {
+    const state = this.options.state;
+    if (state.pinned) return;
+    const match = PINNING.exec(sql);
+    if (!match) return;
+    state.pinned = match[0].trim().toLowerCase().startsWith('listen')
+      ? 'LISTEN'
+      : /hold/i.test(match[0])
+        ? 'a WITH HOLD cursor'
+        : 'a session-level advisory lock';
+    this.options.onPinned(state.pinned);
+  }
+
+  /**
+   * Parse, Bind, Describe and Close naming a prepared statement are rewritten to its server-side
+   * name, with a Parse added first where the server connection does not have it yet. Returns the
+   * messages to send instead, or undefined to send the original.
+   */
+  private extended(type: number, chunk: Buffer, start: number, end: number): Buffer[] | undefined {
+    const state = this.options.state;
+    const body = start + 5;
+    if (type === PARSE) {
+      const nameEnd = chunk.indexOf(0, body);
+      if (nameEnd < 0 || nameEnd >= end) return undefined;
+      const definition = chunk.subarray(nameEnd + 1, end);
+      if (nameEnd === body) {
+        this.expect({ type: PARSE_COMPLETE, swallow: false });
+        this.checkPin(definition.toString('utf8', 0, Math.max(0, definition.indexOf(0))));
+        return undefined;
+      }
+      const name = chunk.toString('utf8', body, nameEnd);
+      const statement = state.define(name, definition);
+      this.checkPin(definition.toString('utf8', 0, Math.max(0, definition.indexOf(0))));
+      const messages: Buffer[] = [];
+      // Defining it again on this server: close the old one first, quietly.
+      if (
+        this.server?.prepared.has(statement.serverName) ||
+        this.pendingDefinition(statement.serverName)
+      ) {
+        messages.push(closeStatement(statement.serverName));
+        this.expect({ type: CLOSE_COMPLETE, swallow: true, removes: statement.serverName });
+      }
+      messages.push(parseMessage(statement.serverName, statement.definition));
+      this.expect({ type: PARSE_COMPLETE, swallow: false, defines: statement.serverName });
+      return messages;
+    }
+    let nameStart: number;
+    if (type === BIND) {
+      const portalEnd = chunk.indexOf(0, body);
+      if (portalEnd < 0 || portalEnd >= end) return undefined;
+      nameStart = portalEnd + 1;
+    } else {
+      // Describe and Close: 'S' for a statement, 'P' for a portal (portals need no mapping).
+      if (chunk[body] !== 0x53 /* S */) {
+        if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
+        return undefined;
+      }
+      nameStart = body + 1;
+    }
+    const nameEnd = chunk.indexOf(0, nameStart);
+    if (nameEnd < 0 || nameEnd >= end) return undefined;
+    if (nameEnd === nameStart) {
+      if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
+      return undefined;
+    }
+    const name = chunk.toString('utf8', nameStart, nameEnd);
+    const statement = state.prepared.get(name);
+    if (!statement) {
+      // Unknown to us: let the server say so in its own words.
+      if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
+      return undefined;
+    }
+    const messages: Buffer[] = [];
+    if (type === CLOSE) {
+      state.prepared.delete(name);
+      this.expect({ type: CLOSE_COMPLETE, swallow: false, removes: statement.serverName });
+    } else if (
+      !this.server?.prepared.has(statement.serverName) &&
+      !this.pendingDefinition(statement.serverName)
+    ) {
+      messages.push(...this.evictIfFull());
+      messages.push(parseMessage(statement.serverName, statement.definition));
+      this.expect({ type: PARSE_COMPLETE, swallow: true, defines: statement.serverName });
+    }
+    const before = chunk.subarray(start + 5, nameStart);
+    const after = chunk.subarray(nameEnd, end);
+    messages.push(withName(type, before, statement.serverName, after));
+    return messages;
+  }
+
+  private expect(entry: Omit<Expected, 'batch'>): void {
+    this.expected.push({ ...entry, batch: this.batchesSent });
+  }
+
+  private pendingDefinition(serverName: string): boolean {
+    for (const e of this.expected) if (e.defines === serverName) return true;
+    return false;
+  }
+
+  private evictIfFull(): Buffer[] {
+    const prepared = this.server?.prepared;
+    if (!prepared || prepared.size < MAX_PREPARED_PER_SERVER) return [];
+    const oldest = prepared.keys().next().value as string;
+    prepared.delete(oldest);
+    this.expect({ type: CLOSE_COMPLETE, swallow: true });
+    return [closeStatement(oldest)];
+  }
+
+  private send(messages: Buffer[]): void {
+    const socket = this.conn!.session.socket;
+    let ok = true;
+    for (const m of messages) ok = socket.write(m) && ok;
+    if (!ok) this.options.client.pause();
+  }
+
+  private async attach(): Promise<void> {
+    this.acquiring = true;
+    this.options.client.pause();
+    let conn: ServerConnection | undefined;
+    try {
+      conn = await this.options.pools.acquire(this.options.request);
+      if (this.finished) {
+        this.options.pools.release(conn, true);
+        return;
+      }
+      await prepareServer(conn, this.options.state);
+      const server = serverState(conn);
+      this.conn = conn;
+      this.server = server;
+      this.options.onServer(conn);
+      const socket = conn.session.socket;
+      socket.on('data', this.fromServer);
+      socket.on('close', this.serverEnded);
+      socket.on('error', this.serverEnded);
+      socket.on('drain', this.resumeClient);
+      socket.resume();
+      this.acquiring = false;
+      const raw = this.raw;
+      this.raw = [];
+      this.options.client.resume();
+      if (raw.length > 0) this.fromClient(raw.length === 1 ? raw[0]! : Buffer.concat(raw));
+    } catch (error) {
+      this.acquiring = false;
+      if (conn && !this.conn) this.options.pools.release(conn, false);
+      this.fail(error instanceof PgError ? error : new PgError('08006', String(error)));
+    }
+  }
+
+  private readonly fromServer = (data: Buffer): void => {
+    if (this.finished) return;
+    // Frames are scanned in place. A header split across chunks is held back until it is whole,
+    // so that a response to the proxy's own message can always be cut out before the client
+    // sees any of it. At an idle ReadyForQuery with nothing pending the connection goes back.
+    let chunk = data;
+    if (this.hold) {
+      chunk = Buffer.concat([this.hold, data]);
+      this.hold = undefined;
+    }
+    const end = chunk.length;
+    let i = 0;
+    let writeFrom = 0;
+    let stop = end;
+    let release = false;
+    let pieces: Buffer[] | undefined;
+    while (i < end) {
+      if (this.remaining > 0) {
+        const take = Math.min(this.remaining, end - i);
+        if (this.status) this.status.push(chunk.subarray(i, i + take));
+        else if (this.frameType === READY) this.readyStatus = chunk[i]!;
+        this.remaining -= take;
+        i += take;
+        if (this.remaining === 0 && this.frameEnded()) {
+          release = true;
+          stop = i;
+          break;
+        }
+        continue;
+      }
+      if (end - i < 5) {
+        this.hold = Buffer.from(chunk.subarray(i));
+        stop = i;
+        break;
+      }
+      const type = chunk[i]!;
+      const length = chunk.readInt32BE(i + 1);
+      const frameStart = i;
+      i += 5;
+      this.frameType = type;
+      this.remaining = length - 4;
+      if (type === PARSE_COMPLETE || type === CLOSE_COMPLETE) {
+        const e = this.expected.shift();
+        if (e?.defines) this.server?.prepared.set(e.defines, true);
+        if (e?.removes) this.server?.prepared.delete(e.removes);
+        if (e?.swallow) {
+          pieces ??= [];
+          if (frameStart > writeFrom) pieces.push(chunk.subarray(writeFrom, frameStart));
+          writeFrom = i;
+        }
+      } else if (type === PARAMETER_STATUS) {
+        this.status = [];
+      } else if (type === COPY_IN) {
+        this.copyIn = true;
+      } else if (type === COPY_OUT) {
+        this.copyIn = false;
+      }
+    }
+    const client = this.options.client;
+    let ok = true;
+    if (pieces) {
+      if (writeFrom < stop) pieces.push(chunk.subarray(writeFrom, stop));
+      for (const p of pieces) ok = client.write(p) && ok;
+    } else if (stop > 0) {
+      ok = client.write(stop === end ? chunk : chunk.subarray(0, stop));
+    }
+    if (release) {
+      // Anything after the final ReadyForQuery (an async notice) belongs to this client too.
+      // Backpressure no longer matters: the connection leaves this client.
+      if (stop < end && !this.hold) client.write(chunk.subarray(stop));
+      this.detach(true);
+    } else if (!ok) this.conn?.session.socket.pause();
+  };
+
+  /** Partial frame header held back from the last server chunk. */
+  private hold: Buffer | undefined;
+
+  /** A server frame's last byte has passed. True when the connection can go back now. */
+  private frameEnded(): boolean {
+    if (this.status) this.parameterStatus();
+    if (this.frameType !== READY) return false;
+    this.copyIn = false;
+    if (this.pendingReady > 0) this.pendingReady--;
+    this.batchesDone++;
+    // Responses still expected from finished batches will not come (an error skipped them).
+    while (this.expected.length > 0 && this.expected[0]!.batch < this.batchesDone) {
+      this.expected.shift();
+    }
+    return (
+      this.readyStatus === STATUS_IDLE &&
+      this.pendingReady === 0 &&
+      !this.unsynced &&
+      !this.options.state.pinned &&
+      this.tail === undefined
+    );
+  }
+
+  private parameterStatus(): void {
+    const frame = Buffer.concat(this.status!);
+    this.status = undefined;
+    const nameEnd = frame.indexOf(0);
+    const valueEnd = frame.indexOf(0, nameEnd + 1);
+    if (nameEnd < 0 || valueEnd < 0) return;
+    const name = frame.toString('utf8', 0, nameEnd);
+    const value = frame.toString('utf8', nameEnd + 1, valueEnd);
+    this.server?.reported.set(name, value);
+    this.options.state.reported.set(name, value);
+  }
+
+  /** Gives the server connection back to the pool (clean) or closes it. */
+  private detach(clean: boolean): void {
+    const conn = this.conn;
+    if (!conn) return;
+    const socket = conn.session.socket;
+    socket.removeListener('data', this.fromServer);
+    socket.removeListener('close', this.serverEnded);
+    socket.removeListener('error', this.serverEnded);
+    socket.removeListener('drain', this.resumeClient);
+    if (this.settingsChanged && this.server)
+      this.server.appliedKey = this.options.state.statementsKey;
+    this.settingsChanged = false;
+    this.conn = undefined;
+    this.server = undefined;
+    this.options.onServer(undefined);
+    this.options.pools.release(conn, clean);
+    this.options.client.resume();
+  }
+
+  private readonly resumeServer = (): void => {
+    if (!this.finished) this.conn?.session.socket.resume();
+  };
+  private readonly resumeClient = (): void => {
+    if (!this.finished) this.options.client.resume();
+  };
+
+  private readonly clientEnded = (): void => {
+    this.finish('client');
+  };
+
+  private readonly serverEnded = (): void => {
+    if (this.finished) return;
+    const conn = this.conn;
+    this.conn = undefined;
+    if (conn) this.options.pools.release(conn, false);
+    const client = this.options.client;
+    if (!client.destroyed && this.remaining === 0 && this.hold === undefined) {
+      client.write(
+        errorResponse(
+          new PgError(
+            '08006',
+            'server connection lost in the middle of a transaction',
+            undefined,
+            'The transaction was rolled back by the server going away; retry it.',
+          ),
+        ),
+      );
+    }
+    this.finish('server');
+  };
+
+  private fail(error: PgError): void {
+    const client = this.options.client;
+    if (!client.destroyed) client.write(errorResponse(error));
+    this.finish('error');
+  }
+
+  private finish(reason: 'client' | 'server' | 'error'): void {
+    if (this.finished) return;
+    this.finished = true;
+    const client = this.options.client;
+    client.removeListener('data', this.fromClient);
+    client.removeListener('end', this.clientEnded);
+    client.removeListener('close', this.clientEnded);
+    client.removeListener('error', this.clientEnded);
+    client.removeListener('drain', this.resumeServer);
+    const conn = this.conn;
+    if (conn) {
+      this.conn = undefined;
+      const socket = conn.session.socket;
+      socket.removeListener('data', this.fromServer);
+      socket.removeListener('close', this.serverEnded);
+      socket.removeListener('error', this.serverEnded);
+      socket.removeListener('drain', this.resumeClient);
+      this.options.onServer(undefined);
+      void this.cleanUp(conn);
+    }
+    this.resolveEnd(reason);
+  }
+
+  /** A client that left mid-transaction: roll back on its server connection, then pool it. */
+  private async cleanUp(conn: ServerConnection): Promise<void> {
+    const server = serverState(conn);
+    const midFrame = this.remaining > 0 || this.hold !== undefined || this.tail !== undefined;
+    if (midFrame || this.options.state.pinned) {
+      this.options.pools.release(conn, false);
+      return;
+    }
+    const socket = conn.session.socket;
+    try {
+      if (this.copyIn) socket.write(copyFail('client disconnected'));
+      await runQuiet(
+        conn,
+        this.unsynced ? null : 'ROLLBACK',
+        server,
+        this.pendingReady,
+        this.options.resetTimeoutMs,
+        this.unsynced,
+      );
+      server.appliedKey = this.options.state.statementsKey;
+      this.options.pools.release(conn, true);
+    } catch {
+      this.options.pools.release(conn, false);
+    }
+  }
+}
+
+/** Makes a server connection carry a client's settings before the client uses it. */
+export async function prepareServer(conn: ServerConnection, state: ClientState): Promise<void> {
+  const server = serverState(conn);
+  const settings = settingsFor(state, server);
+  if (settings) await runQuiet(conn, settings, server);
+  server.appliedKey = state.statementsKey;
+}
+
+/**
+ * Runs SQL on an idle (or finishing) server connection and reads its responses without passing
+ * them on: waits for `before` outstanding ReadyForQuery messages, then the query's own. Records
+ * reported parameters. Rejects on an error or timeout.
+ */
+function runQuiet(
+  conn: ServerConnection,
+  sql: string | null,
+  server: ServerState,
+  before = 0,
+  timeoutMs = 10_000,
+  abortBatch = false,
+): Promise<void> {
+  const socket = conn.session.socket;
+  return new Promise((resolve, reject) => {
+    let buffered: Buffer | undefined;
+    let waiting = before + (sql ? 1 : 0) + (abortBatch ? 1 : 0);
+    let failed = false;
+    const done = (error?: Error) => {
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.removeListener('close', onClose);
+      socket.removeListener('error', onClose);
+      socket.pause();
+      if (error) reject(error);
+      else resolve();
+    };
+    const timer = setTimeout(() => done(new Error('no answer from the server')), timeoutMs);
+    const onClose = () => done(new Error('server connection closed'));
+    const onData = (chunk: Buffer) => {
+      buffered = buffered ? Buffer.concat([buffered, chunk]) : chunk;
+      let i = 0;
+      while (i + 5 <= buffered.length) {
+        const length = buffered.readInt32BE(i + 1);
+        if (i + 1 + length > buffered.length) break;
+        const type = buffered[i]!;
+        if (type === ERROR) failed = true;
+        else if (type === PARAMETER_STATUS) {
+          const nameEnd = buffered.indexOf(0, i + 5);
+          const valueEnd = buffered.indexOf(0, nameEnd + 1);
+          server.reported.set(
+            buffered.toString('utf8', i + 5, nameEnd),
+            buffered.toString('utf8', nameEnd + 1, valueEnd),
+          );
+        } else if (type === READY) {
+          waiting--;
+          if (waiting === 0) {
+            const idle = buffered[i + 5] === STATUS_IDLE;
+            done(failed || !idle ? new Error('the server connection is not clean') : undefined);
+            return;
+          }
+          // Errors before our own query are the departed client's, not ours.
+          failed = false;
+        }
+        i += 1 + length;
+      }
+      buffered = buffered.subarray(i);
+    };
+    socket.on('data', onData);
+    socket.on('close', onClose);
+    socket.on('error', onClose);
+    socket.resume();
+    if (abortBatch) socket.write(abortBatchMessage());
+    if (sql) socket.write(query(sql));
+    if (waiting === 0) done();
+  });
+}
+
+function abortBatchMessage(): Buffer {
+  // An Execute of a portal that cannot exist fails the batch (rolling back its implicit
+  // transaction) where a bare Sync would commit it; then Sync.
+  const portal = Buffer.from('pgbranch: client disconnected\0');
+  const execute = Buffer.allocUnsafe(1 + 4 + portal.length + 4);
+  execute[0] = EXECUTE;
+  execute.writeInt32BE(4 + portal.length + 4, 1);
+  portal.copy(execute, 5);
+  execute.writeInt32BE(0, 5 + portal.length);
+  return Buffer.concat([execute, Buffer.from([SYNC, 0, 0, 0, 4])]);
+}
+
+function parseMessage(serverName: string, definition: Buffer): Buffer {
+  const name = Buffer.from(serverName + '\0');
+  const out = Buffer.allocUnsafe(5 + name.length + definition.length);
+  out[0] = PARSE;
+  out.writeInt32BE(4 + name.length + definition.length, 1);
+  name.copy(out, 5);
+  definition.copy(out, 5 + name.length);
+  return out;
+}
+
+function closeStatement(serverName: string): Buffer {
+  const name = Buffer.from(serverName + '\0');
+  const out = Buffer.allocUnsafe(6 + name.length);
+  out[0] = CLOSE;
+  out.writeInt32BE(5 + name.length, 1);
+  out[5] = 0x53; // 'S'
+  name.copy(out, 6);
+  return out;
+}
+
+/** A message of `type` with the statement name between `before` and `after` replaced. */
+function withName(type: number, before: Buffer, serverName: string, after: Buffer): Buffer {
+  const nameLength = Buffer.byteLength(serverName);
+  const out = Buffer.allocUnsafe(5 + before.length + nameLength + after.length);
+  out[0] = type;
+  out.writeInt32BE(4 + before.length + nameLength + after.length, 1);
+  before.copy(out, 5);
+  out.write(serverName, 5 + before.length, 'utf8');
+  after.copy(out, 5 + before.length + nameLength);
+  return out;
+}
+
+/** Whether a query starts with SET, RESET, DISCARD or DEALLOCATE (after spaces), by its bytes. */
+function startsLikeSetting(chunk: Buffer, start: number, end: number): boolean {
+  let i = start;
+  while (
+    i < end &&
+    (chunk[i] === 0x20 || chunk[i] === 0x0a || chunk[i] === 0x09 || chunk[i] === 0x0d)
+  )
+    i++;
+  if (end - i < 3) return false;
+  const a = chunk[i]! | 0x20;
+  const b = chunk[i + 1]! | 0x20;
+  const c = chunk[i + 2]! | 0x20;
+  return (
+    (a === 0x73 && b === 0x65 && c === 0x74) || // set
+    (a === 0x72 && b === 0x65 && c === 0x73) || // res(et)
+    (a === 0x64 && b === 0x69 && c === 0x73) || // dis(card)
+    (a === 0x64 && b === 0x65 && c === 0x61) // dea(llocate)
+  );
+}
+
+/** Whether a query's bytes could contain a pinning statement: looks for the letters cheaply. */
+function mightPin(chunk: Buffer, start: number, end: number): boolean {
+  for (let i = start; i < end - 3; i++) {
+    const c = chunk[i]! | 0x20;
+    // 'listen', 'advisory', 'hold'
+    if (c === 0x6c /* l */ || c === 0x61 /* a */ || c === 0x68 /* h */) {
+      const n = chunk[i + 1]! | 0x20;
+      if ((c === 0x6c && n === 0x69) || (c === 0x61 && n === 0x64) || (c === 0x68 && n === 0x6f))
+        return true;
+    }
+  }
+  return false;
+}
