@@ -14,6 +14,8 @@ export interface PoolRequest {
    * between clients and are not reset with DISCARD ALL (which would drop prepared statements).
    */
   mode?: 'session' | 'transaction';
+  /** The pool's identity, filled in on first use. */
+  key?: string;
 }
 
 export interface PoolLimits {
@@ -210,7 +212,8 @@ export class PoolManager {
   }
 
   private poolFor(request: PoolRequest): Pool {
-    const key = poolKey(request);
+    // A transaction-mode client asks once per transaction: compute its key once.
+    const key = (request.key ??= poolKey(request));
     let pool = this.pools.get(key);
     if (!pool) {
       pool = new Pool(key, request.database, request.user, !request.parameters.has('replication'));
@@ -313,7 +316,9 @@ export class PoolManager {
     this.onIdleGone.set(conn, gone);
     conn.session.socket.on('close', gone);
     conn.session.socket.on('error', gone);
-    // Data from an idle server is a termination notice; the socket will close.
+    // A server says nothing to an idle session but why it ends it (FATAL 57P01, idle timeout...),
+    // and says it before it closes the socket: drop the connection at the first byte.
+    conn.session.socket.on('data', gone);
     conn.session.socket.resume();
   }
 
@@ -323,6 +328,7 @@ export class PoolManager {
     this.onIdleGone.delete(conn);
     conn.session.socket.removeListener('close', gone);
     conn.session.socket.removeListener('error', gone);
+    conn.session.socket.removeListener('data', gone);
   }
 
   private closeExpiredIdle(): void {

@@ -37,6 +37,8 @@ export class ClientState {
   /** Reported parameters as the client last saw them. */
   readonly reported = new Map<string, string>();
   readonly prepared = new Map<string, PreparedStatement>();
+  /** Changes whenever its settings may have changed (SET, reported parameters). */
+  version = 0;
   /** Why the client is pinned to a server connection (session behaviour), once it is. */
   pinned: string | undefined;
 
@@ -78,6 +80,7 @@ export class ClientState {
       this.statements.push(part);
     }
     this.statementsKey = this.statements.join(';\n');
+    this.version++;
     return true;
   }
 
@@ -98,6 +101,9 @@ const LOCAL = /^set\s+(local|transaction|constraints)\b/i;
 
 /** What a server connection carries for transaction-mode clients. */
 export interface ServerState {
+  /** The client whose settings it carried last, and that client's version then. */
+  owner: ClientState | undefined;
+  ownerVersion: number;
   /** ClientState.statementsKey of the SET statements in effect on it ('' for none). */
   appliedKey: string;
   /** Server-side prepared statement names, oldest first. */
@@ -114,6 +120,8 @@ export function serverState(conn: ServerConnection): ServerState {
   let state = serverStates.get(conn);
   if (!state) {
     state = {
+      owner: undefined,
+      ownerVersion: 0,
       appliedKey: '',
       prepared: new Map(),
       reported: new Map(conn.session.parameters),
@@ -130,6 +138,8 @@ export function serverState(conn: ServerConnection): ServerState {
  * effect), then any reported parameter whose value differs.
  */
 export function settingsFor(client: ClientState, server: ServerState): string | undefined {
+  // Back with the client it last served, with nothing changed since: nothing to do.
+  if (server.owner === client && server.ownerVersion === client.version) return undefined;
   const parts: string[] = [];
   let base: ReadonlyMap<string, string> = server.reported;
   if (server.appliedKey !== client.statementsKey) {

@@ -302,8 +302,15 @@ export class TransactionRelay {
 
   private send(messages: Buffer[]): void {
     const socket = this.conn!.session.socket;
-    let ok = true;
-    for (const m of messages) ok = socket.write(m) && ok;
+    let ok: boolean;
+    if (messages.length === 1) ok = socket.write(messages[0]!);
+    else {
+      // One system call for all of them.
+      socket.cork();
+      ok = true;
+      for (const m of messages) ok = socket.write(m) && ok;
+      socket.uncork();
+    }
     if (!ok) this.options.client.pause();
   }
 
@@ -402,7 +409,9 @@ export class TransactionRelay {
     let ok = true;
     if (pieces) {
       if (writeFrom < stop) pieces.push(chunk.subarray(writeFrom, stop));
+      client.cork();
       for (const p of pieces) ok = client.write(p) && ok;
+      client.uncork();
     } else if (stop > 0) {
       ok = client.write(stop === end ? chunk : chunk.subarray(0, stop));
     }
@@ -447,6 +456,8 @@ export class TransactionRelay {
     const value = frame.toString('utf8', nameEnd + 1, valueEnd);
     this.server?.reported.set(name, value);
     this.options.state.reported.set(name, value);
+    this.options.state.version++;
+    if (this.server) this.server.ownerVersion = this.options.state.version;
   }
 
   /** Gives the server connection back to the pool (clean) or closes it. */
@@ -458,8 +469,10 @@ export class TransactionRelay {
     socket.removeListener('close', this.serverEnded);
     socket.removeListener('error', this.serverEnded);
     socket.removeListener('drain', this.resumeClient);
-    if (this.settingsChanged && this.server)
+    if (this.settingsChanged && this.server) {
       this.server.appliedKey = this.options.state.statementsKey;
+      this.server.ownerVersion = this.options.state.version;
+    }
     this.settingsChanged = false;
     this.conn = undefined;
     this.server = undefined;
@@ -562,6 +575,8 @@ export async function prepareServer(conn: ServerConnection, state: ClientState):
   const settings = settingsFor(state, server);
   if (settings) await runQuiet(conn, settings, server);
   server.appliedKey = state.statementsKey;
+  server.owner = state;
+  server.ownerVersion = state.version;
 }
 
 /**
