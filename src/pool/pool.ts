@@ -32,10 +32,14 @@ export type Connector = (request: PoolRequest) => Promise<ServerSession>;
 /** A server connection and the pool it belongs to. */
 export class ServerConnection {
   idleSince = 0;
+  /** The pool's generation when it was opened: older ones are closed instead of reused. */
+  readonly generation: number;
   constructor(
     readonly pool: Pool,
     readonly session: ServerSession,
-  ) {}
+  ) {
+    this.generation = pool.generation;
+  }
   get processId(): number {
     return this.session.processId;
   }
@@ -55,6 +59,8 @@ export class Pool {
   /** Connections being opened. */
   opening = 0;
   readonly waiters: Waiter[] = [];
+  /** Raised by closeDatabase(): connections of earlier generations are not reused. */
+  generation = 0;
 
   constructor(
     readonly key: string,
@@ -126,6 +132,7 @@ export class PoolManager {
     if (
       clean &&
       pool.reusable &&
+      conn.generation === pool.generation &&
       !this.paused.has(pool.database) &&
       !conn.session.socket.destroyed
     ) {
@@ -184,6 +191,7 @@ export class PoolManager {
   /** Closes every connection to `database`: idle ones now, busy ones when they come back. */
   closeDatabase(database: string): void {
     for (const pool of this.poolsOf(database)) {
+      pool.generation++;
       for (const conn of pool.idle.splice(0)) this.destroy(conn);
     }
   }

@@ -294,7 +294,9 @@ async function readStartup(socket: net.Socket, reader: MessageReader, ctx: Proxy
         socket.write('N');
         continue;
       case 'cancel':
-        ctx.cancels.cancel(packet.processId, packet.secret);
+        // Answered once the server has the cancel, as PostgreSQL does: a query the client sends
+        // after that must not be the one canceled.
+        await ctx.cancels.cancel(packet.processId, packet.secret);
         socket.end();
         return undefined;
       case 'startup':

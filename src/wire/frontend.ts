@@ -21,6 +21,18 @@ export function sync(): Buffer {
   return message('S', Buffer.alloc(0));
 }
 
+/**
+ * Ends an unsynced extended-protocol batch without committing it: Execute of a portal that cannot
+ * exist fails, which rolls back the batch's implicit transaction (or fails an explicit one), then Sync.
+ */
+export function abortBatch(): Buffer {
+  const portal = cstring('pgbranch: client disconnected');
+  const execute = Buffer.allocUnsafe(portal.length + 4);
+  portal.copy(execute);
+  execute.writeInt32BE(0, portal.length);
+  return Buffer.concat([message('E', execute), sync()]);
+}
+
 export function copyFail(reason: string): Buffer {
   return message('f', cstring(reason));
 }
