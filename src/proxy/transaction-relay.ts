@@ -498,7 +498,13 @@ export class TransactionRelay {
     this.conn = undefined;
     if (conn) this.options.pools.release(conn, false);
     const client = this.options.client;
-    if (!client.destroyed && this.remaining === 0 && this.hold === undefined) {
+    // A server that says why it leaves (FATAL) has said it already; one that just vanished, we say.
+    if (
+      !client.destroyed &&
+      this.remaining === 0 &&
+      this.hold === undefined &&
+      this.frameType !== ERROR
+    ) {
       client.write(
         errorResponse(
           new PgError(
