@@ -8,6 +8,7 @@ import { DatabaseProvider } from './branch/database-provider.js';
 import { BranchManager } from './branch/manager.js';
 import type { CopyMethod } from './branch/provider.js';
 import type { Config } from './config/schema.js';
+import { Metrics, serveMetrics, type MetricsServer } from './metrics.js';
 import { PoolManager } from './pool/pool.js';
 import { CancelRegistry } from './proxy/cancel.js';
 import { serveClient, type ProxyContext } from './proxy/client-session.js';
@@ -25,6 +26,8 @@ export interface Running {
   serverVersion: string;
   embedded?: EmbeddedServer;
   upstream: string;
+  /** Where Prometheus metrics are served; undefined when metrics.enabled is false. */
+  metricsUrl?: string;
   stop(): Promise<void>;
 }
 
@@ -81,9 +84,14 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
   const pools = new PoolManager(
     {
       size: config.pool.size,
+      minIdle: config.pool.min_idle,
+      reserveSize: config.pool.reserve_size,
+      reserveTimeoutMs: config.pool.reserve_timeout,
       maxServerConnections: config.pool.max_server_connections,
       idleTimeoutMs: config.pool.idle_timeout,
+      serverLifetimeMs: config.pool.server_lifetime,
       waitTimeoutMs: config.pool.wait_timeout,
+      connectRetries: config.pool.connect_retries,
     },
     (request) =>
       openServerSession({
@@ -95,27 +103,37 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
         timeoutMs: config.pool.connect_timeout,
       }),
   );
+  const clients = new Set<net.Socket>();
+  const metrics = config.metrics.enabled
+    ? new Metrics(
+        { clients: () => clients.size, pools: () => pools.stats() },
+        provider.copyMethod.mode,
+      )
+    : undefined;
   const branches = new BranchManager({
     provider,
     drainer: pools,
     drainTimeoutMs: config.branch.drain_timeout,
     maintenanceDatabase: adminConfig.database ?? MAINTENANCE_DATABASE,
     log,
+    onCreated: metrics && ((mode, ms, ok) => metrics.branchCreated(mode, ms, ok)),
   });
   const ctx: ProxyContext = {
     log,
+    onRefused: metrics && ((code) => metrics.clientRefused(code)),
     auth: config.auth,
     roles: new CatalogRoleSource(admin),
     branches,
     pools,
     cancels: new CancelRegistry(endpoint),
     maxClients: config.pool.max_client_connections,
-    clients: new Set(),
+    clients,
     shuttingDown: false,
     poolModeFor: poolModeRule(config.pool.mode, config.pool.transaction_mode_for),
   };
 
   const listener = net.createServer((socket) => {
+    metrics?.clientConnected();
     ctx.clients.add(socket);
     socket.once('close', () => ctx.clients.delete(socket));
     void serveClient(socket, ctx);
@@ -137,6 +155,22 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
       { cause: error },
     );
   }
+  let metricsServer: MetricsServer | undefined;
+  if (metrics) {
+    try {
+      metricsServer = await serveMetrics(
+        metrics.registry,
+        config.metrics.host,
+        config.metrics.port,
+      );
+    } catch (error) {
+      listener.close();
+      pools.close();
+      await admin.end().catch(() => undefined);
+      await embedded?.stop();
+      throw error;
+    }
+  }
   const port = (listener.address() as net.AddressInfo).port;
   const host = config.listen.host;
   const hostInUrl = host.includes(':') ? `[${host}]` : host;
@@ -153,6 +187,7 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
         pools.close();
         for (const socket of ctx.clients) socket.destroy();
       });
+      await metricsServer?.close();
       await admin.end().catch(() => undefined);
       await embedded?.stop();
     })());
@@ -167,6 +202,7 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
     upstream: embedded
       ? `embedded PostgreSQL ${provider.serverVersion}`
       : describeEndpoint(endpoint),
+    metricsUrl: metricsServer?.url,
     stop,
   };
 }

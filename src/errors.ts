@@ -32,7 +32,7 @@ export const errors = {
   unsupportedProtocol: (major: number, minor: number) =>
     new PgError(
       '08P01',
-      `unsupported frontend protocol ${major}.${minor}: pgbranch serves protocol 3 (3.0; newer 3.x clients are negotiated down)`,
+      `unsupported frontend protocol ${major}.${minor}: pgbranch serves protocol 3.0 to 3.2 (newer 3.x clients are negotiated down)`,
     ),
   invalidBranchName: (name: string, rule: string) =>
     new PgError(
@@ -117,6 +117,13 @@ export const errors = {
     ),
   branchCreationFailed: (branch: string, reason: string) =>
     new PgError('58000', `could not create branch "${branch}": ${reason}`),
+  idleInTransactionTimeout: (timeoutMs: number) =>
+    new PgError(
+      '25P03',
+      'terminating connection due to idle-in-transaction timeout',
+      `The client held a server connection inside a transaction and sent nothing for ${timeoutMs} ms; the transaction was rolled back.`,
+      'End transactions promptly, or raise pool.idle_in_transaction_timeout.',
+    ),
   shuttingDown: () =>
     new PgError('57P01', 'terminating connection because pgbranch is shutting down'),
 };

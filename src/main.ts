@@ -6,6 +6,9 @@ import { helpText } from './config/help.js';
 import { createLogger } from './log.js';
 import { version } from './version.js';
 
+/** Signals closer together than this are one Ctrl-C seen twice. */
+const SAME_KEYPRESS_MS = 1000;
+
 async function main(): Promise<number> {
   let loaded;
   try {
@@ -40,14 +43,17 @@ async function main(): Promise<number> {
   let onSignal = (signal: string) => {
     signalled = signal;
   };
+  let stopRequestedAt = 0;
   const handler = (signal: NodeJS.Signals) => {
-    if (signalled && stopRequested) {
+    if (stopRequestedAt > 0) {
+      // One Ctrl-C can arrive twice: from the terminal to the process group, and relayed by a
+      // wrapper (npm, tsx). Only a second press, later, forces the exit.
+      if (Date.now() - stopRequestedAt < SAME_KEYPRESS_MS) return;
       log.warn({ event: 'forced_exit', signal }, `${signal} again: exiting at once`);
       process.exit(130);
     }
     onSignal(signal);
   };
-  let stopRequested = false;
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
   let running;
@@ -71,6 +77,7 @@ async function main(): Promise<number> {
     `  server:    ${running.upstream}`,
     ...(running.embedded ? [`  data:      ${running.embedded.pgDataDir}`] : []),
     `  branches:  ${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
+    ...(running.metricsUrl ? [`  metrics:   ${running.metricsUrl}`] : []),
     '',
   ];
   process.stderr.write(lines.join('\n') + '\n');
@@ -85,13 +92,14 @@ async function main(): Promise<number> {
       copyMode: running.copyMethod.mode,
       copyReason: running.copyMethod.reason,
       serverVersion: running.serverVersion,
+      metricsUrl: running.metricsUrl,
     },
     'pgbranch is ready',
   );
   await new Promise<void>((resolve) => {
     onSignal = (signal: string) => {
       signalled = signal;
-      stopRequested = true;
+      stopRequestedAt = Date.now();
       log.info({ event: 'stopping', signal }, `stopping on ${signal} (again to force)`);
       running.stop().then(resolve, (error) => {
         log.error({ err: error }, 'error while stopping');

@@ -3,7 +3,7 @@
 import type { Logger } from 'pino';
 import { errors, PgError } from '../errors.js';
 import { physicalName, type BranchTarget } from './names.js';
-import type { BranchProvider } from './provider.js';
+import type { BranchProvider, CopyMethod } from './provider.js';
 
 /** What the branch layer needs from whoever owns connections to a database (the pools). */
 export interface Drainer {
@@ -23,6 +23,12 @@ export interface BranchManagerOptions {
   /** The database pgbranch's own administrative connections use: it can't be branched. */
   maintenanceDatabase: string;
   log: Logger;
+  /**
+   * Called once per creation this manager attempted, from the start of the drain: how it was
+   * made, how long it took, and whether it succeeded. Refusals before that (no parent, no
+   * permission) are not creations.
+   */
+  onCreated?: (mode: CopyMethod['mode'], ms: number, ok: boolean) => void;
 }
 
 export interface Resolution {
@@ -85,6 +91,8 @@ export class BranchManager {
       throw errors.mayNotCreateBranch(user, branch, parent);
     }
     const started = Date.now();
+    const report = (ok: boolean) =>
+      this.options.onCreated?.(provider.copyMethod.mode, Date.now() - started, ok);
     await drainer.pause(parent, this.options.drainTimeoutMs);
     // Server processes of connections just closed take a moment to exit: allow them that even when
     // the drain used up the whole bound.
@@ -126,6 +134,10 @@ export class BranchManager {
         },
         `created branch ${target.root}@${branch} from ${parentName} (${provider.copyMethod.mode}) in ${Date.now() - started} ms`,
       );
+      report(true);
+    } catch (error) {
+      report(false);
+      throw error;
     } finally {
       drainer.resume(parent);
     }

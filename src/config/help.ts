@@ -2,7 +2,7 @@
 // flag, variable and default it really has; only the one-line descriptions are written here.
 import { z } from 'zod';
 import { configKeys, type ConfigKey, type ConfigPath } from './load.js';
-import { duration } from './schema.js';
+import { boolean, duration } from './schema.js';
 
 /** One line per schema key; the type makes a key without a description a compile error. */
 export const descriptions: Record<ConfigPath, string> = {
@@ -21,16 +21,30 @@ export const descriptions: Record<ConfigPath, string> = {
     'session (a server connection per client session) or transaction (one per transaction, shared).',
   'pool.transaction_mode_for':
     'Comma-separated database patterns (app@ci-*, preview-*) that use transaction mode.',
+  'pool.min_idle':
+    'Idle server connections each pool keeps open once it exists; the janitor reopens closed ones.',
+  'pool.reserve_size':
+    'Extra server connections a pool may open for a client that has waited pool.reserve_timeout.',
+  'pool.reserve_timeout': 'How long a client waits before its pool may use pool.reserve_size.',
   'pool.max_server_connections': 'Server connections across all pools.',
   'pool.max_client_connections': 'Client connections open at once.',
   'pool.idle_timeout': 'Idle pooled server connections are closed after this long.',
+  'pool.server_lifetime':
+    'Server connections older than this are closed when given back or idle; 0 keeps them.',
   'pool.wait_timeout':
     'A client waiting longer than this for a server connection gets error 53300.',
   'pool.connect_timeout': 'Time allowed to open and authenticate one server connection.',
+  'pool.connect_retries':
+    'Times a server connect that failed for a passing reason (server starting, full) is retried.',
+  'pool.idle_in_transaction_timeout':
+    'Transaction mode: a client idle inside a transaction this long is disconnected; 0 never.',
   'branch.drain_timeout':
     'How long in-flight work on a parent may take to finish before a clone gives up.',
   'branch.copy_method':
     'auto clones where the server and filesystem can and copies elsewhere; clone or copy force one.',
+  'metrics.enabled': 'Serve Prometheus metrics over HTTP at /metrics; false serves nothing.',
+  'metrics.host': 'Address to serve metrics on; keep it private, metrics are not authenticated.',
+  'metrics.port': 'TCP port to serve metrics on; 0 picks a free one.',
   'log.level': 'Least severe log messages written.',
   'log.format': 'auto is pretty on a terminal and JSON otherwise.',
 };
@@ -50,6 +64,7 @@ export function formatDuration(ms: number): string {
 
 function placeholder(key: ConfigKey): string {
   if (key.schema === duration) return 'DURATION';
+  if (key.schema === boolean) return 'true|false';
   if (key.schema instanceof z.ZodEnum) return key.schema.options.join('|');
   if (key.schema instanceof z.ZodNumber) return 'N';
   return key.path.slice(key.path.lastIndexOf('.') + 1).toUpperCase();

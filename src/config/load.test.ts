@@ -142,13 +142,22 @@ describe('loadConfig', () => {
       'pool.mode',
       'pool.transaction_mode_for',
       'pool.size',
+      'pool.min_idle',
+      'pool.reserve_size',
+      'pool.reserve_timeout',
       'pool.max_server_connections',
       'pool.max_client_connections',
       'pool.idle_timeout',
+      'pool.server_lifetime',
       'pool.wait_timeout',
       'pool.connect_timeout',
+      'pool.connect_retries',
+      'pool.idle_in_transaction_timeout',
       'branch.drain_timeout',
       'branch.copy_method',
+      'metrics.enabled',
+      'metrics.host',
+      'metrics.port',
       'log.level',
       'log.format',
     ]);
@@ -200,6 +209,17 @@ describe('loadConfig', () => {
   ])('reads the duration %s as %i milliseconds', (written, ms) => {
     expect(load(['--pool-idle-timeout', written]).config.pool.idle_timeout).toBe(ms);
     expect(load([], { PGBRANCH_POOL_IDLE_TIMEOUT: written }).config.pool.idle_timeout).toBe(ms);
+  });
+
+  it('reads a yes-or-no key from a YAML boolean, or from a word in a flag or variable', () => {
+    const cwd = directory({ 'pgbranch.yaml': 'metrics: { enabled: false }\n' });
+    expect(load([], {}, cwd).config.metrics.enabled).toBe(false);
+    expect(load(['--metrics-enabled', 'false']).config.metrics.enabled).toBe(false);
+    expect(load([], { PGBRANCH_METRICS_ENABLED: 'off' }).config.metrics.enabled).toBe(false);
+    expect(load(['--metrics-enabled=yes']).config.metrics.enabled).toBe(true);
+    expect(errorOf(() => load(['--metrics-enabled', 'maybe'])).message).toBe(
+      'metrics.enabled (from --metrics-enabled): "maybe" is not a yes or no: write true or false',
+    );
   });
 
   it('reads a bare number in the file as seconds', () => {

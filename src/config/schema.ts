@@ -20,8 +20,20 @@ export const duration = z.union([z.number().nonnegative(), z.string()]).transfor
   return Math.round(Number(match[1]) * factor);
 });
 
+/** Yes or no: true or false in the file; true/false, yes/no, on/off or 1/0 as a flag or variable. */
+export const boolean = z.union([z.boolean(), z.string()]).transform((value, ctx) => {
+  if (typeof value === 'boolean') return value;
+  const word = value.trim().toLowerCase();
+  if (['true', 'yes', 'on', '1'].includes(word)) return true;
+  if (['false', 'no', 'off', '0'].includes(word)) return false;
+  ctx.addIssue({ code: 'custom', message: `"${value}" is not a yes or no: write true or false` });
+  return z.NEVER;
+});
+
 const port = z.coerce.number().int().min(0).max(65535);
 const positiveInt = z.coerce.number().int().positive();
+/** A number of connections or attempts, where 0 turns the feature off. */
+const count = (max: number) => z.coerce.number().int().min(0).max(max);
 
 export const configSchema = z
   .object({
@@ -65,25 +77,45 @@ export const configSchema = z
         transaction_mode_for: z.string().default(''),
         /** Server connections per (branch, user, startup parameters) pool. */
         size: positiveInt.default(20),
+        /** Idle server connections a pool keeps open once it exists, reopened by the janitor. */
+        min_idle: count(10_000).default(0),
+        /** Extra server connections a pool may open for a client that waited reserve_timeout. */
+        reserve_size: count(10_000).default(0),
+        reserve_timeout: duration.default(5_000),
         max_server_connections: positiveInt.default(200),
         max_client_connections: positiveInt.default(5000),
         /** Idle pooled server connections are closed after this long. */
         idle_timeout: duration.default(600_000),
+        /** Server connections older than this are closed when given back or idle; 0 keeps them. */
+        server_lifetime: duration.default(3_600_000),
         /** A client waiting for a server connection longer than this gets 53300. */
         wait_timeout: duration.default(30_000),
         /** Time allowed to open and authenticate one server connection. */
         connect_timeout: duration.default(10_000),
+        /** Times a server connect that failed for a passing reason is tried again, with backoff. */
+        connect_retries: count(100).default(2),
+        /**
+         * Transaction mode: a client that keeps a server connection idle inside a transaction this
+         * long is disconnected (25P03) and its transaction rolled back; 0 never.
+         */
+        idle_in_transaction_timeout: duration.default(0),
       })
       .strict()
       .default({
         mode: 'session',
         transaction_mode_for: '',
         size: 20,
+        min_idle: 0,
+        reserve_size: 0,
+        reserve_timeout: 5_000,
         max_server_connections: 200,
         max_client_connections: 5000,
         idle_timeout: 600_000,
+        server_lifetime: 3_600_000,
         wait_timeout: 30_000,
         connect_timeout: 10_000,
+        connect_retries: 2,
+        idle_in_transaction_timeout: 0,
       }),
     branch: z
       .object({
@@ -97,6 +129,16 @@ export const configSchema = z
       })
       .strict()
       .default({ drain_timeout: 5000, copy_method: 'auto' }),
+    /** Prometheus metrics over HTTP at /metrics. */
+    metrics: z
+      .object({
+        enabled: boolean.default(true),
+        host: z.string().min(1).default('127.0.0.1'),
+        /** 0 picks a free port; the ready log line says which. */
+        port: port.default(9930),
+      })
+      .strict()
+      .default({ enabled: true, host: '127.0.0.1', port: 9930 }),
     log: z
       .object({
         level: z

@@ -1,5 +1,7 @@
-// Pools of server connections, one per (database, user, startup parameters), under a global cap.
+// Pools of server connections, one per (database, user, startup parameters), under a global cap,
+// and the janitor that keeps them within their limits: idle and lifetime timeouts, min_idle.
 // Knows server connections and database names, nothing of branches or clients' sockets.
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { ServerLogin, ServerSession } from '../upstream/server-connection.js';
 import { errors } from '../errors.js';
 
@@ -21,25 +23,37 @@ export interface PoolRequest {
 export interface PoolLimits {
   /** Server connections per pool. */
   size: number;
+  /** Idle connections a pool keeps open once a client has used it (within size); 0 for none. */
+  minIdle: number;
+  /** Connections beyond size a pool may open for a client that has waited reserveTimeoutMs. */
+  reserveSize: number;
+  reserveTimeoutMs: number;
   /** Server connections in all pools together. */
   maxServerConnections: number;
   idleTimeoutMs: number;
+  /** Connections older than this are closed when given back, and while idle; 0 keeps them. */
+  serverLifetimeMs: number;
   waitTimeoutMs: number;
+  /** How many times a connect that failed for a passing reason is tried again, with backoff. */
+  connectRetries: number;
 }
+
+/** The first wait before a connect is tried again; it doubles each time, up to RETRY_MAX_DELAY_MS. */
+const RETRY_FIRST_DELAY_MS = 200;
+const RETRY_MAX_DELAY_MS = 5_000;
 
 export type Connector = (request: PoolRequest) => Promise<ServerSession>;
 
 /** A server connection and the pool it belongs to. */
 export class ServerConnection {
   idleSince = 0;
-  /** The pool's generation when it was opened: older ones are closed instead of reused. */
-  readonly generation: number;
+  readonly openedAt = Date.now();
   constructor(
     readonly pool: Pool,
     readonly session: ServerSession,
-  ) {
-    this.generation = pool.generation;
-  }
+    /** The pool's generation when it began to open: older ones are closed instead of reused. */
+    readonly generation: number,
+  ) {}
   get processId(): number {
     return this.session.processId;
   }
@@ -50,6 +64,10 @@ interface Waiter {
   resolve: (conn: ServerConnection) => void;
   reject: (error: Error) => void;
   timer: NodeJS.Timeout;
+  /** Fires after reserveTimeoutMs of waiting, when the pool has a reserve. */
+  reserveTimer?: NodeJS.Timeout;
+  /** Waited long enough that the pool may open a reserve connection for it. */
+  reserve: boolean;
 }
 
 export class Pool {
@@ -61,6 +79,11 @@ export class Pool {
   readonly waiters: Waiter[] = [];
   /** Raised by closeDatabase(): connections of earlier generations are not reused. */
   generation = 0;
+  /**
+   * Whether the janitor keeps minIdle connections open: from a client's checkout until
+   * closeDatabase(), or until a connect of the janitor's own fails.
+   */
+  warm = false;
 
   constructor(
     readonly key: string,
@@ -68,6 +91,8 @@ export class Pool {
     readonly user: string,
     /** Pools whose parameters include `replication` are never reused: such sessions can't be reset. */
     readonly reusable: boolean,
+    /** The latest client's request: how the janitor opens connections of its own. */
+    public request: PoolRequest,
   ) {}
 
   get name(): string {
@@ -86,12 +111,13 @@ export class PoolManager {
   private readonly janitor: NodeJS.Timeout;
   /** Called when anything that a waiter waits for may have changed. */
   private readonly drainWatchers = new Set<() => void>();
+  private closed = false;
 
   constructor(
     private readonly limits: PoolLimits,
     private readonly connect: Connector,
   ) {
-    this.janitor = setInterval(() => this.closeExpiredIdle(), 1000);
+    this.janitor = setInterval(() => this.tidy(), 1000);
     this.janitor.unref();
   }
 
@@ -103,21 +129,37 @@ export class PoolManager {
     }
     // Looked up only now: the janitor drops empty pools, also while a client waited above.
     const pool = this.poolFor(request);
+    pool.request = request;
+    pool.warm = true;
     const idle = this.takeIdle(pool);
     if (idle) return idle;
     if (pool.total < this.limits.size && this.makeRoom()) return this.open(pool, request);
     return new Promise<ServerConnection>((resolve, reject) => {
-      const remaining = Math.max(0, this.limits.waitTimeoutMs - (Date.now() - started));
+      const waited = Date.now() - started;
       const waiter: Waiter = {
         request,
         resolve,
         reject,
-        timer: setTimeout(() => {
-          const i = pool.waiters.indexOf(waiter);
-          if (i >= 0) pool.waiters.splice(i, 1);
-          reject(errors.poolTimeout(pool.name, this.limits.waitTimeoutMs));
-        }, remaining),
+        reserve: false,
+        timer: setTimeout(
+          () => {
+            const i = pool.waiters.indexOf(waiter);
+            if (i >= 0) pool.waiters.splice(i, 1);
+            clearTimeout(waiter.reserveTimer);
+            reject(errors.poolTimeout(pool.name, this.limits.waitTimeoutMs));
+          },
+          Math.max(0, this.limits.waitTimeoutMs - waited),
+        ),
       };
+      if (this.limits.reserveSize > 0) {
+        waiter.reserveTimer = setTimeout(
+          () => {
+            waiter.reserve = true;
+            this.serveWaiters();
+          },
+          Math.max(0, this.limits.reserveTimeoutMs - waited),
+        );
+      }
       pool.waiters.push(waiter);
     });
   }
@@ -134,18 +176,24 @@ export class PoolManager {
       pool.reusable &&
       conn.generation === pool.generation &&
       !this.paused.has(pool.database) &&
-      !conn.session.socket.destroyed
+      !conn.session.socket.destroyed &&
+      !this.pastLifetime(conn, Date.now())
     ) {
       const waiter = pool.waiters.shift();
       if (waiter) {
-        clearTimeout(waiter.timer);
+        clearWaiter(waiter);
         pool.active++;
         waiter.resolve(conn);
         return;
       }
-      conn.idleSince = Date.now();
-      this.watchIdle(conn);
-      pool.idle.push(conn);
+      // Beyond size, it was a reserve connection: nobody waits for it any more.
+      if (pool.total < this.limits.size) {
+        conn.idleSince = Date.now();
+        this.watchIdle(conn);
+        pool.idle.push(conn);
+      } else {
+        this.destroy(conn);
+      }
     } else {
       this.destroy(conn);
     }
@@ -188,10 +236,14 @@ export class PoolManager {
     this.serveWaiters();
   }
 
-  /** Closes every connection to `database`: idle ones now, busy ones when they come back. */
+  /**
+   * Closes every connection to `database`: idle ones now, busy ones (and those being opened) when
+   * they come back. Its pools are not kept warm again until a client next uses them.
+   */
   closeDatabase(database: string): void {
     for (const pool of this.poolsOf(database)) {
       pool.generation++;
+      pool.warm = false;
       for (const conn of pool.idle.splice(0)) this.destroy(conn);
     }
   }
@@ -209,11 +261,12 @@ export class PoolManager {
   }
 
   close(): void {
+    this.closed = true;
     clearInterval(this.janitor);
     for (const pool of this.pools.values()) {
       for (const conn of pool.idle.splice(0)) this.destroy(conn);
       for (const waiter of pool.waiters.splice(0)) {
-        clearTimeout(waiter.timer);
+        clearWaiter(waiter);
         waiter.reject(errors.shuttingDown());
       }
     }
@@ -224,7 +277,13 @@ export class PoolManager {
     const key = (request.key ??= poolKey(request));
     let pool = this.pools.get(key);
     if (!pool) {
-      pool = new Pool(key, request.database, request.user, !request.parameters.has('replication'));
+      pool = new Pool(
+        key,
+        request.database,
+        request.user,
+        !request.parameters.has('replication'),
+        request,
+      );
       this.pools.set(key, pool);
     }
     return pool;
@@ -274,14 +333,16 @@ export class PoolManager {
     return this.totalOpen < this.limits.maxServerConnections;
   }
 
+  /** Opens a connection for a client, trying again after failures that may pass. */
   private async open(pool: Pool, request: PoolRequest): Promise<ServerConnection> {
+    const generation = pool.generation;
     pool.opening++;
     this.totalOpen++;
     try {
-      const session = await this.connect(request);
+      const session = await this.connectRetrying(request);
       pool.opening--;
       pool.active++;
-      return new ServerConnection(pool, session);
+      return new ServerConnection(pool, session, generation);
     } catch (error) {
       pool.opening--;
       this.totalOpen--;
@@ -291,16 +352,40 @@ export class PoolManager {
     }
   }
 
+  /**
+   * Connects, and after a failure that may pass (the server starting up or shutting down, out of
+   * connection slots, or not answering) tries again up to connectRetries times, waiting 200 ms,
+   * 400 ms, 800 ms, ... in between. Other failures (authentication, a missing database) are final.
+   */
+  private async connectRetrying(request: PoolRequest): Promise<ServerSession> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.connect(request);
+      } catch (error) {
+        if (attempt >= this.limits.connectRetries || this.closed || !mayPass(error)) throw error;
+        await sleep(Math.min(RETRY_MAX_DELAY_MS, RETRY_FIRST_DELAY_MS * 2 ** attempt));
+      }
+    }
+  }
+
   /** After capacity frees up, lets waiting clients open connections. */
   private serveWaiters(): void {
     for (const pool of this.pools.values()) {
       while (pool.waiters.length > 0 && !this.paused.has(pool.database)) {
-        if (pool.total >= this.limits.size || !this.makeRoom()) break;
+        if (!this.mayOpenFor(pool) || !this.makeRoom()) break;
         const waiter = pool.waiters.shift()!;
-        clearTimeout(waiter.timer);
+        clearWaiter(waiter);
         this.open(pool, waiter.request).then(waiter.resolve, waiter.reject);
       }
     }
+  }
+
+  /** Whether `pool` may open one more connection for its waiters: within size, or the reserve. */
+  private mayOpenFor(pool: Pool): boolean {
+    if (pool.total < this.limits.size) return true;
+    return (
+      pool.total < this.limits.size + this.limits.reserveSize && pool.waiters.some((w) => w.reserve)
+    );
   }
 
   private destroy(conn: ServerConnection): void {
@@ -339,13 +424,63 @@ export class PoolManager {
     conn.session.socket.removeListener('data', gone);
   }
 
-  private closeExpiredIdle(): void {
-    const cutoff = Date.now() - this.limits.idleTimeoutMs;
+  /**
+   * The janitor, every second: closes idle connections past their lifetime, and those idle longer
+   * than the idle timeout beyond a pool's minIdle; opens connections up to minIdle; drops pools
+   * that are empty and need not be kept warm.
+   */
+  private tidy(): void {
+    const now = Date.now();
+    const cutoff = now - this.limits.idleTimeoutMs;
     for (const pool of this.pools.values()) {
-      while (pool.idle.length > 0 && pool.idle[0]!.idleSince < cutoff) {
+      for (const conn of pool.idle.filter((c) => this.pastLifetime(c, now))) {
+        pool.idle.splice(pool.idle.indexOf(conn), 1);
+        this.destroy(conn);
+      }
+      while (pool.idle.length > this.limits.minIdle && pool.idle[0]!.idleSince < cutoff) {
         this.destroy(pool.idle.shift()!);
       }
-      if (pool.total === 0 && pool.waiters.length === 0) this.pools.delete(pool.key);
+      this.warmUp(pool);
+      const keep = pool.warm && this.limits.minIdle > 0;
+      if (pool.total === 0 && pool.waiters.length === 0 && !keep) this.pools.delete(pool.key);
+    }
+  }
+
+  private pastLifetime(conn: ServerConnection, now: number): boolean {
+    return this.limits.serverLifetimeMs > 0 && now - conn.openedAt >= this.limits.serverLifetimeMs;
+  }
+
+  /**
+   * Opens connections until `pool` has minIdle idle (or opening), within its size and the spare
+   * room under the global cap: warming a pool never closes another's connections. A failed
+   * connect stops it until a client uses the pool again, so a pool whose database went away does
+   * not knock on the server every second.
+   */
+  private warmUp(pool: Pool): void {
+    if (!pool.warm || !pool.reusable || this.paused.has(pool.database)) return;
+    while (
+      pool.idle.length + pool.opening < this.limits.minIdle &&
+      pool.total < this.limits.size &&
+      this.totalOpen < this.limits.maxServerConnections
+    ) {
+      const generation = pool.generation;
+      pool.opening++;
+      this.totalOpen++;
+      this.connect(pool.request).then(
+        (session) => {
+          pool.opening--;
+          pool.active++;
+          // As if a client gave it back: a waiter gets it, else it waits idle.
+          this.release(new ServerConnection(pool, session, generation), true);
+        },
+        () => {
+          pool.opening--;
+          this.totalOpen--;
+          pool.warm = false;
+          this.notifyDrainWatchers();
+          this.serveWaiters();
+        },
+      );
     }
   }
 
@@ -357,4 +492,16 @@ export class PoolManager {
 function poolKey(request: PoolRequest): string {
   const params = [...request.parameters].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return [request.mode ?? 'session', request.database, request.user, ...params.flat()].join('\0');
+}
+
+function clearWaiter(waiter: Waiter): void {
+  clearTimeout(waiter.timer);
+  clearTimeout(waiter.reserveTimer);
+}
+
+/** Server refusals that may pass: starting up or shutting down, out of slots, no answer. */
+function mayPass(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code;
+  if (typeof code !== 'string') return false;
+  return code === '57P03' || code === '53300' || (code.startsWith('08') && code !== '08P01');
 }

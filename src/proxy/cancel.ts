@@ -1,7 +1,9 @@
 // CancelRequest routing. Session-mode clients get BackendKeyData with their server connection's
 // real process id, transaction-mode clients one of the proxy's, each with a secret of pgbranch's; a
 // cancel that matches both is forwarded, with the server's own key, to the server connection that
-// runs the client's query at that moment.
+// runs the client's query at that moment. The secret is as long as the client's protocol version
+// allows: 4 bytes in 3.0, 32 in 3.2 (as PostgreSQL 18 makes them); the server's own key, whatever
+// its length, never leaves pgbranch.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { connectSocket, type Endpoint } from '../upstream/endpoint.js';
 import { cancelRequest } from '../wire/frontend.js';
@@ -21,6 +23,11 @@ interface Target {
 /** Process ids the proxy makes up for transaction-mode clients: above any Linux pid (2^22). */
 const FIRST_OWN_ID = 1 << 23;
 
+/** The length of the cancel secret for a client of protocol 3.`minor`, as PostgreSQL 18 makes it. */
+export function secretLengthFor(minor: number): number {
+  return minor >= 2 ? 32 : 4;
+}
+
 export class CancelRegistry {
   private readonly targets = new Map<number, Target>();
   private nextId = FIRST_OWN_ID;
@@ -29,9 +36,14 @@ export class CancelRegistry {
 
   /**
    * Registers a client under a process id: its server connection's real one (session mode), or
-   * undefined to get one of the proxy's (transaction mode). Returns the key to hand the client.
+   * undefined to get one of the proxy's (transaction mode). Returns the key to hand the client,
+   * with a secret of `secretLength` bytes.
    */
-  register(processId: number | undefined, server: () => ServerKey | undefined): ServerKey {
+  register(
+    processId: number | undefined,
+    server: () => ServerKey | undefined,
+    secretLength = 4,
+  ): ServerKey {
     let id = processId;
     if (id === undefined) {
       do {
@@ -39,7 +51,7 @@ export class CancelRegistry {
         this.nextId = this.nextId >= 0x7fffffff ? FIRST_OWN_ID : this.nextId + 1;
       } while (this.targets.has(id));
     }
-    const secret = randomBytes(4);
+    const secret = randomBytes(secretLength);
     this.targets.set(id, { secret, server });
     return { processId: id, secret };
   }

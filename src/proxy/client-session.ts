@@ -19,8 +19,8 @@ import {
   readyForQuery,
 } from '../wire/backend.js';
 import { ClientGone, MessageReader } from '../wire/message-reader.js';
-import { parseStartupPacket } from '../wire/startup.js';
-import type { CancelRegistry } from './cancel.js';
+import { NEWEST_MINOR_VERSION, parseStartupPacket } from '../wire/startup.js';
+import { secretLengthFor, type CancelRegistry } from './cancel.js';
 import { SessionRelay } from './relay.js';
 import { ClientState, serverState } from './client-state.js';
 import { prepareServer, TransactionRelay } from './transaction-relay.js';
@@ -41,6 +41,8 @@ export interface ProxyContext {
   /** Clients connected now (all of them, in any phase). */
   clients: Set<net.Socket>;
   shuttingDown: boolean;
+  /** Called with the SQLSTATE of every refused client (for metrics). */
+  onRefused?: ((code: string) => void) | undefined;
   /** The pool mode for a database name as the client wrote it, from the configuration. */
   poolModeFor: (database: string) => PoolMode;
 }
@@ -62,8 +64,11 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     label = { user, database: requested };
     if (ctx.shuttingDown) throw errors.shuttingDown();
     if (ctx.clients.size > ctx.maxClients) throw errors.tooManyClients(ctx.maxClients);
-    if (packet.minor > 0 || packet.protocolOptions.length > 0) {
-      socket.write(negotiateProtocolVersion(0, packet.protocolOptions));
+    // As PostgreSQL 18: a newer minor version than ours, or `_pq_.` options (we know none), are
+    // answered with the version we serve; a client that asked for 3.0 to 3.2 gets what it asked for.
+    const minor = Math.min(packet.minor, NEWEST_MINOR_VERSION);
+    if (minor < packet.minor || packet.protocolOptions.length > 0) {
+      socket.write(negotiateProtocolVersion(minor, packet.protocolOptions));
     }
     const { target, options, poolMode } = parseConnectTarget(
       requested,
@@ -94,7 +99,7 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
       ctx,
       socket,
       reader,
-      { target, user, requested, parameters, login },
+      { target, user, requested, parameters, login, secretLength: secretLengthFor(minor) },
       (c) => (conn = c),
     );
     conn = undefined;
@@ -109,6 +114,7 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
       socket.end(errorResponse(pgError));
       setTimeout(() => socket.destroy(), 1000).unref();
     }
+    ctx.onRefused?.(pgError.code);
     ctx.log.info(
       {
         event: 'client_refused',
@@ -137,6 +143,8 @@ interface Admitted {
   /** Startup parameters for the server (user, database and pgbranch's own settings removed). */
   parameters: Map<string, string>;
   login: ServerLogin;
+  /** The cancel secret's length in the client's protocol version. */
+  secretLength: number;
 }
 
 /** Session mode: one server connection for the whole session, reset and pooled afterwards. */
@@ -144,7 +152,7 @@ async function serveSession(
   ctx: ProxyContext,
   socket: net.Socket,
   reader: MessageReader,
-  { target, user, requested, parameters, login }: Admitted,
+  { target, user, requested, parameters, login, secretLength }: Admitted,
   /** Tells the caller which server connection to release if this throws. */
   hold: (conn: ServerConnection | undefined) => void,
 ): Promise<void> {
@@ -152,10 +160,11 @@ async function serveSession(
   const conn = opened.conn;
   hold(conn);
   const session = conn.session;
-  const cancelKey = ctx.cancels.register(session.processId, () => ({
-    processId: session.processId,
-    secret: session.secretKey,
-  }));
+  const cancelKey = ctx.cancels.register(
+    session.processId,
+    () => ({ processId: session.processId, secret: session.secretKey }),
+    secretLength,
+  );
   try {
     const greeting: Buffer[] = [];
     if (opened.created) {
@@ -212,7 +221,7 @@ async function serveTransactions(
   ctx: ProxyContext,
   socket: net.Socket,
   reader: MessageReader,
-  { target, user, requested, parameters, login }: Admitted,
+  { target, user, requested, parameters, login, secretLength }: Admitted,
   hold: (conn: ServerConnection | undefined) => void,
 ): Promise<void> {
   const state = new ClientState(parameters);
@@ -226,10 +235,13 @@ async function serveTransactions(
   ctx.pools.release(opened.conn, true);
 
   let current: ServerConnection | undefined;
-  const cancelKey = ctx.cancels.register(undefined, () =>
-    current
-      ? { processId: current.session.processId, secret: current.session.secretKey }
-      : undefined,
+  const cancelKey = ctx.cancels.register(
+    undefined,
+    () =>
+      current
+        ? { processId: current.session.processId, secret: current.session.secretKey }
+        : undefined,
+    secretLength,
   );
   try {
     const greeting: Buffer[] = [];

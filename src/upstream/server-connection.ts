@@ -1,5 +1,8 @@
 // Opens one server connection: startup, authentication on the client's behalf, and the
 // ParameterStatus/BackendKeyData the server announces. After that the socket belongs to the relay.
+// pgbranch asks every server for protocol 3.2, for PostgreSQL 18's long cancel keys; older servers
+// answer NegotiateProtocolVersion in the same flight as their authentication request, so asking
+// costs nothing, and the connection goes on at the version they offer.
 import type net from 'node:net';
 import { Parser } from 'pg-protocol/dist/parser.js';
 import type { BackendMessage } from 'pg-protocol/dist/messages.js';
@@ -8,6 +11,7 @@ import { ScramClientExchange, type ScramKeys } from '../auth/scram.js';
 import { md5Response } from '../auth/md5.js';
 import { errors, PgError } from '../errors.js';
 import { startupMessage } from '../wire/frontend.js';
+import { NEWEST_MINOR_VERSION } from '../wire/startup.js';
 import { connectSocket, describeEndpoint, type Endpoint } from './endpoint.js';
 
 /** How to answer the server's authentication request without the user's password. */
@@ -27,6 +31,7 @@ export interface ServerConnectOptions {
 export interface ServerSession {
   socket: net.Socket;
   processId: number;
+  /** The server's own cancel key: 4 bytes in protocol 3.0, up to 256 in 3.2 (PostgreSQL 18: 32). */
   secretKey: Buffer;
   /** Every ParameterStatus the server sent during startup, in order. */
   parameters: Map<string, string>;
@@ -50,6 +55,11 @@ export class ServerError extends PgError {
     );
   }
 }
+
+const NEGOTIATE_PROTOCOL_VERSION = 0x76; // 'v'
+const BACKEND_KEY_DATA = 0x4b; // 'K'
+/** The longest cancel key protocol 3.2 allows. */
+const MAX_CANCEL_KEY = 256;
 
 export function openServerSession(options: ServerConnectOptions): Promise<ServerSession> {
   return new Promise((resolve, reject) => {
@@ -131,13 +141,6 @@ export function openServerSession(options: ServerConnectOptions): Promise<Server
           parameters.set(p.parameterName, p.parameterValue);
           return;
         }
-        case 'backendKeyData': {
-          const k = msg as unknown as { processID: number; secretKey: number };
-          processId = k.processID;
-          secretKey = Buffer.allocUnsafe(4);
-          secretKey.writeInt32BE(k.secretKey | 0, 0);
-          return;
-        }
         case 'notice':
           return;
         case 'readyForQuery':
@@ -165,7 +168,42 @@ export function openServerSession(options: ServerConnectOptions): Promise<Server
           );
       }
     };
-    const onData = (chunk: Buffer) => parser.parse(chunk, onMessage);
+    // pg-protocol's parser knows neither NegotiateProtocolVersion nor a cancel key longer than 4
+    // bytes: those two are read here, every other message is handed to it whole.
+    let unread: Buffer = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      unread = unread.length === 0 ? chunk : Buffer.concat([unread, chunk]);
+      while (!settled && unread.length >= 5) {
+        const length = unread.readInt32BE(1);
+        if (length < 4) {
+          return fail(errors.protocolViolation(`invalid message length ${length} from server`));
+        }
+        if (unread.length < 1 + length) return;
+        const frame = unread.subarray(0, 1 + length);
+        unread = unread.subarray(1 + length);
+        const body = frame.subarray(5);
+        if (frame[0] === NEGOTIATE_PROTOCOL_VERSION) {
+          // The server speaks an older 3.x and says which; our startup packet had no `_pq_.`
+          // options for it to refuse.
+          const version = body.length >= 4 ? body.readInt32BE(0) : 0;
+          if (version >>> 16 !== 3 || (version & 0xffff) > NEWEST_MINOR_VERSION) {
+            return fail(
+              errors.protocolViolation(
+                `server offered protocol ${version >>> 16}.${version & 0xffff} instead of 3.${NEWEST_MINOR_VERSION}`,
+              ),
+            );
+          }
+        } else if (frame[0] === BACKEND_KEY_DATA) {
+          if (body.length < 8 || body.length > 4 + MAX_CANCEL_KEY) {
+            return fail(errors.protocolViolation('invalid BackendKeyData from server'));
+          }
+          processId = body.readInt32BE(0);
+          secretKey = Buffer.from(body.subarray(4));
+        } else {
+          parser.parse(frame, onMessage);
+        }
+      }
+    };
     const onError = (error: Error) =>
       fail(errors.upstreamUnavailable(`${describeEndpoint(options.endpoint)}: ${error.message}`));
     const onClose = () =>
@@ -178,11 +216,10 @@ export function openServerSession(options: ServerConnectOptions): Promise<Server
     socket.on('close', onClose);
     socket.once('connect', () => {
       socket.write(
-        startupMessage([
-          ['user', options.user],
-          ['database', options.database],
-          ...options.parameters,
-        ]),
+        startupMessage(
+          [['user', options.user], ['database', options.database], ...options.parameters],
+          NEWEST_MINOR_VERSION,
+        ),
       );
     });
   });

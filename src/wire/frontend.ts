@@ -50,13 +50,13 @@ export function cancelRequest(processId: number, secret: Buffer): Buffer {
   return out;
 }
 
-/** StartupMessage for protocol 3.0 with exactly these parameters, in this order. */
-export function startupMessage(parameters: Iterable<[string, string]>): Buffer {
+/** StartupMessage for protocol 3.`minor` with exactly these parameters, in this order. */
+export function startupMessage(parameters: Iterable<[string, string]>, minor = 0): Buffer {
   const parts: Buffer[] = [Buffer.alloc(8)];
   for (const [key, value] of parameters) parts.push(cstring(key), cstring(value));
   parts.push(Buffer.alloc(1));
   const out = Buffer.concat(parts);
   out.writeInt32BE(out.length, 0);
-  out.writeInt32BE(3 << 16, 4);
+  out.writeInt32BE((3 << 16) | minor, 4);
   return out;
 }

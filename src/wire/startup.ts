@@ -7,6 +7,11 @@ export const GSSENC_REQUEST_CODE = 80877104;
 export const CANCEL_REQUEST_CODE = 80877102;
 /** PostgreSQL's own limit (MAX_STARTUP_PACKET_LENGTH); longer packets are refused unread. */
 export const MAX_STARTUP_PACKET = 10_000;
+/**
+ * The newest minor version of protocol 3 that pgbranch speaks, with clients and with servers: 3.2
+ * (PostgreSQL 18), whose only change is a cancel key of up to 256 bytes.
+ */
+export const NEWEST_MINOR_VERSION = 2;
 
 export type StartupPacket =
   | { kind: 'ssl' }

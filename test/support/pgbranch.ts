@@ -17,6 +17,8 @@ export interface ReadyEvent {
   copyMode: 'clone' | 'copy';
   copyReason: string;
   serverVersion: string;
+  /** Where Prometheus metrics are served; absent when they are turned off. */
+  metricsUrl?: string;
 }
 
 export interface ClientSettings {
@@ -86,6 +88,8 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
       dataDir,
       '--log-format',
       'json',
+      '--metrics-port',
+      '0',
       ...(options.args ?? []),
     ],
     {

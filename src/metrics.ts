@@ -1,0 +1,185 @@
+// Prometheus metrics of one running pgbranch, on a registry of its own (so that several can run in
+// one process), served over HTTP at /metrics. Nothing here runs per query: counters move when a
+// client connects or is refused and when a branch is created; gauges are read when scraped.
+import http from 'node:http';
+import type net from 'node:net';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { CopyMethod } from './branch/provider.js';
+
+const PREFIX = 'pgbranch_';
+
+/** Branch creations take from ~10 ms (a clone) to a minute (a large copy, or a drain that waits). */
+const CREATION_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/** What the pools report, as PoolManager.stats() returns it. */
+export interface PoolStats {
+  pools: number;
+  open: number;
+  idle: number;
+  active: number;
+  waiting: number;
+}
+
+export interface MetricsSources {
+  /** Client connections open now, in any phase. */
+  clients(): number;
+  pools(): PoolStats;
+}
+
+type Mode = CopyMethod['mode'];
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly connections: Counter;
+  private readonly refusals: Counter<'code'>;
+  private readonly creations: Counter<'mode' | 'result'>;
+  private readonly creationSeconds: Histogram<'mode' | 'result'>;
+
+  constructor(sources: MetricsSources, copyMode: Mode) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+
+    new Gauge({
+      name: `${PREFIX}clients_connected`,
+      help: 'Client connections open now: logging in, waiting for a branch or a server connection, or in a session.',
+      registers,
+      collect() {
+        this.set(sources.clients());
+      },
+    });
+    this.connections = new Counter({
+      name: `${PREFIX}client_connections_total`,
+      help: 'Client connections accepted, including ones later refused and cancel requests.',
+      registers,
+    });
+    this.refusals = new Counter({
+      name: `${PREFIX}client_connections_refused_total`,
+      help: 'Client connections refused with an error, by SQLSTATE (28P01 bad password, 53300 too many, ...).',
+      labelNames: ['code'],
+      registers,
+    });
+
+    const fromPools = (name: string, help: string, read: (stats: PoolStats) => number) =>
+      new Gauge({
+        name: `${PREFIX}${name}`,
+        help,
+        registers,
+        collect() {
+          this.set(read(sources.pools()));
+        },
+      });
+    fromPools(
+      'server_connections_open',
+      'Server connections open or being opened, in all pools.',
+      (s) => s.open,
+    );
+    fromPools(
+      'server_connections_idle',
+      'Server connections idle in a pool, ready for the next client.',
+      (s) => s.idle,
+    );
+    fromPools(
+      'server_connections_active',
+      'Server connections in use by a client.',
+      (s) => s.active,
+    );
+    fromPools(
+      'clients_waiting',
+      'Clients waiting for a server connection (pool full, or the server cap reached).',
+      (s) => s.waiting,
+    );
+    fromPools('pools', 'Pools: one per database, user and startup parameters.', (s) => s.pools);
+
+    this.creations = new Counter({
+      name: `${PREFIX}branch_creations_total`,
+      help: 'Branch creations by how the branch was made (clone or copy) and result (ok or error).',
+      labelNames: ['mode', 'result'],
+      registers,
+    });
+    this.creationSeconds = new Histogram({
+      name: `${PREFIX}branch_creation_duration_seconds`,
+      help: 'Time to create a branch, from draining the parent to the branch existing.',
+      labelNames: ['mode', 'result'],
+      buckets: CREATION_BUCKETS,
+      registers,
+    });
+    // Series that exist from the start, so that rate() and alerts see a 0 before the first one.
+    for (const result of ['ok', 'error']) {
+      this.creations.inc({ mode: copyMode, result }, 0);
+      this.creationSeconds.zero({ mode: copyMode, result });
+    }
+  }
+
+  clientConnected(): void {
+    this.connections.inc();
+  }
+
+  clientRefused(code: string): void {
+    this.refusals.inc({ code });
+  }
+
+  branchCreated(mode: Mode, ms: number, ok: boolean): void {
+    const labels = { mode, result: ok ? 'ok' : 'error' };
+    this.creations.inc(labels);
+    this.creationSeconds.observe(labels, ms / 1000);
+  }
+}
+
+export interface MetricsServer {
+  /** Where to scrape, e.g. http://127.0.0.1:9930/metrics. */
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Serves the registry at GET /metrics; every other path is 404. */
+export async function serveMetrics(
+  registry: Registry,
+  host: string,
+  port: number,
+): Promise<MetricsServer> {
+  const server = http.createServer((request, response) => {
+    const path = new URL(request.url ?? '/', 'http://localhost').pathname;
+    if (path !== '/metrics') {
+      response.writeHead(404, { 'content-type': 'text/plain' }).end('not found; try /metrics\n');
+      return;
+    }
+    if (request.method !== 'GET' && request.method !== 'HEAD') {
+      response.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end();
+      return;
+    }
+    registry.metrics().then(
+      (text) => {
+        response.writeHead(200, { 'content-type': registry.contentType });
+        response.end(request.method === 'HEAD' ? undefined : text);
+      },
+      (error: unknown) => {
+        response.writeHead(500, { 'content-type': 'text/plain' });
+        response.end(`${error instanceof Error ? error.message : String(error)}\n`);
+      },
+    );
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, resolve);
+    });
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException;
+    throw new Error(
+      e.code === 'EADDRINUSE'
+        ? `metrics port ${port} on ${host} is already in use: pick another with --metrics-port (0 picks a free one) or turn metrics off with --metrics-enabled false`
+        : `cannot serve metrics on ${host}:${port}: ${e.message}`,
+      { cause: error },
+    );
+  }
+  const bound = (server.address() as net.AddressInfo).port;
+  const hostInUrl = host.includes(':') ? `[${host}]` : host;
+  return {
+    url: `http://${hostInUrl}:${bound}/metrics`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
