@@ -122,6 +122,19 @@ export class PoolManager {
   }
 
   /** A server connection for this request: idle, new, or the next one released, within the wait timeout. */
+  /**
+   * An idle connection for this request at once, or undefined (none idle, or the database is
+   * paused): the transaction-mode fast path, with no promise in the way.
+   */
+  acquireIdle(request: PoolRequest): ServerConnection | undefined {
+    if (this.paused.has(request.database)) return undefined;
+    const pool = this.poolFor(request);
+    if (pool.idle.length === 0) return undefined;
+    pool.request = request;
+    pool.warm = true;
+    return this.takeIdle(pool);
+  }
+
   async acquire(request: PoolRequest): Promise<ServerConnection> {
     const started = Date.now();
     while (this.paused.has(request.database)) {

@@ -315,26 +315,28 @@ export class TransactionRelay {
   }
 
   private async attach(): Promise<void> {
+    // Fast path: an idle connection that already carries this client's settings.
+    const idle = this.options.pools.acquireIdle(this.options.request);
+    if (idle) {
+      if (settingsFor(this.options.state, serverState(idle)) === undefined) {
+        this.bind(idle);
+        const raw = this.raw;
+        this.raw = [];
+        if (raw.length > 0) this.fromClient(raw.length === 1 ? raw[0]! : Buffer.concat(raw));
+        return;
+      }
+    }
     this.acquiring = true;
     this.options.client.pause();
-    let conn: ServerConnection | undefined;
+    let conn: ServerConnection | undefined = idle;
     try {
-      conn = await this.options.pools.acquire(this.options.request);
+      conn ??= await this.options.pools.acquire(this.options.request);
       if (this.finished) {
         this.options.pools.release(conn, true);
         return;
       }
       await prepareServer(conn, this.options.state);
-      const server = serverState(conn);
-      this.conn = conn;
-      this.server = server;
-      this.options.onServer(conn);
-      const socket = conn.session.socket;
-      socket.on('data', this.fromServer);
-      socket.on('close', this.serverEnded);
-      socket.on('error', this.serverEnded);
-      socket.on('drain', this.resumeClient);
-      socket.resume();
+      this.bind(conn);
       this.acquiring = false;
       const raw = this.raw;
       this.raw = [];
@@ -345,6 +347,19 @@ export class TransactionRelay {
       if (conn && !this.conn) this.options.pools.release(conn, false);
       this.fail(error instanceof PgError ? error : new PgError('08006', String(error)));
     }
+  }
+
+  /** Makes `conn` the client's server connection: its bytes now come to this relay. */
+  private bind(conn: ServerConnection): void {
+    this.conn = conn;
+    this.server = serverState(conn);
+    this.options.onServer(conn);
+    const socket = conn.session.socket;
+    socket.on('data', this.fromServer);
+    socket.on('close', this.serverEnded);
+    socket.on('error', this.serverEnded);
+    socket.on('drain', this.resumeClient);
+    socket.resume();
   }
 
   private readonly fromServer = (data: Buffer): void => {
