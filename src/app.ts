@@ -130,6 +130,7 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
     clients,
     shuttingDown: false,
     poolModeFor: poolModeRule(config.pool.mode, config.pool.transaction_mode_for),
+    idleInTransactionTimeoutMs: config.pool.idle_in_transaction_timeout,
   };
 
   const listener = net.createServer((socket) => {

@@ -467,7 +467,7 @@ describe('what the proxy cannot serve', () => {
     });
   });
 
-  it('negotiates a protocol 3.2 request with options down to 3.0, then serves it', async () => {
+  it('serves a protocol 3.2 request at 3.2, refusing only its unknown _pq_ options', async () => {
     const wire = await WireClient.open(proxy.port);
     const login = await wire.login({
       user: 'postgres',
@@ -478,11 +478,11 @@ describe('what the proxy cannot serve', () => {
     });
     const negotiate = login.find((m) => m.type === 'v');
     expect(negotiate).toBeDefined();
-    expect(negotiate!.body.readInt32BE(0)).toBe(3 << 16);
+    expect(negotiate!.body.readInt32BE(0)).toBe((3 << 16) | 2);
     expect(negotiate!.body.readInt32BE(4)).toBe(1);
     expect(negotiate!.body.toString('utf8', 8)).toBe('_pq_.test_extension\0');
-    // A 3.0 key: a four-byte secret.
-    expect(login.find((m) => m.type === 'K')!.body.length).toBe(8);
+    // A 3.2 key: a 32-byte secret after the process id.
+    expect(login.find((m) => m.type === 'K')!.body.length).toBe(36);
     wire.write(serialize.query('select 1'));
     expect((await wire.until('Z')).map((m) => m.type).join('')).toBe('TDCZ');
     wire.destroy();

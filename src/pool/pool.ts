@@ -121,7 +121,6 @@ export class PoolManager {
     this.janitor.unref();
   }
 
-  /** A server connection for this request: idle, new, or the next one released, within the wait timeout. */
   /**
    * An idle connection for this request at once, or undefined (none idle, or the database is
    * paused): the transaction-mode fast path, with no promise in the way.
@@ -135,6 +134,7 @@ export class PoolManager {
     return this.takeIdle(pool);
   }
 
+  /** A server connection for this request: idle, new, or the next one released, within the wait timeout. */
   async acquire(request: PoolRequest): Promise<ServerConnection> {
     const started = Date.now();
     while (this.paused.has(request.database)) {

@@ -45,6 +45,8 @@ export interface ProxyContext {
   onRefused?: ((code: string) => void) | undefined;
   /** The pool mode for a database name as the client wrote it, from the configuration. */
   poolModeFor: (database: string) => PoolMode;
+  /** Transaction mode: how long a client may sit idle inside a transaction (0: no limit). */
+  idleInTransactionTimeoutMs: number;
 }
 
 export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promise<void> {
@@ -272,6 +274,7 @@ async function serveTransactions(
       state,
       pending: reader.detach(),
       resetTimeoutMs: RESET_TIMEOUT_MS,
+      idleInTransactionTimeoutMs: ctx.idleInTransactionTimeoutMs,
       onServer: (conn) => (current = conn),
       onPinned: (reason) =>
         ctx.log.info(

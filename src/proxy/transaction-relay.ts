@@ -4,11 +4,12 @@
 // and are prepared on demand wherever the client lands); server messages are forwarded as they
 // arrive, with frames scanned in place, except the few responses to what the proxy itself added.
 import type net from 'node:net';
-import { PgError } from '../errors.js';
+import { errors, PgError } from '../errors.js';
 import type { PoolManager, PoolRequest, ServerConnection } from '../pool/pool.js';
 import { errorResponse } from '../wire/backend.js';
 import { copyFail, query } from '../wire/frontend.js';
 import { ClientState, serverState, settingsFor, type ServerState } from './client-state.js';
+import { IdleInTransactionTimer } from './idle-in-transaction.js';
 
 const BIND = 0x42; // 'B'
 const CLOSE = 0x43; // 'C'
@@ -51,6 +52,8 @@ export interface TransactionRelayOptions {
   /** Called with the server connection the client now holds (undefined when it holds none). */
   onServer: (conn: ServerConnection | undefined) => void;
   resetTimeoutMs: number;
+  /** A client idle inside a transaction this long is disconnected with 25P03; 0 for no limit. */
+  idleInTransactionTimeoutMs: number;
 }
 
 /** An entry per Parse or Close sent, in order: the responses come back in the same order. */
@@ -96,8 +99,15 @@ export class TransactionRelay {
   private status: Buffer[] | undefined;
   private readyStatus = 0;
 
+  private readonly idleTimer: IdleInTransactionTimer | undefined;
+
   constructor(private readonly options: TransactionRelayOptions) {
-    const { client } = options;
+    const { client, idleInTransactionTimeoutMs: idleMs } = options;
+    if (idleMs > 0) {
+      this.idleTimer = new IdleInTransactionTimer(idleMs, () =>
+        this.fail(errors.idleInTransactionTimeout(idleMs)),
+      );
+    }
     client.on('data', this.fromClient);
     client.on('end', this.clientEnded);
     client.on('close', this.clientEnded);
@@ -110,6 +120,7 @@ export class TransactionRelay {
 
   private readonly fromClient = (data: Buffer): void => {
     if (this.finished) return;
+    this.idleTimer?.touch();
     if (!this.conn || this.acquiring) {
       // Rewriting depends on the server connection: keep the bytes until there is one.
       this.raw.push(data);
@@ -452,6 +463,7 @@ export class TransactionRelay {
     while (this.expected.length > 0 && this.expected[0]!.batch < this.batchesDone) {
       this.expected.shift();
     }
+    if (this.readyStatus !== STATUS_IDLE && this.pendingReady === 0) this.idleTimer?.idle();
     return (
       this.readyStatus === STATUS_IDLE &&
       this.pendingReady === 0 &&
@@ -543,6 +555,7 @@ export class TransactionRelay {
   private finish(reason: 'client' | 'server' | 'error'): void {
     if (this.finished) return;
     this.finished = true;
+    this.idleTimer?.stop();
     const client = this.options.client;
     client.removeListener('data', this.fromClient);
     client.removeListener('end', this.clientEnded);
