@@ -14,42 +14,38 @@ function server(reported: Record<string, string> = {}, appliedKey = ''): ServerS
 }
 
 describe('ClientState', () => {
-  it('turns startup parameters and options -c into SET statements', () => {
+  it('turns startup parameters and options -c into set_config calls, lists kept whole', () => {
     const state = new ClientState(
       new Map([
         ['application_name', "it's me"],
-        ['options', '-c work_mem=7MB --statement-timeout=5s -cgeqo=off'],
+        ['options', '-c search_path=a,b --statement-timeout=5s'],
         ['replication', 'database'],
       ]),
     );
     expect(state.statements).toEqual([
-      `SET "application_name" = 'it''s me'`,
-      `SET "work_mem" = '7MB'`,
-      `SET "statement_timeout" = '5s'`,
-      `SET "geqo" = 'off'`,
+      `SELECT pg_catalog.set_config('application_name', 'it''s me', false)`,
+      `SELECT pg_catalog.set_config('search_path', 'a,b', false)`,
+      `SELECT pg_catalog.set_config('statement_timeout', '5s', false)`,
     ]);
   });
 
-  it('records queries made only of SET and RESET, but not SET LOCAL or mixed queries', () => {
-    const state = new ClientState(new Map());
-    expect(state.noteSettings('SET search_path = a, b')).toBe(true);
-    expect(state.noteSettings('set statement_timeout to 5; reset work_mem')).toBe(true);
-    expect(state.noteSettings('SET LOCAL work_mem = 1')).toBe(false);
-    expect(state.noteSettings('SET TRANSACTION ISOLATION LEVEL SERIALIZABLE')).toBe(false);
-    expect(state.noteSettings('SET x = 1; SELECT 1')).toBe(false);
-    expect(state.noteSettings('select 1')).toBe(false);
-    expect(state.statements).toEqual([
-      'SET search_path = a, b',
-      'set statement_timeout to 5',
-      'reset work_mem',
-    ]);
-  });
-
-  it('forgets earlier statements at RESET ALL and DISCARD ALL', () => {
+  it('takes the settings read back from the server as its own, replacing the earlier ones', () => {
     const state = new ClientState(new Map([['application_name', 'x']]));
-    state.noteSettings('SET a.b = 1');
-    state.noteSettings('RESET ALL');
-    expect(state.statements).toEqual(['RESET ALL']);
+    const before = state.version;
+    state.adoptSettings([['search_path', 'tenant, public']]);
+    expect(state.statements).toEqual([
+      `SELECT pg_catalog.set_config('search_path', 'tenant, public', false)`,
+    ]);
+    expect(state.version).toBeGreaterThan(before);
+  });
+
+  it('marks statements that may change settings', () => {
+    const state = new ClientState(new Map());
+    expect(state.define('a', Buffer.from('SET search_path = x\0\0\0')).maySet).toBe(true);
+    expect(state.define('b', Buffer.from("select set_config('a', 'b', false)\0\0\0")).maySet).toBe(
+      true,
+    );
+    expect(state.define('c', Buffer.from('select * from settings\0\0\0')).maySet).toBe(false);
   });
 
   it('names the same statement the same way for every client, and different ones differently', () => {
@@ -70,10 +66,9 @@ describe('settingsFor', () => {
 
   it('replays the client’s statements, after RESET ALL where another client’s are in effect', () => {
     const state = new ClientState(new Map([['application_name', 'app']]));
-    expect(settingsFor(state, server())).toBe(`SET "application_name" = 'app'`);
-    expect(settingsFor(state, server({}, 'SET x = 1'))).toBe(
-      `RESET ALL; SET "application_name" = 'app'`,
-    );
+    const set = `SELECT pg_catalog.set_config('application_name', 'app', false)`;
+    expect(settingsFor(state, server())).toBe(set);
+    expect(settingsFor(state, server({}, 'SET x = 1'))).toBe(`RESET ALL; ${set}`);
     expect(settingsFor(state, server({}, state.statementsKey))).toBeUndefined();
   });
 
@@ -82,7 +77,7 @@ describe('settingsFor', () => {
     state.reported.set('TimeZone', 'Europe/Berlin');
     state.reported.set('server_version', '18.4');
     expect(settingsFor(state, server({ TimeZone: 'UTC', server_version: '15.2' }))).toBe(
-      `SET "TimeZone" = 'Europe/Berlin'`,
+      `SELECT pg_catalog.set_config('TimeZone', 'Europe/Berlin', false)`,
     );
   });
 });

@@ -3,7 +3,7 @@
 // and named prepared statements. Also what each server connection currently carries, so that only
 // the difference is replayed when a server connection moves to another client.
 import { createHash } from 'node:crypto';
-import { quoteIdent, quoteLiteral } from '../branch/database-provider.js';
+import { quoteLiteral } from '../branch/database-provider.js';
 import type { ServerConnection } from '../pool/pool.js';
 import { splitOptions } from '../wire/startup.js';
 
@@ -27,6 +27,8 @@ export interface PreparedStatement {
   serverName: string;
   /** The Parse message's body after the statement name: query text and parameter types. */
   definition: Buffer;
+  /** Whether running it may change session settings (SET, RESET, set_config...). */
+  maySet: boolean;
 }
 
 export class ClientState {
@@ -45,7 +47,7 @@ export class ClientState {
   constructor(startupParameters: ReadonlyMap<string, string>) {
     for (const [name, value] of startupParameters) {
       if (NOT_SETTINGS.has(name)) continue;
-      this.statements.push(`SET ${quoteIdent(name)} = ${quoteLiteral(value)}`);
+      this.statements.push(setConfig(name, value));
     }
     const options = startupParameters.get('options');
     if (options) {
@@ -58,30 +60,22 @@ export class ClientState {
         const eq = setting?.indexOf('=') ?? -1;
         if (setting && eq > 0) {
           const name = setting.slice(0, eq).replace(/-/g, '_');
-          this.statements.push(`SET ${quoteIdent(name)} = ${quoteLiteral(setting.slice(eq + 1))}`);
+          this.statements.push(setConfig(name, setting.slice(eq + 1)));
         }
       }
     }
     this.statementsKey = this.statements.join(';\n');
   }
 
-  /** Records a client's simple query if it only sets or resets session settings. */
-  noteSettings(sql: string): boolean {
-    if (!SET_OR_RESET.test(sql)) return false;
-    const parts = sql
-      .split(';')
-      .map((p) => p.trim())
-      .filter((p) => p.length > 0);
-    if (parts.length === 0 || !parts.every((p) => SET_STATEMENT.test(p) && !LOCAL.test(p))) {
-      return false;
-    }
-    for (const part of parts) {
-      if (/^reset\s+all$/i.test(part) || /^discard\s+all$/i.test(part)) this.statements.length = 0;
-      this.statements.push(part);
-    }
+  /**
+   * Takes the session settings read back from a server connection at the end of a transaction
+   * (name and value of every setting whose source is the session) as the client's own.
+   */
+  adoptSettings(settings: readonly (readonly [string, string])[]): void {
+    this.statements.length = 0;
+    for (const [name, value] of settings) this.statements.push(setConfig(name, value));
     this.statementsKey = this.statements.join(';\n');
     this.version++;
-    return true;
   }
 
   /** Defines a named statement; returns its server-side name. */
@@ -89,15 +83,27 @@ export class ClientState {
     const statement = {
       serverName: `pgbranch_${createHash('sha1').update(definition).digest('hex').slice(0, 24)}`,
       definition: Buffer.from(definition),
+      maySet: MAY_SET.test(definition.toString('utf8', 0, Math.max(0, definition.indexOf(0)))),
     };
     this.prepared.set(name, statement);
     return statement;
   }
 }
 
-const SET_OR_RESET = /^\s*(set|reset|discard\s+all)\b/i;
-const SET_STATEMENT = /^(set|reset|discard\s+all)\b/i;
-const LOCAL = /^set\s+(local|transaction|constraints)\b/i;
+/** Statements that may change session settings: the settings are read back after them. */
+export const MAY_SET = /(^|;)\s*(set|reset|discard)\b|\bset_config\s*\(/i;
+
+/** The session settings a client's statements left behind, as the server keeps them. */
+export const SESSION_SETTINGS =
+  "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name";
+
+/**
+ * Sets a parameter to a value exactly as the server spells it. set_config takes the value as the
+ * setting's text, where SET name = 'value' would make a list such as search_path one quoted name.
+ */
+function setConfig(name: string, value: string): string {
+  return `SELECT pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`;
+}
 
 /** What a server connection carries for transaction-mode clients. */
 export interface ServerState {
@@ -151,7 +157,7 @@ export function settingsFor(client: ClientState, server: ServerState): string | 
   }
   for (const [name, value] of client.reported) {
     if (SETTABLE_REPORTED.has(name) && base.get(name) !== value) {
-      parts.push(`SET ${quoteIdent(name)} = ${quoteLiteral(value)}`);
+      parts.push(setConfig(name, value));
     }
   }
   return parts.length > 0 ? parts.join('; ') : undefined;

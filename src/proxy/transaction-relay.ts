@@ -6,9 +6,16 @@
 import type net from 'node:net';
 import { errors, PgError } from '../errors.js';
 import type { PoolManager, PoolRequest, ServerConnection } from '../pool/pool.js';
-import { errorResponse } from '../wire/backend.js';
+import { errorResponse, readyForQuery } from '../wire/backend.js';
 import { copyFail, query } from '../wire/frontend.js';
-import { ClientState, serverState, settingsFor, type ServerState } from './client-state.js';
+import {
+  ClientState,
+  MAY_SET,
+  SESSION_SETTINGS,
+  serverState,
+  settingsFor,
+  type ServerState,
+} from './client-state.js';
 import { IdleInTransactionTimer } from './idle-in-transaction.js';
 
 const BIND = 0x42; // 'B'
@@ -30,6 +37,8 @@ const ERROR = 0x45; // 'E'
 const COPY_IN = 0x47; // 'G'
 const COPY_OUT = 0x48; // 'H'
 const STATUS_IDLE = 0x49; // 'I'
+const PARSE_COMPLETE_MESSAGE = Buffer.from([PARSE_COMPLETE, 0, 0, 0, 4]);
+const DATA_ROW = 0x44; // 'D'
 
 /** Largest client message accepted (PostgreSQL's own limit for most messages is 1 GB). */
 const MAX_MESSAGE = 256 * 1024 * 1024;
@@ -130,6 +139,7 @@ export class TransactionRelay {
           this.finish('client');
           return;
         }
+        if (this.prepareWithoutServer()) return;
         void this.attach();
       }
       return;
@@ -193,12 +203,53 @@ export class TransactionRelay {
     if (out.length > 0) this.send(out);
   };
 
+  /**
+   * A client outside a transaction that only prepares named statements (Parse... Sync, as libpq's
+   * PQprepare sends) needs no server connection: the statements are recorded and prepared on
+   * demand where they are first used, and the client is answered at once. Waiting for a server
+   * connection here could wait forever: pgbench runs many clients on one thread and blocks in
+   * PQprepare while the thread's other clients hold every server connection in open transactions.
+   * A statement with an error is then reported where it is first used. Returns whether it answered.
+   */
+  private prepareWithoutServer(): boolean {
+    const bytes = this.raw.length === 1 ? this.raw[0]! : Buffer.concat(this.raw);
+    const parses: [string, Buffer][] = [];
+    let i = 0;
+    while (i + 5 <= bytes.length) {
+      const type = bytes[i]!;
+      const length = bytes.readInt32BE(i + 1);
+      const end = i + 1 + length;
+      if (length < 4 || end > bytes.length) return false;
+      if (type === SYNC) {
+        if (end !== bytes.length || parses.length === 0) return false;
+        const answer: Buffer[] = [];
+        for (const [name, definition] of parses) {
+          const statement = this.options.state.define(name, definition);
+          if (statement.maySet) this.settingsChanged = true;
+          this.checkPin(definition.toString('utf8', 0, Math.max(0, definition.indexOf(0))));
+          answer.push(PARSE_COMPLETE_MESSAGE);
+        }
+        answer.push(readyForQuery('I'));
+        this.raw = [];
+        this.options.client.write(Buffer.concat(answer));
+        return true;
+      }
+      if (type !== PARSE) return false;
+      const nameEnd = bytes.indexOf(0, i + 5);
+      if (nameEnd <= i + 5 || nameEnd >= end) return false;
+      parses.push([bytes.toString('utf8', i + 5, nameEnd), bytes.subarray(nameEnd + 1, end)]);
+      i = end;
+    }
+    return false;
+  }
+
   /** Notices settings and session-pinning statements in a simple query's text. */
   private inspectQuery(chunk: Buffer, start: number, end: number): void {
     // Cheap first look at the bytes; only candidates are decoded.
-    if (!startsLikeSetting(chunk, start, end) && !mightPin(chunk, start, end)) return;
+    const several = hasSecondStatement(chunk, start, end);
+    if (!startsLikeSetting(chunk, start, end) && !several && !mightPin(chunk, start, end)) return;
     const sql = chunk.toString('utf8', start, end);
-    if (this.options.state.noteSettings(sql)) this.settingsChanged = true;
+    if (MAY_SET.test(sql)) this.settingsChanged = true;
     if (/^\s*(discard\s+all|deallocate\s+all)/i.test(sql)) this.server?.prepared.clear();
     this.checkPin(sql);
   }
@@ -230,11 +281,14 @@ export class TransactionRelay {
       const definition = chunk.subarray(nameEnd + 1, end);
       if (nameEnd === body) {
         this.expect({ type: PARSE_COMPLETE, swallow: false });
-        this.checkPin(definition.toString('utf8', 0, Math.max(0, definition.indexOf(0))));
+        const sql = definition.toString('utf8', 0, Math.max(0, definition.indexOf(0)));
+        if (MAY_SET.test(sql)) this.settingsChanged = true;
+        this.checkPin(sql);
         return undefined;
       }
       const name = chunk.toString('utf8', body, nameEnd);
       const statement = state.define(name, definition);
+      if (statement.maySet) this.settingsChanged = true;
       this.checkPin(definition.toString('utf8', 0, Math.max(0, definition.indexOf(0))));
       const messages: Buffer[] = [];
       // Defining it again on this server: close the old one first, quietly.
@@ -275,6 +329,7 @@ export class TransactionRelay {
       if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
       return undefined;
     }
+    if (type === BIND && statement.maySet) this.settingsChanged = true;
     const messages: Buffer[] = [];
     if (type === CLOSE) {
       state.prepared.delete(name);
@@ -347,6 +402,11 @@ export class TransactionRelay {
         return;
       }
       await prepareServer(conn, this.options.state);
+      if (this.finished) {
+        this.acquiring = false;
+        this.options.pools.release(conn, true);
+        return;
+      }
       this.bind(conn);
       this.acquiring = false;
       const raw = this.raw;
@@ -445,7 +505,8 @@ export class TransactionRelay {
       // Anything after the final ReadyForQuery (an async notice) belongs to this client too.
       // Backpressure no longer matters: the connection leaves this client.
       if (stop < end && !this.hold) client.write(chunk.subarray(stop));
-      this.detach(true);
+      if (this.settingsChanged) void this.captureSettings();
+      else this.detach(true);
     } else if (!ok) this.conn?.session.socket.pause();
   };
 
@@ -506,6 +567,44 @@ export class TransactionRelay {
     this.options.onServer(undefined);
     this.options.pools.release(conn, clean);
     this.options.client.resume();
+  }
+
+  /**
+   * After a transaction that may have changed settings: reads back what the server kept (a SET
+   * that failed or was rolled back is not there, one sent with the extended protocol is), makes it
+   * the client's, then lets the connection go. The client's next messages wait meanwhile.
+   */
+  private async captureSettings(): Promise<void> {
+    const conn = this.conn!;
+    const server = this.server!;
+    const socket = conn.session.socket;
+    socket.removeListener('data', this.fromServer);
+    socket.removeListener('close', this.serverEnded);
+    socket.removeListener('error', this.serverEnded);
+    socket.removeListener('drain', this.resumeClient);
+    this.conn = undefined;
+    this.server = undefined;
+    this.settingsChanged = false;
+    this.options.onServer(undefined);
+    this.acquiring = true;
+    let clean = true;
+    try {
+      const rows: string[][] = [];
+      await runQuiet(conn, SESSION_SETTINGS, server, 0, this.options.resetTimeoutMs, false, rows);
+      this.options.state.adoptSettings(rows.map(([name, value]) => [name!, value!] as const));
+      server.appliedKey = this.options.state.statementsKey;
+      server.owner = this.options.state;
+      server.ownerVersion = this.options.state.version;
+    } catch {
+      clean = false;
+    }
+    this.acquiring = false;
+    this.options.pools.release(conn, clean);
+    if (this.finished) return;
+    this.options.client.resume();
+    const raw = this.raw;
+    this.raw = [];
+    if (raw.length > 0) this.fromClient(raw.length === 1 ? raw[0]! : Buffer.concat(raw));
   }
 
   private readonly resumeServer = (): void => {
@@ -625,6 +724,8 @@ function runQuiet(
   before = 0,
   timeoutMs = 10_000,
   abortBatch = false,
+  /** Collects the text columns of the query's rows. */
+  rows?: string[][],
 ): Promise<void> {
   const socket = conn.session.socket;
   return new Promise((resolve, reject) => {
@@ -650,6 +751,7 @@ function runQuiet(
         if (i + 1 + length > buffered.length) break;
         const type = buffered[i]!;
         if (type === ERROR) failed = true;
+        else if (type === DATA_ROW && rows && waiting === 1) rows.push(dataRow(buffered, i + 5));
         else if (type === PARAMETER_STATUS) {
           const nameEnd = buffered.indexOf(0, i + 5);
           const valueEnd = buffered.indexOf(0, nameEnd + 1);
@@ -679,6 +781,20 @@ function runQuiet(
     if (sql) socket.write(query(sql));
     if (waiting === 0) done();
   });
+}
+
+/** The columns of the DataRow whose body starts at `at`, as text (NULL as ''). */
+function dataRow(buffer: Buffer, at: number): string[] {
+  const count = buffer.readInt16BE(at);
+  const columns: string[] = [];
+  let i = at + 2;
+  for (let c = 0; c < count; c++) {
+    const length = buffer.readInt32BE(i);
+    i += 4;
+    columns.push(length < 0 ? '' : buffer.toString('utf8', i, i + length));
+    if (length > 0) i += length;
+  }
+  return columns;
 }
 
 function abortBatchMessage(): Buffer {
@@ -723,6 +839,17 @@ function withName(type: number, before: Buffer, serverName: string, after: Buffe
   out.write(serverName, 5 + before.length, 'utf8');
   after.copy(out, 5 + before.length + nameLength);
   return out;
+}
+
+/** Whether anything but spaces follows a semicolon (a trailing ';' is common and harmless). */
+function hasSecondStatement(chunk: Buffer, start: number, end: number): boolean {
+  let i = chunk.indexOf(0x3b /* ; */, start);
+  if (i < 0 || i >= end) return false;
+  for (i++; i < end; i++) {
+    const c = chunk[i]!;
+    if (c !== 0x20 && c !== 0x0a && c !== 0x09 && c !== 0x0d && c !== 0x3b) return true;
+  }
+  return false;
 }
 
 /** Whether a query starts with SET, RESET, DISCARD or DEALLOCATE (after spaces), by its bytes. */
