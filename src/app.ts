@@ -131,6 +131,7 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
     shuttingDown: false,
     poolModeFor: poolModeRule(config.pool.mode, config.pool.transaction_mode_for),
     idleInTransactionTimeoutMs: config.pool.idle_in_transaction_timeout,
+    maxPreparedStatements: config.pool.max_prepared_statements,
   };
 
   const listener = net.createServer((socket) => {

@@ -21,7 +21,10 @@ const SMALL_POOL = 5;
 
 /** Transaction mode for everything, ten server connections per pool. */
 let proxy: PgbranchProcess;
-/** Session mode, except databases matching app@ci-* (transaction mode by configuration). */
+/**
+ * Session mode, except databases matching app@ci-* (transaction mode by configuration); at most
+ * two prepared statements per server connection.
+ */
 let small: PgbranchProcess;
 /** Superuser sessions on each pgbranch's embedded server, bypassing the proxy. */
 let direct: pg.Client;
@@ -59,7 +62,16 @@ beforeAll(async () => {
       ],
     }),
     startPgbranch({
-      args: ['--pool-size', String(SMALL_POOL), '--pool-transaction-mode-for', 'app@ci-*'],
+      // Two prepared statements per server connection: clients that use three keep evicting
+      // and preparing again, which must not show.
+      args: [
+        '--pool-size',
+        String(SMALL_POOL),
+        '--pool-transaction-mode-for',
+        'app@ci-*',
+        '--pool-max-prepared-statements',
+        '2',
+      ],
     }),
   ];
   // Whichever started is stopped in afterAll, even if the other did not.
@@ -439,6 +451,27 @@ describe('named prepared statements from many clients on few server connections'
     // The statements really moved between server connections.
     expect(Math.max(...pidsPerClient.map((p) => p.size))).toBeGreaterThan(1);
     expect(small.events('client_connected').at(-1)).toMatchObject({ mode: 'transaction' });
+  });
+
+  it('keeps at most pool.max_prepared_statements on a server connection, preparing again on demand', async () => {
+    const client = await connect(ci());
+    await client.query('begin');
+    for (let round = 0; round < 3; round++) {
+      for (let n = 0; n < 5; n++) {
+        const { rows } = await client.query<{ r: number }>({
+          name: `s${n}`,
+          text: `select $1::int + ${n} as r`,
+          values: [round],
+        });
+        expect(rows).toEqual([{ r: round + n }]);
+      }
+    }
+    // Inside one transaction the client stays on one server connection: count what it holds.
+    const { rows } = await client.query<{ n: number }>(
+      "select count(*)::int as n from pg_prepared_statements where name like 'pgbranch_%'",
+    );
+    expect(rows[0]!.n).toBeLessThanOrEqual(2);
+    await client.query('commit');
   });
 
   it('keeps two clients’ statements of the same name and different text apart', async () => {

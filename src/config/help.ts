@@ -38,6 +38,8 @@ export const descriptions: Record<ConfigPath, string> = {
     'Times a server connect that failed for a passing reason (server starting, full) is retried.',
   'pool.idle_in_transaction_timeout':
     'Transaction mode: a client idle inside a transaction this long is disconnected; 0 never.',
+  'pool.max_prepared_statements':
+    'Transaction mode: prepared statements kept per server connection (the oldest closed past it).',
   'branch.drain_timeout':
     'How long in-flight work on a parent may take to finish before a clone gives up.',
   'branch.copy_method':

@@ -153,6 +153,7 @@ describe('loadConfig', () => {
       'pool.connect_timeout',
       'pool.connect_retries',
       'pool.idle_in_transaction_timeout',
+      'pool.max_prepared_statements',
       'branch.drain_timeout',
       'branch.copy_method',
       'metrics.enabled',

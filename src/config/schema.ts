@@ -99,6 +99,11 @@ export const configSchema = z
          * long is disconnected (25P03) and its transaction rolled back; 0 never.
          */
         idle_in_transaction_timeout: duration.default(0),
+        /**
+         * Transaction mode: prepared statements one server connection keeps for clients (as
+         * PgBouncer's max_prepared_statements); the least recently prepared is closed past this.
+         */
+        max_prepared_statements: positiveInt.default(200),
       })
       .strict()
       .default({
@@ -116,6 +121,7 @@ export const configSchema = z
         connect_timeout: 10_000,
         connect_retries: 2,
         idle_in_transaction_timeout: 0,
+        max_prepared_statements: 200,
       }),
     branch: z
       .object({

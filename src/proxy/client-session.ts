@@ -47,6 +47,8 @@ export interface ProxyContext {
   poolModeFor: (database: string) => PoolMode;
   /** Transaction mode: how long a client may sit idle inside a transaction (0: no limit). */
   idleInTransactionTimeoutMs: number;
+  /** Transaction mode: prepared statements kept per server connection. */
+  maxPreparedStatements: number;
 }
 
 export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promise<void> {
@@ -275,6 +277,7 @@ async function serveTransactions(
       pending: reader.detach(),
       resetTimeoutMs: RESET_TIMEOUT_MS,
       idleInTransactionTimeoutMs: ctx.idleInTransactionTimeoutMs,
+      maxPreparedStatements: ctx.maxPreparedStatements,
       onServer: (conn) => (current = conn),
       onPinned: (reason) =>
         ctx.log.info(

@@ -42,8 +42,6 @@ const DATA_ROW = 0x44; // 'D'
 
 /** Largest client message accepted (PostgreSQL's own limit for most messages is 1 GB). */
 const MAX_MESSAGE = 256 * 1024 * 1024;
-/** How many prepared statements one server connection keeps before closing the oldest. */
-const MAX_PREPARED_PER_SERVER = 200;
 
 /** Statements that tie a session to its server connection until it ends. */
 const PINNING = /pg_(try_)?advisory_lock(_shared)?\s*\(|^\s*listen\b|\bwith\s+hold\b/i;
@@ -63,6 +61,8 @@ export interface TransactionRelayOptions {
   resetTimeoutMs: number;
   /** A client idle inside a transaction this long is disconnected with 25P03; 0 for no limit. */
   idleInTransactionTimeoutMs: number;
+  /** Prepared statements one server connection keeps before the oldest is closed. */
+  maxPreparedStatements: number;
 }
 
 /** An entry per Parse or Close sent, in order: the responses come back in the same order. */
@@ -298,6 +298,8 @@ export class TransactionRelay {
       ) {
         messages.push(closeStatement(statement.serverName));
         this.expect({ type: CLOSE_COMPLETE, swallow: true, removes: statement.serverName });
+      } else {
+        messages.push(...this.evictIfFull());
       }
       messages.push(parseMessage(statement.serverName, statement.definition));
       this.expect({ type: PARSE_COMPLETE, swallow: false, defines: statement.serverName });
@@ -359,7 +361,7 @@ export class TransactionRelay {
 
   private evictIfFull(): Buffer[] {
     const prepared = this.server?.prepared;
-    if (!prepared || prepared.size < MAX_PREPARED_PER_SERVER) return [];
+    if (!prepared || prepared.size < this.options.maxPreparedStatements) return [];
     const oldest = prepared.keys().next().value as string;
     prepared.delete(oldest);
     this.expect({ type: CLOSE_COMPLETE, swallow: true });
