@@ -125,7 +125,7 @@ describe('pool.min_idle', () => {
         expect(after).toHaveLength(2);
         expect(after.some((pid) => before.includes(pid))).toBe(false);
       },
-      { timeout: 5000, interval: 50 },
+      { timeout: 15_000, interval: 50 },
     );
   });
 

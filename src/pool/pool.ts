@@ -84,6 +84,8 @@ export class Pool {
    * closeDatabase(), or until a connect of the janitor's own fails.
    */
   warm = false;
+  /** Failed warming connects in a row. */
+  warmFailures = 0;
 
   constructor(
     readonly key: string,
@@ -103,6 +105,9 @@ export class Pool {
     return this.idle.length + this.active + this.opening;
   }
 }
+
+/** Failed connects in a row after which the janitor stops keeping a pool warm. */
+const WARM_ATTEMPTS = 3;
 
 export class PoolManager {
   private readonly pools = new Map<string, Pool>();
@@ -465,9 +470,9 @@ export class PoolManager {
 
   /**
    * Opens connections until `pool` has minIdle idle (or opening), within its size and the spare
-   * room under the global cap: warming a pool never closes another's connections. A failed
-   * connect stops it until a client uses the pool again, so a pool whose database went away does
-   * not knock on the server every second.
+   * room under the global cap: warming a pool never closes another's connections. A few failed
+   * connects in a row stop it until a client uses the pool again, so a pool whose database went
+   * away does not knock on the server every second.
    */
   private warmUp(pool: Pool): void {
     if (!pool.warm || !pool.reusable || this.paused.has(pool.database)) return;
@@ -483,13 +488,16 @@ export class PoolManager {
         (session) => {
           pool.opening--;
           pool.active++;
+          pool.warmFailures = 0;
           // As if a client gave it back: a waiter gets it, else it waits idle.
           this.release(new ServerConnection(pool, session, generation), true);
         },
         () => {
           pool.opening--;
           this.totalOpen--;
-          pool.warm = false;
+          // A passing failure (a busy server) is tried again next second; a pool whose
+          // database went away stops after a few.
+          if (++pool.warmFailures >= WARM_ATTEMPTS) pool.warm = false;
           this.notifyDrainWatchers();
           this.serveWaiters();
         },
