@@ -506,6 +506,8 @@ export class PoolManager {
   }
 
   private notifyDrainWatchers(): void {
+    // Called at every release: no copy unless someone is draining.
+    if (this.drainWatchers.size === 0) return;
     for (const watcher of [...this.drainWatchers]) watcher();
   }
 }
