@@ -1,0 +1,116 @@
+// The pgbench workloads and the interleaved rounds over the three targets: every round runs each
+// workload against direct, PgBouncer and pgbranch back to back, so that the machine's drifting
+// load falls on all three alike and ratios can be taken within a round.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Cleanup } from './cleanup.js';
+import { runPgbench, type Endpoint, type PgbenchFailure, type PgbenchRun } from './pool-pgbench.js';
+import { progress } from './report.js';
+
+export interface Workload {
+  label: string;
+  /** pgbench flags besides clients, threads, duration and logging. */
+  args: string[];
+  clients: number;
+  /**
+   * Added to -T: pgbench 15 counts connecting its clients against the duration, and 256 direct
+   * logins (a backend each) can take seconds on a busy machine.
+   */
+  extraSeconds: number;
+  /** A select-only (-S) workload with the simple protocol: the ones the targets are about. */
+  selectOnly: boolean;
+}
+
+export const WORKLOADS: Workload[] = [
+  { label: '-S, 16 clients', args: ['-S'], clients: 16, extraSeconds: 0, selectOnly: true },
+  { label: '-S, 64 clients', args: ['-S'], clients: 64, extraSeconds: 0, selectOnly: true },
+  { label: '-S, 256 clients', args: ['-S'], clients: 256, extraSeconds: 10, selectOnly: true },
+  { label: 'TPC-B-like, 16 clients', args: [], clients: 16, extraSeconds: 0, selectOnly: false },
+  {
+    label: '-S -M prepared, 16 clients',
+    args: ['-S', '-M', 'prepared'],
+    clients: 16,
+    extraSeconds: 0,
+    selectOnly: false,
+  },
+];
+
+export type TargetName = 'direct' | 'pgbouncer' | 'pgbranch';
+
+export interface Target {
+  name: TargetName;
+  label: string;
+  endpoint: Endpoint;
+}
+
+/** One workload's runs on one target, in round order; a run is a result or why it failed. */
+export type Runs = (PgbenchRun | PgbenchFailure)[];
+
+export interface WorkloadResults {
+  workload: Workload;
+  runs: Record<TargetName, Runs>;
+}
+
+export interface RoundsResult {
+  results: WorkloadResults[];
+  /** 1-minute load average when each run started. */
+  load: number[];
+}
+
+export const THREADS = 2;
+
+export async function runRounds(options: {
+  targets: Target[];
+  workloads: Workload[];
+  rounds: number;
+  seconds: number;
+  cleanup: Cleanup;
+}): Promise<RoundsResult> {
+  const { targets, workloads, rounds, seconds, cleanup } = options;
+  const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgbranch-bench-pgbench-'));
+  const removeLogDir = cleanup.add(`remove ${logDir}`, () =>
+    fs.rmSync(logDir, { recursive: true, force: true }),
+  );
+  const results: WorkloadResults[] = workloads.map((workload) => ({
+    workload,
+    runs: { direct: [], pgbouncer: [], pgbranch: [] },
+  }));
+  const load: number[] = [];
+  const run = (target: Target, workload: Workload, runSeconds: number) =>
+    runPgbench({
+      endpoint: target.endpoint,
+      args: workload.args,
+      clients: workload.clients,
+      threads: THREADS,
+      seconds: runSeconds,
+      logDir,
+      cleanup,
+    });
+  try {
+    // Not counted: fills both poolers' server connections and warms up pgbranch's JIT.
+    for (const target of targets) {
+      progress(`warm-up: ${target.label}, -S with 16 clients for 2 s`);
+      await run(target, workloads[0]!, 2);
+    }
+    for (let round = 1; round <= rounds; round++) {
+      for (const entry of results) {
+        for (const target of targets) {
+          load.push(os.loadavg()[0]!);
+          const result = await run(target, entry.workload, seconds + entry.workload.extraSeconds);
+          entry.runs[target.name].push(result);
+          progress(
+            `round ${round} of ${rounds}: ${entry.workload.label}, ${target.label}: ${
+              'failed' in result
+                ? `failed: ${result.failed}`
+                : `${Math.round(result.tps).toLocaleString('en')} tps, p99 ${result.p99Ms.toFixed(2)} ms, connecting took ${Math.round(result.connectMs)} ms`
+            }`,
+          );
+        }
+      }
+    }
+    return { results, load };
+  } finally {
+    await removeLogDir();
+  }
+}
