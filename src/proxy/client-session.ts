@@ -20,7 +20,7 @@ import {
 } from '../wire/backend.js';
 import { ClientGone, MessageReader } from '../wire/message-reader.js';
 import { NEWEST_MINOR_VERSION, parseStartupPacket } from '../wire/startup.js';
-import { secretLengthFor, type CancelRegistry } from './cancel.js';
+import { secretLengthFor, type CancelRegistry, type ServerKey } from './cancel.js';
 import { SessionRelay } from './relay.js';
 import { ClientState, serverState } from './client-state.js';
 import { prepareServer, TransactionRelay } from './transaction-relay.js';
@@ -170,17 +170,7 @@ async function serveSession(
     secretLength,
   );
   try {
-    const greeting: Buffer[] = [];
-    if (opened.created) {
-      greeting.push(
-        noticeResponse(
-          `pgbranch: created branch "${target.branch}" of "${target.root}" from ${target.parent ?? 'main'}`,
-        ),
-      );
-    }
-    for (const [name, value] of session.parameters) greeting.push(parameterStatus(name, value));
-    greeting.push(backendKeyData(cancelKey.processId, cancelKey.secret), readyForQuery('I'));
-    socket.write(Buffer.concat(greeting));
+    socket.write(greeting(target, opened.created, session.parameters, cancelKey));
     ctx.log.info(
       {
         event: 'client_connected',
@@ -248,17 +238,7 @@ async function serveTransactions(
     secretLength,
   );
   try {
-    const greeting: Buffer[] = [];
-    if (opened.created) {
-      greeting.push(
-        noticeResponse(
-          `pgbranch: created branch "${target.branch}" of "${target.root}" from ${target.parent ?? 'main'}`,
-        ),
-      );
-    }
-    for (const [name, value] of reported) greeting.push(parameterStatus(name, value));
-    greeting.push(backendKeyData(cancelKey.processId, cancelKey.secret), readyForQuery('I'));
-    socket.write(Buffer.concat(greeting));
+    socket.write(greeting(target, opened.created, reported, cancelKey));
     ctx.log.info(
       {
         event: 'client_connected',
@@ -290,6 +270,29 @@ async function serveTransactions(
   } finally {
     ctx.cancels.unregister(cancelKey);
   }
+}
+
+/**
+ * What a client sees once it is in: a notice if its branch was just made, the server's parameters,
+ * its cancel key, and ReadyForQuery.
+ */
+function greeting(
+  target: BranchTarget,
+  created: boolean,
+  parameters: ReadonlyMap<string, string>,
+  cancelKey: ServerKey,
+): Buffer {
+  const parts: Buffer[] = [];
+  if (created) {
+    parts.push(
+      noticeResponse(
+        `pgbranch: created branch "${target.branch}" of "${target.root}" from ${target.parent ?? 'main'}`,
+      ),
+    );
+  }
+  for (const [name, value] of parameters) parts.push(parameterStatus(name, value));
+  parts.push(backendKeyData(cancelKey.processId, cancelKey.secret), readyForQuery('I'));
+  return Buffer.concat(parts);
 }
 
 /** Reads until a StartupMessage, answering encryption requests and forwarding cancels on the way. */

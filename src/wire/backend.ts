@@ -1,24 +1,7 @@
 // Messages the proxy itself writes to clients. Built rarely (startup, errors), so clarity wins here;
 // the relay never goes through this file.
+import { cstring, int32, message } from './build.js';
 import type { PgError } from '../errors.js';
-
-function message(type: string, body: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(5 + body.length);
-  out.write(type, 0, 'latin1');
-  out.writeInt32BE(4 + body.length, 1);
-  body.copy(out, 5);
-  return out;
-}
-
-function int32(value: number): Buffer {
-  const b = Buffer.allocUnsafe(4);
-  b.writeInt32BE(value, 0);
-  return b;
-}
-
-function cstring(text: string): Buffer {
-  return Buffer.concat([Buffer.from(text, 'utf8'), Buffer.alloc(1)]);
-}
 
 function fields(entries: [string, string | undefined][]): Buffer {
   const parts: Buffer[] = [];

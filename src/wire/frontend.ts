@@ -1,17 +1,6 @@
 // Frontend messages the proxy sends to servers on its own behalf (resetting a pooled connection,
 // forwarding a cancel). Client traffic is relayed as it came and never rebuilt here.
-
-function message(type: string, body: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(5 + body.length);
-  out.write(type, 0, 'latin1');
-  out.writeInt32BE(4 + body.length, 1);
-  body.copy(out, 5);
-  return out;
-}
-
-function cstring(text: string): Buffer {
-  return Buffer.concat([Buffer.from(text, 'utf8'), Buffer.alloc(1)]);
-}
+import { cstring, message } from './build.js';
 
 export function query(sql: string): Buffer {
   return message('Q', cstring(sql));
