@@ -104,9 +104,10 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
       }),
   );
   const clients = new Set<net.Socket>();
+  const sessions = { session: 0, transaction: 0, pinned: 0 };
   const metrics = config.metrics.enabled
     ? new Metrics(
-        { clients: () => clients.size, pools: () => pools.stats() },
+        { clients: () => clients.size, pools: () => pools.stats(), sessions: () => sessions },
         provider.copyMethod.mode,
       )
     : undefined;
@@ -128,6 +129,7 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
     cancels: new CancelRegistry(endpoint),
     maxClients: config.pool.max_client_connections,
     clients,
+    sessions,
     shuttingDown: false,
     poolModeFor: poolModeRule(config.pool.mode, config.pool.transaction_mode_for),
     idleInTransactionTimeoutMs: config.pool.idle_in_transaction_timeout,

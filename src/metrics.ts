@@ -24,6 +24,8 @@ export interface MetricsSources {
   /** Client connections open now, in any phase. */
   clients(): number;
   pools(): PoolStats;
+  /** Clients in a session now, by pool mode, and how many transaction-mode ones are pinned. */
+  sessions?(): { session: number; transaction: number; pinned: number };
 }
 
 type Mode = CopyMethod['mode'];
@@ -47,6 +49,21 @@ export class Metrics {
         this.set(sources.clients());
       },
     });
+    if (sources.sessions) {
+      const sessions = sources.sessions;
+      new Gauge({
+        name: `${PREFIX}client_sessions`,
+        help: 'Clients past login, by pool mode; pinned: transaction-mode clients held to one server connection (LISTEN, session advisory lock, WITH HOLD cursor).',
+        labelNames: ['mode'],
+        registers,
+        collect() {
+          const now = sessions();
+          this.set({ mode: 'session' }, now.session);
+          this.set({ mode: 'transaction' }, now.transaction);
+          this.set({ mode: 'pinned' }, now.pinned);
+        },
+      });
+    }
     this.connections = new Counter({
       name: `${PREFIX}client_connections_total`,
       help: 'Client connections accepted, including ones later refused and cancel requests.',

@@ -100,6 +100,28 @@ describe('GET /metrics', () => {
     expect(sample(text, 'pgbranch_server_connections_open')).toBe(idleBefore + 1);
   });
 
+  it('counts sessions by pool mode, and transaction-mode clients that are pinned', async () => {
+    const session = await connect(proxy.url('app'));
+    const transaction = await connect(proxy.url('app'), {
+      options: '-c pgbranch.pool_mode=transaction',
+    });
+    const pinned = await connect(proxy.url('app'), {
+      options: '-c pgbranch.pool_mode=transaction',
+    });
+    try {
+      await pinned.query('select pg_advisory_lock(42)');
+      const text = await scrape();
+      expect(sample(text, 'pgbranch_client_sessions', { mode: 'session' })).toBe(1);
+      expect(sample(text, 'pgbranch_client_sessions', { mode: 'transaction' })).toBe(2);
+      expect(sample(text, 'pgbranch_client_sessions', { mode: 'pinned' })).toBe(1);
+    } finally {
+      await Promise.all([session.end(), transaction.end(), pinned.end()]);
+    }
+    await expect.poll(() => metric('pgbranch_client_sessions', { mode: 'transaction' })).toBe(0);
+    expect(await metric('pgbranch_client_sessions', { mode: 'pinned' })).toBe(0);
+    expect(await metric('pgbranch_client_sessions', { mode: 'session' })).toBe(0);
+  });
+
   it('counts client connections, and refusals by SQLSTATE', async () => {
     const before = await scrape();
     const accepted = sample(before, 'pgbranch_client_connections_total')!;

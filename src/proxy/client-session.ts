@@ -41,6 +41,8 @@ export interface ProxyContext {
   /** Clients connected now (all of them, in any phase). */
   clients: Set<net.Socket>;
   shuttingDown: boolean;
+  /** Clients past login now, by pool mode, and pinned transaction-mode clients (for metrics). */
+  sessions: { session: number; transaction: number; pinned: number };
   /** Called with the SQLSTATE of every refused client (for metrics). */
   onRefused?: ((code: string) => void) | undefined;
   /** The pool mode for a database name as the client wrote it, from the configuration. */
@@ -182,7 +184,8 @@ async function serveSession(
       `client ${user} connected to ${requested}`,
     );
     const relay = new SessionRelay(socket, session.socket, reader.detach());
-    const end = await relay.ended;
+    ctx.sessions.session++;
+    const end = await relay.ended.finally(() => ctx.sessions.session--);
     if (end.by === 'client') {
       const clean = await relay.resetForReuse(RESET_TIMEOUT_MS);
       hold(undefined);
@@ -259,13 +262,18 @@ async function serveTransactions(
       idleInTransactionTimeoutMs: ctx.idleInTransactionTimeoutMs,
       maxPreparedStatements: ctx.maxPreparedStatements,
       onServer: (conn) => (current = conn),
-      onPinned: (reason) =>
+      onPinned: (reason) => {
+        ctx.sessions.pinned++;
         ctx.log.info(
           { event: 'client_pinned', user, branch: requested, reason },
           `client ${user} on ${requested} holds ${reason}: it keeps its server connection until it disconnects`,
-        ),
+        );
+      },
     });
+    ctx.sessions.transaction++;
     await relay.ended;
+    ctx.sessions.transaction--;
+    if (state.pinned) ctx.sessions.pinned--;
     socket.end();
   } finally {
     ctx.cancels.unregister(cancelKey);
