@@ -196,7 +196,9 @@ describe('when the disk cannot hold a copy', () => {
       "select datname from pg_database where datname like 'app@%'",
     );
     expect(leftovers).toEqual([]);
-    expect(Math.abs(usedBytes(mount.dir) - before)).toBeLessThan(parentBytes * 0.1);
+    // What the failed copy wrote (up to half the parent, here) is gone again. A WAL segment or
+    // two (16 MB each) may have been added meanwhile: allow a quarter of the parent.
+    expect(Math.abs(usedBytes(mount.dir) - before)).toBeLessThan(parentBytes * 0.25);
     expect(await queryOnce(proxy!.url('app'), 'select count(*)::int as n from t')).toEqual([
       { n: ROWS },
     ]);
