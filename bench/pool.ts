@@ -2,6 +2,7 @@
 // transaction mode with the same pool size and to a direct connection, all on the same embedded
 // PostgreSQL 18, interleaved round by round; then the memory each pooler needs for 10,000 idle
 // clients. Progress goes to stderr; the environment and markdown tables to stdout.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -88,6 +89,8 @@ interface IdleMemory {
 
 interface Results {
   options: Options;
+  /** The commit the measured tree is based on (it may carry uncommitted changes). */
+  commit: string;
   serverVersion: string;
   pgbench: string;
   pgbouncer: string;
@@ -142,6 +145,10 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
 
   const dataDir = tempDir('bench-pool');
   cleanup.add(`remove ${dataDir}`, () => fs.rmSync(dataDir, { recursive: true, force: true }));
+  // Runs after pgbranch is stopped: a pgbranch that had to be killed leaves its server running.
+  cleanup.add('stop a PostgreSQL left behind by pgbranch', () =>
+    stopLeftoverServer(path.join(dataDir, 'pg')),
+  );
   const password = 'bench-pool-password';
   const maxClients = Math.max(20_000, options.idleClients + 1000);
   const pgbranchArgs = [
@@ -235,6 +242,7 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
   const load: [number, number] = [loadAtStart, os.loadavg()[0]!];
   return {
     options,
+    commit: sourceCommit(),
     serverVersion: proxy.ready.serverVersion,
     pgbench,
     pgbouncer: bouncer.version,
@@ -244,6 +252,42 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     profile,
     load,
   };
+}
+
+function sourceCommit(): string {
+  try {
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+    }).trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Stops the postmaster of `pgDataDir` if one still runs (fast shutdown, then SIGKILL). */
+async function stopLeftoverServer(pgDataDir: string): Promise<void> {
+  let pid: number;
+  try {
+    pid = Number(fs.readFileSync(path.join(pgDataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  } catch {
+    return;
+  }
+  const alive = () => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (!Number.isInteger(pid) || pid <= 0 || !alive()) return;
+  progress(`stopping PostgreSQL (pid ${pid}), which pgbranch left running`);
+  process.kill(pid, 'SIGINT');
+  for (let waited = 0; waited < 10_000 && alive(); waited += 100) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  if (alive()) process.kill(pid, 'SIGKILL');
 }
 
 /** RSS of a pooler before, with and after `options.idleClients` logged-in idle clients. */
@@ -350,6 +394,9 @@ function report(results: Results, command: string): string {
       .join('')}, over TCP on 127.0.0.1 with SCRAM-SHA-256 to every target`,
   );
   out.push(
+    `- pgbranch: this working tree (commit ${results.commit}, with any uncommitted changes), run as \`node --import tsx src/main.ts\` as the CLI and the tests start it`,
+  );
+  out.push(
     `- (A) direct to the server; (B) ${results.pgbouncer}, \`pool_mode = transaction\`, \`default_pool_size = ${options.poolSize}\`; (C) pgbranch, \`--pool-mode transaction --pool-size ${options.poolSize}\`. Both poolers reach the server through its private Unix socket`,
   );
   out.push(
@@ -400,7 +447,7 @@ function report(results: Results, command: string): string {
     out.push(
       `### ${options.idleClients.toLocaleString('en')} idle clients`,
       '',
-      `Each client logs in (SCRAM-SHA-256, up to ReadyForQuery) and stays idle; ${LOGIN_CONCURRENCY} logins in flight at a time. RSS is VmRSS from /proc/<pid>/status, 3 s after the last login; afterwards \`SELECT 1\` is answered on 100 of the clients. pgbranch runs as \`node --import tsx src/main.ts\` (as the CLI and the tests start it), after the pgbench rounds, with \`--pool-max-client-connections ${results.maxClients}\`; PgBouncer with \`max_client_conn = ${results.maxClients}\`.`,
+      `Each client logs in (SCRAM-SHA-256, up to ReadyForQuery) and stays idle; ${LOGIN_CONCURRENCY} logins in flight at a time. RSS is VmRSS from /proc/<pid>/status, 3 s after the last login; afterwards \`SELECT 1\` is answered on 100 of the clients. pgbranch: the same process, after the pgbench rounds, with \`--pool-max-client-connections ${results.maxClients}\`; PgBouncer with \`max_client_conn = ${results.maxClients}\`.`,
       '',
       markdownTable(
         [
