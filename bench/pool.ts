@@ -384,7 +384,7 @@ function report(results: Results, command: string): string {
     `- Load average (1 min): ${results.load[0].toFixed(1)} at start, ${results.load[1].toFixed(1)} at end, ${runLoad.min.toFixed(1)}–${runLoad.max.toFixed(1)} as runs started (this benchmark itself adds about 2; other work on the machine adds noise to every column)`,
   );
   out.push(
-    `- Server: embedded PostgreSQL ${results.serverVersion}, \`pgbench -i -s ${SCALE}\` once, directly. Client: ${results.pgbench}, \`-j ${THREADS} --no-vacuum -T ${options.seconds}\` ${WORKLOADS.filter(
+    `- Server: embedded PostgreSQL ${results.serverVersion}, \`pgbench -i -s ${SCALE}\` once, directly. Client: ${results.pgbench}, \`-j ${THREADS} --no-vacuum -T ${options.seconds}\`${WORKLOADS.filter(
       (w) => w.extraSeconds > 0,
     )
       .map(
@@ -574,7 +574,7 @@ function profileReport(profile: NonNullable<Results['profile']>, options: Option
   return [
     `### Where pgbranch's time goes (V8 CPU profile, 1 ms samples, -S with 16 clients, ${options.seconds} s: ${profile.tps})`,
     '',
-    `The main thread was busy ${(summary.busyMs / 1000).toFixed(1)} s of ${(summary.wallMs / 1000).toFixed(1)} s of the profiled pgbench run (its connecting included). By kind: ${summary.kinds
+    `The main thread was busy ${(summary.busyMs / 1000).toFixed(1)} s of ${(summary.wallMs / 1000).toFixed(1)} s of the profiled pgbench run (its connecting included). Samples are taken on wall-clock time: a system call counts in full where it was made (writeBuffer is the write(2) to a socket), including any time the thread spent preempted in it. By kind: ${summary.kinds
       .map((k) => `${k.kind} ${(k.share * 100).toFixed(0)}%`)
       .join(', ')}.`,
     '',
