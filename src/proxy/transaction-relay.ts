@@ -7,7 +7,8 @@ import type net from 'node:net';
 import { errors, PgError } from '../errors.js';
 import type { PoolManager, PoolRequest, ServerConnection } from '../pool/pool.js';
 import { errorResponse, readyForQuery } from '../wire/backend.js';
-import { copyFail, query } from '../wire/frontend.js';
+import { cstring, message } from '../wire/build.js';
+import { abortBatch, copyFail, query } from '../wire/frontend.js';
 import {
   ClientState,
   MAY_SET,
@@ -725,14 +726,14 @@ function runQuiet(
   server: ServerState,
   before = 0,
   timeoutMs = 10_000,
-  abortBatch = false,
+  abortUnsynced = false,
   /** Collects the text columns of the query's rows. */
   rows?: string[][],
 ): Promise<void> {
   const socket = conn.session.socket;
   return new Promise((resolve, reject) => {
     let buffered: Buffer | undefined;
-    let waiting = before + (sql ? 1 : 0) + (abortBatch ? 1 : 0);
+    let waiting = before + (sql ? 1 : 0) + (abortUnsynced ? 1 : 0);
     let failed = false;
     const done = (error?: Error) => {
       clearTimeout(timer);
@@ -779,7 +780,7 @@ function runQuiet(
     socket.on('close', onClose);
     socket.on('error', onClose);
     socket.resume();
-    if (abortBatch) socket.write(abortBatchMessage());
+    if (abortUnsynced) socket.write(abortBatch());
     if (sql) socket.write(query(sql));
     if (waiting === 0) done();
   });
@@ -799,36 +800,12 @@ function dataRow(buffer: Buffer, at: number): string[] {
   return columns;
 }
 
-function abortBatchMessage(): Buffer {
-  // An Execute of a portal that cannot exist fails the batch (rolling back its implicit
-  // transaction) where a bare Sync would commit it; then Sync.
-  const portal = Buffer.from('pgbranch: client disconnected\0');
-  const execute = Buffer.allocUnsafe(1 + 4 + portal.length + 4);
-  execute[0] = EXECUTE;
-  execute.writeInt32BE(4 + portal.length + 4, 1);
-  portal.copy(execute, 5);
-  execute.writeInt32BE(0, 5 + portal.length);
-  return Buffer.concat([execute, Buffer.from([SYNC, 0, 0, 0, 4])]);
-}
-
 function parseMessage(serverName: string, definition: Buffer): Buffer {
-  const name = Buffer.from(serverName + '\0');
-  const out = Buffer.allocUnsafe(5 + name.length + definition.length);
-  out[0] = PARSE;
-  out.writeInt32BE(4 + name.length + definition.length, 1);
-  name.copy(out, 5);
-  definition.copy(out, 5 + name.length);
-  return out;
+  return message('P', Buffer.concat([cstring(serverName), definition]));
 }
 
 function closeStatement(serverName: string): Buffer {
-  const name = Buffer.from(serverName + '\0');
-  const out = Buffer.allocUnsafe(6 + name.length);
-  out[0] = CLOSE;
-  out.writeInt32BE(5 + name.length, 1);
-  out[5] = 0x53; // 'S'
-  name.copy(out, 6);
-  return out;
+  return message('C', Buffer.concat([Buffer.from('S', 'latin1'), cstring(serverName)]));
 }
 
 /** A message of `type` with the statement name between `before` and `after` replaced. */
