@@ -4,25 +4,13 @@
 // connections are watched on the embedded server itself, through pg_stat_activity.
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { connect as connectClient, connectError, psql } from './support/clients.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { connectEndedAfterEachTest, connectError, psql } from './support/clients.js';
 import { backendExists, connectDirect, leave } from './support/observe.js';
 import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
 
-/** Clients a test opened, ended after it whatever happened, so that a failure does not cascade. */
-const opened = new Set<pg.Client>();
-
-async function connect(config: pg.ClientConfig): Promise<pg.Client> {
-  const client = await connectClient(config);
-  client.on('error', () => undefined);
-  opened.add(client);
-  return client;
-}
-
-afterEach(async () => {
-  await Promise.all([...opened].map((client) => client.end().catch(() => undefined)));
-  opened.clear();
-});
+/** Clients a test opened are ended after it, whatever happened. */
+const connect = connectEndedAfterEachTest();
 
 async function pidOf(client: pg.Client): Promise<number> {
   return (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;

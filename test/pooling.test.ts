@@ -3,26 +3,14 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { connect as connectClient, connectError, psql } from './support/clients.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { connectEndedAfterEachTest, connectError, psql } from './support/clients.js';
 import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
 import { backendExists, connectDirect, disconnectsAfter, leave } from './support/observe.js';
 import { WireClient, type Message } from './support/wire-client.js';
 
-/** Clients a test opened, ended after it whatever happened, so that a failure does not cascade. */
-const opened = new Set<pg.Client>();
-
-async function connect(config: pg.ClientConfig): Promise<pg.Client> {
-  const client = await connectClient(config);
-  client.on('error', () => undefined);
-  opened.add(client);
-  return client;
-}
-
-afterEach(async () => {
-  await Promise.all([...opened].map((client) => client.end().catch(() => undefined)));
-  opened.clear();
-});
+/** Clients a test opened are ended after it, whatever happened. */
+const connect = connectEndedAfterEachTest();
 
 async function pidOf(client: pg.Client): Promise<number> {
   return (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;

@@ -1,4 +1,5 @@
 // Real clients for tests: psql (the machine's), and node-postgres.
+import { afterEach } from 'vitest';
 import { execFile } from 'node:child_process';
 import pg from 'pg';
 
@@ -73,4 +74,22 @@ export async function connectError(
     const e = error as { code?: string; message: string };
     return { code: e.code, message: e.message };
   }
+}
+
+/**
+ * A connect whose clients are ended after each test, whatever happened in it, so that one failure
+ * does not cascade into the next tests. Call once at a test file's top level.
+ */
+export function connectEndedAfterEachTest(): (config: pg.ClientConfig) => Promise<pg.Client> {
+  const opened = new Set<pg.Client>();
+  afterEach(async () => {
+    await Promise.all([...opened].map((client) => client.end().catch(() => undefined)));
+    opened.clear();
+  });
+  return async (config) => {
+    const client = await connect(config);
+    client.on('error', () => undefined);
+    opened.add(client);
+    return client;
+  };
 }
