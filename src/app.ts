@@ -5,16 +5,30 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { CatalogRoleSource } from './auth/roles.js';
 import { DatabaseProvider } from './branch/database-provider.js';
+import { Cloner } from './branch/cloner.js';
 import { BranchManager } from './branch/manager.js';
 import type { CopyMethod } from './branch/provider.js';
 import type { Config } from './config/schema.js';
+import { globRegExp, Policy } from './lifecycle/policy.js';
+import { LifecycleService, type LifecycleSettings } from './lifecycle/service.js';
 import { Metrics, serveMetrics, type MetricsServer } from './metrics.js';
 import { PoolManager } from './pool/pool.js';
 import { CancelRegistry } from './proxy/cancel.js';
+import { ClientRegistry } from './proxy/clients.js';
 import { serveClient, type ProxyContext } from './proxy/client-session.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
 import { openServerSession } from './upstream/server-connection.js';
+
+export interface ReloadResult {
+  applied: string[];
+  /** Changed keys that take effect only after a restart. */
+  needRestart: string[];
+}
+
+/** Keys whose new value is used at once after a reload. */
+const RELOADABLE =
+  /^(branch\.(?!copy_method)|pool\.(mode|transaction_mode_for|idle_in_transaction_timeout|max_prepared_statements|max_client_connections)$|log\.level$|admin\.users$)/;
 
 export interface Running {
   /** Where clients connect. */
@@ -28,6 +42,15 @@ export interface Running {
   upstream: string;
   /** Where Prometheus metrics are served; undefined when metrics.enabled is false. */
   metricsUrl?: string;
+  /** The branch lifecycle operations (CLI, admin API and console use these). */
+  lifecycle: LifecycleService;
+  /**
+   * Applies a new configuration where it can be applied while running (branch policies, pool
+   * modes, timeouts that are read per client, log level, console users); says what needs a restart.
+   */
+  reload(next: Config): ReloadResult;
+  /** Roles besides superusers that may use the SQL console. */
+  consoleUsers(): ReadonlySet<string>;
   stop(): Promise<void>;
 }
 
@@ -69,9 +92,18 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
   });
   admin.on('error', (error) => log.warn({ err: error }, 'administrative connection failed'));
 
+  const maintenanceDatabase = adminConfig.database ?? MAINTENANCE_DATABASE;
+  const connectTo = (database: string) =>
+    new pg.Client({ ...adminConfig, database, application_name: 'pgbranch' });
   let provider: DatabaseProvider;
   try {
-    provider = await DatabaseProvider.open(admin, embedded?.pgDataDir, config.branch.copy_method);
+    provider = await DatabaseProvider.open(
+      admin,
+      connectTo,
+      maintenanceDatabase,
+      embedded?.pgDataDir,
+      config.branch.copy_method,
+    );
   } catch (error) {
     await admin.end().catch(() => undefined);
     await embedded?.stop();
@@ -111,13 +143,25 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
         provider.copyMethod.mode,
       )
     : undefined;
-  const branches = new BranchManager({
+  const registry = new ClientRegistry();
+  // eslint-disable-next-line prefer-const -- the manager and the service refer to each other
+  let branches: BranchManager;
+  const lifecycle = new LifecycleService({
     provider,
-    drainer: pools,
-    drainTimeoutMs: config.branch.drain_timeout,
-    maintenanceDatabase: adminConfig.database ?? MAINTENANCE_DATABASE,
+    cloner: new Cloner(provider, pools, config.branch.drain_timeout),
+    connections: pools,
+    clients: registry,
+    connectTo,
+    maintenanceDatabase,
+    forget: (database) => branches.forget(database),
+    settings: lifecycleSettings(config),
     log,
     onCreated: metrics && ((mode, ms, ok) => metrics.branchCreated(mode, ms, ok)),
+  });
+  branches = new BranchManager({
+    exists: (database) => provider.exists(database),
+    create: lifecycle.createOnConnect,
+    onConnect: (database) => lifecycle.touch(database),
   });
   const ctx: ProxyContext = {
     log,
@@ -129,6 +173,7 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
     cancels: new CancelRegistry(endpoint),
     maxClients: config.pool.max_client_connections,
     clients,
+    registry,
     sessions,
     shuttingDown: false,
     poolModeFor: poolModeRule(config.pool.mode, config.pool.transaction_mode_for),
@@ -182,16 +227,54 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
     ? `postgres://${embedded.superuser}:${encodeURIComponent(embedded.password)}@${hostInUrl}:${port}/postgres`
     : `postgres://${encodeURIComponent(String(adminConfig.user))}@${hostInUrl}:${port}/postgres`;
 
+  let current = config;
+  let consoleUsers = roleSet(config.admin.users);
+  let sweeper = startSweeper(config.branch.sweep_interval);
+  function startSweeper(intervalMs: number): NodeJS.Timeout {
+    const timer = setInterval(() => {
+      lifecycle.sweep().catch((error: unknown) => log.warn({ err: error }, 'branch sweep failed'));
+    }, intervalMs);
+    timer.unref();
+    return timer;
+  }
+  const reload = (next: Config): ReloadResult => {
+    const before = flatten(current);
+    const changed = [...flatten(next)].filter(([key, value]) => before.get(key) !== value);
+    const applied = changed.map(([key]) => key).filter((key) => RELOADABLE.test(key));
+    const needRestart = changed.map(([key]) => key).filter((key) => !RELOADABLE.test(key));
+    lifecycle.settings = lifecycleSettings(next);
+    if (next.branch.sweep_interval !== current.branch.sweep_interval) {
+      clearInterval(sweeper);
+      sweeper = startSweeper(next.branch.sweep_interval);
+    }
+    ctx.poolModeFor = poolModeRule(next.pool.mode, next.pool.transaction_mode_for);
+    ctx.idleInTransactionTimeoutMs = next.pool.idle_in_transaction_timeout;
+    ctx.maxPreparedStatements = next.pool.max_prepared_statements;
+    ctx.maxClients = next.pool.max_client_connections;
+    log.level = next.log.level;
+    consoleUsers = roleSet(next.admin.users);
+    current = next;
+    log.info(
+      { event: 'reloaded', applied, needRestart },
+      `configuration reloaded: ${applied.length} change${applied.length === 1 ? '' : 's'} applied${needRestart.length > 0 ? `; restart for ${needRestart.join(', ')}` : ''}`,
+    );
+    return { applied, needRestart };
+  };
+
   let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
       ctx.shuttingDown = true;
+      clearInterval(sweeper);
       await new Promise<void>((resolve) => {
         listener.close(() => resolve());
         pools.close();
         for (const socket of ctx.clients) socket.destroy();
       });
       await metricsServer?.close();
+      await lifecycle
+        .flushTouched()
+        .catch((error: unknown) => log.warn({ err: error }, 'could not record last connections'));
       await admin.end().catch(() => undefined);
       await embedded?.stop();
     })());
@@ -207,7 +290,38 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
       ? `embedded PostgreSQL ${provider.serverVersion}`
       : describeEndpoint(endpoint),
     metricsUrl: metricsServer?.url,
+    lifecycle,
+    reload,
+    consoleUsers: () => consoleUsers,
     stop,
+  };
+}
+
+function roleSet(list: string): Set<string> {
+  return new Set(
+    list
+      .split(',')
+      .map((r) => r.trim())
+      .filter((r) => r.length > 0),
+  );
+}
+
+/** A configuration as `path -> value` for its leaves, to see what a reload changes. */
+function flatten(value: unknown, prefix = '', into = new Map<string, unknown>()) {
+  if (value !== null && typeof value === 'object') {
+    for (const [key, child] of Object.entries(value)) {
+      flatten(child, prefix ? `${prefix}.${key}` : key, into);
+    }
+  } else into.set(prefix, value);
+  return into;
+}
+
+function lifecycleSettings(config: Config): LifecycleSettings {
+  return {
+    policy: new Policy(config.branch),
+    drainTimeoutMs: config.branch.drain_timeout,
+    rootSnapshotIntervalMs: config.branch.root_snapshot_interval,
+    useRootSnapshot: config.branch.use_root_snapshot,
   };
 }
 
@@ -220,7 +334,7 @@ function poolModeRule(
     .split(',')
     .map((p) => p.trim())
     .filter((p) => p.length > 0)
-    .map((p) => new RegExp(`^${p.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*')}$`));
+    .map(globRegExp);
   if (rules.length === 0) return () => mode;
   return (database) => (rules.some((r) => r.test(database)) ? 'transaction' : mode);
 }

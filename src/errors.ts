@@ -124,6 +124,62 @@ export const errors = {
       `The client held a server connection inside a transaction and sent nothing for ${timeoutMs} ms; the transaction was rolled back.`,
       'End transactions promptly, or raise pool.idle_in_transaction_timeout.',
     ),
+  branchMissing: (name: string) =>
+    new PgError(
+      '3D000',
+      `branch "${printable(name)}" does not exist`,
+      undefined,
+      'See the branches with: pgbranch branch list (or SHOW BRANCHES in the console).',
+      'ERROR',
+    ),
+  snapshotMissing: (name: string, snapshot: string) =>
+    new PgError(
+      '42704',
+      `branch "${printable(name)}" has no restore point "${printable(snapshot)}"`,
+      undefined,
+      `See its restore points with: pgbranch branch list --json, or SHOW SNAPSHOTS in the console.`,
+      'ERROR',
+    ),
+  rootImmutable: (name: string, action: string) =>
+    new PgError(
+      '42501',
+      `cannot ${action} "${printable(name)}": it is a root database, not a branch`,
+      'Roots hold the data branches are made from; pgbranch never changes or drops them.',
+      'Use a branch (name@branch), or change the root directly with SQL.',
+      'ERROR',
+    ),
+  branchProtected: (name: string, action: string) =>
+    new PgError(
+      '42501',
+      `cannot ${action} "${printable(name)}": the branch is protected`,
+      undefined,
+      `Unprotect it first: pgbranch branch unprotect ${name}`,
+      'ERROR',
+    ),
+  branchHasChildren: (name: string, children: string[]) =>
+    new PgError(
+      '2BP01',
+      `cannot delete "${printable(name)}": branches were made from it`,
+      `Its branches: ${children.map(printable).join(', ')}.`,
+      'Delete them too with --cascade (DROP BRANCH ... CASCADE in the console).',
+      'ERROR',
+    ),
+  branchLimit: (root: string, max: number) =>
+    new PgError(
+      '53400',
+      `cannot create another branch of "${printable(root)}": it has ${max} branches, the most branch.max_per_database allows`,
+      undefined,
+      'Delete branches that are no longer used (pgbranch gc, pgbranch branch delete), or raise branch.max_per_database.',
+    ),
+  branchTerminated: (name: string, verb: 'reset' | 'restored' | 'deleted') =>
+    new PgError(
+      '57P01',
+      `terminating connection because branch "${printable(name)}" was ${verb}`,
+      undefined,
+      verb === 'deleted'
+        ? 'The branch no longer exists; connecting to it creates it again where the configuration allows.'
+        : 'Connect again: the branch has the same name and connection string.',
+    ),
   shuttingDown: () =>
     new PgError('57P01', 'terminating connection because pgbranch is shutting down'),
 };

@@ -4,7 +4,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
-import type { BranchProvider, BranchRecord, CopyMethod } from './provider.js';
+import type {
+  BranchProvider,
+  BranchRecord,
+  CopyMethod,
+  CreateOptions,
+  DatabaseEntry,
+} from './provider.js';
 import { detectCloneSupport } from './copy-on-write.js';
 
 /** Comments on branch databases start with this, followed by the branch's record as JSON. */
@@ -13,6 +19,9 @@ export const RECORD_PREFIX = 'pgbranch:';
 export class DatabaseProvider implements BranchProvider {
   private constructor(
     private readonly admin: pg.Pool,
+    /** An administrative connection to another database of the server (scripts, diffs). */
+    readonly connectTo: (database: string) => pg.Client,
+    private readonly maintenanceDatabase: string,
     readonly copyMethod: CopyMethod,
     readonly serverVersion: string,
   ) {}
@@ -24,6 +33,8 @@ export class DatabaseProvider implements BranchProvider {
    */
   static async open(
     admin: pg.Pool,
+    connectTo: (database: string) => pg.Client,
+    maintenanceDatabase: string,
     localDataDir: string | undefined,
     wanted: 'auto' | 'clone' | 'copy' = 'auto',
   ): Promise<DatabaseProvider> {
@@ -72,7 +83,7 @@ export class DatabaseProvider implements BranchProvider {
         reason: 'branch.copy_method is copy (cloning would be possible here)',
       };
     }
-    return new DatabaseProvider(admin, copyMethod, row.version);
+    return new DatabaseProvider(admin, connectTo, maintenanceDatabase, copyMethod, row.version);
   }
 
   async exists(physical: string): Promise<boolean> {
@@ -100,7 +111,12 @@ export class DatabaseProvider implements BranchProvider {
     return rows[0]?.ok === true;
   }
 
-  async create(physical: string, parentPhysical: string, record: BranchRecord): Promise<void> {
+  async create(
+    physical: string,
+    parentPhysical: string,
+    record: BranchRecord,
+    options: CreateOptions = {},
+  ): Promise<void> {
     const client = await this.admin.connect();
     try {
       await client.query(`SET file_copy_method = ${this.copyMethod.mode}`).catch(() => undefined);
@@ -113,14 +129,17 @@ export class DatabaseProvider implements BranchProvider {
         `CREATE DATABASE ${quoteIdent(physical)} TEMPLATE ${quoteIdent(parentPhysical)} STRATEGY FILE_COPY${ownerClause}`,
       );
       try {
+        // A restore point copied from a restore point would otherwise allow connections.
+        await client.query(
+          `ALTER DATABASE ${quoteIdent(physical)} WITH ALLOW_CONNECTIONS ${options.readOnly ? 'false' : 'true'}`,
+        );
+        for (const script of options.scripts ?? []) await this.runScript(physical, script);
         await client.query(
           `COMMENT ON DATABASE ${quoteIdent(physical)} IS ${quoteLiteral(RECORD_PREFIX + JSON.stringify(record))}`,
         );
       } catch (error) {
         // A branch without its record would look like a stranger's database: all or nothing.
-        await client
-          .query(`DROP DATABASE IF EXISTS ${quoteIdent(physical)}`)
-          .catch(() => undefined);
+        await this.drop(physical).catch(() => undefined);
         throw error;
       }
     } finally {
@@ -128,8 +147,73 @@ export class DatabaseProvider implements BranchProvider {
     }
   }
 
+  private async runScript(physical: string, script: { name: string; sql: string }): Promise<void> {
+    const client = this.connectTo(physical);
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      await client.query(script.sql);
+    } catch (error) {
+      const e = error as { code?: string; message?: string; position?: string };
+      throw Object.assign(
+        new Error(`script ${script.name} failed: ${e.message ?? String(error)}`),
+        { code: e.code ?? '58000', script: script.name },
+      );
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
   async drop(physical: string): Promise<void> {
     await this.admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(physical)} WITH (FORCE)`);
+  }
+
+  async list(): Promise<DatabaseEntry[]> {
+    const { rows } = await this.admin.query<{ name: string; comment: string | null; size: string }>(
+      `SELECT datname AS name, shobj_description(oid, 'pg_database') AS comment,
+              pg_database_size(oid) AS size
+         FROM pg_database
+        WHERE datname NOT IN ('template0', 'template1', $1)
+        ORDER BY datname`,
+      [this.maintenanceDatabase],
+    );
+    return rows.map((row) => ({
+      physical: row.name,
+      record: parseRecord(row.comment),
+      sizeBytes: Number(row.size),
+    }));
+  }
+
+  async record(physical: string): Promise<BranchRecord | null> {
+    const { rows } = await this.admin.query<{ comment: string | null }>(
+      `SELECT shobj_description(oid, 'pg_database') AS comment FROM pg_database WHERE datname = $1`,
+      [physical],
+    );
+    return parseRecord(rows[0]?.comment ?? null);
+  }
+
+  async setRecord(physical: string, record: BranchRecord): Promise<void> {
+    await this.admin.query(
+      `COMMENT ON DATABASE ${quoteIdent(physical)} IS ${quoteLiteral(RECORD_PREFIX + JSON.stringify(record))}`,
+    );
+  }
+
+  async replace(physical: string, replacement: string): Promise<void> {
+    await this.drop(physical);
+    await this.admin.query(
+      `ALTER DATABASE ${quoteIdent(replacement)} RENAME TO ${quoteIdent(physical)}`,
+    );
+  }
+}
+
+/** A database comment as pgbranch's record, or null when it is not one (or not valid). */
+export function parseRecord(comment: string | null): BranchRecord | null {
+  if (!comment?.startsWith(RECORD_PREFIX)) return null;
+  try {
+    const record = JSON.parse(comment.slice(RECORD_PREFIX.length)) as BranchRecord;
+    return typeof record.root === 'string' && typeof record.branch === 'string' ? record : null;
+  } catch {
+    return null;
   }
 }
 

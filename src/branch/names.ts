@@ -124,7 +124,19 @@ export function validateBranchName(name: string): void {
  */
 export function physicalName(root: string, branch?: string): string {
   if (branch === undefined || branch === ROOT_BRANCH) return root;
-  const full = `${root}${SEPARATOR}${branch}`;
+  return fitIdentifier(`${root}${SEPARATOR}${branch}`);
+}
+
+/** Separates a branch from the name of one of its restore points: `app@feature-x:before`. */
+export const SNAPSHOT_SEPARATOR = ':';
+
+/** The database that holds a restore point: `app@main:nightly`, `app@feature-x:before`. */
+export function snapshotPhysicalName(root: string, branch: string, snapshot: string): string {
+  return fitIdentifier(`${root}${SEPARATOR}${branch}${SNAPSHOT_SEPARATOR}${snapshot}`);
+}
+
+/** A name as it is when it fits in an identifier, else a prefix of it and a hash of the whole. */
+function fitIdentifier(full: string): string {
   if (Buffer.byteLength(full) <= MAX_IDENTIFIER_BYTES) return full;
   const hash = createHash('sha256').update(full).digest('hex').slice(0, 12);
   const suffix = `~${hash}`;

@@ -7,11 +7,45 @@ export interface CopyMethod {
   reason: string;
 }
 
+/**
+ * What pgbranch keeps about a branch or restore point, with the database itself (a comment on it),
+ * so that it survives restarts and travels with the server. Records from before restore points
+ * existed have no `kind` and are branches.
+ */
 export interface BranchRecord {
+  kind?: 'branch' | 'snapshot';
   root: string;
+  /** The branch; for a restore point, the branch it belongs to. */
   branch: string;
   parent: string;
   createdAt: string;
+  /** How it was made. */
+  mode?: CopyMethod['mode'];
+  /** A branch: the restore point of its parent it was made from or last restored to. */
+  fromSnapshot?: string;
+  /** A restore point: its name, and whether pgbranch took it on its own. */
+  snapshot?: string;
+  auto?: boolean;
+  protected?: boolean;
+  expiresAt?: string;
+  /** Idle expiry; null means never, even where a pattern default applies. */
+  ttlMs?: number | null;
+  lastConnectedAt?: string;
+}
+
+/** A database on the server as the lifecycle sees it. */
+export interface DatabaseEntry {
+  physical: string;
+  /** Null for a database pgbranch did not make (a root, or one created by hand). */
+  record: BranchRecord | null;
+  sizeBytes: number;
+}
+
+export interface CreateOptions {
+  /** A restore point: nobody may connect to it. */
+  readOnly?: boolean;
+  /** SQL run in the new database before it is given its final name; a failure undoes the creation. */
+  scripts?: { name: string; sql: string }[];
 }
 
 export interface BranchProvider {
@@ -22,6 +56,17 @@ export interface BranchProvider {
   /** Whether a role may cause a branch of `parentPhysical` to be created. */
   mayCreate(user: string, parentPhysical: string): Promise<boolean>;
   /** Makes `physical` a copy of `parentPhysical`, which has no sessions. All or nothing. */
-  create(physical: string, parentPhysical: string, record: BranchRecord): Promise<void>;
+  create(
+    physical: string,
+    parentPhysical: string,
+    record: BranchRecord,
+    options?: CreateOptions,
+  ): Promise<void>;
   drop(physical: string): Promise<void>;
+  /** Every database but the templates and the maintenance database. */
+  list(): Promise<DatabaseEntry[]>;
+  record(physical: string): Promise<BranchRecord | null>;
+  setRecord(physical: string, record: BranchRecord): Promise<void>;
+  /** Replaces `physical` with `replacement` (dropping the first): the branch keeps its name. */
+  replace(physical: string, replacement: string): Promise<void>;
 }

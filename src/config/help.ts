@@ -44,6 +44,26 @@ export const descriptions: Record<ConfigPath, string> = {
     'How long in-flight work on a parent may take to finish before a clone gives up.',
   'branch.copy_method':
     'auto clones where the server and filesystem can and copies elsewhere; clone or copy force one.',
+  'branch.create_on_connect':
+    "Comma-separated branch name patterns (* matches anything) that connecting may create; '' lets only the CLI, API and console create branches.",
+  'branch.max_per_database':
+    'Branches one root database may have, restore points not counted; 0 for no limit.',
+  'branch.ttl':
+    'Idle expiry by branch name pattern, e.g. "ci-*=2h, pr-*=14d": such a branch is deleted that long after its last connection.',
+  'branch.scripts':
+    'SQL files run in a new branch before any client sees it, by pattern, e.g. "pr-*=config/mask.sql"; a failing script fails the creation.',
+  'branch.sweep_interval': 'How often expired branches are looked for and deleted.',
+  'branch.root_snapshot_interval':
+    'How often a root that has branches gets an automatic restore point, taken when it is quiet; 0 never.',
+  'branch.use_root_snapshot':
+    "When a root can't be drained for a connect-time clone, clone its newest automatic restore point instead and tell the client how old the data is.",
+  'admin.enabled': 'Serve the HTTP admin API (JSON, OpenAPI at /openapi.json) that the CLI uses.',
+  'admin.host': 'Address of the admin API; anything but loopback needs admin.token.',
+  'admin.port': 'TCP port of the admin API; 0 picks a free one.',
+  'admin.token':
+    'Bearer token the admin API requires (PGBRANCH_ADMIN_TOKEN); unset, only loopback is served.',
+  'admin.users':
+    'Comma-separated roles, besides superusers, that may use the SQL console (connect to the database pgbranch).',
   'metrics.enabled': 'Serve Prometheus metrics over HTTP at /metrics; false serves nothing.',
   'metrics.host': 'Address to serve metrics on; keep it private, metrics are not authenticated.',
   'metrics.port': 'TCP port to serve metrics on; 0 picks a free one.',

@@ -156,6 +156,18 @@ describe('loadConfig', () => {
       'pool.max_prepared_statements',
       'branch.drain_timeout',
       'branch.copy_method',
+      'branch.create_on_connect',
+      'branch.max_per_database',
+      'branch.ttl',
+      'branch.scripts',
+      'branch.sweep_interval',
+      'branch.root_snapshot_interval',
+      'branch.use_root_snapshot',
+      'admin.enabled',
+      'admin.host',
+      'admin.port',
+      'admin.token',
+      'admin.users',
       'metrics.enabled',
       'metrics.host',
       'metrics.port',
@@ -313,9 +325,20 @@ describe('loadConfig', () => {
     );
   });
 
-  it('allows the PGBRANCH_ variables that later features read', () => {
+  it('reads the admin token and port from PGBRANCH_ADMIN_TOKEN and PGBRANCH_ADMIN_PORT', () => {
     const env = { PGBRANCH_ADMIN_TOKEN: 't', PGBRANCH_ADMIN_PORT: '9000', PATH: '/bin' };
-    expect(load([], env).config).toEqual(defaults);
+    expect(load([], env).config.admin).toEqual({ ...defaults.admin, token: 't', port: 9000 });
+    expect(load(['--admin-port', '0']).config.admin.port).toBe(0);
+  });
+
+  it('refuses a pattern list entry that is not pattern=value', () => {
+    expect(errorOf(() => load(['--branch-ttl', 'ci-*=2h, pr-*'])).message).toContain(
+      '"pr-*" is not pattern=duration',
+    );
+    expect(errorOf(() => load(['--branch-ttl', 'ci-*=soon'])).message).toContain(
+      '"soon" in "ci-*=soon" is not a duration',
+    );
+    expect(load(['--branch-scripts', 'pr-*=mask.sql']).config.branch.scripts).toBe('pr-*=mask.sql');
   });
 
   it('refuses an unknown key in the file and suggests the closest one', () => {
@@ -400,6 +423,7 @@ describe('config/pgbranch.example.yaml', () => {
       ...defaults,
       upstream: 'postgres://pgbranch:secret@db.internal:5432/postgres',
       embedded: { ...defaults.embedded, password: 'change-me' },
+      admin: { ...defaults.admin, token: 'change-me' },
     });
   });
 });

@@ -53,11 +53,7 @@ const ALIASES: Partial<Record<ConfigPath, string>> = {
 };
 
 /** PGBRANCH_* variables that are not schema keys: the file to read, and later features' own. */
-export const ENV_OUTSIDE_SCHEMA = [
-  'PGBRANCH_CONFIG',
-  'PGBRANCH_ADMIN_TOKEN',
-  'PGBRANCH_ADMIN_PORT',
-] as const;
+export const ENV_OUTSIDE_SCHEMA = ['PGBRANCH_CONFIG'] as const;
 
 const ENV_PREFIX = 'PGBRANCH_';
 const DEFAULT_FILES = ['pgbranch.yaml', path.join('config', 'pgbranch.yaml')];
@@ -382,7 +378,7 @@ const loopback = new BlockList();
 loopback.addSubnet('127.0.0.0', 8, 'ipv4');
 loopback.addAddress('::1', 'ipv6');
 
-function isLoopback(host: string): boolean {
+export function isLoopback(host: string): boolean {
   if (host.toLowerCase() === 'localhost') return true;
   const family = isIP(host);
   return family !== 0 && loopback.check(host, family === 4 ? 'ipv4' : 'ipv6');

@@ -31,6 +31,29 @@ export const boolean = z.union([z.boolean(), z.string()]).transform((value, ctx)
 });
 
 const port = z.coerce.number().int().min(0).max(65535);
+
+/**
+ * `pattern=value, pattern=value`, where a pattern is a branch name with `*` for anything and the
+ * value a duration or a file path. Kept as text; lifecycle/policy.ts reads it.
+ */
+const patternList = (value: 'duration' | 'file') =>
+  z.string().superRefine((text, ctx) => {
+    for (const item of text.split(',').map((i) => i.trim())) {
+      if (item === '') continue;
+      const eq = item.indexOf('=');
+      if (eq <= 0 || eq === item.length - 1) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `"${item}" is not pattern=${value === 'duration' ? 'duration' : 'path'}: write e.g. ${value === 'duration' ? 'ci-*=2h' : 'pr-*=config/mask.sql'}`,
+        });
+      } else if (value === 'duration' && !duration.safeParse(item.slice(eq + 1)).success) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `"${item.slice(eq + 1)}" in "${item}" is not a duration: write e.g. 2h or 14d`,
+        });
+      }
+    }
+  });
 const positiveInt = z.coerce.number().int().positive();
 /** A number of connections or attempts, where 0 turns the feature off. */
 const count = (max: number) => z.coerce.number().int().min(0).max(max);
@@ -132,9 +155,51 @@ export const configSchema = z
          * elsewhere; `copy` always copies; `clone` refuses to start where cloning is impossible.
          */
         copy_method: z.enum(['auto', 'clone', 'copy']).default('auto'),
+        /** Comma-separated branch name patterns that connecting may create; '' lets only admins create. */
+        create_on_connect: z.string().default('*'),
+        /** Branches one root database may have (restore points not counted); 0 for no limit. */
+        max_per_database: count(1_000_000).default(0),
+        /** Idle expiry by branch name pattern: `ci-*=2h, pr-*=14d`. */
+        ttl: patternList('duration').default(''),
+        /** SQL files run in a new branch before any client sees it, by pattern: `pr-*=mask.sql`. */
+        scripts: patternList('file').default(''),
+        /** How often expired branches are looked for. */
+        sweep_interval: duration.default(60_000),
+        /** How often roots with branches get an automatic restore point when quiet; 0 never. */
+        root_snapshot_interval: duration.default(3_600_000),
+        /**
+         * When a root can't be drained for a connect-time clone, clone its newest automatic
+         * restore point instead, and tell the client how old the data is.
+         */
+        use_root_snapshot: boolean.default(false),
       })
       .strict()
-      .default({ drain_timeout: 5000, copy_method: 'auto' }),
+      .default({
+        drain_timeout: 5000,
+        copy_method: 'auto',
+        create_on_connect: '*',
+        max_per_database: 0,
+        ttl: '',
+        scripts: '',
+        sweep_interval: 60_000,
+        root_snapshot_interval: 3_600_000,
+        use_root_snapshot: false,
+      }),
+    /** The HTTP admin API (JSON, with an OpenAPI description) that the CLI talks to. */
+    admin: z
+      .object({
+        enabled: boolean.default(true),
+        /** Anything but loopback needs a token. */
+        host: z.string().min(1).default('127.0.0.1'),
+        /** 0 picks a free port. */
+        port: port.default(9931),
+        /** Bearer token required on every request when set (PGBRANCH_ADMIN_TOKEN). */
+        token: z.string().min(1).optional(),
+        /** Comma-separated roles, besides superusers, that may use the SQL console (database pgbranch). */
+        users: z.string().default(''),
+      })
+      .strict()
+      .default({ enabled: true, host: '127.0.0.1', port: 9931, users: '' }),
     /** Prometheus metrics over HTTP at /metrics. */
     metrics: z
       .object({

@@ -266,6 +266,16 @@ export class PoolManager {
     }
   }
 
+  /** Every pool, for the admin console's SHOW POOLS and SHOW SERVERS. */
+  list(): Iterable<Pool> {
+    return this.pools.values();
+  }
+
+  /** Databases that are paused now. */
+  pausedDatabases(): Iterable<string> {
+    return this.paused.keys();
+  }
+
   stats(): { pools: number; open: number; idle: number; active: number; waiting: number } {
     let idle = 0;
     let active = 0;

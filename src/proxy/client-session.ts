@@ -21,6 +21,7 @@ import {
 import { ClientGone, MessageReader } from '../wire/message-reader.js';
 import { NEWEST_MINOR_VERSION, parseStartupPacket } from '../wire/startup.js';
 import { secretLengthFor, type CancelRegistry, type ServerKey } from './cancel.js';
+import type { ClientRegistry } from './clients.js';
 import { SessionRelay } from './relay.js';
 import { ClientState, serverState } from './client-state.js';
 import { prepareServer, TransactionRelay } from './transaction-relay.js';
@@ -40,6 +41,8 @@ export interface ProxyContext {
   maxClients: number;
   /** Clients connected now (all of them, in any phase). */
   clients: Set<net.Socket>;
+  /** Clients past login, for the admin side and for draining a branch. */
+  registry: ClientRegistry;
   shuttingDown: boolean;
   /** Clients past login now, by pool mode, and pinned transaction-mode clients (for metrics). */
   sessions: { session: number; transaction: number; pinned: number };
@@ -171,8 +174,22 @@ async function serveSession(
     () => ({ processId: session.processId, secret: session.secretKey }),
     secretLength,
   );
+  let terminated: PgError | undefined;
+  const client = ctx.registry.add(socket, {
+    user,
+    requested,
+    database: opened.database,
+    mode: 'session',
+    pinned: () => false,
+    serverPid: () => session.processId,
+    terminate: (error) => {
+      terminated = error;
+      // The relay ends as if the server left; what the client is told is decided below.
+      session.socket.destroy();
+    },
+  });
   try {
-    socket.write(greeting(target, opened.created, session.parameters, cancelKey));
+    socket.write(greeting(target, opened, session.parameters, cancelKey));
     ctx.log.info(
       {
         event: 'client_connected',
@@ -194,18 +211,20 @@ async function serveSession(
     } else {
       hold(undefined);
       ctx.pools.release(conn, false);
-      if (end.by === 'server' && end.atBoundary && end.lastType !== 0x45 /* E */) {
+      if (end.by === 'server' && end.atBoundary && (terminated || end.lastType !== 0x45) /* E */) {
         socket.write(
           errorResponse(
-            ctx.shuttingDown
-              ? errors.shuttingDown()
-              : errors.upstreamUnavailable('the server closed the connection unexpectedly'),
+            terminated ??
+              (ctx.shuttingDown
+                ? errors.shuttingDown()
+                : errors.upstreamUnavailable('the server closed the connection unexpectedly')),
           ),
         );
       }
       socket.end();
     }
   } finally {
+    ctx.registry.delete(client);
     ctx.cancels.unregister(cancelKey);
   }
 }
@@ -240,8 +259,18 @@ async function serveTransactions(
         : undefined,
     secretLength,
   );
+  let relay: TransactionRelay | undefined;
+  const client = ctx.registry.add(socket, {
+    user,
+    requested,
+    database: opened.database,
+    mode: 'transaction',
+    pinned: () => state.pinned !== undefined,
+    serverPid: () => current?.session.processId,
+    terminate: (error) => relay?.terminate(error),
+  });
   try {
-    socket.write(greeting(target, opened.created, reported, cancelKey));
+    socket.write(greeting(target, opened, reported, cancelKey));
     ctx.log.info(
       {
         event: 'client_connected',
@@ -252,7 +281,7 @@ async function serveTransactions(
       },
       `client ${user} connected to ${requested} (transaction mode)`,
     );
-    const relay = new TransactionRelay({
+    relay = new TransactionRelay({
       client: socket,
       pools: ctx.pools,
       request: opened.request,
@@ -276,6 +305,7 @@ async function serveTransactions(
     if (state.pinned) ctx.sessions.pinned--;
     socket.end();
   } finally {
+    ctx.registry.delete(client);
     ctx.cancels.unregister(cancelKey);
   }
 }
@@ -286,7 +316,7 @@ async function serveTransactions(
  */
 function greeting(
   target: BranchTarget,
-  created: boolean,
+  { created, notice }: { created: boolean; notice?: string | undefined },
   parameters: ReadonlyMap<string, string>,
   cancelKey: ServerKey,
 ): Buffer {
@@ -294,7 +324,8 @@ function greeting(
   if (created) {
     parts.push(
       noticeResponse(
-        `pgbranch: created branch "${target.branch}" of "${target.root}" from ${target.parent ?? 'main'}`,
+        notice ??
+          `pgbranch: created branch "${target.branch}" of "${target.root}" from ${target.parent ?? 'main'}`,
       ),
     );
   }
@@ -341,13 +372,19 @@ async function connectToBranch(
   parameters: Map<string, string>,
   login: ServerLogin,
   mode: PoolMode,
-): Promise<{ conn: ServerConnection; request: PoolRequest; database: string; created: boolean }> {
+): Promise<{
+  conn: ServerConnection;
+  request: PoolRequest;
+  database: string;
+  created: boolean;
+  notice?: string | undefined;
+}> {
   for (let attempt = 0; ; attempt++) {
-    const { database, created } = await ctx.branches.resolve(target, user);
+    const { database, created, notice } = await ctx.branches.resolve(target, user);
     try {
       const request: PoolRequest = { database, user, parameters, login, mode };
       const conn = await ctx.pools.acquire(request);
-      return { conn, request, database, created };
+      return { conn, request, database, created, notice };
     } catch (error) {
       // A branch dropped behind pgbranch's back: forget it and make it again, once.
       if (

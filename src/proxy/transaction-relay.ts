@@ -648,6 +648,11 @@ export class TransactionRelay {
     this.finish('server');
   };
 
+  /** Disconnects the client with `error` (its branch was reset or deleted under it). */
+  terminate(error: PgError): void {
+    this.fail(error);
+  }
+
   private fail(error: PgError): void {
     const client = this.options.client;
     if (!client.destroyed) client.write(errorResponse(error));

@@ -1,0 +1,91 @@
+// Makes one database a copy of another with the provider, after draining what pgbranch itself holds
+// on the source: the step behind creating, resetting and restoring branches and taking restore
+// points. PostgreSQL copies only a database nobody is connected to, so the source's pooled
+// connections are paused and closed first, and sessions pgbranch cannot pause make it give up.
+import { errors, PgError } from '../errors.js';
+import type { BranchProvider, BranchRecord, CreateOptions } from './provider.js';
+
+/** What the branch layer needs from whoever owns connections to a database (the pools). */
+export interface Drainer {
+  /** Stops new work on `database` and waits up to timeoutMs for its own sessions there to end. */
+  pause(database: string, timeoutMs: number): Promise<number>;
+  resume(database: string): void;
+}
+
+/** How long a closed server connection's backend may take to leave pg_stat_activity. */
+const EXIT_GRACE_MS = 300;
+
+export interface CloneOptions extends CreateOptions {
+  /** The source may have sessions (a branch, a root): drain it first. Restore points have none. */
+  drainSource: boolean;
+}
+
+export class Cloner {
+  constructor(
+    private readonly provider: BranchProvider,
+    private readonly drainer: Drainer,
+    /** How long a copy waits for the source to have no sessions. */
+    private readonly drainTimeoutMs: number,
+  ) {}
+
+  /** Copies `source` to a new database `target` with `record`. All or nothing. */
+  async clone(
+    source: string,
+    target: string,
+    record: BranchRecord,
+    options: CloneOptions,
+  ): Promise<void> {
+    const { provider, drainer } = this;
+    const started = Date.now();
+    if (options.drainSource) await drainer.pause(source, this.drainTimeoutMs);
+    try {
+      if (options.drainSource) {
+        // Server processes of connections just closed take a moment to exit: allow them that even
+        // when the drain used up the whole bound.
+        const deadline = Math.max(started + this.drainTimeoutMs, Date.now() + EXIT_GRACE_MS);
+        let others = await provider.sessionsOn(source);
+        while (others > 0 && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 50));
+          others = await provider.sessionsOn(source);
+        }
+        if (others > 0) throw errors.parentBusy(source, others, Date.now() - started);
+      }
+      try {
+        await provider.create(target, source, record, options);
+      } catch (error) {
+        throw translateCreateError(error, target, source);
+      }
+    } finally {
+      if (options.drainSource) drainer.resume(source);
+    }
+  }
+}
+
+/** Server errors during CREATE DATABASE, in words that say what to do. */
+function translateCreateError(error: unknown, database: string, parent: string): Error {
+  const e = error as { code?: string; message?: string; detail?: string; hint?: string };
+  const message = e.message ?? String(error);
+  // The caller decides what an existing database means (another proxy made it, or a clash).
+  if (e.code === '42P04') return error as Error;
+  if (e.code === '55006') {
+    // Someone connected between our check and the clone.
+    return errors.parentBusy(parent, 1, 0);
+  }
+  if (e.code === '3D000') return errors.parentMissing(parent, parent);
+  if (e.code === '53100') {
+    return new PgError(
+      '53100',
+      `could not create branch "${database}": the server's disk is full`,
+      message,
+      'Free disk space (drop unused branches) and connect again; nothing was left behind.',
+    );
+  }
+  if (e.code)
+    return new PgError(
+      e.code,
+      `could not create branch "${database}": ${message}`,
+      e.detail,
+      e.hint,
+    );
+  return errors.branchCreationFailed(database, message);
+}
