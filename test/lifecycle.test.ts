@@ -120,6 +120,21 @@ describe('create and list', () => {
     expect(await failure(running.lifecycle.get('app@by-hand'))).toMatchObject({ code: '3D000' });
   });
 
+  it('drops a copy that an interrupted reset left aside, and never lists it', async () => {
+    await queryOnce(
+      url('postgres'),
+      'create database pgbranch_aside_0123456789abcdef template app',
+    );
+    await queryOnce(
+      url('postgres'),
+      `comment on database pgbranch_aside_0123456789abcdef is 'pgbranch:{"kind":"branch","root":"app","branch":"made","parent":"main","createdAt":"2026-01-01T00:00:00Z"}'`,
+    );
+    expect((await running.lifecycle.get('app@made')).physical).toBe('app@made');
+    await running.lifecycle.sweep();
+    const names = await queryOnce(url('postgres'), 'select datname from pg_database');
+    expect(names.map((r) => r.datname)).not.toContain('pgbranch_aside_0123456789abcdef');
+  });
+
   it('shows the schema difference between two branches', async () => {
     await running.lifecycle.create({ name: 'app@schema' });
     await queryOnce(url('app@schema'), 'alter table items add column price numeric default 0');
@@ -289,15 +304,15 @@ describe('gc', () => {
 
 describe('expiry', () => {
   it('deletes a branch idle past its pattern’s ttl, and one past its absolute expiry, and logs each', async () => {
-    running.reload(settings({ ttl: 'ci-*=1s', sweep_interval: '200ms' }));
-    await running.lifecycle.create({ name: 'app@ci-42' });
+    running.reload(settings({ ttl: 'ci-*=2s', sweep_interval: '200ms' }));
     await running.lifecycle.create({
       name: 'app@dated',
       expiresAt: new Date(Date.now() + 1500).toISOString(),
     });
+    const { branch } = await running.lifecycle.create({ name: 'app@ci-42' });
+    expect(branch.ttlMs).toBe(2000);
     const busy = await connect(url('app@ci-busy'));
     try {
-      expect((await running.lifecycle.get('app@ci-42')).ttlMs).toBe(1000);
       const deadline = Date.now() + 20_000;
       while (Date.now() < deadline && events('branch_expired').length < 2) {
         await new Promise((r) => setTimeout(r, 200));

@@ -71,6 +71,8 @@ export interface LifecycleOptions {
   now?: () => number;
 }
 
+/** Copies made aside during a reset or restore are named this, then a hash of the branch. */
+const ASIDE_PREFIX = 'pgbranch_aside_';
 /** Restore points pgbranch takes of roots are named this, then a UTC time. */
 const AUTO_PREFIX = 'auto-';
 
@@ -402,6 +404,7 @@ export class LifecycleService implements Lifecycle {
     this.sweeping = true;
     try {
       await this.flushTouched();
+      await this.dropLeftovers();
       const deleted = await this.deleteExpired();
       await this.snapshotQuietRoots();
       return deleted;
@@ -423,8 +426,11 @@ export class LifecycleService implements Lifecycle {
       }
       let root: string;
       let branch: string;
-      if (record) ({ root, branch } = record);
-      else {
+      if (record) {
+        ({ root, branch } = record);
+        // A copy being made aside for a reset carries the branch's record until it is swapped in.
+        if (db.physical !== physicalName(root, branch)) continue;
+      } else {
         const at = db.physical.indexOf(SEPARATOR);
         root = at < 0 ? db.physical : db.physical.slice(0, at);
         branch = at < 0 ? ROOT_BRANCH : db.physical.slice(at + 1);
@@ -805,6 +811,20 @@ export class LifecycleService implements Lifecycle {
     }
   }
 
+  /** Copies made aside for a reset or restore that a crash left behind. */
+  private async dropLeftovers(): Promise<void> {
+    if (this.locks.size > 0) return;
+    for (const db of await this.options.provider.list()) {
+      if (db.physical.startsWith(ASIDE_PREFIX)) {
+        this.options.log.info(
+          { event: 'leftover_dropped', database: db.physical },
+          `dropped ${db.physical}, left behind by an interrupted reset or restore`,
+        );
+        await this.options.provider.drop(db.physical);
+      }
+    }
+  }
+
   private async deleteExpired(): Promise<string[]> {
     // Clients connected now are using their branch: idle expiry counts from now.
     for (const [database, n] of this.options.clients.counts()) {
@@ -999,7 +1019,7 @@ export function liveBranchNames(lines: string[]): string[] {
 
 /** A name for the copy made aside during a reset or restore, unique per branch, within 63 bytes. */
 function asideName(physical: string): string {
-  return `pgbranch_aside_${createHash('sha256').update(physical).digest('hex').slice(0, 16)}`;
+  return `${ASIDE_PREFIX}${createHash('sha256').update(physical).digest('hex').slice(0, 16)}`;
 }
 
 function compareNames(a: { name: string }, b: { name: string }): number {
