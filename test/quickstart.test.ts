@@ -5,7 +5,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { afterAll, describe, expect, it } from 'vitest';
 import { psql } from './support/clients.js';
-import { tempDir } from './support/pgbranch.js';
+import { startPgbranch, tempDir } from './support/pgbranch.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 
@@ -137,6 +137,33 @@ describe('npm start with no configuration', () => {
       stdout: 'app@feature-x',
     });
     expect([0, 'SIGINT']).toContain(await ctrlC(second));
+    expect(postgresRunningOn(path.join(dataDir, 'pg'))).toBe(false);
+  });
+
+  it('after a pgbranch was killed, the next start stops the server it left and serves the same data', async () => {
+    const dataDir = tempDir('killed');
+    dirs.push(dataDir);
+    const first = await startPgbranch({ dataDir });
+    expect(await psql(first.url('postgres'), 'create database survivor')).toMatchObject({
+      code: 0,
+    });
+    first.child.kill('SIGKILL');
+    await first.stop();
+    expect(postgresRunningOn(path.join(dataDir, 'pg'))).toBe(true);
+
+    const second = await startPgbranch({ dataDir });
+    try {
+      expect(second.events('orphan_stopped')).toHaveLength(1);
+      const result = await psql(second.url('survivor'), 'select current_database()');
+      expect(result).toMatchObject({ code: 0, stdout: 'survivor' });
+      // While one runs, another on the same data directory is refused, and harms nothing.
+      await expect(startPgbranch({ dataDir, timeoutMs: 30_000 })).rejects.toThrow(
+        /another pgbranch \(pid \d+\) is using/,
+      );
+      expect(await psql(second.url('survivor'), 'select 1')).toMatchObject({ code: 0 });
+    } finally {
+      await second.stop();
+    }
     expect(postgresRunningOn(path.join(dataDir, 'pg'))).toBe(false);
   });
 

@@ -73,7 +73,8 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
   fs.writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
 
   const owner = os.userInfo().uid === 0 ? ensureOsUser() : undefined;
-  refuseIfRunning(pgDataDir);
+  const ownerFile = path.join(root, 'pgbranch.pid');
+  await stopOrphan(pgDataDir, ownerFile, options.log);
 
   const initialised = !fs.existsSync(path.join(pgDataDir, 'PG_VERSION'));
   if (initialised) {
@@ -152,6 +153,11 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
   } finally {
     await admin.end();
   }
+
+  // Whose server this is: a pgbranch started later on this data directory stops the server if this
+  // process is gone (killed), instead of refusing to start.
+  fs.writeFileSync(ownerFile, `${process.pid}\n`);
+  void exited.then(() => fs.rmSync(ownerFile, { force: true }));
 
   let stopping: Promise<void> | undefined;
   return {
@@ -264,20 +270,52 @@ function readPassword(file: string): string | undefined {
 }
 
 /** A postmaster left running on this directory (a killed pgbranch) must be stopped first. */
-function refuseIfRunning(pgDataDir: string): void {
-  const pidFile = path.join(pgDataDir, 'postmaster.pid');
-  if (!fs.existsSync(pidFile)) return;
-  const pid = Number(fs.readFileSync(pidFile, 'utf8').split('\n')[0]);
-  if (!Number.isInteger(pid) || pid <= 0) return;
+/**
+ * A server still running on the data directory: refused when the pgbranch that started it is alive
+ * (two pgbranches on one data directory), stopped when it was left by one that was killed.
+ */
+async function stopOrphan(pgDataDir: string, ownerFile: string, log: Logger): Promise<void> {
+  const pid = pidIn(path.join(pgDataDir, 'postmaster.pid'));
+  if (pid === undefined || !alive(pid)) return; // none, or a stale file PostgreSQL removes itself
+  const owner = pidIn(ownerFile);
+  if (owner !== undefined && owner !== process.pid && alive(owner)) {
+    throw new Error(
+      `another pgbranch (pid ${owner}) is using ${path.dirname(ownerFile)}: stop it first, or use another --data-dir`,
+    );
+  }
+  log.warn(
+    { event: 'orphan_stopped', serverPid: pid, ownerPid: owner },
+    `stopping the PostgreSQL server (pid ${pid}) left running by a pgbranch that was killed`,
+  );
+  process.kill(pid, 'SIGINT'); // fast shutdown
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  while (alive(pid)) {
+    if (Date.now() > deadline) {
+      throw new Error(
+        `the PostgreSQL server (pid ${pid}) left running on ${pgDataDir} did not stop within ${START_TIMEOUT_MS / 1000} s; stop it with: kill -QUIT ${pid}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function pidIn(file: string): number | undefined {
+  try {
+    const pid = Number(fs.readFileSync(file, 'utf8').split('\n')[0]);
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-  } catch {
-    return; // stale file: PostgreSQL removes it itself
+    return true;
+  } catch (error) {
+    // EPERM: it exists but belongs to someone else.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
-  throw new Error(
-    `a PostgreSQL server (pid ${pid}) is still running on ${pgDataDir}, probably left by a pgbranch that was killed. ` +
-      `Stop it with: kill -INT ${pid}   (or use another --data-dir)`,
-  );
 }
 
 function pgLiteral(text: string): string {
