@@ -7,8 +7,8 @@ import path from 'node:path';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import type { NoticeMessage } from 'pg-protocol/dist/messages.js';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { connect as connectClient, psql } from './support/clients.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { connect as connectClient, connectEndedAfterEachTest, psql } from './support/clients.js';
 import { connectDirect, disconnectsAfter, leave } from './support/observe.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 import {
@@ -41,20 +41,7 @@ afterAll(async () => {
   if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
 });
 
-/** Clients a test opened, ended after it whatever happened, so that a failure does not cascade. */
-const opened = new Set<pg.Client>();
-
-async function connect(config: pg.ClientConfig): Promise<pg.Client> {
-  const client = await connectClient(config);
-  client.on('error', () => undefined);
-  opened.add(client);
-  return client;
-}
-
-afterEach(async () => {
-  await Promise.all([...opened].map((client) => client.end().catch(() => undefined)));
-  opened.clear();
-});
+const connect = connectEndedAfterEachTest();
 
 interface BackendKey {
   processID: number;
@@ -174,9 +161,8 @@ describe('messages from the server', () => {
       (m: { parameterName: string; parameterValue: string }) =>
         reported.push([m.parameterName, m.parameterValue]),
     );
-    client.on('error', () => undefined);
+    connect.track(client);
     await client.connect();
-    opened.add(client);
     expect(Object.fromEntries(reported)).toMatchObject({
       application_name: 'status',
       server_version: expect.stringMatching(/^18\./),

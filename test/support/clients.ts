@@ -78,18 +78,23 @@ export async function connectError(
 
 /**
  * A connect whose clients are ended after each test, whatever happened in it, so that one failure
- * does not cascade into the next tests. Call once at a test file's top level.
+ * does not cascade into the next tests. Call once at a test file's top level. `track` adds a client
+ * the test connected itself (to watch its startup messages, say).
  */
-export function connectEndedAfterEachTest(): (config: pg.ClientConfig) => Promise<pg.Client> {
+export function connectEndedAfterEachTest(): ((config: pg.ClientConfig) => Promise<pg.Client>) & {
+  track(client: pg.Client): pg.Client;
+} {
   const opened = new Set<pg.Client>();
   afterEach(async () => {
     await Promise.all([...opened].map((client) => client.end().catch(() => undefined)));
     opened.clear();
   });
-  return async (config) => {
-    const client = await connect(config);
+  const track = (client: pg.Client) => {
     client.on('error', () => undefined);
     opened.add(client);
     return client;
   };
+  return Object.assign(async (config: pg.ClientConfig) => track(await connect(config)), {
+    track,
+  });
 }
