@@ -9,8 +9,10 @@ import { Cloner } from './branch/cloner.js';
 import { BranchManager } from './branch/manager.js';
 import type { CopyMethod } from './branch/provider.js';
 import type { Config } from './config/schema.js';
+import { serveAdminApi, type AdminApi } from './admin/http.js';
 import { globRegExp, Policy } from './lifecycle/policy.js';
 import { LifecycleService, type LifecycleSettings } from './lifecycle/service.js';
+import { PgError } from './errors.js';
 import { Metrics, serveMetrics, type MetricsServer } from './metrics.js';
 import { PoolManager } from './pool/pool.js';
 import { CancelRegistry } from './proxy/cancel.js';
@@ -42,6 +44,8 @@ export interface Running {
   upstream: string;
   /** Where Prometheus metrics are served; undefined when metrics.enabled is false. */
   metricsUrl?: string;
+  /** Where the HTTP admin API is served; undefined when admin.enabled is false. */
+  adminUrl?: string;
   /** The branch lifecycle operations (CLI, admin API and console use these). */
   lifecycle: LifecycleService;
   /**
@@ -56,7 +60,12 @@ export interface Running {
 
 const MAINTENANCE_DATABASE = 'postgres';
 
-export async function startPgbranch(config: Config, log: Logger): Promise<Running> {
+export async function startPgbranch(
+  config: Config,
+  log: Logger,
+  /** Reads the configuration again from where it came from, for RELOAD. */
+  rereadConfig?: () => Config,
+): Promise<Running> {
   let embedded: EmbeddedServer | undefined;
   let endpoint: Endpoint;
   let adminConfig: pg.PoolConfig;
@@ -179,6 +188,34 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
     poolModeFor: poolModeRule(config.pool.mode, config.pool.transaction_mode_for),
     idleInTransactionTimeoutMs: config.pool.idle_in_transaction_timeout,
     maxPreparedStatements: config.pool.max_prepared_statements,
+    console: {
+      lifecycle,
+      pools,
+      clients: registry,
+      log,
+      adminUsers: () => consoleUsers,
+      isSuperuser: async (user) =>
+        (await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1 AND rolsuper', [user]))
+          .rowCount === 1,
+      reload: async () => {
+        if (!rereadConfig) {
+          throw new PgError(
+            '55000',
+            'this pgbranch was started without a configuration to read again',
+          );
+        }
+        let next: Config;
+        try {
+          next = rereadConfig();
+        } catch (error) {
+          // A bad file or variable leaves the running configuration as it is.
+          throw new PgError('F0000', `configuration not reloaded: ${(error as Error).message}`);
+        }
+        return reload(next);
+      },
+      serverVersion: provider.serverVersion,
+      pauseTimeoutMs: () => lifecycle.settings.drainTimeoutMs,
+    },
   };
 
   const listener = net.createServer((socket) => {
@@ -213,6 +250,25 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
         config.metrics.port,
       );
     } catch (error) {
+      listener.close();
+      pools.close();
+      await admin.end().catch(() => undefined);
+      await embedded?.stop();
+      throw error;
+    }
+  }
+  let adminApi: AdminApi | undefined;
+  if (config.admin.enabled) {
+    try {
+      adminApi = await serveAdminApi({
+        lifecycle,
+        host: config.admin.host,
+        port: config.admin.port,
+        token: config.admin.token,
+        log,
+      });
+    } catch (error) {
+      await metricsServer?.close();
       listener.close();
       pools.close();
       await admin.end().catch(() => undefined);
@@ -272,6 +328,7 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
         for (const socket of ctx.clients) socket.destroy();
       });
       await metricsServer?.close();
+      await adminApi?.close();
       await lifecycle
         .flushTouched()
         .catch((error: unknown) => log.warn({ err: error }, 'could not record last connections'));
@@ -290,6 +347,7 @@ export async function startPgbranch(config: Config, log: Logger): Promise<Runnin
       ? `embedded PostgreSQL ${provider.serverVersion}`
       : describeEndpoint(endpoint),
     metricsUrl: metricsServer?.url,
+    adminUrl: adminApi?.url,
     lifecycle,
     reload,
     consoleUsers: () => consoleUsers,

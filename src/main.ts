@@ -1,6 +1,6 @@
 // `pgbranch`: reads the configuration, starts the proxy (and the embedded server unless an
 // upstream is set), prints how to connect, and stops both cleanly on Ctrl-C.
-import { startPgbranch } from './app.js';
+import { commandWord } from './cli/args.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import { helpText } from './config/help.js';
 import { createLogger } from './log.js';
@@ -10,9 +10,18 @@ import { version } from './version.js';
 const SAME_KEYPRESS_MS = 1000;
 
 async function main(): Promise<number> {
+  // `pgbranch branch ...` and `pgbranch gc ...` talk to a running pgbranch instead of starting one.
+  const argv = process.argv.slice(2);
+  const word = commandWord(argv);
+  if (word === 'branch' || word === 'gc') {
+    // Loaded on demand, as the proxy is below: a CLI command would otherwise spend half a second
+    // loading the proxy, the pools and the embedded server it never uses.
+    const { runCli } = await import('./cli/commands.js');
+    return runCli(argv, process.env);
+  }
   let loaded;
   try {
-    loaded = loadConfig(process.argv.slice(2), process.env);
+    loaded = loadConfig(argv, process.env);
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(
@@ -58,7 +67,8 @@ async function main(): Promise<number> {
   process.on('SIGTERM', handler);
   let running;
   try {
-    running = await startPgbranch(config, log);
+    const { startPgbranch } = await import('./app.js');
+    running = await startPgbranch(config, log, () => loadConfig(argv, process.env).config);
   } catch (error) {
     log.fatal({ err: error }, (error as Error).message);
     process.stderr.write(`pgbranch: ${(error as Error).message}\n`);
@@ -78,6 +88,7 @@ async function main(): Promise<number> {
     ...(running.embedded ? [`  data:      ${running.embedded.pgDataDir}`] : []),
     `  branches:  ${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
     ...(running.metricsUrl ? [`  metrics:   ${running.metricsUrl}`] : []),
+    ...(running.adminUrl ? [`  admin:     ${running.adminUrl}   (pgbranch branch --help)`] : []),
     '',
   ];
   process.stderr.write(lines.join('\n') + '\n');
@@ -93,6 +104,7 @@ async function main(): Promise<number> {
       copyReason: running.copyMethod.reason,
       serverVersion: running.serverVersion,
       metricsUrl: running.metricsUrl,
+      adminUrl: running.adminUrl,
     },
     'pgbranch is ready',
   );

@@ -112,6 +112,14 @@ describe('create and list', () => {
     }
   });
 
+  it('refuses to branch the maintenance database, saying why', async () => {
+    const refused = await failure(running.lifecycle.create({ name: 'postgres@x' }));
+    expect(refused).toMatchObject({
+      code: '55006',
+      message: expect.stringContaining('its own administration'),
+    });
+  });
+
   it('finds branches made with plain CREATE DATABASE, and loses ones dropped outside pgbranch', async () => {
     await queryOnce(url('postgres'), 'create database "app@by-hand" template app');
     const byHand = await running.lifecycle.get('app@by-hand');
@@ -212,7 +220,7 @@ describe('restore points', () => {
     const rows = await queryOnce(url('app@migrate'), 'select name from items order by id');
     expect(rows).toEqual([{ name: 'root' }, { name: 'before' }]);
     const info = await running.lifecycle.get('app@migrate');
-    expect(info.fromSnapshot).toBe('before-migration');
+    expect(info).toMatchObject({ restoredFrom: 'before-migration', fromSnapshot: null });
     expect(info.snapshots.map((s) => s.name)).toEqual(['before-migration']);
   });
 

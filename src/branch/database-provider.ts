@@ -168,14 +168,15 @@ export class DatabaseProvider implements BranchProvider {
     await this.admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(physical)} WITH (FORCE)`);
   }
 
-  async list(): Promise<DatabaseEntry[]> {
+  async list(sizes: 'all' | readonly string[] = 'all'): Promise<DatabaseEntry[]> {
+    // pg_database_size walks a database's files: only for the databases that are asked about.
     const { rows } = await this.admin.query<{ name: string; comment: string | null; size: string }>(
       `SELECT datname AS name, shobj_description(oid, 'pg_database') AS comment,
-              pg_database_size(oid) AS size
+              CASE WHEN $2 OR datname = ANY($3) THEN pg_database_size(oid) ELSE 0 END AS size
          FROM pg_database
         WHERE datname NOT IN ('template0', 'template1', $1)
         ORDER BY datname`,
-      [this.maintenanceDatabase],
+      [this.maintenanceDatabase, sizes === 'all', sizes === 'all' ? [] : sizes],
     );
     return rows.map((row) => ({
       physical: row.name,

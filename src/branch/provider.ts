@@ -21,8 +21,10 @@ export interface BranchRecord {
   createdAt: string;
   /** How it was made. */
   mode?: CopyMethod['mode'];
-  /** A branch: the restore point of its parent it was made from or last restored to. */
+  /** A branch: the restore point of its parent it was made from. */
   fromSnapshot?: string;
+  /** A branch: its own restore point it was last restored to. */
+  restoredFrom?: string;
   /** A restore point: its name, and whether pgbranch took it on its own. */
   snapshot?: string;
   auto?: boolean;
@@ -38,6 +40,7 @@ export interface DatabaseEntry {
   physical: string;
   /** Null for a database pgbranch did not make (a root, or one created by hand). */
   record: BranchRecord | null;
+  /** 0 when it was not asked for. */
   sizeBytes: number;
 }
 
@@ -63,8 +66,11 @@ export interface BranchProvider {
     options?: CreateOptions,
   ): Promise<void>;
   drop(physical: string): Promise<void>;
-  /** Every database but the templates and the maintenance database. */
-  list(): Promise<DatabaseEntry[]>;
+  /**
+   * Every database but the templates and the maintenance database; sizes only of those named
+   * (0 for the others), since measuring one means walking its files.
+   */
+  list(sizes?: 'all' | readonly string[]): Promise<DatabaseEntry[]>;
   record(physical: string): Promise<BranchRecord | null>;
   setRecord(physical: string, record: BranchRecord): Promise<void>;
   /** Replaces `physical` with `replacement` (dropping the first): the branch keeps its name. */

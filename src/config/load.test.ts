@@ -331,6 +331,18 @@ describe('loadConfig', () => {
     expect(load(['--admin-port', '0']).config.admin.port).toBe(0);
   });
 
+  it('refuses an admin API off loopback without a token', () => {
+    expect(errorOf(() => load(['--admin-host', '0.0.0.0'])).message).toContain(
+      'admin.host (from --admin-host): the admin API may only listen on 0.0.0.0 with a token',
+    );
+    expect(load(['--admin-host', '0.0.0.0', '--admin-token', 't']).config.admin.host).toBe(
+      '0.0.0.0',
+    );
+    expect(load(['--admin-host', '0.0.0.0', '--admin-enabled', 'false']).config.admin.enabled).toBe(
+      false,
+    );
+  });
+
   it('refuses a pattern list entry that is not pattern=value', () => {
     expect(errorOf(() => load(['--branch-ttl', 'ci-*=2h, pr-*'])).message).toContain(
       '"pr-*" is not pattern=duration',

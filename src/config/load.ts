@@ -175,7 +175,7 @@ function levenshtein(a: string, b: string): number {
 }
 
 /** The candidate a typo most likely meant; a bare YAML key also matches a nested one (port). */
-function closest(word: string, candidates: Iterable<string>): string | undefined {
+export function closest(word: string, candidates: Iterable<string>): string | undefined {
   const tail = (s: string) => s.slice(s.lastIndexOf('.') + 1);
   let best: { candidate: string; distance: number } | undefined;
   for (const candidate of candidates) {
@@ -422,6 +422,15 @@ export function loadConfig(
         `connect as any user without a password, so it is only allowed when listen.host ` +
         `(from ${sourceOf('listen.host')}) is a loopback address: 127.0.0.1, ::1 or localhost. ` +
         `Listen on 127.0.0.1, or use auth scram-sha-256 and give each role a password.`,
+    );
+  }
+
+  if (config.admin.enabled && config.admin.token === undefined && !isLoopback(config.admin.host)) {
+    const sourceOf = (dotted: string) => settings.get(dotted)?.source ?? 'default';
+    throw new ConfigError(
+      `admin.host (from ${sourceOf('admin.host')}): the admin API may only listen on ${config.admin.host} with a token, ` +
+        `since it can reset and delete every branch: set admin.token (PGBRANCH_ADMIN_TOKEN, --admin-token), ` +
+        `or serve it on 127.0.0.1.`,
     );
   }
 

@@ -12,10 +12,15 @@ export interface BranchInfo {
   branch: string;
   /** The database that holds it on the server (differs from `name` for long names). */
   physical: string;
-  /** The branch it was made from; null for a root, or for a branch made outside pgbranch. */
+  /**
+   * The branch it was made from, as a branch name within the same database (`main`, `develop`);
+   * null for a root, or for a branch made outside pgbranch.
+   */
   parent: string | null;
-  /** The restore point of `parent` it was made from (or last restored to), if any. */
+  /** The restore point of `parent` it was made from, if any. */
   fromSnapshot: string | null;
+  /** Its own restore point it was last restored to, if any (until the next reset). */
+  restoredFrom: string | null;
   /** ISO times; null where unknown (roots, branches made outside pgbranch). */
   createdAt: string | null;
   lastConnectedAt: string | null;
@@ -115,7 +120,7 @@ export interface DiffResult {
  * `database@branch` (`app` or `app@main` for a root). Failures are PgErrors with a SQLSTATE:
  * 3D000 no such database or branch, 42704 no such restore point, 42P04 exists with another parent,
  * 42501 root or protected, 2BP01 has children (ask for cascade), 55006 can't be drained,
- * 42602 / 22023 bad names or values, 54000 policy limit reached.
+ * 42602 / 22023 / 22007 bad names, values or dates, 53400 branch.max_per_database reached.
  */
 export interface Lifecycle {
   list(database?: string): Promise<BranchInfo[]>;

@@ -107,7 +107,7 @@ export class LifecycleService implements Lifecycle {
   // ---- reading ---------------------------------------------------------------------------
 
   async list(database?: string): Promise<BranchInfo[]> {
-    const catalog = await this.catalog();
+    const catalog = await this.catalog('all');
     const counts = this.options.clients.counts();
     return [...catalog.branches.values()]
       .filter((entry) => database === undefined || entry.root === database)
@@ -116,7 +116,10 @@ export class LifecycleService implements Lifecycle {
   }
 
   async get(name: string): Promise<BranchInfo> {
-    const catalog = await this.catalog();
+    let catalog = await this.catalog();
+    const entry = this.entry(catalog, name);
+    const points = this.pointsOf(catalog, entry).map((s) => s.physical);
+    catalog = await this.catalog([entry.physical, ...points]);
     return this.describe(this.entry(catalog, name), catalog, this.options.clients.counts());
   }
 
@@ -127,6 +130,7 @@ export class LifecycleService implements Lifecycle {
     if (branch === ROOT_BRANCH) throw notABranch(request.name);
     const parent = request.parent ?? ROOT_BRANCH;
     validateBranchName(parent);
+    if (root === this.options.maintenanceDatabase) throw maintenanceRefused(root, branch);
     const expiresAt = request.expiresAt === undefined ? undefined : parseTime(request.expiresAt);
     return this.exclusive(root, async () => {
       const started = this.now();
@@ -181,14 +185,7 @@ export class LifecycleService implements Lifecycle {
     const branch = target.branch!;
     const parentName = target.parent ?? ROOT_BRANCH;
     const parent = physicalName(target.root, target.parent);
-    if (parent === maintenanceDatabase) {
-      throw new PgError(
-        '55006',
-        `cannot branch "${parent}": it is the database pgbranch uses for its own administration`,
-        undefined,
-        `Create a database for your project (CREATE DATABASE app) and branch that: app@${branch}`,
-      );
-    }
+    if (parent === maintenanceDatabase) throw maintenanceRefused(parent, branch);
     if (!policy.mayCreateOnConnect(target.root, branch)) {
       throw new PgError(
         '3D000',
@@ -258,6 +255,7 @@ export class LifecycleService implements Lifecycle {
         mode: this.options.provider.copyMethod.mode,
       };
       delete fresh.fromSnapshot;
+      delete fresh.restoredFrom;
       await this.replace(entry, parent.physical, true, fresh, 'reset');
     });
   }
@@ -267,7 +265,7 @@ export class LifecycleService implements Lifecycle {
       const point = this.snapshotOf(catalog, entry, snapshot);
       const record: BranchRecord = {
         ...(entry.record ?? defaultRecord(entry)),
-        fromSnapshot: snapshot,
+        restoredFrom: snapshot,
       };
       await this.replace(entry, point.physical, false, record, 'restored');
     });
@@ -285,6 +283,9 @@ export class LifecycleService implements Lifecycle {
       const catalog = await this.catalog();
       const entry = this.entry(catalog, name);
       const point = this.snapshotOf(catalog, entry, snapshot);
+      if (entry.record?.protected) {
+        throw errors.branchProtected(entry.name, `delete restore point "${snapshot}" of`);
+      }
       await this.options.provider.drop(point.physical);
       this.options.log.info(
         { event: 'snapshot_deleted', branch: entry.name, snapshot },
@@ -415,10 +416,11 @@ export class LifecycleService implements Lifecycle {
 
   // ---- internals -------------------------------------------------------------------------
 
-  private async catalog(): Promise<Catalog> {
+  /** What is on the server now; sizes only where asked (see BranchProvider.list). */
+  private async catalog(sizes: 'all' | readonly string[] = []): Promise<Catalog> {
     const branches = new Map<string, BranchEntry>();
     const snapshots: Catalog['snapshots'] = [];
-    for (const db of await this.options.provider.list()) {
+    for (const db of await this.options.provider.list(sizes)) {
       const { record } = db;
       if (record?.kind === 'snapshot') {
         snapshots.push({ ...db, record });
@@ -449,20 +451,22 @@ export class LifecycleService implements Lifecycle {
     return entry;
   }
 
-  private snapshotOf(catalog: Catalog, entry: BranchEntry, snapshot: string) {
-    const point = catalog.snapshots.find(
-      (s) =>
-        s.record.root === entry.root &&
-        s.record.branch === entry.branch &&
-        s.record.snapshot === snapshot,
+  /** The restore points of a branch, oldest first. */
+  private pointsOf(catalog: Catalog, entry: BranchEntry): Catalog['snapshots'] {
+    return catalog.snapshots.filter(
+      (s) => s.record.root === entry.root && s.record.branch === entry.branch,
     );
+  }
+
+  private snapshotOf(catalog: Catalog, entry: BranchEntry, snapshot: string) {
+    const point = this.pointsOf(catalog, entry).find((s) => s.record.snapshot === snapshot);
     if (!point) throw errors.snapshotMissing(entry.name, snapshot);
     return point;
   }
 
   private describe(entry: BranchEntry, catalog: Catalog, counts: Map<string, number>): BranchInfo {
     const record = entry.record;
-    const isRoot = entry.branch === ROOT_BRANCH && !record;
+    const isRoot = entry.branch === ROOT_BRANCH;
     const clients = counts.get(entry.physical) ?? 0;
     const lastConnected = this.lastConnected(entry);
     const ttlMs =
@@ -477,6 +481,7 @@ export class LifecycleService implements Lifecycle {
       physical: entry.physical,
       parent: isRoot ? null : record?.parent || null,
       fromSnapshot: record?.fromSnapshot ?? null,
+      restoredFrom: record?.restoredFrom ?? null,
       createdAt: record?.createdAt ?? null,
       lastConnectedAt: lastConnected === undefined ? null : new Date(lastConnected).toISOString(),
       sizeBytes: entry.sizeBytes,
@@ -487,16 +492,14 @@ export class LifecycleService implements Lifecycle {
       ttlMs,
       expiresBy: expiryOf(expiresAt, ttlMs, lastConnected ?? timeOf(record?.createdAt)),
       origin: record ? 'pgbranch' : 'external',
-      snapshots: catalog.snapshots
-        .filter((s) => s.record.root === entry.root && s.record.branch === entry.branch)
-        .map((s) => ({
-          name: s.record.snapshot!,
-          of: entry.name,
-          physical: s.physical,
-          createdAt: s.record.createdAt,
-          sizeBytes: s.sizeBytes,
-          auto: s.record.auto === true,
-        })),
+      snapshots: this.pointsOf(catalog, entry).map((s) => ({
+        name: s.record.snapshot!,
+        of: entry.name,
+        physical: s.physical,
+        createdAt: s.record.createdAt,
+        sizeBytes: s.sizeBytes,
+        auto: s.record.auto === true,
+      })),
     };
   }
 
@@ -596,10 +599,10 @@ export class LifecycleService implements Lifecycle {
       {
         event: verb === 'reset' ? 'branch_reset' : 'branch_restored',
         branch: entry.name,
-        fromSnapshot: record.fromSnapshot,
+        restoredFrom: record.restoredFrom,
         totalMs: this.now() - started,
       },
-      `${verb} branch ${entry.name}${verb === 'restored' ? ` to restore point ${record.fromSnapshot}` : ''} in ${this.now() - started} ms`,
+      `${verb} branch ${entry.name}${verb === 'restored' ? ` to restore point ${record.restoredFrom}` : ''} in ${this.now() - started} ms`,
     );
   }
 
@@ -645,11 +648,9 @@ export class LifecycleService implements Lifecycle {
       this.touched.delete(entry.physical);
     }
     const gone = [entry.name];
-    for (const point of catalog.snapshots) {
-      if (point.record.root === entry.root && point.record.branch === entry.branch) {
-        await provider.drop(point.physical);
-        gone.push(`${entry.name}${SNAPSHOT_SEPARATOR}${point.record.snapshot}`);
-      }
+    for (const point of this.pointsOf(catalog, entry)) {
+      await provider.drop(point.physical);
+      gone.push(`${entry.name}${SNAPSHOT_SEPARATOR}${point.record.snapshot}`);
     }
     this.options.log.info(
       { event: why === 'expired' ? 'branch_expired' : 'branch_deleted', branch: entry.name, why },
@@ -661,13 +662,7 @@ export class LifecycleService implements Lifecycle {
   private async takeSnapshot(name: string, snapshot: string, auto: boolean): Promise<SnapshotInfo> {
     const catalog = await this.catalog();
     const entry = this.entry(catalog, name);
-    const exists = catalog.snapshots.some(
-      (s) =>
-        s.record.root === entry.root &&
-        s.record.branch === entry.branch &&
-        s.record.snapshot === snapshot,
-    );
-    if (exists) {
+    if (this.pointsOf(catalog, entry).some((s) => s.record.snapshot === snapshot)) {
       throw new PgError(
         '42P04',
         `branch "${printable(entry.name)}" already has a restore point "${printable(snapshot)}"`,
@@ -715,7 +710,7 @@ export class LifecycleService implements Lifecycle {
       },
       `took restore point ${snapshot} of ${entry.name} in ${this.now() - started} ms`,
     );
-    const sizes = await this.options.provider.list();
+    const sizes = await this.options.provider.list([physical]);
     return {
       name: snapshot,
       of: entry.name,
@@ -763,7 +758,7 @@ export class LifecycleService implements Lifecycle {
     return this.exclusive(root, async () => {
       const catalog = await this.catalog();
       const entry = this.entry(catalog, name);
-      if (entry.branch === ROOT_BRANCH && !entry.record) {
+      if (entry.branch === ROOT_BRANCH) {
         throw errors.rootImmutable(entry.name, action);
       }
       return work(entry, catalog);
@@ -814,7 +809,7 @@ export class LifecycleService implements Lifecycle {
   /** Copies made aside for a reset or restore that a crash left behind. */
   private async dropLeftovers(): Promise<void> {
     if (this.locks.size > 0) return;
-    for (const db of await this.options.provider.list()) {
+    for (const db of await this.options.provider.list([])) {
       if (db.physical.startsWith(ASIDE_PREFIX)) {
         this.options.log.info(
           { event: 'leftover_dropped', database: db.physical },
@@ -869,7 +864,7 @@ export class LifecycleService implements Lifecycle {
   }
 
   private hasExpired(entry: BranchEntry, catalog: Catalog): boolean {
-    if (entry.branch === ROOT_BRANCH && !entry.record) return false;
+    if (entry.branch === ROOT_BRANCH) return false;
     const counts = this.options.clients.counts();
     if ((counts.get(entry.physical) ?? 0) > 0) this.touched.set(entry.physical, this.now());
     const info = this.describe(entry, catalog, counts);
@@ -918,6 +913,15 @@ function parseName(name: string): { root: string; branch: string } {
 
 function displayName(root: string, branch: string): string {
   return branch === ROOT_BRANCH ? root : `${root}${SEPARATOR}${branch}`;
+}
+
+function maintenanceRefused(database: string, branch: string): PgError {
+  return new PgError(
+    '55006',
+    `cannot branch "${database}": it is the database pgbranch uses for its own administration`,
+    undefined,
+    `Create a database for your project (CREATE DATABASE app) and branch that: app@${branch}`,
+  );
 }
 
 function notABranch(name: string): PgError {

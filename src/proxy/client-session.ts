@@ -2,6 +2,7 @@
 // creating) its branch, a server connection from the pool, then the relay until either side leaves.
 import type net from 'node:net';
 import type { Logger } from 'pino';
+import { CONSOLE_DATABASE, serveConsole, type ConsoleDeps } from '../admin/console.js';
 import { authenticateClient, type AuthMethod } from '../auth/authenticate.js';
 import type { RoleSource } from '../auth/roles.js';
 import type { BranchManager } from '../branch/manager.js';
@@ -43,6 +44,8 @@ export interface ProxyContext {
   clients: Set<net.Socket>;
   /** Clients past login, for the admin side and for draining a branch. */
   registry: ClientRegistry;
+  /** What the SQL console (the database `pgbranch`) works with. */
+  console: ConsoleDeps;
   shuttingDown: boolean;
   /** Clients past login now, by pool mode, and pinned transaction-mode clients (for metrics). */
   sessions: { session: number; transaction: number; pinned: number };
@@ -93,6 +96,10 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     });
     socket.write(authenticationOk());
     clearTimeout(loginTimer);
+    if (requested === CONSOLE_DATABASE) {
+      await serveConsole(socket, reader.detach(), user, ctx.console);
+      return;
+    }
 
     const parameters = new Map(packet.parameters);
     parameters.delete('user');

@@ -72,6 +72,61 @@ export function readyForQuery(status: 'I' | 'T' | 'E'): Buffer {
   return message('Z', Buffer.from(status, 'latin1'));
 }
 
+/** Type OIDs of the columns pgbranch answers with itself, and their sizes (-1: variable). */
+const COLUMN_TYPES = {
+  text: { oid: 25, size: -1 },
+  int8: { oid: 20, size: 8 },
+  bool: { oid: 16, size: 1 },
+  timestamptz: { oid: 1184, size: 8 },
+} as const;
+
+export interface Column {
+  name: string;
+  type: keyof typeof COLUMN_TYPES;
+}
+
+/** Columns of a result that is not a table's: no table OID, no typmod, text format. */
+export function rowDescription(columns: readonly Column[]): Buffer {
+  const parts: Buffer[] = [int16(columns.length)];
+  for (const column of columns) {
+    const type = COLUMN_TYPES[column.type];
+    const attributes = Buffer.alloc(18);
+    attributes.writeInt32BE(type.oid, 6);
+    attributes.writeInt16BE(type.size, 10);
+    attributes.writeInt32BE(-1, 12);
+    parts.push(cstring(column.name), attributes);
+  }
+  return message('T', Buffer.concat(parts));
+}
+
+/** One row in text format; null is SQL NULL. */
+export function dataRow(values: readonly (string | null)[]): Buffer {
+  const parts: Buffer[] = [int16(values.length)];
+  for (const value of values) {
+    if (value === null) {
+      parts.push(int32(-1));
+    } else {
+      const bytes = Buffer.from(value, 'utf8');
+      parts.push(int32(bytes.length), bytes);
+    }
+  }
+  return message('D', Buffer.concat(parts));
+}
+
+export function commandComplete(tag: string): Buffer {
+  return message('C', cstring(tag));
+}
+
+export function emptyQueryResponse(): Buffer {
+  return message('I', Buffer.alloc(0));
+}
+
+function int16(value: number): Buffer {
+  const b = Buffer.allocUnsafe(2);
+  b.writeInt16BE(value, 0);
+  return b;
+}
+
 /** Tells a client that asked for a newer minor version or `_pq_` options what we speak instead. */
 export function negotiateProtocolVersion(minor: number, unsupported: string[]): Buffer {
   return message(

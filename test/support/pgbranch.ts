@@ -19,6 +19,8 @@ export interface ReadyEvent {
   serverVersion: string;
   /** Where Prometheus metrics are served; absent when they are turned off. */
   metricsUrl?: string;
+  /** Where the HTTP admin API is served; absent when it is turned off. */
+  adminUrl?: string;
 }
 
 export interface ClientSettings {
@@ -89,6 +91,8 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
       '--log-format',
       'json',
       '--metrics-port',
+      '0',
+      '--admin-port',
       '0',
       ...(options.args ?? []),
     ],

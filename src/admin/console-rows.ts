@@ -1,0 +1,239 @@
+// What each SHOW of the SQL console answers: its columns and rows, built from the lifecycle's
+// branches, the pools and the connected clients. Times are timestamptz in UTC, counts int8.
+import { ROOT_BRANCH } from '../branch/names.js';
+import type { BranchInfo, SnapshotInfo } from '../lifecycle/model.js';
+import type { Pool } from '../pool/pool.js';
+import type { ConnectedClient } from '../proxy/clients.js';
+import { version } from '../version.js';
+import type { Column } from '../wire/backend.js';
+import { COMMANDS } from './console-commands.js';
+
+export interface Table {
+  columns: Column[];
+  rows: (string | null)[][];
+}
+
+export function branchesTable(branches: readonly BranchInfo[]): Table {
+  return {
+    columns: [
+      { name: 'name', type: 'text' },
+      { name: 'parent', type: 'text' },
+      { name: 'from_snapshot', type: 'text' },
+      { name: 'created', type: 'timestamptz' },
+      { name: 'last_connection', type: 'timestamptz' },
+      { name: 'size', type: 'text' },
+      { name: 'clone', type: 'bool' },
+      { name: 'clients', type: 'int8' },
+      { name: 'protected', type: 'bool' },
+      { name: 'expires', type: 'timestamptz' },
+      { name: 'snapshots', type: 'int8' },
+      { name: 'database', type: 'text' },
+    ],
+    rows: branches.map((b) => [
+      b.name,
+      parentOf(b),
+      b.fromSnapshot,
+      timestamp(b.createdAt),
+      timestamp(b.lastConnectedAt),
+      sizePretty(b.sizeBytes),
+      bool(b.clone),
+      String(b.clients),
+      bool(b.protected),
+      timestamp(b.expiresBy),
+      String(b.snapshots.length),
+      b.physical,
+    ]),
+  };
+}
+
+export function snapshotsTable(snapshots: readonly SnapshotInfo[]): Table {
+  return {
+    columns: [
+      { name: 'branch', type: 'text' },
+      { name: 'name', type: 'text' },
+      { name: 'created', type: 'timestamptz' },
+      { name: 'size', type: 'text' },
+      { name: 'auto', type: 'bool' },
+      { name: 'database', type: 'text' },
+    ],
+    rows: snapshots.map((s) => [
+      s.of,
+      s.name,
+      timestamp(s.createdAt),
+      sizePretty(s.sizeBytes),
+      bool(s.auto),
+      s.physical,
+    ]),
+  };
+}
+
+/**
+ * One row per pool: a database, a role, a pool mode and (session mode) a set of startup parameters;
+ * and one for each paused database that has no pool (yet, or any more), so that a pause shows.
+ */
+export function poolsTable(pools: Iterable<Pool>, paused: ReadonlySet<string>): Table {
+  const listed = [...pools];
+  const pooled = new Set(listed.map((pool) => pool.database));
+  const pausedOnly = [...paused].filter((database) => !pooled.has(database));
+  return {
+    columns: [
+      { name: 'database', type: 'text' },
+      { name: 'user', type: 'text' },
+      { name: 'mode', type: 'text' },
+      { name: 'active', type: 'int8' },
+      { name: 'idle', type: 'int8' },
+      { name: 'opening', type: 'int8' },
+      { name: 'waiting', type: 'int8' },
+      { name: 'paused', type: 'bool' },
+      { name: 'parameters', type: 'text' },
+    ],
+    rows: [
+      ...listed.map((pool) => [
+        pool.database,
+        pool.user,
+        pool.request.mode ?? 'session',
+        String(pool.active),
+        String(pool.idle.length),
+        String(pool.opening),
+        String(pool.waiters.length),
+        bool(paused.has(pool.database)),
+        [...pool.request.parameters].map(([k, v]) => `${k}=${v}`).join(' '),
+      ]),
+      ...pausedOnly.map((database) => [database, null, null, '0', '0', '0', '0', 't', null]),
+    ],
+  };
+}
+
+/**
+ * One row per client past login. `state` is `active` while it holds a server connection (always,
+ * in session mode), `idle` while a transaction-mode client is between transactions.
+ */
+export function clientsTable(clients: Iterable<ConnectedClient>): Table {
+  return {
+    columns: [
+      { name: 'id', type: 'int8' },
+      { name: 'user', type: 'text' },
+      { name: 'database', type: 'text' },
+      { name: 'served_from', type: 'text' },
+      { name: 'mode', type: 'text' },
+      { name: 'pinned', type: 'bool' },
+      { name: 'state', type: 'text' },
+      { name: 'server_pid', type: 'int8' },
+      { name: 'address', type: 'text' },
+      { name: 'port', type: 'int8' },
+      { name: 'connected_since', type: 'timestamptz' },
+    ],
+    rows: [...clients].map((c) => {
+      const pid = c.serverPid();
+      return [
+        String(c.id),
+        c.user,
+        c.requested,
+        c.database,
+        c.mode,
+        bool(c.pinned()),
+        pid === undefined ? 'idle' : 'active',
+        pid === undefined ? null : String(pid),
+        c.address,
+        String(c.port),
+        timestamp(c.connectedAt),
+      ];
+    }),
+  };
+}
+
+/**
+ * Server connections: idle ones from the pools, and those in use from the clients that hold them.
+ * A pool counts its connections in use without keeping them, so those have no `opened` time, and
+ * connections in use by no client (being reset after a client left) are not listed.
+ */
+export function serversTable(pools: Iterable<Pool>, clients: Iterable<ConnectedClient>): Table {
+  const rows: (string | null)[][] = [];
+  for (const pool of pools) {
+    for (const conn of pool.idle) {
+      rows.push([
+        String(conn.processId),
+        pool.database,
+        pool.user,
+        'idle',
+        pool.request.mode ?? 'session',
+        null,
+        timestamp(new Date(conn.openedAt)),
+        timestamp(new Date(conn.idleSince)),
+      ]);
+    }
+  }
+  for (const client of clients) {
+    const pid = client.serverPid();
+    if (pid === undefined) continue;
+    rows.push([
+      String(pid),
+      client.database,
+      client.user,
+      'active',
+      client.mode,
+      String(client.id),
+      null,
+      null,
+    ]);
+  }
+  return {
+    columns: [
+      { name: 'pid', type: 'int8' },
+      { name: 'database', type: 'text' },
+      { name: 'user', type: 'text' },
+      { name: 'state', type: 'text' },
+      { name: 'mode', type: 'text' },
+      { name: 'client', type: 'int8' },
+      { name: 'opened', type: 'timestamptz' },
+      { name: 'idle_since', type: 'timestamptz' },
+    ],
+    rows,
+  };
+}
+
+export function helpTable(): Table {
+  return {
+    columns: [
+      { name: 'command', type: 'text' },
+      { name: 'description', type: 'text' },
+    ],
+    rows: COMMANDS.map((c) => [c.syntax, c.description]),
+  };
+}
+
+export function versionTable(): Table {
+  return { columns: [{ name: 'version', type: 'text' }], rows: [[`pgbranch ${version}`]] };
+}
+
+/**
+ * The parent as a name that works in commands and connection strings: `app` for the root,
+ * `app@develop` for another branch (BranchInfo holds the branch name within the database).
+ */
+export function parentOf(branch: BranchInfo): string | null {
+  if (branch.parent === null) return null;
+  return branch.parent === ROOT_BRANCH ? branch.database : `${branch.database}@${branch.parent}`;
+}
+
+/** timestamptz as PostgreSQL prints it with DateStyle ISO and TimeZone UTC. */
+function timestamp(time: string | Date | null): string | null {
+  if (time === null) return null;
+  const iso = (typeof time === 'string' ? new Date(time) : time).toISOString();
+  return `${iso.slice(0, 10)} ${iso.slice(11, 19)}+00`;
+}
+
+function bool(value: boolean): string {
+  return value ? 't' : 'f';
+}
+
+/** As pg_size_pretty: whole numbers, the unit stepping up at 10240 of the one below. */
+function sizePretty(bytes: number): string {
+  const units = ['bytes', 'kB', 'MB', 'GB', 'TB', 'PB'];
+  let size = bytes;
+  let unit = 0;
+  while (Math.abs(size) >= 10 * 1024 && unit < units.length - 1) {
+    size /= 1024;
+    unit++;
+  }
+  return `${Math.round(size)} ${units[unit]}`;
+}

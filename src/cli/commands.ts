@@ -1,0 +1,302 @@
+// `pgbranch branch ...` and `pgbranch gc ...`: each command is one request to a running pgbranch's
+// admin API, printed as a table for people or as the API's JSON for scripts, with exit codes that
+// tell scripts what happened (see EXIT_CODES in help.ts).
+import { readFileSync } from 'node:fs';
+import { ConfigError, loadConfig } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import type {
+  BranchInfo,
+  CreateResult,
+  DeleteResult,
+  DiffResult,
+  GcResult,
+  SnapshotInfo,
+} from '../lifecycle/model.js';
+import {
+  commandWord,
+  parseInvocation,
+  UsageError,
+  type BranchCommand,
+  type Options,
+} from './args.js';
+import { AdminClient, ApiError, Unreachable } from './client.js';
+import {
+  branchDetails,
+  branchTable,
+  branchTree,
+  formatSpan,
+  formatWhen,
+  gcReport,
+  parentName,
+} from './format.js';
+import { branchHelp, gcHelp } from './help.js';
+import { withProgress } from './progress.js';
+
+const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, notFound: 4 } as const;
+
+/** SQLSTATEs that mean "no such thing": exit 4, so a script can tell a missing branch apart. */
+const NOT_FOUND = new Set(['3D000', '42704']);
+
+/** What a command prints: JSON for --json, text otherwise. */
+interface Outcome {
+  json: unknown;
+  text: string;
+}
+
+/** Runs the CLI for argv (as given to pgbranch); resolves to the exit code. */
+export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  let invocation;
+  try {
+    invocation = parseInvocation(argv);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    process.stderr.write(`pgbranch: ${error.message}\nSee pgbranch ${commandWord(argv)} --help.\n`);
+    return EXIT.usage;
+  }
+  if (invocation.command === 'help') {
+    process.stdout.write(invocation.topic === 'gc' ? gcHelp() : branchHelp());
+    return EXIT.ok;
+  }
+  let config: Config;
+  try {
+    config = loadConfig(invocation.configArgv, env).config;
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    process.stderr.write(`pgbranch: invalid configuration\n${error.message}\n`);
+    return EXIT.usage;
+  }
+  const { json } = invocation;
+  const client = clientFor(config);
+  if (typeof client === 'string') {
+    process.stderr.write(`pgbranch: ${client}\n`);
+    return EXIT.unreachable;
+  }
+  try {
+    const outcome =
+      invocation.command === 'gc'
+        ? await gc(client, invocation.options)
+        : await branch(client, invocation.sub, invocation.words, invocation.options);
+    process.stdout.write(json ? JSON.stringify(outcome.json, null, 2) + '\n' : outcome.text);
+    return EXIT.ok;
+  } catch (error) {
+    if (error instanceof Unreachable) {
+      process.stderr.write(
+        `pgbranch: cannot reach pgbranch's admin API at ${error.url}: ${error.message}.\n` +
+          `Start pgbranch (npm start, or pgbranch), or say where it runs with --admin-host and ` +
+          `--admin-port (PGBRANCH_ADMIN_HOST, PGBRANCH_ADMIN_PORT).\n`,
+      );
+      return EXIT.unreachable;
+    }
+    if (error instanceof ApiError) {
+      if (json) process.stdout.write(JSON.stringify(error.body, null, 2) + '\n');
+      const { message, detail, hint, code } = error.body.error;
+      const cliHint =
+        code === '2BP01' && invocation.command === 'branch'
+          ? 'Run again with --cascade to delete them as well.'
+          : hint;
+      process.stderr.write(
+        `pgbranch: ${message} (${code})\n` +
+          (detail === undefined ? '' : `  ${detail}\n`) +
+          (cliHint === undefined ? '' : `  hint: ${cliHint}\n`),
+      );
+      return NOT_FOUND.has(code) ? EXIT.notFound : EXIT.failed;
+    }
+    if (error instanceof UsageError) {
+      process.stderr.write(`pgbranch: ${error.message}\n`);
+      return EXIT.usage;
+    }
+    throw error;
+  }
+}
+
+/** The client for the configured admin API, or why there is none. */
+function clientFor(config: Config): AdminClient | string {
+  const { enabled, host, port, token } = config.admin;
+  if (!enabled) {
+    return 'the admin API is turned off (admin.enabled is false), so there is nothing to ask';
+  }
+  if (port === 0) {
+    return (
+      'admin.port is 0, so the server picked a free port at start: give the port its banner ' +
+      'shows (admin: line) with --admin-port or PGBRANCH_ADMIN_PORT'
+    );
+  }
+  // A server that listens on every address is reached on loopback.
+  const reach = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  return new AdminClient(`http://${reach.includes(':') ? `[${reach}]` : reach}:${port}`, token);
+}
+
+const path = (name: string, rest = '') => `/v1/branches/${encodeURIComponent(name)}${rest}`;
+const one = (options: Options, flag: string) => options.get(flag)?.[0];
+
+async function branch(
+  client: AdminClient,
+  command: BranchCommand,
+  words: string[],
+  options: Options,
+): Promise<Outcome> {
+  const now = Date.now();
+  const [name = '', second = ''] = words;
+  const step = <T>(label: string, method: string, url: string, body?: unknown) =>
+    withProgress(process.stderr, label, client.request<T>(method, url, body));
+  switch (command) {
+    case 'list': {
+      const database = one(options, '--database');
+      const query = database === undefined ? '' : `?database=${encodeURIComponent(database)}`;
+      const result = await step<{ branches: BranchInfo[] }>(
+        'listing branches',
+        'GET',
+        `/v1/branches${query}`,
+      );
+      const draw = options.has('--tree') ? branchTree : branchTable;
+      return { json: result, text: draw(result.branches, now) };
+    }
+    case 'show': {
+      const info = await step<BranchInfo>(`reading ${name}`, 'GET', path(name));
+      return { json: info, text: branchDetails(info, now) };
+    }
+    case 'create': {
+      const from = one(options, '--from');
+      const ttl = one(options, '--ttl');
+      const result = await step<CreateResult>(`creating ${name}`, 'POST', '/v1/branches', {
+        name,
+        ...(from === undefined ? {} : { parent: parentBranch(name, from) }),
+        ...optional('snapshot', one(options, '--snapshot')),
+        ...optional('expiresAt', one(options, '--expires')),
+        ...optional('ttl', ttl),
+      });
+      const b = result.branch;
+      const parent = describeParent(b);
+      const text = result.created
+        ? `created ${b.name} from ${parent}${b.fromSnapshot === null ? '' : ` (restore point ${b.fromSnapshot})`} in ${Math.round(result.ms)} ms, ${b.clone ? 'a copy-on-write clone' : 'a copy'}\n`
+        : `${b.name} exists already, from ${parent}\n`;
+      return { json: result, text };
+    }
+    case 'reset': {
+      const b = await step<BranchInfo>(`resetting ${name}`, 'POST', path(name, '/reset'));
+      return { json: b, text: `reset ${b.name} to the current state of ${describeParent(b)}\n` };
+    }
+    case 'snapshot': {
+      const s = await step<SnapshotInfo>(
+        `saving restore point ${second} of ${name}`,
+        'POST',
+        path(name, '/snapshots'),
+        { name: second },
+      );
+      return { json: s, text: `saved restore point ${s.name} of ${s.of}\n` };
+    }
+    case 'restore': {
+      const b = await step<BranchInfo>(
+        `restoring ${name} to ${second}`,
+        'POST',
+        path(name, '/restore'),
+        { snapshot: second },
+      );
+      return { json: b, text: `restored ${b.name} to restore point ${second}\n` };
+    }
+    case 'delete': {
+      const snapshot = one(options, '--snapshot');
+      if (snapshot !== undefined && options.has('--cascade')) {
+        throw new UsageError('--cascade is for branches; a restore point has no children');
+      }
+      const result =
+        snapshot === undefined
+          ? await step<DeleteResult>(
+              `deleting ${name}`,
+              'DELETE',
+              path(name, options.has('--cascade') ? '?cascade=true' : ''),
+            )
+          : await step<DeleteResult>(
+              `deleting restore point ${snapshot} of ${name}`,
+              'DELETE',
+              path(name, `/snapshots/${encodeURIComponent(snapshot)}`),
+            );
+      return { json: result, text: result.deleted.map((n) => `deleted ${n}\n`).join('') };
+    }
+    case 'protect':
+    case 'unprotect': {
+      const on = command === 'protect';
+      const b = await step<BranchInfo>(
+        `${on ? 'protecting' : 'unprotecting'} ${name}`,
+        on ? 'PUT' : 'DELETE',
+        path(name, '/protection'),
+      );
+      return {
+        json: b,
+        text: on ? `protected ${b.name}\n` : `${b.name} is no longer protected\n`,
+      };
+    }
+    case 'expire': {
+      const never = options.has('--never');
+      const b = await step<BranchInfo>(`changing the expiry of ${name}`, 'PATCH', path(name), {
+        ...(never
+          ? { expiresAt: null, ttl: null }
+          : {
+              ...optional('expiresAt', one(options, '--expires')),
+              ...optional('ttl', one(options, '--ttl')),
+            }),
+      });
+      return { json: b, text: describeExpiry(b, now) };
+    }
+    case 'diff': {
+      const query = `?from=${encodeURIComponent(name)}&to=${encodeURIComponent(second)}`;
+      const result = await step<DiffResult>(
+        `comparing ${name} with ${second}`,
+        'GET',
+        `/v1/diff${query}`,
+      );
+      return { json: result, text: result.text.endsWith('\n') ? result.text : `${result.text}\n` };
+    }
+  }
+}
+
+async function gc(client: AdminClient, options: Options): Promise<Outcome> {
+  const file = one(options, '--keep-from')!;
+  let text: string;
+  try {
+    text = readFileSync(file === '-' ? 0 : file, 'utf8');
+  } catch (error) {
+    throw new UsageError(`--keep-from ${file}: ${(error as Error).message}`);
+  }
+  const keep = text
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '');
+  const patterns = (options.get('--pattern') ?? [])
+    .flatMap((p) => p.split(','))
+    .map((p) => p.trim())
+    .filter((p) => p !== '');
+  const apply = options.has('--apply');
+  const result = await withProgress(
+    process.stderr,
+    apply ? 'deleting branches' : 'looking for branches to delete',
+    client.request<GcResult>('POST', '/v1/gc', {
+      keep,
+      ...(patterns.length === 0 ? {} : { patterns }),
+      ...optional('database', one(options, '--database')),
+      apply,
+    }),
+  );
+  return { json: result, text: gcReport(result) };
+}
+
+const optional = (key: string, value: string | undefined) =>
+  value === undefined ? {} : { [key]: value };
+
+/** --from takes `develop`, `app@develop` or `app`; the API wants the branch within the database. */
+function parentBranch(name: string, from: string): string {
+  const database = name.split('@')[0]!;
+  if (from === database) return 'main';
+  return from.startsWith(`${database}@`) ? from.slice(database.length + 1) : from;
+}
+
+const describeParent = (b: BranchInfo) => parentName(b) ?? 'its parent';
+
+function describeExpiry(b: BranchInfo, now: number): string {
+  if (b.expiresBy === null) return `${b.name} never expires\n`;
+  const rules = [
+    b.expiresAt === null ? undefined : `at ${b.expiresAt}`,
+    b.ttlMs === null ? undefined : `${formatSpan(b.ttlMs)} after its last connection`,
+  ].filter((rule) => rule !== undefined);
+  return `${b.name} expires ${rules.join(' or ')}: deleted ${formatWhen(b.expiresBy, now)} (${b.expiresBy})\n`;
+}
