@@ -25,7 +25,13 @@ async function start(
 ): Promise<Started> {
   const child = spawn(command, args, {
     cwd,
-    env: { ...process.env, PGBRANCH_PASSWORD: '', PGBRANCH_METRICS_PORT: '0', ...env },
+    env: {
+      ...process.env,
+      PGBRANCH_PASSWORD: '',
+      PGBRANCH_METRICS_PORT: '0',
+      PGBRANCH_ADMIN_PORT: '0',
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
   });
