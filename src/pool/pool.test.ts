@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { startEmbedded, type EmbeddedServer } from '../upstream/embedded.js';
 import { pgClientConfig } from '../upstream/endpoint.js';
 import { openServerSession } from '../upstream/server-connection.js';
-import { PoolManager, type PoolLimits, type PoolRequest } from './pool.js';
+import { PoolManager, type PoolLimits, type PoolRequest, type ServerConnection } from './pool.js';
 
 let server: EmbeddedServer;
 let dataDir: string;
@@ -49,8 +49,8 @@ const limits: PoolLimits = {
 };
 
 /** Pools on the embedded server, over its trusted socket; `delayMs` holds each connect back. */
-function pools(delayMs = () => 0): PoolManager {
-  return new PoolManager(limits, async (request) => {
+function pools(delayMs = () => 0, overrides: Partial<PoolLimits> = {}): PoolManager {
+  return new PoolManager({ ...limits, ...overrides }, async (request) => {
     await sleep(delayMs());
     return openServerSession({
       endpoint: server.endpoint,
@@ -109,6 +109,32 @@ describe('PoolManager.closeDatabase', () => {
       expect(rows).toHaveLength(1);
       manager.release(bystander, true);
       expect(bystander.session.socket.destroyed).toBe(false);
+    } finally {
+      manager.close();
+    }
+  });
+});
+
+describe('PoolManager.acquireThen', () => {
+  test('hands a connection given back to the first waiter within release(), and refuses a waiter past the wait timeout with 53300', async () => {
+    const manager = pools(() => 0, { size: 1, minIdle: 0, waitTimeoutMs: 300 });
+    try {
+      const held = await manager.acquire(request('other'));
+      const answers: (ServerConnection | Error)[] = [];
+      const started = Date.now();
+      for (let i = 0; i < 2; i++) {
+        manager.acquireThen(request('other'), (error, conn) => answers.push(conn ?? error!));
+      }
+      expect(manager.stats().waiting).toBe(2);
+
+      manager.release(held, true);
+      expect(answers).toEqual([held]);
+
+      await vi.waitFor(() => expect(answers).toHaveLength(2), { timeout: 2000 });
+      expect(answers[1]).toMatchObject({ code: '53300' });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+      expect(manager.stats().waiting).toBe(0);
+      manager.release(held, true);
     } finally {
       manager.close();
     }

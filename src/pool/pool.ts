@@ -44,28 +44,52 @@ const RETRY_MAX_DELAY_MS = 5_000;
 
 export type Connector = (request: PoolRequest) => Promise<ServerSession>;
 
+/**
+ * Who hears a server connection's socket now: the pool while the connection is idle, a
+ * transaction-mode relay while a client holds it, nobody otherwise (session mode and the relay's
+ * own quiet queries listen on the socket directly).
+ */
+export interface ServerSink {
+  serverData(conn: ServerConnection, chunk: Buffer): void;
+  /** The socket closed or failed. */
+  serverGone(conn: ServerConnection): void;
+  serverDrain(conn: ServerConnection): void;
+}
+
 /** A server connection and the pool it belongs to. */
 export class ServerConnection {
   idleSince = 0;
   readonly openedAt = Date.now();
+  sink: ServerSink | undefined;
   constructor(
     readonly pool: Pool,
     readonly session: ServerSession,
     /** The pool's generation when it began to open: older ones are closed instead of reused. */
     readonly generation: number,
-  ) {}
+  ) {
+    // Installed once for the connection's life: a connection changes hands at every transaction,
+    // and adding and removing listeners each time cost more than the relaying itself.
+    const socket = session.socket;
+    socket.on('data', (chunk: Buffer) => this.sink?.serverData(this, chunk));
+    socket.on('close', () => this.sink?.serverGone(this));
+    socket.on('error', () => this.sink?.serverGone(this));
+    socket.on('drain', () => this.sink?.serverDrain(this));
+  }
   get processId(): number {
     return this.session.processId;
   }
 }
 
+/** Called once, with the connection or with why there is none; possibly before acquire returns. */
+export type Acquired = (error: Error | undefined, conn: ServerConnection | undefined) => void;
+
 interface Waiter {
   request: PoolRequest;
-  resolve: (conn: ServerConnection) => void;
-  reject: (error: Error) => void;
-  timer: NodeJS.Timeout;
-  /** Fires after reserveTimeoutMs of waiting, when the pool has a reserve. */
-  reserveTimer?: NodeJS.Timeout;
+  done: Acquired;
+  /** When it gives up with 53300. */
+  deadline: number;
+  /** When it may have a reserve connection opened for it (Infinity when the pool has no reserve). */
+  reserveAt: number;
   /** Waited long enough that the pool may open a reserve connection for it. */
   reserve: boolean;
 }
@@ -86,6 +110,9 @@ export class Pool {
   warm = false;
   /** Failed warming connects in a row. */
   warmFailures = 0;
+  /** One timer for all its waiters' deadlines, set for the earliest; and when it fires. */
+  waitTimer: NodeJS.Timeout | undefined;
+  waitTimerAt = 0;
 
   constructor(
     readonly key: string,
@@ -111,7 +138,13 @@ const WARM_ATTEMPTS = 3;
 
 export class PoolManager {
   private readonly pools = new Map<string, Pool>();
-  private readonly paused = new Map<string, (() => void)[]>();
+  /**
+   * Paused databases: how many pauses hold each (a clone of it, a reset, an operator's PAUSE, which
+   * may overlap), and the checkouts waiting for the last to end.
+   */
+  private readonly paused = new Map<string, { holds: number; wakers: (() => void)[] }>();
+  /** Databases paused by an operator (console PAUSE), at most one hold each. */
+  private readonly pausedByOperator = new Set<string>();
   private totalOpen = 0;
   private readonly janitor: NodeJS.Timeout;
   /** Called when anything that a waiter waits for may have changed. */
@@ -145,41 +178,86 @@ export class PoolManager {
     while (this.paused.has(request.database)) {
       await this.waitForResume(request, started);
     }
-    // Looked up only now: the janitor drops empty pools, also while a client waited above.
+    return new Promise<ServerConnection>((resolve, reject) =>
+      this.take(request, started, (error, conn) => (conn ? resolve(conn) : reject(error))),
+    );
+  }
+
+  /**
+   * As acquire(), with a callback instead of a promise: the transaction-mode path, which waits for
+   * a connection at almost every transaction once clients outnumber connections. A connection given
+   * back is handed to the first waiter within release().
+   */
+  acquireThen(request: PoolRequest, done: Acquired): void {
+    if (this.paused.has(request.database)) {
+      this.acquire(request).then(
+        (conn) => done(undefined, conn),
+        (error: Error) => done(error, undefined),
+      );
+      return;
+    }
+    this.take(request, Date.now(), done);
+  }
+
+  private take(request: PoolRequest, started: number, done: Acquired): void {
+    // Looked up only now: the janitor drops empty pools, also while a client waited for a resume.
     const pool = this.poolFor(request);
     pool.request = request;
     pool.warm = true;
     const idle = this.takeIdle(pool);
-    if (idle) return idle;
-    if (pool.total < this.limits.size && this.makeRoom()) return this.open(pool, request);
-    return new Promise<ServerConnection>((resolve, reject) => {
-      const waited = Date.now() - started;
-      const waiter: Waiter = {
-        request,
-        resolve,
-        reject,
-        reserve: false,
-        timer: setTimeout(
-          () => {
-            const i = pool.waiters.indexOf(waiter);
-            if (i >= 0) pool.waiters.splice(i, 1);
-            clearTimeout(waiter.reserveTimer);
-            reject(errors.poolTimeout(pool.name, this.limits.waitTimeoutMs));
-          },
-          Math.max(0, this.limits.waitTimeoutMs - waited),
-        ),
-      };
-      if (this.limits.reserveSize > 0) {
-        waiter.reserveTimer = setTimeout(
-          () => {
-            waiter.reserve = true;
-            this.serveWaiters();
-          },
-          Math.max(0, this.limits.reserveTimeoutMs - waited),
-        );
+    if (idle) return done(undefined, idle);
+    if (pool.total < this.limits.size && this.makeRoom()) {
+      this.open(pool, request).then(
+        (conn) => done(undefined, conn),
+        (error: Error) => done(error, undefined),
+      );
+      return;
+    }
+    const waiter: Waiter = {
+      request,
+      done,
+      deadline: started + this.limits.waitTimeoutMs,
+      reserveAt: this.limits.reserveSize > 0 ? started + this.limits.reserveTimeoutMs : Infinity,
+      reserve: false,
+    };
+    pool.waiters.push(waiter);
+    this.armWaitTimer(pool, Math.min(waiter.deadline, waiter.reserveAt));
+  }
+
+  /** Makes the pool's wait timer fire by `at`: one timer per pool, not one per waiter. */
+  private armWaitTimer(pool: Pool, at: number): void {
+    if (pool.waitTimer && pool.waitTimerAt <= at) return;
+    clearTimeout(pool.waitTimer);
+    pool.waitTimerAt = at;
+    pool.waitTimer = setTimeout(() => this.checkWaiters(pool), Math.max(0, at - Date.now()));
+  }
+
+  /** Refuses waiters past their deadline, lets those past the reserve timeout use the reserve. */
+  private checkWaiters(pool: Pool): void {
+    pool.waitTimer = undefined;
+    const now = Date.now();
+    let expired: Waiter[] | undefined;
+    let reserved = false;
+    let next = Infinity;
+    for (let i = 0; i < pool.waiters.length;) {
+      const waiter = pool.waiters[i]!;
+      if (waiter.deadline <= now) {
+        pool.waiters.splice(i, 1);
+        (expired ??= []).push(waiter);
+        continue;
       }
-      pool.waiters.push(waiter);
-    });
+      if (!waiter.reserve && waiter.reserveAt <= now) {
+        waiter.reserve = true;
+        reserved = true;
+      }
+      next = Math.min(next, waiter.deadline, waiter.reserve ? Infinity : waiter.reserveAt);
+      i++;
+    }
+    if (next < Infinity) this.armWaitTimer(pool, next);
+    for (const waiter of expired ?? []) {
+      waiter.done(errors.poolTimeout(pool.name, this.limits.waitTimeoutMs), undefined);
+    }
+    if (reserved) this.serveWaiters();
   }
 
   /**
@@ -199,9 +277,8 @@ export class PoolManager {
     ) {
       const waiter = pool.waiters.shift();
       if (waiter) {
-        clearWaiter(waiter);
         pool.active++;
-        waiter.resolve(conn);
+        waiter.done(undefined, conn);
         return;
       }
       // Beyond size, it was a reserve connection: nobody waits for it any more.
@@ -225,7 +302,9 @@ export class PoolManager {
    * wait until resume(); the caller must call it.
    */
   async pause(database: string, timeoutMs: number): Promise<number> {
-    if (!this.paused.has(database)) this.paused.set(database, []);
+    const paused = this.paused.get(database);
+    if (paused) paused.holds++;
+    else this.paused.set(database, { holds: 1, wakers: [] });
     for (const pool of this.poolsOf(database)) {
       for (const conn of pool.idle.splice(0)) this.destroy(conn);
     }
@@ -246,10 +325,12 @@ export class PoolManager {
     return busy();
   }
 
+  /** Ends one pause(); checkouts go on when every pause of the database has ended. */
   resume(database: string): void {
-    const wakers = this.paused.get(database);
+    const paused = this.paused.get(database);
+    if (!paused || --paused.holds > 0) return;
     this.paused.delete(database);
-    for (const wake of wakers ?? []) wake();
+    for (const wake of paused.wakers) wake();
     // Clients that queued before the pause, while its connections were closed instead of reused.
     this.serveWaiters();
   }
@@ -271,9 +352,31 @@ export class PoolManager {
     return this.pools.values();
   }
 
-  /** Databases that are paused now. */
+  /** Databases that are paused now, for whatever reason. */
   pausedDatabases(): Iterable<string> {
     return this.paused.keys();
+  }
+
+  /**
+   * An operator's PAUSE: like pause(), but a second one of the same database adds nothing, and
+   * only resumeByOperator() ends it. Returns undefined when it was paused by an operator already.
+   */
+  async pauseByOperator(database: string, timeoutMs: number): Promise<number | undefined> {
+    if (this.pausedByOperator.has(database)) return undefined;
+    this.pausedByOperator.add(database);
+    return this.pause(database, timeoutMs);
+  }
+
+  /** Ends an operator's PAUSE; false when there was none. */
+  resumeByOperator(database: string): boolean {
+    if (!this.pausedByOperator.delete(database)) return false;
+    this.resume(database);
+    return true;
+  }
+
+  /** Databases an operator paused. */
+  operatorPaused(): Iterable<string> {
+    return this.pausedByOperator;
   }
 
   stats(): { pools: number; open: number; idle: number; active: number; waiting: number } {
@@ -293,10 +396,8 @@ export class PoolManager {
     clearInterval(this.janitor);
     for (const pool of this.pools.values()) {
       for (const conn of pool.idle.splice(0)) this.destroy(conn);
-      for (const waiter of pool.waiters.splice(0)) {
-        clearWaiter(waiter);
-        waiter.reject(errors.shuttingDown());
-      }
+      clearTimeout(pool.waitTimer);
+      for (const waiter of pool.waiters.splice(0)) waiter.done(errors.shuttingDown(), undefined);
     }
   }
 
@@ -331,7 +432,7 @@ export class PoolManager {
           ),
         Math.max(0, remaining),
       );
-      this.paused.get(request.database)!.push(() => {
+      this.paused.get(request.database)!.wakers.push(() => {
         clearTimeout(timer);
         resolve();
       });
@@ -402,8 +503,10 @@ export class PoolManager {
       while (pool.waiters.length > 0 && !this.paused.has(pool.database)) {
         if (!this.mayOpenFor(pool) || !this.makeRoom()) break;
         const waiter = pool.waiters.shift()!;
-        clearWaiter(waiter);
-        this.open(pool, waiter.request).then(waiter.resolve, waiter.reject);
+        this.open(pool, waiter.request).then(
+          (conn) => waiter.done(undefined, conn),
+          (error: Error) => waiter.done(error, undefined),
+        );
       }
     }
   }
@@ -423,33 +526,32 @@ export class PoolManager {
     this.totalOpen--;
   }
 
-  private readonly onIdleGone = new WeakMap<ServerConnection, () => void>();
+  /**
+   * What hears idle connections: one whose server goes away is dropped from the pool at once. A
+   * server says nothing to an idle session but why it ends it (FATAL 57P01, idle timeout...), and
+   * says it before it closes the socket: the connection is dropped at the first byte.
+   */
+  private readonly idleSink: ServerSink = {
+    serverData: (conn) => this.dropIdle(conn),
+    serverGone: (conn) => this.dropIdle(conn),
+    serverDrain: () => {},
+  };
 
-  /** An idle connection whose server goes away is dropped from the pool at once. */
+  private dropIdle(conn: ServerConnection): void {
+    const i = conn.pool.idle.indexOf(conn);
+    if (i >= 0) {
+      conn.pool.idle.splice(i, 1);
+      this.destroy(conn);
+    }
+  }
+
   private watchIdle(conn: ServerConnection): void {
-    const gone = () => {
-      const i = conn.pool.idle.indexOf(conn);
-      if (i >= 0) {
-        conn.pool.idle.splice(i, 1);
-        this.destroy(conn);
-      }
-    };
-    this.onIdleGone.set(conn, gone);
-    conn.session.socket.on('close', gone);
-    conn.session.socket.on('error', gone);
-    // A server says nothing to an idle session but why it ends it (FATAL 57P01, idle timeout...),
-    // and says it before it closes the socket: drop the connection at the first byte.
-    conn.session.socket.on('data', gone);
+    conn.sink = this.idleSink;
     conn.session.socket.resume();
   }
 
   private unwatchIdle(conn: ServerConnection): void {
-    const gone = this.onIdleGone.get(conn);
-    if (!gone) return;
-    this.onIdleGone.delete(conn);
-    conn.session.socket.removeListener('close', gone);
-    conn.session.socket.removeListener('error', gone);
-    conn.session.socket.removeListener('data', gone);
+    if (conn.sink === this.idleSink) conn.sink = undefined;
   }
 
   /**
@@ -470,7 +572,10 @@ export class PoolManager {
       }
       this.warmUp(pool);
       const keep = pool.warm && this.limits.minIdle > 0;
-      if (pool.total === 0 && pool.waiters.length === 0 && !keep) this.pools.delete(pool.key);
+      if (pool.total === 0 && pool.waiters.length === 0 && !keep) {
+        clearTimeout(pool.waitTimer);
+        this.pools.delete(pool.key);
+      }
     }
   }
 
@@ -525,11 +630,6 @@ export class PoolManager {
 function poolKey(request: PoolRequest): string {
   const params = [...request.parameters].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return [request.mode ?? 'session', request.database, request.user, ...params.flat()].join('\0');
-}
-
-function clearWaiter(waiter: Waiter): void {
-  clearTimeout(waiter.timer);
-  clearTimeout(waiter.reserveTimer);
 }
 
 /** Server refusals that may pass: starting up or shutting down, out of slots, no answer. */

@@ -8,7 +8,7 @@ import type { ServerConnection } from '../pool/pool.js';
 import { splitOptions } from '../wire/startup.js';
 
 /** Reported parameters a client may set; the others (server_version, is_superuser, ...) it can't. */
-const SETTABLE_REPORTED = new Set([
+const SETTABLE_NAMES = [
   'application_name',
   'client_encoding',
   'DateStyle',
@@ -17,7 +17,8 @@ const SETTABLE_REPORTED = new Set([
   'search_path',
   'standard_conforming_strings',
   'default_transaction_read_only',
-]);
+];
+const SETTABLE_REPORTED = new Set(SETTABLE_NAMES);
 
 /** Startup parameters that are not settings. */
 const NOT_SETTINGS = new Set(['user', 'database', 'options', 'replication']);
@@ -139,13 +140,27 @@ export function serverState(conn: ServerConnection): ServerState {
 }
 
 /**
+ * Whether a server connection already carries this client's settings (settingsFor would return
+ * undefined), found without building anything: asked at every transaction.
+ */
+export function carriesSettings(server: ServerState, client: ClientState): boolean {
+  // Back with the client it last served, with nothing changed since.
+  if (server.owner === client && server.ownerVersion === client.version) return true;
+  if (server.appliedKey !== client.statementsKey) return false;
+  for (const name of SETTABLE_NAMES) {
+    const value = client.reported.get(name);
+    if (value !== undefined && server.reported.get(name) !== value) return false;
+  }
+  return true;
+}
+
+/**
  * The statements that make a server connection carry this client's settings, or undefined when
  * it already does: the client's SET statements (after RESET ALL, when another client's are in
  * effect), then any reported parameter whose value differs.
  */
 export function settingsFor(client: ClientState, server: ServerState): string | undefined {
-  // Back with the client it last served, with nothing changed since: nothing to do.
-  if (server.owner === client && server.ownerVersion === client.version) return undefined;
+  if (carriesSettings(server, client)) return undefined;
   const parts: string[] = [];
   let base: ReadonlyMap<string, string> = server.reported;
   if (server.appliedKey !== client.statementsKey) {

@@ -5,11 +5,12 @@
 // arrive, with frames scanned in place, except the few responses to what the proxy itself added.
 import type net from 'node:net';
 import { errors, PgError } from '../errors.js';
-import type { PoolManager, PoolRequest, ServerConnection } from '../pool/pool.js';
+import type { PoolManager, PoolRequest, ServerConnection, ServerSink } from '../pool/pool.js';
 import { errorResponse, readyForQuery } from '../wire/backend.js';
 import { cstring, message } from '../wire/build.js';
 import { abortBatch, copyFail, query } from '../wire/frontend.js';
 import {
+  carriesSettings,
   ClientState,
   MAY_SET,
   SESSION_SETTINGS,
@@ -43,6 +44,8 @@ const DATA_ROW = 0x44; // 'D'
 
 /** Largest client message accepted (PostgreSQL's own limit for most messages is 1 GB). */
 const MAX_MESSAGE = 256 * 1024 * 1024;
+/** Client bytes kept while waiting for a server connection before the client socket is paused. */
+const MAX_WAITING_BYTES = 64 * 1024;
 
 /** Statements that tie a session to its server connection until it ends. */
 const PINNING = /pg_(try_)?advisory_lock(_shared)?\s*\(|^\s*listen\b|\bwith\s+hold\b/i;
@@ -79,12 +82,13 @@ interface Expected {
   removes?: string;
 }
 
-export class TransactionRelay {
+export class TransactionRelay implements ServerSink {
   private conn: ServerConnection | undefined;
   private server: ServerState | undefined;
   private acquiring = false;
-  /** Client bytes that arrived while the client had no server connection. */
-  private raw: Buffer[] = [];
+  /** Client bytes that arrived while the client had no server connection, and their length. */
+  private readonly raw: Buffer[] = [];
+  private rawBytes = 0;
   /** A partial client message carried over to the next chunk. */
   private tail: Buffer | undefined;
   private finished = false;
@@ -134,14 +138,17 @@ export class TransactionRelay {
     if (!this.conn || this.acquiring) {
       // Rewriting depends on the server connection: keep the bytes until there is one.
       this.raw.push(data);
+      this.rawBytes += data.length;
       if (!this.acquiring) {
         const first = this.tail ? this.tail[0] : this.raw[0]![0];
         if (first === TERMINATE) {
           this.finish('client');
           return;
         }
-        if (this.prepareWithoutServer()) return;
-        void this.attach();
+        if (first === PARSE && this.prepareWithoutServer()) return;
+        this.attach();
+      } else if (this.rawBytes > MAX_WAITING_BYTES) {
+        this.options.client.pause();
       }
       return;
     }
@@ -150,7 +157,8 @@ export class TransactionRelay {
       chunk = Buffer.concat([this.tail, data]);
       this.tail = undefined;
     }
-    const out: Buffer[] = [];
+    // Only rewritten messages need a list: most chunks go out as they came.
+    let out: Buffer[] | undefined;
     let start = 0;
     let i = 0;
     while (i + 5 <= chunk.length) {
@@ -185,6 +193,7 @@ export class TransactionRelay {
           this.unsynced = true;
           const rewritten = this.extended(type, chunk, i, end);
           if (rewritten) {
+            out ??= [];
             if (i > start) out.push(chunk.subarray(start, i));
             out.push(...rewritten);
             start = end;
@@ -192,17 +201,28 @@ export class TransactionRelay {
           break;
         }
         case TERMINATE:
-          if (i > start) out.push(chunk.subarray(start, i));
-          this.send(out);
+          this.sendFrom(chunk, start, i, out);
           this.finish('client');
           return;
       }
       i = end;
     }
-    if (i > start) out.push(chunk.subarray(start, i));
     if (i < chunk.length) this.tail = Buffer.from(chunk.subarray(i));
-    if (out.length > 0) this.send(out);
+    this.sendFrom(chunk, start, i, out);
   };
+
+  /** Sends the rewritten messages in `out`, then chunk[start, end). */
+  private sendFrom(chunk: Buffer, start: number, end: number, out: Buffer[] | undefined): void {
+    if (out) {
+      if (end > start) out.push(chunk.subarray(start, end));
+      if (out.length > 0) this.send(out);
+    } else if (end > start) {
+      const ok = this.conn!.session.socket.write(
+        start === 0 && end === chunk.length ? chunk : chunk.subarray(start, end),
+      );
+      if (!ok) this.options.client.pause();
+    }
+  }
 
   /**
    * A client outside a transaction that only prepares named statements (Parse... Sync, as libpq's
@@ -231,7 +251,8 @@ export class TransactionRelay {
           answer.push(PARSE_COMPLETE_MESSAGE);
         }
         answer.push(readyForQuery('I'));
-        this.raw = [];
+        this.raw.length = 0;
+        this.rawBytes = 0;
         this.options.client.write(Buffer.concat(answer));
         return true;
       }
@@ -383,44 +404,64 @@ export class TransactionRelay {
     if (!ok) this.options.client.pause();
   }
 
-  private async attach(): Promise<void> {
-    // Fast path: an idle connection that already carries this client's settings.
-    const idle = this.options.pools.acquireIdle(this.options.request);
-    if (idle) {
-      if (settingsFor(this.options.state, serverState(idle)) === undefined) {
-        this.bind(idle);
-        const raw = this.raw;
-        this.raw = [];
-        if (raw.length > 0) this.fromClient(raw.length === 1 ? raw[0]! : Buffer.concat(raw));
-        return;
-      }
-    }
+  /**
+   * Finds a server connection for the bytes kept in `raw`: at once when one is idle, else when
+   * one is given back. Once clients outnumber server connections that is most transactions: no
+   * promise and no timer on the way.
+   */
+  private attach(): void {
     this.acquiring = true;
-    this.options.client.pause();
-    let conn: ServerConnection | undefined = idle;
-    try {
-      conn ??= await this.options.pools.acquire(this.options.request);
-      if (this.finished) {
-        this.options.pools.release(conn, true);
-        return;
-      }
-      await prepareServer(conn, this.options.state);
-      if (this.finished) {
+    const { pools, request } = this.options;
+    const idle = pools.acquireIdle(request);
+    if (idle) this.acquired(undefined, idle);
+    else pools.acquireThen(request, this.acquired);
+  }
+
+  private readonly acquired = (error: Error | undefined, conn: ServerConnection | undefined) => {
+    if (!conn) {
+      this.acquiring = false;
+      this.fail(error instanceof PgError ? error : new PgError('08006', String(error)));
+      return;
+    }
+    if (this.finished) {
+      this.acquiring = false;
+      this.options.pools.release(conn, true);
+      return;
+    }
+    // Usually the connection already carries this client's settings: nothing to wait for.
+    if (carriesSettings(serverState(conn), this.options.state)) {
+      this.start(conn);
+      return;
+    }
+    prepareServer(conn, this.options.state).then(
+      () => {
+        if (!this.finished) return this.start(conn);
         this.acquiring = false;
         this.options.pools.release(conn, true);
-        return;
-      }
-      this.bind(conn);
-      this.acquiring = false;
-      const raw = this.raw;
-      this.raw = [];
-      this.options.client.resume();
-      if (raw.length > 0) this.fromClient(raw.length === 1 ? raw[0]! : Buffer.concat(raw));
-    } catch (error) {
-      this.acquiring = false;
-      if (conn && !this.conn) this.options.pools.release(conn, false);
-      this.fail(error instanceof PgError ? error : new PgError('08006', String(error)));
-    }
+      },
+      (failure: unknown) => {
+        this.acquiring = false;
+        this.options.pools.release(conn, false);
+        this.fail(failure instanceof PgError ? failure : new PgError('08006', String(failure)));
+      },
+    );
+  };
+
+  /** Binds `conn` and sends it what the client said while it waited. */
+  private start(conn: ServerConnection): void {
+    this.bind(conn);
+    this.acquiring = false;
+    this.sendWaiting();
+  }
+
+  private sendWaiting(): void {
+    const raw = this.raw;
+    if (this.rawBytes > MAX_WAITING_BYTES) this.options.client.resume();
+    this.rawBytes = 0;
+    if (raw.length === 0) return;
+    const bytes = raw.length === 1 ? raw[0]! : Buffer.concat(raw);
+    raw.length = 0;
+    this.fromClient(bytes);
   }
 
   /** Makes `conn` the client's server connection: its bytes now come to this relay. */
@@ -428,15 +469,35 @@ export class TransactionRelay {
     this.conn = conn;
     this.server = serverState(conn);
     this.options.onServer(conn);
-    const socket = conn.session.socket;
-    socket.on('data', this.fromServer);
-    socket.on('close', this.serverEnded);
-    socket.on('error', this.serverEnded);
-    socket.on('drain', this.resumeClient);
-    socket.resume();
+    conn.sink = this;
+    // A quiet query of the relay's may have left it paused.
+    conn.session.socket.resume();
   }
 
-  private readonly fromServer = (data: Buffer): void => {
+  /** Stops hearing the server connection; returns it (the caller releases it). */
+  private unbind(): ServerConnection | undefined {
+    const conn = this.conn;
+    if (!conn) return undefined;
+    conn.sink = undefined;
+    this.conn = undefined;
+    this.server = undefined;
+    this.options.onServer(undefined);
+    return conn;
+  }
+
+  serverData(conn: ServerConnection, data: Buffer): void {
+    if (conn === this.conn) this.fromServer(data);
+  }
+
+  serverGone(conn: ServerConnection): void {
+    if (conn === this.conn) this.serverEnded();
+  }
+
+  serverDrain(): void {
+    if (!this.finished) this.options.client.resume();
+  }
+
+  private fromServer(data: Buffer): void {
     if (this.finished) return;
     // Frames are scanned in place. A header split across chunks is held back until it is whole,
     // so that a response to the proxy's own message can always be cut out before the client
@@ -511,7 +572,7 @@ export class TransactionRelay {
       if (this.settingsChanged) void this.captureSettings();
       else this.detach(true);
     } else if (!ok) this.conn?.session.socket.pause();
-  };
+  }
 
   /** Partial frame header held back from the last server chunk. */
   private hold: Buffer | undefined;
@@ -553,21 +614,13 @@ export class TransactionRelay {
 
   /** Gives the server connection back to the pool (clean) or closes it. */
   private detach(clean: boolean): void {
-    const conn = this.conn;
-    if (!conn) return;
-    const socket = conn.session.socket;
-    socket.removeListener('data', this.fromServer);
-    socket.removeListener('close', this.serverEnded);
-    socket.removeListener('error', this.serverEnded);
-    socket.removeListener('drain', this.resumeClient);
     if (this.settingsChanged && this.server) {
       this.server.appliedKey = this.options.state.statementsKey;
       this.server.ownerVersion = this.options.state.version;
     }
     this.settingsChanged = false;
-    this.conn = undefined;
-    this.server = undefined;
-    this.options.onServer(undefined);
+    const conn = this.unbind();
+    if (!conn) return;
     this.options.pools.release(conn, clean);
     this.options.client.resume();
   }
@@ -578,17 +631,9 @@ export class TransactionRelay {
    * the client's, then lets the connection go. The client's next messages wait meanwhile.
    */
   private async captureSettings(): Promise<void> {
-    const conn = this.conn!;
     const server = this.server!;
-    const socket = conn.session.socket;
-    socket.removeListener('data', this.fromServer);
-    socket.removeListener('close', this.serverEnded);
-    socket.removeListener('error', this.serverEnded);
-    socket.removeListener('drain', this.resumeClient);
-    this.conn = undefined;
-    this.server = undefined;
+    const conn = this.unbind()!;
     this.settingsChanged = false;
-    this.options.onServer(undefined);
     this.acquiring = true;
     let clean = true;
     try {
@@ -605,16 +650,11 @@ export class TransactionRelay {
     this.options.pools.release(conn, clean);
     if (this.finished) return;
     this.options.client.resume();
-    const raw = this.raw;
-    this.raw = [];
-    if (raw.length > 0) this.fromClient(raw.length === 1 ? raw[0]! : Buffer.concat(raw));
+    this.sendWaiting();
   }
 
   private readonly resumeServer = (): void => {
     if (!this.finished) this.conn?.session.socket.resume();
-  };
-  private readonly resumeClient = (): void => {
-    if (!this.finished) this.options.client.resume();
   };
 
   private readonly clientEnded = (): void => {
@@ -623,8 +663,7 @@ export class TransactionRelay {
 
   private readonly serverEnded = (): void => {
     if (this.finished) return;
-    const conn = this.conn;
-    this.conn = undefined;
+    const conn = this.unbind();
     if (conn) this.options.pools.release(conn, false);
     const client = this.options.client;
     // A server that says why it leaves (FATAL) has said it already; one that just vanished, we say.
@@ -669,17 +708,8 @@ export class TransactionRelay {
     client.removeListener('close', this.clientEnded);
     client.removeListener('error', this.clientEnded);
     client.removeListener('drain', this.resumeServer);
-    const conn = this.conn;
-    if (conn) {
-      this.conn = undefined;
-      const socket = conn.session.socket;
-      socket.removeListener('data', this.fromServer);
-      socket.removeListener('close', this.serverEnded);
-      socket.removeListener('error', this.serverEnded);
-      socket.removeListener('drain', this.resumeClient);
-      this.options.onServer(undefined);
-      void this.cleanUp(conn);
-    }
+    const conn = this.unbind();
+    if (conn) void this.cleanUp(conn);
     this.resolveEnd(reason);
   }
 
