@@ -347,6 +347,11 @@ describe('PAUSE and RESUME', () => {
       (await client.query('SHOW POOLS')).rows.find((r) => r.database === 'app@paused'),
     ).toMatchObject({ paused: true });
 
+    // A branch made from the paused database pauses it too, and ends only its own pause.
+    await client.query('CREATE BRANCH app@child-of-paused FROM app@paused');
+    await client.query('PAUSE app@paused');
+    expect(notices.at(-1)).toBe('pgbranch: "app@paused" was paused already');
+
     let answered = false;
     const query = user.query('select 2 as n').then((result) => {
       answered = true;
@@ -358,6 +363,7 @@ describe('PAUSE and RESUME', () => {
     await client.query('RESUME app@paused');
     expect(notices.at(-1)).toBe('pgbranch: resumed "app@paused"');
     expect((await query).rows).toEqual([{ n: 2 }]);
+    await client.query('DROP BRANCH app@child-of-paused');
   });
 
   it('PAUSE and RESUME without a name cover every database that has a pool', async () => {
@@ -403,7 +409,7 @@ describe('PAUSE and RESUME', () => {
   it('RESUME of a database that is not paused says so and succeeds', async () => {
     const { client, notices } = await openConsole();
     expect((await client.query('RESUME app@never-paused')).command).toBe('RESUME');
-    expect(notices.at(-1)).toBe('pgbranch: "app@never-paused" was not paused');
+    expect(notices.at(-1)).toBe('pgbranch: "app@never-paused" was not paused with PAUSE');
   });
 });
 

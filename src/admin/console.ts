@@ -363,13 +363,15 @@ class ConsoleSession {
         ? [...new Set([...pools.list()].map((p) => p.database))]
         : [databaseOf(name)];
     const timeoutMs = this.deps.pauseTimeoutMs();
-    const busy = await Promise.all(databases.map((db) => pools.pause(db, timeoutMs)));
+    const busy = await Promise.all(databases.map((db) => pools.pauseByOperator(db, timeoutMs)));
     const notices = databases.map((db, i) =>
       noticeResponse(
-        busy[i]! === 0
-          ? `pgbranch: paused "${db}"`
-          : `pgbranch: paused "${db}"; ${busy[i]} server connection${busy[i] === 1 ? ' is' : 's are'} still in use after ${timeoutMs} ms`,
-        busy[i]! === 0
+        busy[i] === undefined
+          ? `pgbranch: "${db}" was paused already`
+          : busy[i] === 0
+            ? `pgbranch: paused "${db}"`
+            : `pgbranch: paused "${db}"; ${busy[i]} server connection${busy[i] === 1 ? ' is' : 's are'} still in use after ${timeoutMs} ms`,
+        !busy[i]
           ? undefined
           : 'Session-mode clients hold theirs until they disconnect; new transactions wait until RESUME.',
       ),
@@ -381,16 +383,16 @@ class ConsoleSession {
   private resume(name: string | undefined): void {
     this.audit('RESUME', name);
     const { pools } = this.deps;
-    const paused = new Set(pools.pausedDatabases());
-    const databases = name === undefined ? [...paused] : [databaseOf(name)];
+    const databases = name === undefined ? [...pools.operatorPaused()] : [databaseOf(name)];
     const notices: Buffer[] = [];
     for (const db of databases) {
-      if (!paused.has(db)) {
-        notices.push(noticeResponse(`pgbranch: "${db}" was not paused`));
-        continue;
-      }
-      pools.resume(db);
-      notices.push(noticeResponse(`pgbranch: resumed "${db}"`));
+      notices.push(
+        noticeResponse(
+          pools.resumeByOperator(db)
+            ? `pgbranch: resumed "${db}"`
+            : `pgbranch: "${db}" was not paused with PAUSE`,
+        ),
+      );
     }
     if (databases.length === 0) notices.push(noticeResponse('pgbranch: nothing was paused'));
     this.write(...notices, commandComplete('RESUME'));
