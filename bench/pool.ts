@@ -163,12 +163,15 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     String(maxClients),
   ];
   progress(`starting pgbranch (transaction mode, pool size ${options.poolSize}) in ${dataDir}`);
+  progress('building pgbranch (npm run build): the benchmark runs the build, as production would');
+  execFileSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: ['ignore', 2, 2] });
   const proxy = await startPgbranch({
     dataDir,
     keepDataDir: true,
     password,
     args: pgbranchArgs,
     timeoutMs: 120_000,
+    entry: 'bin',
   });
   const stopProxy = cleanup.add('stop pgbranch', () => proxy.stop());
   const proxyAtStart = residentBytes(proxy.child.pid!);
@@ -204,8 +207,18 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
 
   const targets: Target[] = [
     { name: 'direct', label: 'direct', endpoint: direct },
-    { name: 'pgbouncer', label: 'PgBouncer', endpoint: { ...direct, port: bouncer.port } },
-    { name: 'pgbranch', label: 'pgbranch', endpoint: { ...direct, port: proxy.port } },
+    {
+      name: 'pgbouncer',
+      label: 'PgBouncer',
+      endpoint: { ...direct, port: bouncer.port },
+      pid: bouncer.pid,
+    },
+    {
+      name: 'pgbranch',
+      label: 'pgbranch',
+      endpoint: { ...direct, port: proxy.port },
+      pid: proxy.child.pid!,
+    },
   ];
   const runs = WORKLOADS.length * targets.length * options.rounds;
   progress(
@@ -394,7 +407,7 @@ function report(results: Results, command: string): string {
       .join('')}, over TCP on 127.0.0.1 with SCRAM-SHA-256 to every target`,
   );
   out.push(
-    `- pgbranch: this working tree (commit ${results.commit}, with any uncommitted changes), run as \`node --import tsx src/main.ts\` as the CLI and the tests start it`,
+    `- pgbranch: this working tree (commit ${results.commit}, with any uncommitted changes), built with \`npm run build\` and run as \`node bin/pgbranch.js\` (which runs the build, dist/main.js)`,
   );
   out.push(
     `- (A) direct to the server; (B) ${results.pgbouncer}, \`pool_mode = transaction\`, \`default_pool_size = ${options.poolSize}\`; (C) pgbranch, \`--pool-mode transaction --pool-size ${options.poolSize}\`. Both poolers reach the server through its private Unix socket`,
@@ -420,6 +433,7 @@ function report(results: Results, command: string): string {
         'tps',
         'latency mean, ms',
         'latency p99, ms',
+        'CPU µs/tx',
         'tps C/B',
         'tps C/A',
         'p99 C/B',
@@ -493,7 +507,7 @@ function cells(entry: WorkloadResults, name: TargetName): string[] {
   const runs = entry.runs[name];
   const ok = succeeded(runs);
   if (ok.length === 0) {
-    return [`failed (${runs.length} of ${runs.length} runs)`, 'n/a', 'n/a', '', '', ''];
+    return [`failed (${runs.length} of ${runs.length} runs)`, 'n/a', 'n/a', '', '', '', ''];
   }
   const partial = ok.length < runs.length ? ` ⚠ ${runs.length - ok.length} failed` : '';
   const values = [
@@ -506,6 +520,7 @@ function cells(entry: WorkloadResults, name: TargetName): string[] {
       ok.map((r) => r.p99Ms),
       ms,
     ),
+    name === 'direct' ? '' : summarize(ok.map((r) => r.cpuUsPerTx ?? 0)).median.toFixed(1),
   ];
   if (name !== 'pgbranch') return [...values, '', '', ''];
   const { direct, pgbouncer } = entry.runs;

@@ -23,6 +23,8 @@ export interface PgbenchRun {
   transactions: number;
   /** pgbench's "initial connection time": logging in all clients, per thread, averaged. */
   connectMs: number;
+  /** The pooler's CPU time (user + system) per transaction, in microseconds; none for direct. */
+  cpuUsPerTx?: number;
 }
 
 export interface PgbenchFailure {

@@ -42,7 +42,21 @@ export interface Target {
   name: TargetName;
   label: string;
   endpoint: Endpoint;
+  /** The pooler's process, whose CPU time each run measures. */
+  pid?: number;
 }
+
+/** utime + stime of a process, in microseconds (from /proc/<pid>/stat, in clock ticks). */
+function cpuMicros(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name, which is in parentheses and may hold spaces.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  return (ticks * 1_000_000) / CLOCK_TICKS;
+}
+
+/** USER_HZ: 100 on Linux everywhere that matters. */
+const CLOCK_TICKS = 100;
 
 /** One workload's runs on one target, in round order; a run is a result or why it failed. */
 export type Runs = (PgbenchRun | PgbenchFailure)[];
@@ -77,8 +91,9 @@ export async function runRounds(options: {
     runs: { direct: [], pgbouncer: [], pgbranch: [] },
   }));
   const load: number[] = [];
-  const run = (target: Target, workload: Workload, runSeconds: number) =>
-    runPgbench({
+  const run = async (target: Target, workload: Workload, runSeconds: number) => {
+    const cpuBefore = target.pid === undefined ? 0 : cpuMicros(target.pid);
+    const result = await runPgbench({
       endpoint: target.endpoint,
       args: workload.args,
       clients: workload.clients,
@@ -87,6 +102,12 @@ export async function runRounds(options: {
       logDir,
       cleanup,
     });
+    if (target.pid !== undefined && !('failed' in result) && result.transactions > 0) {
+      // Includes the clients' logins, which pgbench keeps out of its tps; the same for both poolers.
+      result.cpuUsPerTx = (cpuMicros(target.pid) - cpuBefore) / result.transactions;
+    }
+    return result;
+  };
   try {
     // Not counted: fills both poolers' server connections and warms up pgbranch's JIT.
     for (const target of targets) {
@@ -103,7 +124,7 @@ export async function runRounds(options: {
             `round ${round} of ${rounds}: ${entry.workload.label}, ${target.label}: ${
               'failed' in result
                 ? `failed: ${result.failed}`
-                : `${Math.round(result.tps).toLocaleString('en')} tps, p99 ${result.p99Ms.toFixed(2)} ms, connecting took ${Math.round(result.connectMs)} ms`
+                : `${Math.round(result.tps).toLocaleString('en')} tps, p99 ${result.p99Ms.toFixed(2)} ms, connecting took ${Math.round(result.connectMs)} ms${result.cpuUsPerTx === undefined ? '' : `, ${result.cpuUsPerTx.toFixed(1)} µs CPU/tx`}`
             }`,
           );
         }

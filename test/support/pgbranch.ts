@@ -66,6 +66,11 @@ export interface StartOptions {
   env?: Record<string, string>;
   password?: string;
   timeoutMs?: number;
+  /**
+   * `source` (default) runs src/main.ts through tsx; `bin` runs bin/pgbranch.js as an installed
+   * pgbranch does, which runs the build (dist/) when it is current.
+   */
+  entry?: 'source' | 'bin';
 }
 
 export function tempDir(prefix: string): string {
@@ -81,9 +86,9 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
   const child = spawn(
     process.execPath,
     [
-      '--import',
-      'tsx',
-      path.join(ROOT, 'src/main.ts'),
+      ...(options.entry === 'bin'
+        ? [path.join(ROOT, 'bin/pgbranch.js')]
+        : ['--import', 'tsx', path.join(ROOT, 'src/main.ts')]),
       '--port',
       '0',
       '--data-dir',
