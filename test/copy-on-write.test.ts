@@ -154,6 +154,58 @@ describe('on XFS with reflink', () => {
   });
 });
 
+describe('restore points on XFS with reflink', () => {
+  const ROWS = 460_000; // about 200 MB
+  let mount: XfsMount | undefined;
+  let proxy: PgbranchProcess | undefined;
+  let parentBytes = 0;
+
+  beforeAll(async () => {
+    mount = await mountReflinkXfs(1024);
+    if ('skipped' in mount) return;
+    proxy = await startPgbranch({ dataDir: path.join(mount.dir, 'pgbranch') });
+    parentBytes = await createParent(proxy, ROWS, '256MB');
+  }, 120_000);
+
+  afterAll(async () => {
+    await proxy?.stop();
+    if (mount && !('skipped' in mount)) await mount.unmount();
+  });
+
+  /** A call to the running pgbranch's admin API; the answer's JSON. */
+  async function admin(method: string, route: string, body?: unknown) {
+    const response = await fetch(`${proxy!.ready.adminUrl}${route}`, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    expect(response.status, route).toBeLessThan(300);
+    return (await response.json()) as Record<string, unknown>;
+  }
+
+  it('saves and restores a branch as clones: the round trip takes next to no disk', async (ctx) => {
+    requireXfs(ctx, mount);
+    const branch = encodeURIComponent('app@migration');
+    await admin('POST', '/v1/branches', { name: 'app@migration' });
+    await checkpoint(proxy!);
+    const before = usedBytes(mount.dir);
+
+    await admin('POST', `/v1/branches/${branch}/snapshots`, { name: 'before' });
+    await queryOnce(proxy!.url('app@migration'), 'drop table t');
+    await admin('POST', `/v1/branches/${branch}/restore`, { snapshot: 'before' });
+    const rows = await queryOnce(proxy!.url('app@migration'), 'select count(*)::int as n from t');
+    await checkpoint(proxy!);
+    const growth = usedBytes(mount.dir) - before;
+
+    expect(rows).toEqual([{ n: ROWS }]);
+    expect(growth).toBeLessThan(parentBytes * 0.1);
+    const restored = proxy!.events('branch_restored').find((e) => e.branch === 'app@migration');
+    console.info(
+      `restore point and restore of ${mb(parentBytes)}: restored in ${String(restored!.totalMs)} ms, disk grew ${mb(growth)}`,
+    );
+  });
+});
+
 describe('when the disk cannot hold a copy', () => {
   const ROWS = 330_000; // about 150 MB
   let mount: XfsMount | undefined;
