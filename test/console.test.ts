@@ -188,6 +188,10 @@ describe('SHOW', () => {
         server_pid: String(sessionPid),
       }),
     );
+    // The console session asking is a client too.
+    expect(rows).toContainEqual(
+      expect.objectContaining({ database: 'pgbranch', mode: 'console', state: 'active' }),
+    );
 
     const lines = await psqlRows('show clients');
     expect(lines.find((l) => l[7] === String(pinnedPid))?.slice(2, 7)).toEqual([

@@ -132,7 +132,7 @@ export function clientsTable(clients: Iterable<ConnectedClient>): Table {
         c.database,
         c.mode,
         bool(c.pinned()),
-        pid === undefined ? 'idle' : 'active',
+        c.mode === 'console' || pid !== undefined ? 'active' : 'idle',
         pid === undefined ? null : String(pid),
         c.address,
         String(c.port),

@@ -78,6 +78,16 @@ export async function serveConsole(
   }
   socket.write(greeting(deps.serverVersion));
   const started = Date.now();
+  // Listed in SHOW CLIENTS like everyone else; it holds no branch, so no drain ever reaches it.
+  const client = deps.clients.add(socket, {
+    user,
+    requested: CONSOLE_DATABASE,
+    database: CONSOLE_DATABASE,
+    mode: 'console',
+    pinned: () => false,
+    serverPid: () => undefined,
+    terminate: (error) => socket.end(errorResponse(error)),
+  });
   deps.log.info(
     { event: 'client_connected', user, branch: CONSOLE_DATABASE, console: true },
     `client ${user} connected to the console`,
@@ -85,6 +95,7 @@ export async function serveConsole(
   try {
     await serveCommands(socket, pending, user, deps);
   } finally {
+    deps.clients.delete(client);
     deps.log.info(
       {
         event: 'client_disconnected',

@@ -12,7 +12,8 @@ export interface ConnectedClient {
   readonly requested: string;
   /** The database it is served from. */
   readonly database: string;
-  readonly mode: 'session' | 'transaction';
+  /** `console`: a session with pgbranch's own SQL console (database pgbranch), no server. */
+  readonly mode: 'session' | 'transaction' | 'console';
   readonly address: string;
   readonly port: number;
   readonly connectedAt: Date;
