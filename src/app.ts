@@ -17,6 +17,8 @@ import { Metrics, serveMetrics, type MetricsServer } from './metrics.js';
 import { PoolManager } from './pool/pool.js';
 import { CancelRegistry } from './proxy/cancel.js';
 import { ClientRegistry } from './proxy/clients.js';
+import { Peers } from './coordination/peers.js';
+import { SharedDrain } from './coordination/shared-drain.js';
 import { serveClient, type ProxyContext } from './proxy/client-session.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
@@ -153,12 +155,40 @@ export async function startPgbranch(
       )
     : undefined;
   const registry = new ClientRegistry();
+  let peers: Peers | undefined;
+  if (config.redis.url) {
+    try {
+      peers = await Peers.join(config.redis.url, await serverIdentity(admin, endpoint), log);
+    } catch (error) {
+      pools.close();
+      await admin.end().catch(() => undefined);
+      await embedded?.stop();
+      throw error;
+    }
+    log.info(
+      { event: 'peers_joined', channel: peers.channel },
+      `coordinating with other pgbranch proxies of this server through Redis (${peers.channel})`,
+    );
+  }
+  const drain: SharedDrain = new SharedDrain(
+    pools,
+    registry,
+    peers,
+    (): number => lifecycle.settings.drainTimeoutMs,
+  );
+  /** Undoes what start-up did so far, when a later step fails. */
+  const abandon = async () => {
+    pools.close();
+    drain.close();
+    await admin.end().catch(() => undefined);
+    await embedded?.stop();
+  };
   // eslint-disable-next-line prefer-const -- the manager and the service refer to each other
   let branches: BranchManager;
   const lifecycle = new LifecycleService({
     provider,
-    cloner: new Cloner(provider, pools, config.branch.drain_timeout),
-    connections: pools,
+    cloner: new Cloner(provider, drain, config.branch.drain_timeout),
+    connections: drain,
     clients: registry,
     connectTo,
     maintenanceDatabase,
@@ -230,9 +260,7 @@ export async function startPgbranch(
       listener.listen(config.listen.port, config.listen.host, resolve);
     });
   } catch (error) {
-    pools.close();
-    await admin.end().catch(() => undefined);
-    await embedded?.stop();
+    await abandon();
     const e = error as NodeJS.ErrnoException;
     throw new Error(
       e.code === 'EADDRINUSE'
@@ -251,9 +279,7 @@ export async function startPgbranch(
       );
     } catch (error) {
       listener.close();
-      pools.close();
-      await admin.end().catch(() => undefined);
-      await embedded?.stop();
+      await abandon();
       throw error;
     }
   }
@@ -270,9 +296,7 @@ export async function startPgbranch(
     } catch (error) {
       await metricsServer?.close();
       listener.close();
-      pools.close();
-      await admin.end().catch(() => undefined);
-      await embedded?.stop();
+      await abandon();
       throw error;
     }
   }
@@ -325,6 +349,7 @@ export async function startPgbranch(
       await new Promise<void>((resolve) => {
         listener.close(() => resolve());
         pools.close();
+        drain.close();
         for (const socket of ctx.clients) socket.destroy();
       });
       await metricsServer?.close();
@@ -353,6 +378,21 @@ export async function startPgbranch(
     consoleUsers: () => consoleUsers,
     stop,
   };
+}
+
+/**
+ * What names this PostgreSQL server to every proxy in front of it: its system identifier, or
+ * where it is when the role may not read that.
+ */
+async function serverIdentity(admin: pg.Pool, endpoint: Endpoint): Promise<string> {
+  try {
+    const { rows } = await admin.query<{ id: string }>(
+      'SELECT system_identifier::text AS id FROM pg_control_system()',
+    );
+    return rows[0]!.id;
+  } catch {
+    return describeEndpoint(endpoint);
+  }
 }
 
 function roleSet(list: string): Set<string> {

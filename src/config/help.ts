@@ -64,6 +64,8 @@ export const descriptions: Record<ConfigPath, string> = {
     'Bearer token the admin API requires (PGBRANCH_ADMIN_TOKEN); unset, only loopback is served.',
   'admin.users':
     'Comma-separated roles, besides superusers, that may use the SQL console (connect to the database pgbranch).',
+  'redis.url':
+    'Redis that several pgbranch proxies of one server share, so that each drains the others before a clone, reset or delete; unset for one proxy.',
   'metrics.enabled': 'Serve Prometheus metrics over HTTP at /metrics; false serves nothing.',
   'metrics.host': 'Address to serve metrics on; keep it private, metrics are not authenticated.',
   'metrics.port': 'TCP port to serve metrics on; 0 picks a free one.',

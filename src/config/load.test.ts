@@ -168,6 +168,7 @@ describe('loadConfig', () => {
       'admin.port',
       'admin.token',
       'admin.users',
+      'redis.url',
       'metrics.enabled',
       'metrics.host',
       'metrics.port',
@@ -436,6 +437,7 @@ describe('config/pgbranch.example.yaml', () => {
       upstream: 'postgres://pgbranch:secret@db.internal:5432/postgres',
       embedded: { ...defaults.embedded, password: 'change-me' },
       admin: { ...defaults.admin, token: 'change-me' },
+      redis: { url: 'redis://127.0.0.1:6379' },
     });
   });
 });

@@ -200,6 +200,17 @@ export const configSchema = z
       })
       .strict()
       .default({ enabled: true, host: '127.0.0.1', port: 9931, users: '' }),
+    /** Several proxies in front of one server: they pause and drain together through Redis. */
+    redis: z
+      .object({
+        /** redis://[user:password@]host:port[/db]; unset, this proxy coordinates with nobody. */
+        url: z
+          .string()
+          .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
+          .optional(),
+      })
+      .strict()
+      .default({}),
     /** Prometheus metrics over HTTP at /metrics. */
     metrics: z
       .object({

@@ -38,7 +38,12 @@ import { patternsMatcher, type Policy } from './policy.js';
 
 /** What a branch's connections are held by: the pools. */
 export interface BranchConnections {
-  pause(database: string, timeoutMs: number): Promise<number>;
+  /** `terminate`: the branch is being replaced or dropped, and its clients must be told so. */
+  pause(
+    database: string,
+    timeoutMs: number,
+    terminate?: { name: string; verb: 'reset' | 'restored' | 'deleted' },
+  ): Promise<number>;
   resume(database: string): void;
   /** Closes every pooled connection to `database`, busy ones when they come back. */
   closeDatabase(database: string): void;
@@ -622,7 +627,10 @@ export class LifecycleService implements Lifecycle {
         client.terminate(error);
       }
     }
-    const busy = await connections.pause(entry.physical, this.settings.drainTimeoutMs);
+    const busy = await connections.pause(entry.physical, this.settings.drainTimeoutMs, {
+      name: entry.name,
+      verb,
+    });
     if (busy > 0) {
       for (const client of clients.on(entry.physical)) {
         if (client.serverPid() !== undefined) client.terminate(error);
