@@ -209,7 +209,12 @@ describe('SHOW', () => {
     const { client } = await openConsole();
 
     const inUse = (await client.query('SHOW SERVERS')).rows.find((r) => r.pid === String(pid));
-    expect(inUse).toMatchObject({ database: 'app@servers', user: 'postgres', state: 'active' });
+    expect(inUse).toMatchObject({
+      database: 'app@servers',
+      user: 'postgres',
+      state: 'active',
+      opened: expect.any(Date),
+    });
     const pool = (await client.query('SHOW POOLS')).rows.find((r) => r.database === 'app@servers');
     expect(pool).toMatchObject({
       user: 'postgres',
@@ -363,6 +368,10 @@ describe('PAUSE and RESUME', () => {
     });
     await sleep(500);
     expect(answered).toBe(false);
+    const waiting = (await client.query('SHOW CLIENTS')).rows.filter(
+      (r) => r.database === 'app@paused',
+    );
+    expect(waiting).toContainEqual(expect.objectContaining({ state: 'waiting' }));
 
     await client.query('RESUME app@paused');
     expect(notices.at(-1)).toBe('pgbranch: resumed "app@paused"');

@@ -106,7 +106,8 @@ export function poolsTable(pools: Iterable<Pool>, paused: ReadonlySet<string>): 
 
 /**
  * One row per client past login. `state` is `active` while it holds a server connection (always,
- * in session mode), `idle` while a transaction-mode client is between transactions.
+ * in session mode; and console sessions), `waiting` while it waits for one (pool full or database
+ * paused), `idle` while a transaction-mode client is between transactions.
  */
 export function clientsTable(clients: Iterable<ConnectedClient>): Table {
   return {
@@ -132,7 +133,7 @@ export function clientsTable(clients: Iterable<ConnectedClient>): Table {
         c.database,
         c.mode,
         bool(c.pinned()),
-        c.mode === 'console' || pid !== undefined ? 'active' : 'idle',
+        c.waiting() ? 'waiting' : c.mode === 'console' || pid !== undefined ? 'active' : 'idle',
         pid === undefined ? null : String(pid),
         c.address,
         String(c.port),
@@ -144,8 +145,7 @@ export function clientsTable(clients: Iterable<ConnectedClient>): Table {
 
 /**
  * Server connections: idle ones from the pools, and those in use from the clients that hold them.
- * A pool counts its connections in use without keeping them, so those have no `opened` time, and
- * connections in use by no client (being reset after a client left) are not listed.
+ * Connections in use by no client (being reset after a client left) are not listed.
  */
 export function serversTable(pools: Iterable<Pool>, clients: Iterable<ConnectedClient>): Table {
   const rows: (string | null)[][] = [];
@@ -166,6 +166,7 @@ export function serversTable(pools: Iterable<Pool>, clients: Iterable<ConnectedC
   for (const client of clients) {
     const pid = client.serverPid();
     if (pid === undefined) continue;
+    const opened = client.serverOpenedAt();
     rows.push([
       String(pid),
       client.database,
@@ -173,7 +174,7 @@ export function serversTable(pools: Iterable<Pool>, clients: Iterable<ConnectedC
       'active',
       client.mode,
       String(client.id),
-      null,
+      opened === undefined ? null : timestamp(new Date(opened)),
       null,
     ]);
   }

@@ -86,6 +86,8 @@ export async function serveConsole(
     mode: 'console',
     pinned: () => false,
     serverPid: () => undefined,
+    serverOpenedAt: () => undefined,
+    waiting: () => false,
     terminate: (error) => socket.end(errorResponse(error)),
   });
   deps.log.info(

@@ -189,6 +189,8 @@ async function serveSession(
     mode: 'session',
     pinned: () => false,
     serverPid: () => session.processId,
+    serverOpenedAt: () => conn.openedAt,
+    waiting: () => false,
     terminate: (error) => {
       terminated = error;
       // The relay ends as if the server left; what the client is told is decided below.
@@ -274,6 +276,8 @@ async function serveTransactions(
     mode: 'transaction',
     pinned: () => state.pinned !== undefined,
     serverPid: () => current?.session.processId,
+    serverOpenedAt: () => current?.openedAt,
+    waiting: () => relay?.waiting() ?? false,
     terminate: (error) => relay?.terminate(error),
   });
   try {

@@ -21,6 +21,10 @@ export interface ConnectedClient {
   pinned(): boolean;
   /** The backend serving it now; undefined while a transaction-mode client is between transactions. */
   serverPid(): number | undefined;
+  /** When the server connection serving it now was opened. */
+  serverOpenedAt(): number | undefined;
+  /** Waiting for a server connection (pool full, or its database paused). */
+  waiting(): boolean;
   /** Disconnects the client with this error (FATAL), and leaves its server connection unpooled. */
   terminate(error: PgError): void;
 }

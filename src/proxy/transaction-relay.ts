@@ -687,6 +687,11 @@ export class TransactionRelay implements ServerSink {
     this.finish('server');
   };
 
+  /** Whether the client waits for a server connection now (for SHOW CLIENTS; not per message). */
+  waiting(): boolean {
+    return this.acquiring && this.conn === undefined;
+  }
+
   /** Disconnects the client with `error` (its branch was reset or deleted under it). */
   terminate(error: PgError): void {
     this.fail(error);
