@@ -1,6 +1,9 @@
 # pgbranch with its embedded PostgreSQL 18. Data lives in the /data volume.
 #   docker build -t pgbranch .
 #   docker run -p 6432:6432 -v pgbranch:/data -e PGBRANCH_PASSWORD=secret pgbranch
+# The admin API listens inside the container only, unless given a token:
+#   docker run ... -p 9931:9931 -e PGBRANCH_ADMIN_HOST=0.0.0.0 -e PGBRANCH_ADMIN_TOKEN=... pgbranch
+#   docker exec <container> node dist/main.js branch list
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
