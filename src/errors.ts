@@ -50,7 +50,7 @@ export const errors = {
       undefined,
       parent === 'main'
         ? `Create the database first: CREATE DATABASE "${database}"`
-        : `Connect to ${database}@${parent} once to create it, or pick another parent with options=-c pgbranch.parent=...`,
+        : `Create ${database}@${parent} first (connect to it, or: pgbranch branch create ${database}@${parent}), or pick another parent.`,
     ),
   databaseMissing: (database: string) =>
     new PgError(
