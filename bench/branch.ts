@@ -18,7 +18,8 @@ import {
   type ModeSamples,
   type Parent,
 } from './support/branch-runs.js';
-import { Cleanup } from './support/cleanup.js';
+import type { Cleanup } from './support/cleanup.js';
+import { runBenchmark } from './support/main.js';
 import { measureDumpRestore, type DumpRestoreResult } from './support/dump-restore.js';
 import { fillParent } from './support/parent-data.js';
 import {
@@ -323,36 +324,10 @@ function verdict(results: Results): string {
   ].join(' ');
 }
 
-async function main(): Promise<number> {
-  let options: Options | undefined;
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (error) {
-    process.stderr.write(`bench:branch: ${(error as Error).message}\n\n${HELP}`);
-    return 2;
-  }
-  if (!options) {
-    process.stdout.write(HELP);
-    return 0;
-  }
-  const args = process.argv.slice(2);
-  const command = `npm run bench:branch${args.length > 0 ? ` -- ${args.join(' ')}` : ''}`;
-  const cleanup = new Cleanup();
-  cleanup.runOnSignals();
-  try {
-    const results = await run(options, cleanup);
-    progress('cleaning up');
-    await cleanup.run();
-    process.stdout.write(report(results, command));
-    return 0;
-  } catch (error) {
-    if (!cleanup.interruptedBy) {
-      process.stderr.write(`bench:branch: ${(error as Error).stack ?? String(error)}\n`);
-    }
-    progress('cleaning up');
-    await cleanup.run();
-    return 1;
-  }
-}
-
-process.exitCode = await main();
+process.exitCode = await runBenchmark({
+  name: 'bench:branch',
+  help: HELP,
+  parseOptions,
+  run,
+  report,
+});

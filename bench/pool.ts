@@ -10,7 +10,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { startPgbranch, tempDir, type PgbranchProcess } from '../test/support/pgbranch.js';
 import { directConfig } from './support/branch-runs.js';
-import { Cleanup } from './support/cleanup.js';
+import type { Cleanup } from './support/cleanup.js';
+import { runBenchmark } from './support/main.js';
 import {
   openIdleClients,
   raiseOpenFilesLimit,
@@ -606,36 +607,10 @@ function profileReport(profile: NonNullable<Results['profile']>, options: Option
   ];
 }
 
-async function main(): Promise<number> {
-  let options: Options | undefined;
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (error) {
-    process.stderr.write(`bench:pool: ${(error as Error).message}\n\n${HELP}`);
-    return 2;
-  }
-  if (!options) {
-    process.stdout.write(HELP);
-    return 0;
-  }
-  const args = process.argv.slice(2);
-  const command = `npm run bench:pool${args.length > 0 ? ` -- ${args.join(' ')}` : ''}`;
-  const cleanup = new Cleanup();
-  cleanup.runOnSignals();
-  try {
-    const results = await run(options, cleanup);
-    progress('cleaning up');
-    await cleanup.run();
-    process.stdout.write(report(results, command));
-    return 0;
-  } catch (error) {
-    if (!cleanup.interruptedBy) {
-      process.stderr.write(`bench:pool: ${(error as Error).stack ?? String(error)}\n`);
-    }
-    progress('cleaning up');
-    await cleanup.run();
-    return 1;
-  }
-}
-
-process.exitCode = await main();
+process.exitCode = await runBenchmark({
+  name: 'bench:pool',
+  help: HELP,
+  parseOptions,
+  run,
+  report,
+});
