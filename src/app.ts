@@ -8,9 +8,9 @@ import { DatabaseProvider } from './branch/database-provider.js';
 import { Cloner } from './branch/cloner.js';
 import { BranchManager } from './branch/manager.js';
 import type { CopyMethod } from './branch/provider.js';
-import type { Config } from './config/schema.js';
+import { commaList, type Config } from './config/schema.js';
 import { serveAdminApi, type AdminApi } from './admin/http.js';
-import { globRegExp, Policy } from './lifecycle/policy.js';
+import { anyOf, Policy } from './lifecycle/policy.js';
 import { LifecycleService, type LifecycleSettings } from './lifecycle/service.js';
 import { PgError } from './errors.js';
 import { Metrics, serveMetrics, type MetricsServer } from './metrics.js';
@@ -396,12 +396,7 @@ async function serverIdentity(admin: pg.Pool, endpoint: Endpoint): Promise<strin
 }
 
 function roleSet(list: string): Set<string> {
-  return new Set(
-    list
-      .split(',')
-      .map((r) => r.trim())
-      .filter((r) => r.length > 0),
-  );
+  return new Set(commaList(list));
 }
 
 /** A configuration as `path -> value` for its leaves, to see what a reload changes. */
@@ -428,11 +423,7 @@ function poolModeRule(
   mode: 'session' | 'transaction',
   patterns: string,
 ): (database: string) => 'session' | 'transaction' {
-  const rules = patterns
-    .split(',')
-    .map((p) => p.trim())
-    .filter((p) => p.length > 0)
-    .map(globRegExp);
-  if (rules.length === 0) return () => mode;
-  return (database) => (rules.some((r) => r.test(database)) ? 'transaction' : mode);
+  const matches = anyOf(commaList(patterns));
+  if (!matches) return () => mode;
+  return (database) => (matches(database) ? 'transaction' : mode);
 }

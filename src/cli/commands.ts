@@ -3,7 +3,7 @@
 // tell scripts what happened (see EXIT_CODES in help.ts).
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadConfig } from '../config/load.js';
-import type { Config } from '../config/schema.js';
+import { commaList, type Config } from '../config/schema.js';
 import type {
   BranchInfo,
   CreateResult,
@@ -262,10 +262,7 @@ async function gc(client: AdminClient, options: Options): Promise<Outcome> {
     .split('\n')
     .map((line) => line.trim())
     .filter((line) => line !== '');
-  const patterns = (options.get('--pattern') ?? [])
-    .flatMap((p) => p.split(','))
-    .map((p) => p.trim())
-    .filter((p) => p !== '');
+  const patterns = (options.get('--pattern') ?? []).flatMap(commaList);
   const apply = options.has('--apply');
   const result = await withProgress(
     process.stderr,

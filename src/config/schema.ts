@@ -32,14 +32,21 @@ export const boolean = z.union([z.boolean(), z.string()]).transform((value, ctx)
 
 const port = z.coerce.number().int().min(0).max(65535);
 
+/** The items of a comma-separated setting (`ci-*, pr-*`), trimmed, empty ones dropped. */
+export function commaList(text: string): string[] {
+  return text
+    .split(',')
+    .map((item) => item.trim())
+    .filter((item) => item.length > 0);
+}
+
 /**
  * `pattern=value, pattern=value`, where a pattern is a branch name with `*` for anything and the
  * value a duration or a file path. Kept as text; lifecycle/policy.ts reads it.
  */
 const patternList = (value: 'duration' | 'file') =>
   z.string().superRefine((text, ctx) => {
-    for (const item of text.split(',').map((i) => i.trim())) {
-      if (item === '') continue;
+    for (const item of commaList(text)) {
       const eq = item.indexOf('=');
       if (eq <= 0 || eq === item.length - 1) {
         ctx.addIssue({

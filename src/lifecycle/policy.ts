@@ -3,7 +3,7 @@
 // names with `*` for anything; a pattern with `@` in it is matched against `database@branch`.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { duration } from '../config/schema.js';
+import { commaList, duration } from '../config/schema.js';
 import { PgError } from '../errors.js';
 
 export interface PolicySettings {
@@ -16,16 +16,20 @@ export interface PolicySettings {
 type Matcher = (root: string, branch: string) => boolean;
 
 /** `*` matches anything; everything else is literal. */
-export function globRegExp(pattern: string): RegExp {
+function globRegExp(pattern: string): RegExp {
   return new RegExp(`^${pattern.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*')}$`);
+}
+
+/** Whether a name matches any of the patterns; undefined when there are none. */
+export function anyOf(patterns: string[]): ((name: string) => boolean) | undefined {
+  if (patterns.length === 0) return undefined;
+  const rules = patterns.map(globRegExp);
+  return (name) => rules.some((r) => r.test(name));
 }
 
 /** A comma-separated list of patterns, one matcher for all; matches nothing when empty. */
 export function patternsMatcher(patterns: string | string[]): Matcher {
-  const list = (typeof patterns === 'string' ? patterns.split(',') : patterns)
-    .map((p) => p.trim())
-    .filter((p) => p.length > 0);
-  const matchers = list.map(matcherFor);
+  const matchers = (typeof patterns === 'string' ? commaList(patterns) : patterns).map(matcherFor);
   return (root, branch) => matchers.some((m) => m(root, branch));
 }
 
@@ -37,15 +41,11 @@ function matcherFor(pattern: string): Matcher {
 }
 
 function pairs(text: string): { match: Matcher; pattern: string; value: string }[] {
-  return text
-    .split(',')
-    .map((item) => item.trim())
-    .filter((item) => item.length > 0)
-    .map((item) => {
-      const eq = item.indexOf('=');
-      const pattern = item.slice(0, eq).trim();
-      return { match: matcherFor(pattern), pattern, value: item.slice(eq + 1).trim() };
-    });
+  return commaList(text).map((item) => {
+    const eq = item.indexOf('=');
+    const pattern = item.slice(0, eq).trim();
+    return { match: matcherFor(pattern), pattern, value: item.slice(eq + 1).trim() };
+  });
 }
 
 export class Policy {
