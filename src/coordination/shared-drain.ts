@@ -28,13 +28,31 @@ export class SharedDrain {
     peers?.listen((message) => this.onPeer(message));
   }
 
+  /**
+   * Pauses `database` here and in the other proxies. With `terminate`, the clients that can't wait
+   * for the branch to come back are disconnected, everywhere, saying why.
+   */
   async pause(
     database: string,
     timeoutMs: number,
     terminate?: { name: string; verb: DrainVerb },
   ): Promise<number> {
     await this.peers?.send({ kind: 'pause', database, ...(terminate ? { terminate } : {}) });
+    if (terminate) this.disconnect(database, terminate);
     return this.pools.pause(database, timeoutMs);
+  }
+
+  /**
+   * Session-mode and pinned clients hold a server connection that a pause can't take back; when
+   * the branch is deleted, every client goes.
+   */
+  private disconnect(database: string, { name, verb }: { name: string; verb: DrainVerb }): void {
+    const error = errors.branchTerminated(name, verb);
+    for (const client of this.clients.on(database)) {
+      if (verb === 'deleted' || client.mode === 'session' || client.pinned()) {
+        client.terminate(error);
+      }
+    }
   }
 
   resume(database: string): void {
@@ -52,15 +70,7 @@ export class SharedDrain {
     const key = `${message.from}\0${message.database}`;
     if (message.kind === 'pause') {
       if (this.remote.has(key)) return;
-      const { terminate } = message;
-      if (terminate) {
-        const error = errors.branchTerminated(terminate.name, terminate.verb);
-        for (const client of this.clients.on(message.database)) {
-          if (terminate.verb === 'deleted' || client.mode === 'session' || client.pinned()) {
-            client.terminate(error);
-          }
-        }
-      }
+      if (message.terminate) this.disconnect(message.database, message.terminate);
       void this.pools.pause(message.database, this.drainTimeoutMs());
       const limit = setTimeout(() => this.endRemote(key, message.database), REMOTE_PAUSE_LIMIT_MS);
       limit.unref();

@@ -38,7 +38,10 @@ import { patternsMatcher, type Policy } from './policy.js';
 
 /** What a branch's connections are held by: the pools. */
 export interface BranchConnections {
-  /** `terminate`: the branch is being replaced or dropped, and its clients must be told so. */
+  /**
+   * `terminate`: the branch is being replaced or dropped: the clients that can't wait for it
+   * (session-mode and pinned ones; all of them when it is dropped) are disconnected saying so.
+   */
   pause(
     database: string,
     timeoutMs: number,
@@ -612,26 +615,20 @@ export class LifecycleService implements Lifecycle {
   }
 
   /**
-   * Pauses the branch's pools and disconnects the clients that can't wait: session-mode and pinned
-   * clients always, transaction-mode ones when the branch goes away or their transaction outlasts
-   * the drain. The caller resumes the pools.
+   * Pauses the branch's pools, which disconnects the clients that can't wait (see
+   * BranchConnections.pause), then those whose transaction outlasts the drain. The caller resumes.
    */
   private async drainClients(
     entry: BranchEntry,
     verb: 'reset' | 'restored' | 'deleted',
   ): Promise<void> {
     const { clients, connections } = this.options;
-    const error = errors.branchTerminated(entry.name, verb);
-    for (const client of clients.on(entry.physical)) {
-      if (verb === 'deleted' || client.mode === 'session' || client.pinned()) {
-        client.terminate(error);
-      }
-    }
     const busy = await connections.pause(entry.physical, this.settings.drainTimeoutMs, {
       name: entry.name,
       verb,
     });
     if (busy > 0) {
+      const error = errors.branchTerminated(entry.name, verb);
       for (const client of clients.on(entry.physical)) {
         if (client.serverPid() !== undefined) client.terminate(error);
       }
