@@ -1033,6 +1033,17 @@ describe('settings that follow the client', () => {
     }
   });
 
+  it('keeps a setting changed with set_config() in a simple query wherever the client lands', async () => {
+    const client = await connect(proxy.config('app'));
+    await client.query("select set_config('statement_timeout', '3456ms', false)");
+    const busy = await keepBusy(proxy.config('app'), 12);
+    for (let i = 0; i < 20; i++) {
+      const { rows } = await client.query("select current_setting('statement_timeout') as st");
+      expect(rows).toEqual([{ st: '3456ms' }]);
+    }
+    expect(await busy.stop()).toBeGreaterThan(0);
+  });
+
   it('does not leak a SET sent with the extended protocol into other clients', async () => {
     const setter = postgres(proxy.url('app'), { max: 1, onnotice: () => undefined });
     const others = postgres(proxy.url('app'), { max: POOL, onnotice: () => undefined });

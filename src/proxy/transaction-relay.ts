@@ -269,7 +269,9 @@ export class TransactionRelay implements ServerSink {
   private inspectQuery(chunk: Buffer, start: number, end: number): void {
     // Cheap first look at the bytes; only candidates are decoded.
     const several = hasSecondStatement(chunk, start, end);
-    if (!startsLikeSetting(chunk, start, end) && !several && !mightPin(chunk, start, end)) return;
+    if (!startsLikeSetting(chunk, start, end) && !several && !mightMatter(chunk, start, end)) {
+      return;
+    }
     const sql = chunk.toString('utf8', start, end);
     if (MAY_SET.test(sql)) this.settingsChanged = true;
     if (/^\s*(discard\s+all|deallocate\s+all)/i.test(sql)) this.server?.prepared.clear();
@@ -891,9 +893,14 @@ function startsLikeSetting(chunk: Buffer, start: number, end: number): boolean {
   );
 }
 
-/** Whether a query's bytes could contain a pinning statement: looks for the letters cheaply. */
-function mightPin(chunk: Buffer, start: number, end: number): boolean {
+/**
+ * Whether a query's bytes could contain a pinning statement or a set_config() call: looks for
+ * their letters cheaply; a false positive only costs decoding the text.
+ */
+function mightMatter(chunk: Buffer, start: number, end: number): boolean {
   for (let i = start; i < end - 3; i++) {
+    // '_c' of set_config
+    if (chunk[i] === 0x5f && (chunk[i + 1]! | 0x20) === 0x63) return true;
     const c = chunk[i]! | 0x20;
     // 'listen', 'advisory', 'hold'
     if (c === 0x6c /* l */ || c === 0x61 /* a */ || c === 0x68 /* h */) {
