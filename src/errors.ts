@@ -184,6 +184,15 @@ export const errors = {
     new PgError('57P01', 'terminating connection because pgbranch is shutting down'),
 };
 
+/**
+ * The SQLSTATE an error carries (a server's, or one pgbranch set), or undefined. Node's errno codes
+ * (EPIPE, EBUSY, EXDEV) have the same shape but start with E, which no SQLSTATE class does.
+ */
+export function sqlstateOf(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null | undefined)?.code;
+  return typeof code === 'string' && /^[0-9A-DF-Z][0-9A-Z]{4}$/.test(code) ? code : undefined;
+}
+
 /** Control characters would garble a terminal: show them escaped. */
 export function printable(text: string): string {
   return text.replace(

@@ -4,7 +4,7 @@
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import { parseConnectTarget, physicalName } from '../branch/names.js';
-import { PgError } from '../errors.js';
+import { PgError, sqlstateOf } from '../errors.js';
 import type { Lifecycle } from '../lifecycle/model.js';
 import type { PoolManager } from '../pool/pool.js';
 import type { ClientRegistry } from '../proxy/clients.js';
@@ -430,10 +430,9 @@ function notSupported(what: string): PgError {
 
 /** Every failure of a command reaches the client as an ERROR: the session goes on. */
 function asError(error: unknown, log: Logger): PgError {
-  const e = error as { code?: unknown; message?: string; detail?: string; hint?: string };
-  if (typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code)) {
-    return new PgError(e.code, e.message ?? 'error', e.detail, e.hint, 'ERROR');
-  }
+  const e = error as { message?: string; detail?: string; hint?: string };
+  const code = sqlstateOf(error);
+  if (code !== undefined) return new PgError(code, e.message ?? 'error', e.detail, e.hint, 'ERROR');
   log.error({ err: error }, 'console command failed unexpectedly');
   return new PgError(
     'XX000',

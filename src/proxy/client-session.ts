@@ -7,7 +7,7 @@ import { authenticateClient, type AuthMethod } from '../auth/authenticate.js';
 import type { RoleSource } from '../auth/roles.js';
 import type { BranchManager } from '../branch/manager.js';
 import { parseConnectTarget, type BranchTarget, type PoolMode } from '../branch/names.js';
-import { errors, PgError } from '../errors.js';
+import { errors, PgError, sqlstateOf } from '../errors.js';
 import type { PoolManager, PoolRequest, ServerConnection } from '../pool/pool.js';
 import { ServerError, type ServerLogin } from '../upstream/server-connection.js';
 import {
@@ -415,9 +415,8 @@ async function connectToBranch(
 function toPgError(error: unknown, log: Logger): PgError {
   if (error instanceof PgError) return error;
   const e = error as { code?: string; message?: string; detail?: string; hint?: string };
-  if (typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code)) {
-    return new PgError(e.code, e.message ?? 'server error', e.detail, e.hint);
-  }
+  const code = sqlstateOf(error);
+  if (code !== undefined) return new PgError(code, e.message ?? 'server error', e.detail, e.hint);
   if (typeof e.code === 'string' && e.code.startsWith('E')) {
     return errors.upstreamUnavailable(`${e.code}: ${e.message ?? ''}`);
   }
