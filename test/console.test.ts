@@ -324,6 +324,13 @@ describe('changing branches', () => {
     expect((await client.query('SHOW SNAPSHOTS "app@feature/migration"')).rows).toEqual([
       expect.objectContaining({ branch: 'app@feature/migration', name: 'before', auto: false }),
     ]);
+    // A whole database; the root's own; a branch whose name holds "@" and ends like the root's.
+    await client.query('SNAPSHOT BRANCH app AS nightly; CREATE BRANCH "app@release@main"');
+    const names = async (sql: string) => (await client.query(sql)).rows.map((r) => r.name);
+    expect((await names('SHOW SNAPSHOTS app')).sort()).toEqual(['before', 'nightly']);
+    expect(await names('SHOW SNAPSHOTS app@main')).toEqual(['nightly']);
+    expect(await names('SHOW SNAPSHOTS "app@release@main"')).toEqual([]);
+    await client.query('DROP BRANCH "app@release@main"; DROP SNAPSHOT nightly OF app');
     await client.query('RESTORE BRANCH "app@feature/migration" TO before');
     const user = await connect(proxy.config('app@feature/migration'));
     expect((await user.query('select id from items order by id')).rows).toEqual([

@@ -80,7 +80,7 @@ describe('parseCommands', () => {
     expect(noDatabase.message).toContain('write database@branch, e.g. app@feature-x');
     const otherDatabase = errorOf('CREATE BRANCH app@x FROM shop@main');
     expect(otherDatabase.code).toBe('22023');
-    expect(otherDatabase.hint).toBe('Write FROM app@main, or FROM app for the root.');
+    expect(otherDatabase.hint).toBe('Name the parent app@main, or app for the root.');
     expect(errorOf('CREATE BRANCH app@x TTL soon').code).toBe('22023');
   });
 

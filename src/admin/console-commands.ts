@@ -1,6 +1,7 @@
 // The SQL console's language: a command string as psql sends it, parsed into typed commands.
 // Keywords are case-insensitive; names are taken as written (no case folding, since branch names
 // come from git), bare when they hold no space, quote or semicolon, else double-quoted.
+import { parentWithin } from '../branch/names.js';
 import { duration } from '../config/schema.js';
 import { PgError } from '../errors.js';
 
@@ -363,26 +364,6 @@ function parseCreate(w: Words): ConsoleCommand {
   }
   w.end();
   return command;
-}
-
-/**
- * The parent as CreateRequest wants it, a branch name within `database`: `app@develop` and
- * `develop` are `develop`; `app`, `app@main` and `main` are the root.
- */
-function parentWithin(database: string, parent: string): string {
-  if (parent === database) return 'main';
-  const at = parent.indexOf('@');
-  if (at < 0) return parent;
-  if (parent.slice(0, at) !== database) {
-    throw new PgError(
-      '22023',
-      `cannot branch "${database}" from "${parent}": a branch's parent is a branch of the same database`,
-      undefined,
-      `Write FROM ${database}@${parent.slice(at + 1) || 'main'}, or FROM ${database} for the root.`,
-      'ERROR',
-    );
-  }
-  return parent.slice(at + 1) || 'main';
 }
 
 function syntaxOf(prefix: string): string {

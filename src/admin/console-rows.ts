@@ -1,6 +1,6 @@
 // What each SHOW of the SQL console answers: its columns and rows, built from the lifecycle's
 // branches, the pools and the connected clients. Times are timestamptz in UTC, counts int8.
-import { ROOT_BRANCH } from '../branch/names.js';
+import { parentName } from '../lifecycle/model.js';
 import type { BranchInfo, SnapshotInfo } from '../lifecycle/model.js';
 import type { Pool } from '../pool/pool.js';
 import type { ConnectedClient } from '../proxy/clients.js';
@@ -31,7 +31,7 @@ export function branchesTable(branches: readonly BranchInfo[]): Table {
     ],
     rows: branches.map((b) => [
       b.name,
-      parentOf(b),
+      parentName(b),
       b.fromSnapshot,
       timestamp(b.createdAt),
       timestamp(b.lastConnectedAt),
@@ -205,15 +205,6 @@ export function helpTable(): Table {
 
 export function versionTable(): Table {
   return { columns: [{ name: 'version', type: 'text' }], rows: [[`pgbranch ${version}`]] };
-}
-
-/**
- * The parent as a name that works in commands and connection strings: `app` for the root,
- * `app@develop` for another branch (BranchInfo holds the branch name within the database).
- */
-export function parentOf(branch: BranchInfo): string | null {
-  if (branch.parent === null) return null;
-  return branch.parent === ROOT_BRANCH ? branch.database : `${branch.database}@${branch.parent}`;
 }
 
 /** timestamptz as PostgreSQL prints it with DateStyle ISO and TimeZone UTC. */

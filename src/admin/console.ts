@@ -1,9 +1,10 @@
 // The SQL admin console: a client that logs in to the database `pgbranch` talks to pgbranch itself,
 // in the spirit of PgBouncer's console. After login this owns the client's socket: it reads
 // frames, runs console commands from simple Query messages, and answers in the real protocol.
+import { parentName } from '../lifecycle/model.js';
 import type net from 'node:net';
 import type { Logger } from 'pino';
-import { parseConnectTarget, physicalName } from '../branch/names.js';
+import { branchName, parseConnectTarget, physicalName, ROOT_BRANCH } from '../branch/names.js';
 import { PgError, sqlstateOf } from '../errors.js';
 import type { Lifecycle } from '../lifecycle/model.js';
 import type { PoolManager } from '../pool/pool.js';
@@ -24,7 +25,6 @@ import {
   branchesTable,
   clientsTable,
   helpTable,
-  parentOf,
   poolsTable,
   serversTable,
   snapshotsTable,
@@ -218,7 +218,7 @@ class ConsoleSession {
           lifecycle.create({ name, parent, snapshot, ttlMs, expiresAt }),
         );
         const b = result.branch;
-        const from = `${parentOf(b) ?? 'its parent'}${b.fromSnapshot ? ` (restore point "${b.fromSnapshot}")` : ''}`;
+        const from = `${parentName(b) ?? 'its parent'}${b.fromSnapshot ? ` (restore point "${b.fromSnapshot}")` : ''}`;
         this.done(
           'CREATE BRANCH',
           result.created
@@ -233,7 +233,7 @@ class ConsoleSession {
         );
         this.done(
           'RESET BRANCH',
-          `branch "${b.name}" is a fresh copy of ${parentOf(b) ?? 'its parent'}`,
+          `branch "${b.name}" is a fresh copy of ${parentName(b) ?? 'its parent'}`,
         );
         return;
       }
@@ -355,12 +355,14 @@ class ConsoleSession {
     );
   }
 
+  /** Restore points of every branch, of one database (`app`), or of one branch (`app@x`). */
   private async snapshots(of: string | undefined) {
-    const database = of?.split('@')[0];
-    const branches = await this.deps.lifecycle.list(database);
-    const all = branches.flatMap((b) => b.snapshots);
-    if (of === undefined || !of.includes('@')) return all;
-    const name = of.endsWith('@main') ? database! : of;
+    if (of === undefined) return (await this.deps.lifecycle.list()).flatMap((b) => b.snapshots);
+    const { target } = parseConnectTarget(of);
+    const all = (await this.deps.lifecycle.list(target.root)).flatMap((b) => b.snapshots);
+    // `app` alone means the whole database; `app@main` the root's own restore points.
+    if (!of.includes('@')) return all;
+    const name = branchName(target.root, target.branch ?? ROOT_BRANCH);
     return all.filter((s) => s.of === name);
   }
 

@@ -103,6 +103,32 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
   return parsed;
 }
 
+/** A branch's name as clients write it: `app` for the root, `app@feature-x` for a branch. */
+export function branchName(root: string, branch: string): string {
+  return branch === ROOT_BRANCH ? root : `${root}${SEPARATOR}${branch}`;
+}
+
+/**
+ * A parent as the lifecycle wants it, a branch name within `database`: `app@develop` and
+ * `develop` are `develop`; `app`, `app@main` and `main` are the root. A branch of another
+ * database is refused (22023).
+ */
+export function parentWithin(database: string, parent: string): string {
+  if (parent === database) return ROOT_BRANCH;
+  const at = parent.indexOf(SEPARATOR);
+  if (at < 0) return parent;
+  if (parent.slice(0, at) !== database) {
+    throw new PgError(
+      '22023',
+      `cannot branch "${database}" from "${parent}": a branch's parent is a branch of the same database`,
+      undefined,
+      `Name the parent ${database}@${parent.slice(at + 1) || ROOT_BRANCH}, or ${database} for the root.`,
+      'ERROR',
+    );
+  }
+  return parent.slice(at + 1) || ROOT_BRANCH;
+}
+
 /** Branch names come from git and CI as they are; only what can't be stored or shown is refused. */
 export function validateBranchName(name: string): void {
   if (name.length === 0) throw errors.invalidBranchName(name, 'it is empty');

@@ -1,6 +1,8 @@
 // `pgbranch branch ...` and `pgbranch gc ...`: each command is one request to a running pgbranch's
 // admin API, printed as a table for people or as the API's JSON for scripts, with exit codes that
 // tell scripts what happened (see EXIT_CODES in help.ts).
+import { parentWithin, parseConnectTarget } from '../branch/names.js';
+import { parentName } from '../lifecycle/model.js';
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { commaList, type Config } from '../config/schema.js';
@@ -27,7 +29,6 @@ import {
   formatSpan,
   formatWhen,
   gcReport,
-  parentName,
 } from './format.js';
 import { branchHelp, gcHelp } from './help.js';
 import { withProgress } from './progress.js';
@@ -160,7 +161,9 @@ async function branch(
       const ttl = one(options, '--ttl');
       const result = await step<CreateResult>(`creating ${name}`, 'POST', '/v1/branches', {
         name,
-        ...(from === undefined ? {} : { parent: parentBranch(name, from) }),
+        ...(from === undefined
+          ? {}
+          : { parent: parentWithin(parseConnectTarget(name).target.root, from) }),
         ...optional('snapshot', one(options, '--snapshot')),
         ...optional('expiresAt', one(options, '--expires')),
         ...optional('ttl', ttl),
@@ -279,13 +282,6 @@ async function gc(client: AdminClient, options: Options): Promise<Outcome> {
 
 const optional = (key: string, value: string | undefined) =>
   value === undefined ? {} : { [key]: value };
-
-/** --from takes `develop`, `app@develop` or `app`; the API wants the branch within the database. */
-function parentBranch(name: string, from: string): string {
-  const database = name.split('@')[0]!;
-  if (from === database) return 'main';
-  return from.startsWith(`${database}@`) ? from.slice(database.length + 1) : from;
-}
 
 const describeParent = (b: BranchInfo) => parentName(b) ?? 'its parent';
 

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { parentName } from '../lifecycle/model.js';
 import type { BranchInfo } from '../lifecycle/model.js';
 import {
   branchTable,
@@ -7,7 +8,6 @@ import {
   formatSpan,
   formatWhen,
   gcReport,
-  parentName,
 } from './format.js';
 
 const NOW = Date.parse('2026-11-25T12:00:00Z');

@@ -1,5 +1,6 @@
 // What the CLI prints for people: tables, the branch tree, sizes and times. Scripts use --json,
 // which prints the API's own JSON instead, so nothing here is a format anyone parses.
+import { parentName } from '../lifecycle/model.js';
 import type { BranchInfo, GcResult } from '../lifecycle/model.js';
 
 const UNITS = ['B', 'kB', 'MB', 'GB', 'TB'];
@@ -48,15 +49,6 @@ export function table(headers: string[], rows: string[][]): string {
       .join('  ')
       .trimEnd();
   return [line(headers), ...rows.map(line)].join('\n') + '\n';
-}
-
-/**
- * The full name of a branch's parent: `parent` names a branch of the same database (`main` is
- * the root itself), and a branch name can itself hold `@`.
- */
-export function parentName(branch: BranchInfo): string | null {
-  if (branch.parent === null) return null;
-  return branch.parent === 'main' ? branch.database : `${branch.database}@${branch.parent}`;
 }
 
 function expiry(branch: BranchInfo, now: number): string {

@@ -1,5 +1,6 @@
 // What the branch lifecycle works with, as plain data: branches, restore points, and the requests
 // that the CLI, the HTTP API and the SQL console turn into calls on the one LifecycleService.
+import { branchName } from '../branch/names.js';
 import type { SchemaDiff } from './diff.js';
 
 /** A branch as listed: everything a person deciding whether to keep it wants to see. */
@@ -42,6 +43,11 @@ export interface BranchInfo {
   origin: 'pgbranch' | 'external';
   /** Restore points of this branch, oldest first. */
   snapshots: SnapshotInfo[];
+}
+
+/** The full name of a branch's parent (`app`, `app@develop`), or null when it has none known. */
+export function parentName(branch: BranchInfo): string | null {
+  return branch.parent === null ? null : branchName(branch.database, branch.parent);
 }
 
 /** A restore point: a read-only clone of a branch at one moment. */

@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type pg from 'pg';
 import type { Cloner } from '../branch/cloner.js';
 import {
+  branchName,
   parseConnectTarget,
   physicalName,
   ROOT_BRANCH,
@@ -143,7 +144,7 @@ export class LifecycleService implements Lifecycle {
     return this.exclusive(root, async () => {
       const started = this.now();
       const catalog = await this.catalog();
-      const name = displayName(root, branch);
+      const name = branchName(root, branch);
       const existing = catalog.branches.get(name);
       if (existing) {
         const existingParent = existing.record?.parent ?? null;
@@ -158,7 +159,7 @@ export class LifecycleService implements Lifecycle {
           'ERROR',
         );
       }
-      const parentEntry = catalog.branches.get(displayName(root, parent));
+      const parentEntry = catalog.branches.get(branchName(root, parent));
       if (!parentEntry) throw errors.parentMissing(root, parent);
       let source = parentEntry.physical;
       if (request.snapshot !== undefined) {
@@ -197,9 +198,9 @@ export class LifecycleService implements Lifecycle {
     if (!policy.mayCreateOnConnect(target.root, branch)) {
       throw new PgError(
         '3D000',
-        `database "${printable(displayName(target.root, branch))}" does not exist`,
+        `database "${printable(branchName(target.root, branch))}" does not exist`,
         'Only branches named like branch.create_on_connect are created by connecting.',
-        `Create it first: pgbranch branch create ${displayName(target.root, branch)}`,
+        `Create it first: pgbranch branch create ${branchName(target.root, branch)}`,
       );
     }
     if (!(await provider.exists(parent))) throw errors.parentMissing(target.root, parentName);
@@ -208,7 +209,7 @@ export class LifecycleService implements Lifecycle {
     }
     return this.exclusive(target.root, async () => {
       const catalog = await this.catalog();
-      if (catalog.branches.has(displayName(target.root, branch))) return {};
+      if (catalog.branches.has(branchName(target.root, branch))) return {};
       this.checkLimit(catalog, target.root);
       const record: BranchRecord = {
         kind: 'branch',
@@ -255,7 +256,7 @@ export class LifecycleService implements Lifecycle {
           'ERROR',
         );
       }
-      const parent = catalog.branches.get(displayName(entry.root, record.parent));
+      const parent = catalog.branches.get(branchName(entry.root, record.parent));
       if (!parent) throw errors.parentMissing(entry.root, record.parent);
       const fresh: BranchRecord = {
         ...record,
@@ -445,7 +446,7 @@ export class LifecycleService implements Lifecycle {
         root = at < 0 ? db.physical : db.physical.slice(0, at);
         branch = at < 0 ? ROOT_BRANCH : db.physical.slice(at + 1);
       }
-      const name = displayName(root, branch);
+      const name = branchName(root, branch);
       branches.set(name, { ...db, root, branch, name });
     }
     snapshots.sort((a, b) => a.record.createdAt.localeCompare(b.record.createdAt));
@@ -454,8 +455,8 @@ export class LifecycleService implements Lifecycle {
 
   private entry(catalog: Catalog, name: string): BranchEntry {
     const { root, branch } = parseName(name);
-    const entry = catalog.branches.get(displayName(root, branch));
-    if (!entry) throw errors.branchMissing(displayName(root, branch));
+    const entry = catalog.branches.get(branchName(root, branch));
+    if (!entry) throw errors.branchMissing(branchName(root, branch));
     return entry;
   }
 
@@ -538,7 +539,7 @@ export class LifecycleService implements Lifecycle {
   ): Promise<void> {
     const { cloner, provider, log } = this.options;
     const started = this.now();
-    const name = displayName(record.root, record.branch);
+    const name = branchName(record.root, record.branch);
     try {
       const scripts = this.settings.policy.scriptsFor(record.root, record.branch);
       await cloner.clone(source, physical, record, { drainSource, scripts });
@@ -916,10 +917,6 @@ function parseName(name: string): { root: string; branch: string } {
   return { root: target.root, branch: target.branch ?? ROOT_BRANCH };
 }
 
-function displayName(root: string, branch: string): string {
-  return branch === ROOT_BRANCH ? root : `${root}${SEPARATOR}${branch}`;
-}
-
 function maintenanceRefused(database: string, branch: string): PgError {
   return new PgError(
     '55006',
@@ -1002,7 +999,7 @@ function depth(catalog: Catalog, entry: BranchEntry): number {
   let n = 0;
   let node: BranchEntry | undefined = entry;
   while (node?.record?.parent && n < 1000) {
-    node = catalog.branches.get(displayName(node.root, node.record.parent));
+    node = catalog.branches.get(branchName(node.root, node.record.parent));
     n++;
   }
   return n;
