@@ -572,7 +572,7 @@ export class TransactionRelay implements ServerSink {
       // Backpressure no longer matters: the connection leaves this client.
       if (stop < end && !this.hold) client.write(chunk.subarray(stop));
       if (this.settingsChanged) void this.captureSettings();
-      else this.detach(true);
+      else this.detach();
     } else if (!ok) this.conn?.session.socket.pause();
   }
 
@@ -614,16 +614,11 @@ export class TransactionRelay implements ServerSink {
     if (this.server) this.server.ownerVersion = this.options.state.version;
   }
 
-  /** Gives the server connection back to the pool (clean) or closes it. */
-  private detach(clean: boolean): void {
-    if (this.settingsChanged && this.server) {
-      this.server.appliedKey = this.options.state.statementsKey;
-      this.server.ownerVersion = this.options.state.version;
-    }
-    this.settingsChanged = false;
+  /** Gives the server connection back to the pool after a transaction that changed no settings. */
+  private detach(): void {
     const conn = this.unbind();
     if (!conn) return;
-    this.options.pools.release(conn, clean);
+    this.options.pools.release(conn, true);
     this.options.client.resume();
   }
 
