@@ -1,6 +1,7 @@
 // `pgbranch branch ...` and `pgbranch gc ...`: each command is one request to a running pgbranch's
 // admin API, printed as a table for people or as the API's JSON for scripts, with exit codes that
 // tell scripts what happened (see EXIT_CODES in help.ts).
+import { httpStatus } from '../admin/error-status.js';
 import { parentWithin, parseConnectTarget } from '../branch/names.js';
 import { parentName } from '../lifecycle/model.js';
 import { readFileSync } from 'node:fs';
@@ -34,9 +35,6 @@ import { branchHelp, gcHelp } from './help.js';
 import { withProgress } from './progress.js';
 
 const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, notFound: 4 } as const;
-
-/** SQLSTATEs that mean "no such thing": exit 4, so a script can tell a missing branch apart. */
-const NOT_FOUND = new Set(['3D000', '42704']);
 
 /** What a command prints: JSON for --json, text otherwise. */
 interface Outcome {
@@ -100,7 +98,8 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<nu
           (detail === undefined ? '' : `  ${detail}\n`) +
           (cliHint === undefined ? '' : `  hint: ${cliHint}\n`),
       );
-      return NOT_FOUND.has(code) ? EXIT.notFound : EXIT.failed;
+      // "No such thing" (the API's 404s): exit 4, so a script can tell a missing branch apart.
+      return httpStatus(code) === 404 ? EXIT.notFound : EXIT.failed;
     }
     if (error instanceof UsageError) {
       process.stderr.write(`pgbranch: ${error.message}\n`);

@@ -61,7 +61,7 @@ const branches = [
 ];
 
 describe('formatting for people', () => {
-  it('writes sizes as pg_size_pretty counts, and spans in their largest whole unit', () => {
+  it('writes sizes in units of 1024, and spans in their largest whole unit', () => {
     expect([0, 1023, 1024, 7_812_799, 5 * 1024 ** 3].map(formatBytes)).toEqual([
       '0 B',
       '1023 B',

@@ -5,7 +5,7 @@ import type { BranchInfo, GcResult } from '../lifecycle/model.js';
 
 const UNITS = ['B', 'kB', 'MB', 'GB', 'TB'];
 
-/** 7.5 MB; kilo is 1024, as pg_size_pretty counts. */
+/** 7.5 MB: units of 1024, as pg_size_pretty's, with a short unit and one decimal. */
 export function formatBytes(bytes: number): string {
   let value = bytes;
   let unit = 0;
