@@ -2,6 +2,8 @@
 // with them, and @fastify/swagger publishes them as the OpenAPI document's components, so what the
 // document says is what the server does. They mirror the types in lifecycle/model.ts.
 
+import type { BranchInfo, SnapshotInfo } from '../lifecycle/model.js';
+
 const nullable = (type: string) => ({ type: [type, 'null'] });
 
 const snapshotInfo = {
@@ -82,6 +84,18 @@ const branchInfo = {
     snapshots: { type: 'array', items: { $ref: 'SnapshotInfo#' } },
   },
 } as const;
+
+/**
+ * Fastify drops what a response schema does not list: a field added to BranchInfo or SnapshotInfo
+ * and not here would vanish from the API. These fail to compile until both agree.
+ */
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+export const schemasMatchModel: [
+  Same<keyof typeof branchInfo.properties, keyof BranchInfo>,
+  Same<(typeof branchInfo.required)[number], keyof BranchInfo>,
+  Same<keyof typeof snapshotInfo.properties, keyof SnapshotInfo>,
+  Same<(typeof snapshotInfo.required)[number], keyof SnapshotInfo>,
+] = [true, true, true, true];
 
 const branchList = {
   $id: 'BranchList',
