@@ -5,7 +5,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { afterAll, describe, expect, it } from 'vitest';
 import { psql } from './support/clients.js';
-import { startPgbranch, tempDir } from './support/pgbranch.js';
+import { bannerWritten, startPgbranch, tempDir } from './support/pgbranch.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 
@@ -51,7 +51,7 @@ async function start(
     });
     child.once('exit', (code) => reject(new Error(`exited with ${code}:\n${stderr}`)));
   });
-  // The banner is written just before the ready line.
+  await bannerWritten(() => stderr);
   return { child, banner: stderr, ready, logs };
 }
 

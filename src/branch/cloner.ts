@@ -28,13 +28,17 @@ export class Cloner {
     private readonly drainTimeoutMs: number,
   ) {}
 
-  /** Copies `source` to a new database `target` with `record`. All or nothing. */
+  /**
+   * Copies `source` to a new database `target` with `record`. All or nothing. Resolves with the
+   * milliseconds the server spent making the copy (CREATE DATABASE and the branch's scripts), which
+   * is the part that grows with the data when there is no copy-on-write.
+   */
   async clone(
     source: string,
     target: string,
     record: BranchRecord,
     options: CloneOptions,
-  ): Promise<void> {
+  ): Promise<number> {
     const { provider, drainer } = this;
     const started = Date.now();
     if (options.drainSource) await drainer.pause(source, this.drainTimeoutMs);
@@ -50,8 +54,10 @@ export class Cloner {
         }
         if (others > 0) throw errors.parentBusy(source, others, Date.now() - started);
       }
+      const createStarted = Date.now();
       try {
         await provider.create(target, source, record, options);
+        return Date.now() - createStarted;
       } catch (error) {
         throw translateCreateError(error, target, source);
       }

@@ -540,9 +540,10 @@ export class LifecycleService implements Lifecycle {
     const { cloner, provider, log } = this.options;
     const started = this.now();
     const name = branchName(record.root, record.branch);
+    let cloneMs: number;
     try {
       const scripts = this.settings.policy.scriptsFor(record.root, record.branch);
-      await cloner.clone(source, physical, record, { drainSource, scripts });
+      cloneMs = await cloner.clone(source, physical, record, { drainSource, scripts });
     } catch (error) {
       const code = (error as { code?: string }).code;
       // Another proxy on the same server made it first: the branch exists, which is what we want.
@@ -569,6 +570,7 @@ export class LifecycleService implements Lifecycle {
         fromSnapshot: record.fromSnapshot,
         database: physical,
         mode: provider.copyMethod.mode,
+        cloneMs,
         totalMs: ms,
         user,
       },

@@ -137,6 +137,7 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
       reject(new Error(`pgbranch exited with ${code} before it was ready:\n${stderr}`));
     });
   });
+  await bannerWritten(() => stderr);
   let stopped: Promise<number | null> | undefined;
   return {
     child,
@@ -176,4 +177,16 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
 
 function encodeDatabase(name: string): string {
   return encodeURIComponent(name).replace(/%40/g, '@').replace(/%2F/g, '/');
+}
+
+/**
+ * Waits for the human banner on stderr. pgbranch writes it just before the ready line on stdout,
+ * but the two are separate pipes and either may be read first.
+ */
+export async function bannerWritten(stderr: () => string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!/\n {2}branches: .*\n/.test(stderr())) {
+    if (Date.now() > deadline) throw new Error(`ready, but no banner on stderr:\n${stderr()}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }
