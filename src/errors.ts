@@ -39,8 +39,19 @@ export const errors = {
       '42602',
       `invalid branch name "${printable(name)}": ${rule}`,
       undefined,
-      'A branch name is 1 to 255 characters without control characters, as git branch names are.',
+      'A branch name is 1 to 255 characters without control characters or ":", as git branch names are.',
     ),
+  restorePointConnect: (root: string, name: string) => {
+    const colon = name.indexOf(':');
+    const branch = `${root}@${name.slice(0, colon)}`;
+    const point = name.slice(colon + 1);
+    return new PgError(
+      '55000',
+      `"${printable(`${root}@${name}`)}" is restore point "${printable(point)}" of ${printable(branch)}, and restore points take no connections`,
+      'A restore point stays as it was saved, so that restoring it is predictable.',
+      `Make a branch from it and connect to that: CREATE BRANCH ${printable(root)}@try FROM ${printable(branch)} SNAPSHOT ${printable(point)} in the pgbranch console, or pgbranch branch create ${printable(root)}@try --from ${printable(branch)} --snapshot ${printable(point)}`,
+    );
+  },
   invalidDatabaseName: (name: string, rule: string) =>
     new PgError('3D000', `invalid database name "${printable(name)}": ${rule}`),
   parentMissing: (database: string, parent: string) =>

@@ -233,7 +233,15 @@ describe('restore points', () => {
       password: PASSWORD,
       database: physical,
     });
-    expect(error?.code).toBe('55000');
+    expect(error).toMatchObject({
+      code: '55000',
+      message:
+        '"app@migrate:before-migration" is restore point "before-migration" of app@migrate, and restore points take no connections',
+    });
+    // Nor can a branch be made whose name would be a restore point's.
+    await expect(
+      running.lifecycle.create({ name: 'app@migrate:before-migration' }),
+    ).rejects.toMatchObject({ code: '42602' });
   });
 
   it('creates a branch from a restore point', async () => {

@@ -53,6 +53,23 @@ describe('parseConnectTarget', () => {
     expect(code(() => parseConnectTarget('app', '-c pgbranch.brnch=b'))).toBe('42704');
   });
 
+  it('answers a connection to a restore point (app@branch:point) with 55000 saying how to use it', () => {
+    let error: PgError | undefined;
+    try {
+      parseConnectTarget('app@feature-x:before-migration');
+    } catch (e) {
+      error = e as PgError;
+    }
+    expect(error).toMatchObject({
+      code: '55000',
+      message:
+        '"app@feature-x:before-migration" is restore point "before-migration" of app@feature-x, and restore points take no connections',
+    });
+    expect(error?.hint).toContain(
+      'CREATE BRANCH app@try FROM app@feature-x SNAPSHOT before-migration',
+    );
+  });
+
   it('refuses an empty root and a root longer than 63 bytes', () => {
     expect(code(() => parseConnectTarget('@x'))).toBe('3D000');
     expect(code(() => parseConnectTarget(`${'a'.repeat(64)}@x`))).toBe('3D000');
@@ -76,8 +93,16 @@ describe('validateBranchName', () => {
     }
   });
 
-  it('refuses empty names, control characters, NUL and names over 255 characters with 42602', () => {
-    for (const name of ['', 'a\u0000b', 'tab\there', 'new\nline', '\u007f', 'x'.repeat(256)]) {
+  it('refuses empty names, control characters, NUL, ":" and names over 255 characters with 42602', () => {
+    for (const name of [
+      '',
+      'a\u0000b',
+      'tab\there',
+      'new\nline',
+      '\u007f',
+      'x'.repeat(256),
+      'release:1.0',
+    ]) {
       expect(
         code(() => validateBranchName(name)),
         JSON.stringify(name),

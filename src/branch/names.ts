@@ -29,17 +29,32 @@ export interface ParsedConnectTarget {
   options?: string;
 }
 
-/** Reads the branch a client asks for from its database name and `options` parameter. */
-export function parseConnectTarget(database: string, options?: string): ParsedConnectTarget {
-  const at = database.indexOf(SEPARATOR);
-  const root = at < 0 ? database : database.slice(0, at);
-  const fromName = at < 0 ? undefined : database.slice(at + 1);
+/** Splits `app@feature-x` into its database and branch, checking the database part. */
+function splitName(name: string): { root: string; branch: string | undefined } {
+  const at = name.indexOf(SEPARATOR);
+  const root = at < 0 ? name : name.slice(0, at);
   if (root.length === 0) {
-    throw errors.invalidDatabaseName(database, 'the database name before "@" is empty');
+    throw errors.invalidDatabaseName(name, 'the database name before "@" is empty');
   }
   if (Buffer.byteLength(root) > MAX_IDENTIFIER_BYTES) {
     throw errors.invalidDatabaseName(root, `longer than ${MAX_IDENTIFIER_BYTES} bytes`);
   }
+  return { root, branch: at < 0 ? undefined : name.slice(at + 1) };
+}
+
+/**
+ * A branch as the lifecycle names it: `app` (the root, branch `main`), `app@main`, `app@feature-x`.
+ */
+export function parseBranchName(name: string): { root: string; branch: string } {
+  const { root, branch } = splitName(name);
+  if (branch === undefined) return { root, branch: ROOT_BRANCH };
+  validateBranchName(branch);
+  return { root, branch };
+}
+
+/** Reads the branch a client asks for from its database name and `options` parameter. */
+export function parseConnectTarget(database: string, options?: string): ParsedConnectTarget {
+  const { root, branch: fromName } = splitName(database);
   let fromOption: string | undefined;
   let parent: string | undefined;
   let poolMode: PoolMode | undefined;
@@ -91,6 +106,7 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
     );
   }
   const named = fromOption ?? fromName;
+  if (named?.includes(SNAPSHOT_SEPARATOR)) throw errors.restorePointConnect(root, named);
   if (named !== undefined) validateBranchName(named);
   if (parent !== undefined) validateBranchName(parent);
   const branch = named === undefined || named === ROOT_BRANCH ? undefined : named;
@@ -141,6 +157,13 @@ export function validateBranchName(name: string): void {
   // eslint-disable-next-line no-control-regex -- control characters are what this looks for
   if (/[\u0000-\u001f\u007f]/.test(name)) {
     throw errors.invalidBranchName(name, 'it contains a control character');
+  }
+  // `app@x:y` would be a branch and restore point "y" of branch "x" at once.
+  if (name.includes(SNAPSHOT_SEPARATOR)) {
+    throw errors.invalidBranchName(
+      name,
+      `it contains "${SNAPSHOT_SEPARATOR}", which separates a branch from its restore points (app@branch:point)`,
+    );
   }
 }
 

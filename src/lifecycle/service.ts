@@ -9,7 +9,7 @@ import type pg from 'pg';
 import type { Cloner } from '../branch/cloner.js';
 import {
   branchName,
-  parseConnectTarget,
+  parseBranchName,
   physicalName,
   ROOT_BRANCH,
   SEPARATOR,
@@ -135,7 +135,7 @@ export class LifecycleService implements Lifecycle {
   // ---- creating --------------------------------------------------------------------------
 
   async create(request: CreateRequest): Promise<CreateResult> {
-    const { root, branch } = parseName(request.name);
+    const { root, branch } = parseBranchName(request.name);
     if (branch === ROOT_BRANCH) throw notABranch(request.name);
     const parent = request.parent ?? ROOT_BRANCH;
     validateBranchName(parent);
@@ -282,12 +282,12 @@ export class LifecycleService implements Lifecycle {
 
   async snapshot(name: string, snapshot: string): Promise<SnapshotInfo> {
     validateSnapshotName(snapshot);
-    const { root } = parseName(name);
+    const { root } = parseBranchName(name);
     return this.exclusive(root, () => this.takeSnapshot(name, snapshot, false));
   }
 
   async deleteSnapshot(name: string, snapshot: string): Promise<DeleteResult> {
-    const { root } = parseName(name);
+    const { root } = parseBranchName(name);
     return this.exclusive(root, async () => {
       const catalog = await this.catalog();
       const entry = this.entry(catalog, name);
@@ -454,7 +454,7 @@ export class LifecycleService implements Lifecycle {
   }
 
   private entry(catalog: Catalog, name: string): BranchEntry {
-    const { root, branch } = parseName(name);
+    const { root, branch } = parseBranchName(name);
     const entry = catalog.branches.get(branchName(root, branch));
     if (!entry) throw errors.branchMissing(branchName(root, branch));
     return entry;
@@ -762,7 +762,7 @@ export class LifecycleService implements Lifecycle {
     action: string,
     work: (entry: BranchEntry, catalog: Catalog) => Promise<T>,
   ): Promise<T> {
-    const { root } = parseName(name);
+    const { root } = parseBranchName(name);
     return this.exclusive(root, async () => {
       const catalog = await this.catalog();
       const entry = this.entry(catalog, name);
@@ -912,11 +912,6 @@ export class LifecycleService implements Lifecycle {
       }
     }
   }
-}
-
-function parseName(name: string): { root: string; branch: string } {
-  const { target } = parseConnectTarget(name);
-  return { root: target.root, branch: target.branch ?? ROOT_BRANCH };
 }
 
 function maintenanceRefused(database: string, branch: string): PgError {
