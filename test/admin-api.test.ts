@@ -232,6 +232,15 @@ describe('branches', () => {
       (await api('POST', branchPath('app@api-points', '/snapshots'), { name: 'before' })).status,
     ).toBe(409);
     await queryOnce(proxy.url('app@api-points'), 'drop table items');
+    // What the break did, against the restore point.
+    const since = await api(
+      'GET',
+      `/v1/diff?from=${encodeURIComponent('app@api-points:before')}&to=${encodeURIComponent('app@api-points')}`,
+    );
+    expect(since).toMatchObject({
+      status: 200,
+      body: { from: 'app@api-points:before', diff: { removed: [{ name: 'public.items' }] } },
+    });
     const restored = await api('POST', branchPath('app@api-points', '/restore'), {
       snapshot: 'before',
     });

@@ -152,6 +152,35 @@ describe('create and list', () => {
     );
     expect(text).toContain('+ column public.items.price');
   });
+
+  it('shows what a migration changed since a restore point, which stays closed to connections', async () => {
+    await running.lifecycle.create({ name: 'app@migration' });
+    await running.lifecycle.snapshot('app@migration', 'before');
+    await queryOnce(
+      url('app@migration'),
+      'create table orders (id int primary key); alter table items drop column name',
+    );
+    const { from, diff, text } = await running.lifecycle.diff(
+      'app@migration:before',
+      'app@migration',
+    );
+    expect(from).toBe('app@migration:before');
+    expect(diff.added).toContainEqual(
+      expect.objectContaining({ kind: 'table', name: 'public.orders' }),
+    );
+    expect(diff.removed).toContainEqual(
+      expect.objectContaining({ kind: 'column', name: 'public.items.name' }),
+    );
+    expect(text).toContain('+ table public.orders');
+    const allowed = await queryOnce(
+      url('postgres'),
+      "select datallowconn from pg_database where datname = 'app@migration:before'",
+    );
+    expect(allowed).toEqual([{ datallowconn: false }]);
+    expect(await failure(running.lifecycle.diff('app@migration:after', 'app'))).toMatchObject({
+      code: '42704',
+    });
+  });
 });
 
 describe('reset', () => {

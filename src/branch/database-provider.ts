@@ -130,9 +130,7 @@ export class DatabaseProvider implements BranchProvider {
       );
       try {
         // A restore point copied from a restore point would otherwise allow connections.
-        await client.query(
-          `ALTER DATABASE ${quoteIdent(physical)} WITH ALLOW_CONNECTIONS ${options.readOnly ? 'false' : 'true'}`,
-        );
+        await this.allowConnections(physical, !options.readOnly);
         for (const script of options.scripts ?? []) await this.runScript(physical, script);
         await client.query(
           `COMMENT ON DATABASE ${quoteIdent(physical)} IS ${quoteLiteral(RECORD_PREFIX + JSON.stringify(record))}`,
@@ -166,6 +164,12 @@ export class DatabaseProvider implements BranchProvider {
 
   async drop(physical: string): Promise<void> {
     await this.admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(physical)} WITH (FORCE)`);
+  }
+
+  async allowConnections(physical: string, allow: boolean): Promise<void> {
+    await this.admin.query(
+      `ALTER DATABASE ${quoteIdent(physical)} WITH ALLOW_CONNECTIONS ${allow ? 'true' : 'false'}`,
+    );
   }
 
   async list(sizes: 'all' | readonly string[] = 'all'): Promise<DatabaseEntry[]> {

@@ -67,6 +67,11 @@ export interface BranchProvider {
   ): Promise<void>;
   drop(physical: string): Promise<void>;
   /**
+   * Lets `physical` take connections or not (a restore point does not, but its schema is read for
+   * a diff through a connection made while it briefly does).
+   */
+  allowConnections(physical: string, allow: boolean): Promise<void>;
+  /**
    * Every database but the templates and the maintenance database; sizes only of those named
    * (0 for the others), since measuring one means walking its files.
    */

@@ -391,13 +391,32 @@ export class LifecycleService implements Lifecycle {
     return { deleted, kept, applied: request.apply === true };
   }
 
+  /** Either side may be a restore point, `app@x:before`: what a migration changed since it. */
   async diff(from: string, to: string): Promise<DiffResult> {
     const catalog = await this.catalog();
-    const a = this.entry(catalog, from);
-    const b = this.entry(catalog, to);
+    const a = this.diffSide(catalog, from);
+    const b = this.diffSide(catalog, to);
     const [before, after] = await Promise.all([this.readSchemaOf(a), this.readSchemaOf(b)]);
     const diff = diffSchemas(before, after);
     return { from: a.name, to: b.name, diff, text: formatDiff(diff, a.name, b.name) };
+  }
+
+  private diffSide(catalog: Catalog, name: string): DiffSide {
+    const at = name.indexOf(SEPARATOR);
+    const colon = at < 0 ? -1 : name.indexOf(SNAPSHOT_SEPARATOR, at);
+    if (colon < 0) {
+      const entry = this.entry(catalog, name);
+      return { name: entry.name, physical: entry.physical, root: entry.root, point: false };
+    }
+    const entry = this.entry(catalog, name.slice(0, colon));
+    const snapshot = name.slice(colon + 1);
+    const point = this.snapshotOf(catalog, entry, snapshot);
+    return {
+      name: `${entry.name}${SNAPSHOT_SEPARATOR}${snapshot}`,
+      physical: point.physical,
+      root: entry.root,
+      point: true,
+    };
   }
 
   /** Notes that a client connected to `database` now (idle expiry counts from the last one). */
@@ -784,10 +803,25 @@ export class LifecycleService implements Lifecycle {
     return run;
   }
 
-  private async readSchemaOf(entry: BranchEntry) {
-    const client = this.options.connectTo(entry.physical);
+  private async readSchemaOf(side: DiffSide) {
+    const client = this.options.connectTo(side.physical);
     client.on('error', () => undefined);
-    await client.connect();
+    if (side.point) {
+      // A restore point takes no connections: it lets this one in and closes again at once, under
+      // the root's lock so that no restore or drop of it runs in between. The session reads the
+      // catalogs in a read-only transaction.
+      const { provider } = this.options;
+      await this.exclusive(side.root, async () => {
+        await provider.allowConnections(side.physical, true);
+        try {
+          await client.connect();
+        } finally {
+          await provider.allowConnections(side.physical, false);
+        }
+      });
+    } else {
+      await client.connect();
+    }
     try {
       return await readSchema(client);
     } finally {
@@ -944,6 +978,14 @@ function validateSnapshotName(name: string): void {
       'ERROR',
     );
   }
+}
+
+/** One side of a diff: a branch, or a restore point of one. */
+interface DiffSide {
+  name: string;
+  physical: string;
+  root: string;
+  point: boolean;
 }
 
 function defaultRecord(entry: BranchEntry): BranchRecord {
