@@ -13,10 +13,24 @@ import { mountReflinkXfs, type MountedXfs, type XfsMount } from './support/xfs.j
 const MB = 1024 * 1024;
 
 /** Bytes in use on the filesystem holding `dir`, once what it frees in the background is freed. */
+/**
+ * Blocks in use, once the figure has settled: XFS frees a deleted file's blocks in the background,
+ * so right after a delete the count can still be falling, more so on a loaded machine.
+ */
 function usedBytes(dir: string): number {
-  execFileSync('sync', ['-f', dir]);
-  const s = fs.statfsSync(dir);
-  return (s.blocks - s.bfree) * s.bsize;
+  const read = () => {
+    execFileSync('sync', ['-f', dir]);
+    const s = fs.statfsSync(dir);
+    return (s.blocks - s.bfree) * s.bsize;
+  };
+  let last = read();
+  for (let tries = 0; tries < 100; tries++) {
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+    const now = read();
+    if (now === last) return now;
+    last = now;
+  }
+  return last;
 }
 
 function freeBytes(dir: string): number {

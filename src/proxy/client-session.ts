@@ -31,6 +31,8 @@ import { prepareServer, TransactionRelay } from './transaction-relay.js';
 const STARTUP_TIMEOUT_MS = 60_000;
 /** How long a departed client's leftovers (open transaction, COPY) may take to clean up. */
 const RESET_TIMEOUT_MS = 5_000;
+/** How long a refused client has to read its error and close before it is cut off. */
+const LINGER_MS = 5_000;
 
 export interface ProxyContext {
   log: Logger;
@@ -57,6 +59,19 @@ export interface ProxyContext {
   idleInTransactionTimeoutMs: number;
   /** Transaction mode: prepared statements kept per server connection. */
   maxPreparedStatements: number;
+}
+
+/**
+ * Sends the error and closes. The socket is cut off only after LINGER_MS, or when the client has
+ * closed it: closing a socket with unread bytes makes the kernel send a reset, and a client that
+ * had not yet read the error (one that floods, on a busy machine) would lose it. What such a client
+ * sends meanwhile is not read: a flood costs kernel buffers, not CPU.
+ */
+function refuse(socket: net.Socket, error: PgError): void {
+  const linger = setTimeout(() => socket.destroy(), LINGER_MS);
+  linger.unref();
+  socket.on('close', () => clearTimeout(linger));
+  socket.end(errorResponse(error));
 }
 
 export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promise<void> {
@@ -126,10 +141,7 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
       return;
     }
     const pgError = toPgError(error, ctx.log);
-    if (!socket.destroyed) {
-      socket.end(errorResponse(pgError));
-      setTimeout(() => socket.destroy(), 1000).unref();
-    }
+    if (!socket.destroyed) refuse(socket, pgError);
     ctx.onRefused?.(pgError.code);
     ctx.log.info(
       {
