@@ -150,7 +150,12 @@ export async function startPgbranch(
   const sessions = { session: 0, transaction: 0, pinned: 0 };
   const metrics = config.metrics.enabled
     ? new Metrics(
-        { clients: () => clients.size, pools: () => pools.stats(), sessions: () => sessions },
+        {
+          clients: () => clients.size,
+          pools: () => pools.stats(),
+          sessions: () => sessions,
+          census: (): ReturnType<LifecycleService['census']> => lifecycle.census(),
+        },
         provider.copyMethod.mode,
       )
     : undefined;
@@ -196,6 +201,7 @@ export async function startPgbranch(
     settings: lifecycleSettings(config),
     log,
     onCreated: metrics && ((mode, ms, ok) => metrics.branchCreated(mode, ms, ok)),
+    onOperation: metrics && ((operation, ok) => metrics.branchOperation(operation, ok)),
   });
   branches = new BranchManager({
     exists: (database) => provider.exists(database),

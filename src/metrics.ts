@@ -1,10 +1,11 @@
 // Prometheus metrics of one running pgbranch, on a registry of its own (so that several can run in
 // one process), served over HTTP at /metrics. Nothing here runs per query: counters move when a
-// client connects or is refused and when a branch is created; gauges are read when scraped.
+// client connects or is refused and when a branch is created or changed; gauges are read when scraped.
 import http from 'node:http';
 import type net from 'node:net';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { CopyMethod } from './branch/provider.js';
+import type { Operation } from './lifecycle/service.js';
 
 const PREFIX = 'pgbranch_';
 
@@ -26,9 +27,21 @@ export interface MetricsSources {
   pools(): PoolStats;
   /** Clients in a session now, by pool mode, and how many transaction-mode ones are pinned. */
   sessions?(): { session: number; transaction: number; pinned: number };
+  /** Branches per database (roots not counted) and restore points, read from the server. */
+  census?(): Promise<{ branches: Map<string, number>; restorePoints: number }>;
 }
 
 type Mode = CopyMethod['mode'];
+
+const OPERATIONS: readonly Operation[] = [
+  'reset',
+  'restore',
+  'snapshot',
+  'auto_snapshot',
+  'delete',
+  'expire',
+  'gc',
+];
 
 export class Metrics {
   readonly registry = new Registry();
@@ -36,6 +49,7 @@ export class Metrics {
   private readonly refusals: Counter<'code'>;
   private readonly creations: Counter<'mode' | 'result'>;
   private readonly creationSeconds: Histogram<'mode' | 'result'>;
+  private readonly operations: Counter<'operation' | 'result'>;
 
   constructor(sources: MetricsSources, copyMode: Mode) {
     const registers = [this.registry];
@@ -120,11 +134,57 @@ export class Metrics {
       buckets: CREATION_BUCKETS,
       registers,
     });
+    this.operations = new Counter({
+      name: `${PREFIX}branch_operations_total`,
+      help: 'Lifecycle changes other than creation, by operation (reset, restore, snapshot, auto_snapshot, delete, expire, gc; a branch dropped counts once, a cascade once per branch) and result (ok or error).',
+      labelNames: ['operation', 'result'],
+      registers,
+    });
     // Series that exist from the start, so that rate() and alerts see a 0 before the first one.
     for (const result of ['ok', 'error']) {
       this.creations.inc({ mode: copyMode, result }, 0);
       this.creationSeconds.zero({ mode: copyMode, result });
+      for (const operation of OPERATIONS) this.operations.inc({ operation, result }, 0);
     }
+
+    if (sources.census) {
+      // Both gauges come from one query: a scrape collects them at once, and they share it. When
+      // the server can't be asked, they keep their last values and the rest is served as usual.
+      const census = sources.census;
+      type Census = Awaited<ReturnType<typeof census>>;
+      let reading: Promise<Census | undefined> | undefined;
+      const read = () =>
+        (reading ??= census()
+          .catch(() => undefined)
+          .finally(() => {
+            reading = undefined;
+          }));
+      new Gauge({
+        name: `${PREFIX}branches`,
+        help: 'Branches per database, its root not counted; read from the server when scraped.',
+        labelNames: ['database'],
+        registers,
+        async collect() {
+          const now = await read();
+          if (!now) return;
+          this.reset();
+          for (const [database, n] of now.branches) this.set({ database }, n);
+        },
+      });
+      new Gauge({
+        name: `${PREFIX}restore_points`,
+        help: 'Restore points of all branches, automatic ones of roots included; read from the server when scraped.',
+        registers,
+        async collect() {
+          const now = await read();
+          if (now) this.set(now.restorePoints);
+        },
+      });
+    }
+  }
+
+  branchOperation(operation: Operation, ok: boolean): void {
+    this.operations.inc({ operation, result: ok ? 'ok' : 'error' });
   }
 
   clientConnected(): void {

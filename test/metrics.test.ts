@@ -72,6 +72,46 @@ describe('GET /metrics', () => {
     expect(sample(text, 'pgbranch_branch_creations_total', { mode: other })).toBeUndefined();
   });
 
+  it('counts branches per database, restore points, and lifecycle changes by operation and result', async () => {
+    const admin = async (method: string, path: string, body?: unknown) => {
+      const response = await fetch(`${proxy.ready.adminUrl!}${path}`, {
+        method,
+        ...(body === undefined
+          ? {}
+          : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+      });
+      expect(response.status, `${method} ${path}`).toBeLessThan(300);
+    };
+    const before = await scrape();
+    expect(
+      sample(before, 'pgbranch_branch_operations_total', { operation: 'reset', result: 'ok' }),
+    ).toBe(0);
+
+    expect(await psql(proxy.url('postgres'), 'create database shop')).toMatchObject({ code: 0 });
+    await admin('POST', '/v1/branches', { name: 'shop@counted' });
+    await admin('POST', '/v1/branches', { name: 'shop@counted-child', parent: 'counted' });
+    await admin('POST', `/v1/branches/${encodeURIComponent('shop@counted')}/snapshots`, {
+      name: 'before',
+    });
+    await admin('POST', `/v1/branches/${encodeURIComponent('shop@counted-child')}/reset`);
+    let text = await scrape();
+    expect(sample(text, 'pgbranch_branches', { database: 'shop' })).toBe(2);
+    expect(sample(text, 'pgbranch_restore_points')).toBe(1);
+    const ops = (operation: string, result = 'ok') =>
+      sample(text, 'pgbranch_branch_operations_total', { operation, result });
+    expect(ops('snapshot')).toBe(1);
+    expect(ops('reset')).toBe(1);
+
+    await admin('DELETE', `/v1/branches/${encodeURIComponent('shop@counted')}?cascade=true`);
+    text = await scrape();
+    // A cascade counts each branch it drops.
+    expect(ops('delete')).toBe(2);
+    expect(ops('delete', 'error')).toBe(0);
+    // The database stays, with no branches.
+    expect(sample(text, 'pgbranch_branches', { database: 'shop' })).toBe(0);
+    expect(sample(text, 'pgbranch_restore_points')).toBe(0);
+  });
+
   it('shows server connections as the pools hold them: active while a client is in a session', async () => {
     // The earlier sessions' server connections go back to their pools once reset.
     await expect.poll(() => metric('pgbranch_server_connections_active')).toBe(0);

@@ -77,8 +77,16 @@ export interface LifecycleOptions {
   log: Logger;
   /** Called once per creation attempted (for metrics), whether it succeeded or not. */
   onCreated?: (mode: 'clone' | 'copy', ms: number, ok: boolean) => void;
+  /**
+   * Called once per other change attempted (for metrics): per branch dropped for delete, expire and
+   * gc (a cascade counts each), per call for the rest.
+   */
+  onOperation?: (operation: Operation, ok: boolean) => void;
   now?: () => number;
 }
+
+export type Operation =
+  'reset' | 'restore' | 'snapshot' | 'auto_snapshot' | 'delete' | 'expire' | 'gc';
 
 /** Copies made aside during a reset or restore are named this, then a hash of the branch. */
 const ASIDE_PREFIX = 'pgbranch_aside_';
@@ -122,6 +130,17 @@ export class LifecycleService implements Lifecycle {
       .filter((entry) => database === undefined || entry.root === database)
       .map((entry) => this.describe(entry, catalog, counts))
       .sort((a, b) => compareNames(a, b));
+  }
+
+  /** How many branches each database has (its root not counted), and restore points in all. */
+  async census(): Promise<{ branches: Map<string, number>; restorePoints: number }> {
+    const catalog = await this.catalog();
+    const branches = new Map<string, number>();
+    for (const entry of catalog.branches.values()) {
+      const n = branches.get(entry.root) ?? 0;
+      branches.set(entry.root, entry.branch === ROOT_BRANCH ? n : n + 1);
+    }
+    return { branches, restorePoints: catalog.snapshots.length };
   }
 
   async get(name: string): Promise<BranchInfo> {
@@ -245,45 +264,54 @@ export class LifecycleService implements Lifecycle {
   // ---- changing --------------------------------------------------------------------------
 
   async reset(name: string): Promise<BranchInfo> {
-    return this.change(name, 'reset', async (entry, catalog) => {
-      const record = entry.record;
-      if (!record || !record.parent) {
-        throw new PgError(
-          '55000',
-          `cannot reset "${printable(entry.name)}": it was made outside pgbranch, so its parent is unknown`,
-          undefined,
-          `Delete it and create it again from its parent: pgbranch branch create ${entry.name} --from <parent>`,
-          'ERROR',
-        );
-      }
-      const parent = catalog.branches.get(branchName(entry.root, record.parent));
-      if (!parent) throw errors.parentMissing(entry.root, record.parent);
-      const fresh: BranchRecord = {
-        ...record,
-        createdAt: new Date(this.now()).toISOString(),
-        mode: this.options.provider.copyMethod.mode,
-      };
-      delete fresh.fromSnapshot;
-      delete fresh.restoredFrom;
-      await this.replace(entry, parent.physical, true, fresh, 'reset');
-    });
+    return this.counted(
+      'reset',
+      this.change(name, 'reset', async (entry, catalog) => {
+        const record = entry.record;
+        if (!record || !record.parent) {
+          throw new PgError(
+            '55000',
+            `cannot reset "${printable(entry.name)}": it was made outside pgbranch, so its parent is unknown`,
+            undefined,
+            `Delete it and create it again from its parent: pgbranch branch create ${entry.name} --from <parent>`,
+            'ERROR',
+          );
+        }
+        const parent = catalog.branches.get(branchName(entry.root, record.parent));
+        if (!parent) throw errors.parentMissing(entry.root, record.parent);
+        const fresh: BranchRecord = {
+          ...record,
+          createdAt: new Date(this.now()).toISOString(),
+          mode: this.options.provider.copyMethod.mode,
+        };
+        delete fresh.fromSnapshot;
+        delete fresh.restoredFrom;
+        await this.replace(entry, parent.physical, true, fresh, 'reset');
+      }),
+    );
   }
 
   async restore(name: string, snapshot: string): Promise<BranchInfo> {
-    return this.change(name, 'restore', async (entry, catalog) => {
-      const point = this.snapshotOf(catalog, entry, snapshot);
-      const record: BranchRecord = {
-        ...(entry.record ?? defaultRecord(entry)),
-        restoredFrom: snapshot,
-      };
-      await this.replace(entry, point.physical, false, record, 'restored');
-    });
+    return this.counted(
+      'restore',
+      this.change(name, 'restore', async (entry, catalog) => {
+        const point = this.snapshotOf(catalog, entry, snapshot);
+        const record: BranchRecord = {
+          ...(entry.record ?? defaultRecord(entry)),
+          restoredFrom: snapshot,
+        };
+        await this.replace(entry, point.physical, false, record, 'restored');
+      }),
+    );
   }
 
   async snapshot(name: string, snapshot: string): Promise<SnapshotInfo> {
     validateSnapshotName(snapshot);
     const { root } = parseBranchName(name);
-    return this.exclusive(root, () => this.takeSnapshot(name, snapshot, false));
+    return this.counted(
+      'snapshot',
+      this.exclusive(root, () => this.takeSnapshot(name, snapshot, false)),
+    );
   }
 
   async deleteSnapshot(name: string, snapshot: string): Promise<DeleteResult> {
@@ -665,9 +693,10 @@ export class LifecycleService implements Lifecycle {
     why: 'gc' | 'expired' | 'request' = 'request',
   ): Promise<string[]> {
     const { provider, connections } = this.options;
+    const operation = why === 'request' ? 'delete' : why === 'expired' ? 'expire' : 'gc';
     await this.drainClients(entry, verb);
     try {
-      await provider.drop(entry.physical);
+      await this.counted(operation, provider.drop(entry.physical));
     } finally {
       connections.closeDatabase(entry.physical);
       connections.resume(entry.physical);
@@ -684,6 +713,18 @@ export class LifecycleService implements Lifecycle {
       `${why === 'expired' ? 'expired' : 'deleted'} branch ${entry.name}${why === 'gc' ? ' (gc: no live git branch)' : ''}`,
     );
     return gone;
+  }
+
+  /** Tells the metrics how `work` ended, and passes its result or failure on. */
+  private async counted<T>(operation: Operation, work: Promise<T>): Promise<T> {
+    try {
+      const result = await work;
+      this.options.onOperation?.(operation, true);
+      return result;
+    } catch (error) {
+      this.options.onOperation?.(operation, false);
+      throw error;
+    }
   }
 
   private async takeSnapshot(name: string, snapshot: string, auto: boolean): Promise<SnapshotInfo> {
@@ -931,7 +972,10 @@ export class LifecycleService implements Lifecycle {
       if ((await this.options.provider.sessionsOn(root)) > 0) continue;
       const name = `${AUTO_PREFIX}${compactTime(this.now())}`;
       try {
-        await this.exclusive(root, () => this.takeSnapshot(root, name, true));
+        await this.counted(
+          'auto_snapshot',
+          this.exclusive(root, () => this.takeSnapshot(root, name, true)),
+        );
         for (const old of catalog.snapshots) {
           if (old.record.root === root && old.record.branch === ROOT_BRANCH && old.record.auto) {
             await this.options.provider.drop(old.physical);
