@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { PgError, sqlstateOf } from './errors.js';
+import { PgError, sqlstateOf, statementError } from './errors.js';
 
 describe('sqlstateOf', () => {
   it('reads the SQLSTATE of a server error or a PgError', () => {
@@ -14,5 +14,34 @@ describe('sqlstateOf', () => {
     }
     expect(sqlstateOf(new Error('no code'))).toBeUndefined();
     expect(sqlstateOf(undefined)).toBeUndefined();
+  });
+});
+
+describe('statementError', () => {
+  it('keeps the code and words of an error with a SQLSTATE, as an ERROR the session survives', () => {
+    const server = Object.assign(new Error('relation "x" does not exist'), {
+      code: '42P01',
+      hint: 'Create it.',
+    });
+    expect(statementError(server)).toMatchObject({
+      code: '42P01',
+      message: 'relation "x" does not exist',
+      hint: 'Create it.',
+      severity: 'ERROR',
+    });
+    expect(statementError(new PgError('55006', 'busy', 'Held.'))).toMatchObject({
+      code: '55006',
+      detail: 'Held.',
+      severity: 'ERROR',
+    });
+  });
+
+  it('makes anything else an internal error (XX000) that says what went wrong', () => {
+    expect(statementError(new TypeError('x is undefined'))).toMatchObject({
+      code: 'XX000',
+      message: 'pgbranch internal error: x is undefined',
+      severity: 'ERROR',
+    });
+    expect(statementError(Object.assign(new Error('gone'), { code: 'EPIPE' })).code).toBe('XX000');
   });
 });

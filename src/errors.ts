@@ -29,6 +29,8 @@ export interface ServerErrorFields {
 
 export const errors = {
   protocolViolation: (message: string) => new PgError('08P01', message),
+  incompleteMessage: (timeoutMs: number) =>
+    new PgError('08006', `client sent no complete message within ${timeoutMs} ms`),
   unsupportedProtocol: (major: number, minor: number) =>
     new PgError(
       '08P01',
@@ -193,7 +195,64 @@ export const errors = {
     ),
   shuttingDown: () =>
     new PgError('57P01', 'terminating connection because pgbranch is shutting down'),
+  internal: (error: unknown, severity: Severity = 'FATAL') =>
+    new PgError(
+      'XX000',
+      `pgbranch internal error: ${error instanceof Error ? error.message : String(error)}`,
+      undefined,
+      undefined,
+      severity,
+    ),
+  invalidTtl: (value: string) =>
+    new PgError(
+      '22023',
+      `invalid ttl "${printable(value)}": not a duration`,
+      undefined,
+      'Write a duration such as 30m, 2h or 7d.',
+      'ERROR',
+    ),
+
+  // The SQL console's own errors. All but the refusal at login end one command, not the session.
+  consoleDenied: (user: string) =>
+    new PgError(
+      '42501',
+      `permission denied for the pgbranch console: role "${user}" is neither a superuser nor listed in admin.users`,
+      undefined,
+      'Connect as a superuser, or add the role to admin.users (PGBRANCH_ADMIN_USERS) and RELOAD.',
+    ),
+  consoleUnsupported: (what: string) =>
+    new PgError(
+      '0A000',
+      `pgbranch's console does not support ${what}`,
+      undefined,
+      'Send console commands as simple queries (psql does; node-postgres does for queries without parameters).',
+      'ERROR',
+    ),
+  consoleSyntax: (message: string, hint: string) =>
+    new PgError('42601', message, undefined, hint, 'ERROR'),
+  /** A cancel of a console command that changes something: the client stops waiting, pgbranch does not. */
+  consoleCanceled: (operation: string, seeWith: string | undefined) =>
+    new PgError(
+      '57014',
+      `canceled waiting for ${operation}: the operation itself goes on in pgbranch`,
+      'A console command that has started runs to its end, whether or not its session waits for it.',
+      seeWith && `${seeWith} shows when it is done.`,
+      'ERROR',
+    ),
+  queryCanceled: () =>
+    new PgError('57014', 'canceling statement due to user request', undefined, undefined, 'ERROR'),
 };
+
+/**
+ * An error as the ERROR that ends one statement while the session goes on: one that carries a
+ * SQLSTATE keeps its code and words, anything else is an internal error.
+ */
+export function statementError(error: unknown): PgError {
+  const code = sqlstateOf(error);
+  if (code === undefined) return errors.internal(error, 'ERROR');
+  const e = error as { message?: string; detail?: string; hint?: string };
+  return new PgError(code, e.message ?? 'error', e.detail, e.hint, 'ERROR');
+}
 
 /**
  * The SQLSTATE an error carries (a server's, or one pgbranch set), or undefined. Node's errno codes

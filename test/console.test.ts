@@ -1,5 +1,6 @@
 // The SQL admin console: psql and node-postgres connected to the database `pgbranch` through a real
 // pgbranch, listing and changing branches, pools and clients while other clients use them.
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
@@ -8,7 +9,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { connectEndedAfterEachTest, connectError, psql, queryOnce } from './support/clients.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
-import { fieldsOf, WireClient } from './support/wire-client.js';
+import {
+  backendKey,
+  fieldsOf,
+  PROTOCOL_3_2,
+  sendCancel,
+  WireClient,
+  type Message,
+} from './support/wire-client.js';
 
 let proxy: PgbranchProcess;
 /** The configuration file, where admin.users is set (RELOAD reads it again). */
@@ -58,6 +66,53 @@ async function failure(client: pg.Client, sql: string): Promise<pg.DatabaseError
 /** Resolves with the error a client is disconnected with. */
 function disconnection(client: pg.Client): Promise<{ code?: string; message: string }> {
   return new Promise((resolve) => client.once('error', resolve));
+}
+
+/** A raw console session, logged in: the client and what its login brought. */
+function openRawConsole(version?: number): Promise<{ client: WireClient; messages: Message[] }> {
+  return WireClient.connect(proxy.port, {
+    user: 'postgres',
+    password: proxy.password,
+    database: 'pgbranch',
+    version,
+  });
+}
+
+/** The cancel key node-postgres took from BackendKeyData. */
+function keyOf(client: pg.Client): { processId: number; secret: number } {
+  const c = client as unknown as { processID: number | null; secretKey: number | null };
+  if (c.processID === null || c.secretKey === null) throw new Error('no BackendKeyData');
+  return { processId: c.processID, secret: c.secretKey };
+}
+
+/**
+ * A session on `database` straight to the server, bypassing the proxy: pgbranch cannot drain it, so
+ * copying the database waits (up to branch.drain_timeout) until it ends.
+ */
+async function holdDirectly(database: string): Promise<pg.Client> {
+  const holder = new pg.Client({ connectionString: proxy.directUrl(database) });
+  holder.on('error', () => undefined);
+  await holder.connect();
+  return connect.track(holder);
+}
+
+/** Branch names of a database, as a fresh console session lists them. */
+async function branchesOf(database: string): Promise<string[]> {
+  const rows = await psqlRows(`SHOW BRANCHES ${database}`);
+  return rows.map(([name]) => name!);
+}
+
+/** A FunctionCall message: call the function with this OID, no arguments, text result. */
+function functionCall(oid: number): Buffer {
+  const out = Buffer.alloc(15);
+  out.write('F', 0, 'latin1');
+  out.writeInt32BE(14, 1);
+  out.writeInt32BE(oid, 5);
+  // Argument formats, arguments, result format: none, none, text.
+  out.writeInt16BE(0, 9);
+  out.writeInt16BE(0, 11);
+  out.writeInt16BE(0, 13);
+  return out;
 }
 
 /** psql's unaligned rows of a console command, split into fields (tab-separated: help has `|`). */
@@ -486,6 +541,176 @@ describe('the protocol', () => {
     expect((await raw.until('Z')).map((m) => m.type)).toEqual(['T', 'D', 'C', 'Z']);
     raw.write(serialize.end());
     await raw.closed;
+  });
+
+  it('refuses a function call with 0A000 and ReadyForQuery at once, as no Sync follows one', async () => {
+    const { client: raw } = await openRawConsole();
+    // 1598: random(), were there a server to run it.
+    raw.write(functionCall(1598));
+    const answer = await raw.until('Z');
+    expect(answer.map((m) => m.type)).toEqual(['E', 'Z']);
+    expect(fieldsOf(answer[0]!)).toMatchObject({
+      S: 'ERROR',
+      C: '0A000',
+      M: "pgbranch's console does not support function calls",
+    });
+    raw.write(serialize.query('SHOW VERSION'));
+    expect((await raw.until('Z')).map((m) => m.type)).toEqual(['T', 'D', 'C', 'Z']);
+    raw.write(serialize.end());
+    await raw.closed;
+  });
+});
+
+describe('operations that take a while', () => {
+  /** A root database whose copies wait while a direct session holds it. */
+  const HELD = 'held';
+
+  beforeAll(async () => {
+    await queryOnce(proxy.url('postgres'), `create database ${HELD}`);
+  });
+
+  it('sends a NOTICE that an operation is still running once it has taken a second', async () => {
+    const holder = await holdDirectly(HELD);
+    const { client, notices } = await openConsole();
+    const started = Date.now();
+    const creating = client.query(`CREATE BRANCH ${HELD}@slow`);
+    await vi.waitFor(
+      () => expect(notices).toContain(`pgbranch: CREATE BRANCH "${HELD}@slow" is still running`),
+      { timeout: 4000, interval: 20 },
+    );
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+    await holder.end();
+    expect((await creating).command).toBe('CREATE');
+    expect(notices.at(-1)).toMatch(/^pgbranch: created branch "held@slow" from held in \d+ ms/);
+  });
+
+  it('completes an operation even when its console session ends before it does', async () => {
+    const holder = await holdDirectly(HELD);
+    const { client: raw } = await openRawConsole();
+    raw.write(serialize.query(`CREATE BRANCH ${HELD}@orphan`));
+    const [notice] = await raw.until('N');
+    expect(fieldsOf(notice!).M).toBe(`pgbranch: CREATE BRANCH "${HELD}@orphan" is still running`);
+    raw.destroy();
+    await holder.end();
+    await vi.waitFor(async () => expect(await branchesOf(HELD)).toContain(`${HELD}@orphan`), {
+      timeout: 10_000,
+      interval: 100,
+    });
+  });
+
+  it('Ctrl-C in psql stops the wait with 57014, and the operation goes on in pgbranch', async () => {
+    const holder = await holdDirectly(HELD);
+    const child = spawn(
+      'psql',
+      ['-X', '-d', proxy.url('pgbranch'), '-c', `CREATE BRANCH ${HELD}@ctrl-c`],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
+    await vi.waitFor(() => expect(stderr).toContain('is still running'), {
+      timeout: 4000,
+      interval: 20,
+    });
+    child.kill('SIGINT');
+    expect(await exited).toBe(1);
+    expect(stderr).toContain(
+      `ERROR:  canceled waiting for CREATE BRANCH "${HELD}@ctrl-c": the operation itself goes on in pgbranch`,
+    );
+    expect(stderr).toContain('HINT:  SHOW BRANCHES shows when it is done.');
+    expect(await branchesOf(HELD)).not.toContain(`${HELD}@ctrl-c`);
+
+    await holder.end();
+    await vi.waitFor(async () => expect(await branchesOf(HELD)).toContain(`${HELD}@ctrl-c`), {
+      timeout: 10_000,
+      interval: 100,
+    });
+  });
+
+  it('a cancel with the key from BackendKeyData releases the client, whose session goes on', async () => {
+    const holder = await holdDirectly(HELD);
+    const { client, notices } = await openConsole();
+    const creating = client.query(`CREATE BRANCH ${HELD}@canceled`).then(
+      () => undefined,
+      (error: pg.DatabaseError) => error,
+    );
+    await vi.waitFor(() => expect(notices.join('\n')).toContain('is still running'), {
+      timeout: 4000,
+      interval: 20,
+    });
+    const { processId, secret } = keyOf(client);
+    await sendCancel(proxy.port, processId, secret);
+    expect(await creating).toMatchObject({
+      code: '57014',
+      severity: 'ERROR',
+      message: `canceled waiting for CREATE BRANCH "${HELD}@canceled": the operation itself goes on in pgbranch`,
+      hint: 'SHOW BRANCHES shows when it is done.',
+    });
+    expect((await client.query('SHOW VERSION')).command).toBe('SHOW');
+
+    await holder.end();
+    await vi.waitFor(
+      async () =>
+        expect((await client.query(`SHOW BRANCHES ${HELD}`)).rows.map((r) => r.name)).toContain(
+          `${HELD}@canceled`,
+        ),
+      { timeout: 10_000, interval: 100 },
+    );
+    // The canceled command's own answer never reaches the session that stopped waiting for it.
+    expect(notices.filter((n) => n.includes('created branch'))).toEqual([]);
+    expect((await client.query('SHOW VERSION')).rows).toHaveLength(1);
+  });
+
+  it('a cancel while no command runs does nothing, not even to the next command', async () => {
+    const { client } = await openConsole();
+    const { processId, secret } = keyOf(client);
+    for (let i = 0; i < 3; i++) {
+      await sendCancel(proxy.port, processId, secret);
+      expect((await client.query('RESUME app@never-paused')).command).toBe('RESUME');
+    }
+  });
+
+  it('gives a console session a cancel key as long as its protocol version makes them', async () => {
+    const { client: v30, messages: login30 } = await openRawConsole();
+    const { client: v32, messages: login32 } = await openRawConsole(PROTOCOL_3_2);
+    expect(backendKey(login30).secret).toHaveLength(4);
+    expect(backendKey(login32).secret).toHaveLength(32);
+    expect(backendKey(login30).processId).not.toBe(backendKey(login32).processId);
+    v30.destroy();
+    v32.destroy();
+  });
+});
+
+describe('the log', () => {
+  it('logs each command that changes something as console_command, with the role that ran it', async () => {
+    const { client } = await openConsole('operator', 'op-secret');
+    await client.query('CREATE BRANCH app@logged TTL 1d');
+    await client.query('PROTECT BRANCH app@logged; UNPROTECT BRANCH app@logged');
+    await client.query('SNAPSHOT BRANCH app@logged AS s1; RESTORE BRANCH app@logged TO s1');
+    await client.query('DROP SNAPSHOT s1 OF app@logged; RESET BRANCH app@logged');
+    await client.query('PAUSE app@logged; RESUME app@logged; RELOAD');
+    await client.query('SHOW BRANCHES app; SHOW POOLS');
+    await client.query('DROP BRANCH app@logged');
+    await vi.waitFor(() =>
+      expect(
+        proxy
+          .events('console_command')
+          .filter((e) => e.user === 'operator')
+          .map((e) => [e.command, e.target]),
+      ).toEqual([
+        ['CREATE BRANCH', 'app@logged'],
+        ['PROTECT BRANCH', 'app@logged'],
+        ['UNPROTECT BRANCH', 'app@logged'],
+        ['SNAPSHOT BRANCH', 'app@logged'],
+        ['RESTORE BRANCH', 'app@logged'],
+        ['DROP SNAPSHOT', 'app@logged'],
+        ['RESET BRANCH', 'app@logged'],
+        ['PAUSE', 'app@logged'],
+        ['RESUME', 'app@logged'],
+        ['RELOAD', undefined],
+        ['DROP BRANCH', 'app@logged'],
+      ]),
+    );
   });
 });
 

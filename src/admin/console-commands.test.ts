@@ -81,7 +81,22 @@ describe('parseCommands', () => {
     const otherDatabase = errorOf('CREATE BRANCH app@x FROM shop@main');
     expect(otherDatabase.code).toBe('22023');
     expect(otherDatabase.hint).toBe('Name the parent app@main, or app for the root.');
-    expect(errorOf('CREATE BRANCH app@x TTL soon').code).toBe('22023');
+  });
+
+  it('reads a TTL as a duration, as the configuration and the admin API do, and refuses others with 22023', () => {
+    expect(parseCommands('CREATE BRANCH app@x TTL 30m')).toEqual([
+      { kind: 'create', name: 'app@x', ttlMs: 1_800_000 },
+    ]);
+    // Digits alone are seconds, as in the configuration.
+    expect(parseCommands("CREATE BRANCH app@x TTL '90'")).toEqual([
+      { kind: 'create', name: 'app@x', ttlMs: 90_000 },
+    ]);
+    const soon = errorOf('CREATE BRANCH app@x TTL soon');
+    expect([soon.code, soon.severity, soon.message]).toEqual([
+      '22023',
+      'ERROR',
+      'invalid ttl "soon": not a duration',
+    ]);
   });
 
   it('reads restore points, protection, PAUSE and RESUME', () => {

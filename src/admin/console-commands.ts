@@ -2,8 +2,8 @@
 // Keywords are case-insensitive; names are taken as written (no case folding, since branch names
 // come from git), bare when they hold no space, quote or semicolon, else double-quoted.
 import { parentWithin } from '../branch/names.js';
-import { duration } from '../config/schema.js';
-import { PgError } from '../errors.js';
+import { errors } from '../errors.js';
+import { ttlMs } from './ttl.js';
 
 export type ShowTarget = 'pools' | 'clients' | 'servers' | 'help' | 'version';
 
@@ -344,18 +344,7 @@ function parseCreate(w: Words): ConsoleCommand {
   }
   for (;;) {
     if (command.ttlMs === undefined && w.keyword('TTL')) {
-      const text = w.value();
-      const parsed = duration.safeParse(text);
-      if (!parsed.success) {
-        throw new PgError(
-          '22023',
-          `invalid TTL "${text}"`,
-          undefined,
-          'Write e.g. 2h, 7d or 30m.',
-          'ERROR',
-        );
-      }
-      command.ttlMs = parsed.data;
+      command.ttlMs = ttlMs(w.value());
     } else if (command.expiresAt === undefined && w.keyword('EXPIRES')) {
       command.expiresAt = w.value();
     } else {
@@ -376,6 +365,6 @@ const EVERY_COMMAND =
   'CREATE|RESET|DROP|SNAPSHOT|RESTORE|PROTECT|UNPROTECT BRANCH, DROP SNAPSHOT, PAUSE, RESUME, RELOAD. ' +
   'SHOW HELP describes them.';
 
-function syntaxError(message: string, hint = EVERY_COMMAND): PgError {
-  return new PgError('42601', message, undefined, hint, 'ERROR');
+function syntaxError(message: string, hint = EVERY_COMMAND) {
+  return errors.consoleSyntax(message, hint);
 }

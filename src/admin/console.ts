@@ -1,15 +1,16 @@
 // The SQL admin console: a client that logs in to the database `pgbranch` talks to pgbranch itself,
 // in the spirit of PgBouncer's console. After login this owns the client's socket: it reads
-// frames, runs console commands from simple Query messages, and answers in the real protocol.
-import { parentName } from '../lifecycle/model.js';
+// messages, runs console commands from simple Query messages, and answers in the real protocol.
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import { branchName, parseConnectTarget, physicalName, ROOT_BRANCH } from '../branch/names.js';
-import { PgError, sqlstateOf } from '../errors.js';
-import type { Lifecycle } from '../lifecycle/model.js';
+import { errors, sqlstateOf, statementError, type PgError } from '../errors.js';
+import { parentName, type Lifecycle } from '../lifecycle/model.js';
 import type { PoolManager } from '../pool/pool.js';
+import type { CancelRegistry, ServerKey } from '../proxy/cancel.js';
 import type { ClientRegistry } from '../proxy/clients.js';
 import {
+  backendKeyData,
   commandComplete,
   dataRow,
   emptyQueryResponse,
@@ -19,7 +20,7 @@ import {
   readyForQuery,
   rowDescription,
 } from '../wire/backend.js';
-import { TERMINATE } from '../wire/frames.js';
+import { ClientGone, MessageReader } from '../wire/message-reader.js';
 import { parseCommands, type ConsoleCommand } from './console-commands.js';
 import {
   branchesTable,
@@ -57,26 +58,32 @@ export interface ConsoleDeps {
   pauseTimeoutMs(): number;
 }
 
+/** Where the session's cancel key comes from, as for every client: in its protocol's length. */
+export interface ConsoleCancelKeys {
+  registry: CancelRegistry;
+  secretLength: number;
+}
+
 /**
  * Serves a logged-in client (AuthenticationOk already sent) as the console until it leaves.
  * `pending` is what arrived after the last login message. Throws a FATAL 42501 PgError, before
- * anything else is written, when the role may not use the console.
+ * anything else is written, when the role may not use the console. The client gets a
+ * BackendKeyData, and a CancelRequest with it stops the wait for the command running then.
  */
 export async function serveConsole(
   socket: net.Socket,
   pending: Buffer,
   user: string,
   deps: ConsoleDeps,
+  cancelKeys: ConsoleCancelKeys,
 ): Promise<void> {
-  if (!(await mayUseConsole(user, deps))) {
-    throw new PgError(
-      '42501',
-      `permission denied for the pgbranch console: role "${user}" is neither a superuser nor listed in admin.users`,
-      undefined,
-      'Connect as a superuser, or add the role to admin.users (PGBRANCH_ADMIN_USERS) and RELOAD.',
-    );
-  }
-  socket.write(greeting(deps.serverVersion));
+  if (!(await mayUseConsole(user, deps))) throw errors.consoleDenied(user);
+  const session = new ConsoleSession(socket, user, deps);
+  const cancelKey = cancelKeys.registry.registerOwn(
+    () => session.cancel(),
+    cancelKeys.secretLength,
+  );
+  socket.write(greeting(deps.serverVersion, cancelKey));
   const started = Date.now();
   // Listed in SHOW CLIENTS like everyone else; it holds no branch, so no drain ever reaches it.
   const client = deps.clients.add(socket, {
@@ -95,8 +102,9 @@ export async function serveConsole(
     `client ${user} connected to the console`,
   );
   try {
-    await serveCommands(socket, pending, user, deps);
+    await serveCommands(socket, pending, session);
   } finally {
+    cancelKeys.registry.unregister(cancelKey);
     deps.clients.delete(client);
     deps.log.info(
       {
@@ -113,40 +121,48 @@ export async function serveConsole(
 async function serveCommands(
   socket: net.Socket,
   pending: Buffer,
-  user: string,
-  deps: ConsoleDeps,
+  session: ConsoleSession,
 ): Promise<void> {
-  const frames = new FrameReader(socket, pending);
-  const session = new ConsoleSession(socket, user, deps);
+  const reader = new MessageReader(socket, { pending, maxMessage: MAX_MESSAGE });
   /** After an error in an extended-protocol batch, everything up to its Sync is skipped. */
   let skipToSync = false;
-  for (;;) {
-    const frame = await frames.next();
-    if (!frame || frame.type === TERMINATE) {
-      socket.end();
-      return;
+  try {
+    for (;;) {
+      const { type, body } = await reader.nextMessage(Infinity);
+      const letter = String.fromCharCode(type);
+      if (letter === 'X') {
+        socket.end();
+        return;
+      } else if (letter === 'S') {
+        skipToSync = false;
+        session.write(readyForQuery('I'));
+      } else if (skipToSync) {
+        continue;
+      } else if (letter === 'Q') {
+        await session.query(body.toString('utf8', 0, Math.max(0, body.length - 1)));
+        session.write(readyForQuery('I'));
+      } else if ('PBDECH'.includes(letter)) {
+        if (letter === 'H') continue;
+        session.write(errorResponse(errors.consoleUnsupported('the extended query protocol')));
+        skipToSync = true;
+      } else if (letter === 'F') {
+        // A function call is a cycle of its own, as PostgreSQL answers it: no Sync follows.
+        session.write(
+          errorResponse(errors.consoleUnsupported('function calls')),
+          readyForQuery('I'),
+        );
+      } else if ('dcf'.includes(letter)) {
+        // COPY data outside a COPY, as PostgreSQL does: ignored.
+        continue;
+      } else {
+        throw errors.protocolViolation(`invalid frontend message type ${type}`);
+      }
     }
-    const type = String.fromCharCode(frame.type);
-    if (type === 'S') {
-      skipToSync = false;
-      session.write(readyForQuery('I'));
-    } else if (skipToSync) {
-      continue;
-    } else if (type === 'Q') {
-      await session.query(frame.body.toString('utf8', 0, Math.max(0, frame.body.length - 1)));
-      session.write(readyForQuery('I'));
-    } else if ('PBDECH'.includes(type)) {
-      if (type === 'H') continue;
-      session.write(errorResponse(notSupported('the extended query protocol')));
-      skipToSync = true;
-    } else if (type === 'F') {
-      session.write(errorResponse(notSupported('function calls')), readyForQuery('I'));
-    } else if ('dcf'.includes(type)) {
-      // COPY data outside a COPY, as PostgreSQL does: ignored.
-      continue;
-    } else {
-      throw new PgError('08P01', `invalid frontend message type ${frame.type}`);
-    }
+  } catch (error) {
+    if (!(error instanceof ClientGone)) throw error;
+    socket.end();
+  } finally {
+    reader.detach();
   }
 }
 
@@ -154,8 +170,8 @@ async function mayUseConsole(user: string, deps: ConsoleDeps): Promise<boolean> 
   return deps.adminUsers().has(user) || (await deps.isSuperuser(user));
 }
 
-/** The parameters psql and drivers expect at login. No BackendKeyData: nothing here to cancel. */
-function greeting(serverVersion: string): Buffer {
+/** The parameters psql and drivers expect at login, and the cancel key. */
+function greeting(serverVersion: string, cancelKey: ServerKey): Buffer {
   const parameters: [string, string][] = [
     ['server_version', serverVersion],
     ['server_encoding', 'UTF8'],
@@ -168,11 +184,15 @@ function greeting(serverVersion: string): Buffer {
   ];
   return Buffer.concat([
     ...parameters.map(([name, value]) => parameterStatus(name, value)),
+    backendKeyData(cancelKey.processId, cancelKey.secret),
     readyForQuery('I'),
   ]);
 }
 
 class ConsoleSession {
+  /** Stops the wait for the command running now; undefined while none runs. */
+  private waiting: AbortController | undefined;
+
   constructor(
     private readonly socket: net.Socket,
     private readonly user: string,
@@ -184,13 +204,23 @@ class ConsoleSession {
     if (this.socket.writable) this.socket.write(Buffer.concat(messages));
   }
 
-  /** Runs a Query message's commands in order, up to the first that fails. */
+  /**
+   * A CancelRequest: the client stops waiting for the command running now, which runs on, since
+   * half a branch operation is worse than one nobody waits for. False when nothing runs.
+   */
+  cancel(): boolean {
+    if (!this.waiting || this.waiting.signal.aborted) return false;
+    this.waiting.abort();
+    return true;
+  }
+
+  /** Runs a Query message's commands in order, up to the first that fails or is canceled. */
   async query(text: string): Promise<void> {
     let commands: ConsoleCommand[];
     try {
       commands = parseCommands(text);
     } catch (error) {
-      this.write(errorResponse(asError(error, this.deps.log)));
+      this.write(errorResponse(this.asError(error)));
       return;
     }
     if (commands.length === 0) {
@@ -199,93 +229,110 @@ class ConsoleSession {
     }
     for (const command of commands) {
       try {
-        await this.run(command);
+        this.write(...(await this.answer(command)));
       } catch (error) {
-        this.write(errorResponse(asError(error, this.deps.log)));
+        this.write(errorResponse(this.asError(error)));
         return;
       }
     }
   }
 
-  private async run(command: ConsoleCommand): Promise<void> {
+  /** A command's answer, unless a cancel ends the wait for it first (57014). */
+  private async answer(command: ConsoleCommand): Promise<Buffer[]> {
+    const { tag, target, seeWith } = describeCommand(command);
+    if (command.kind !== 'show') this.audit(tag, target);
+    const waiting = new AbortController();
+    const running = this.run(command, waiting.signal);
+    const canceled = new Promise<never>((_, reject) =>
+      waiting.signal.addEventListener('abort', () =>
+        reject(
+          command.kind === 'show'
+            ? errors.queryCanceled()
+            : errors.consoleCanceled(target ? `${tag} "${target}"` : tag, seeWith),
+        ),
+      ),
+    );
+    this.waiting = waiting;
+    try {
+      return await Promise.race([running, canceled]);
+    } finally {
+      this.waiting = undefined;
+      if (waiting.signal.aborted) {
+        running.catch((error: unknown) => this.unheard(tag, target, error));
+      }
+    }
+  }
+
+  private async run(command: ConsoleCommand, signal: AbortSignal): Promise<Buffer[]> {
     const { lifecycle } = this.deps;
     switch (command.kind) {
       case 'show':
-        return this.table(await this.show(command));
+        return table(await this.show(command));
       case 'create': {
         const { name, parent, snapshot, ttlMs, expiresAt } = command;
-        const result = await this.slow('CREATE BRANCH', name, () =>
+        const result = await this.slow('CREATE BRANCH', name, signal, () =>
           lifecycle.create({ name, parent, snapshot, ttlMs, expiresAt }),
         );
         const b = result.branch;
         const from = `${parentName(b) ?? 'its parent'}${b.fromSnapshot ? ` (restore point "${b.fromSnapshot}")` : ''}`;
-        this.done(
+        return done(
           'CREATE BRANCH',
           result.created
             ? `created branch "${b.name}" from ${from} in ${result.ms} ms (${b.clone ? 'clone' : 'copy'})`
             : `branch "${b.name}" exists already, made from ${from}`,
         );
-        return;
       }
       case 'reset': {
-        const b = await this.slow('RESET BRANCH', command.name, () =>
+        const b = await this.slow('RESET BRANCH', command.name, signal, () =>
           lifecycle.reset(command.name),
         );
-        this.done(
+        return done(
           'RESET BRANCH',
           `branch "${b.name}" is a fresh copy of ${parentName(b) ?? 'its parent'}`,
         );
-        return;
       }
       case 'drop': {
-        const result = await this.slow('DROP BRANCH', command.name, () =>
+        const result = await this.slow('DROP BRANCH', command.name, signal, () =>
           lifecycle.delete(command.name, { cascade: command.cascade }),
         );
-        this.done('DROP BRANCH', `dropped ${result.deleted.map((n) => `"${n}"`).join(', ')}`);
-        return;
+        return done('DROP BRANCH', `dropped ${result.deleted.map((n) => `"${n}"`).join(', ')}`);
       }
       case 'snapshot': {
-        const s = await this.slow('SNAPSHOT BRANCH', command.name, () =>
+        const s = await this.slow('SNAPSHOT BRANCH', command.name, signal, () =>
           lifecycle.snapshot(command.name, command.snapshot),
         );
-        this.done('SNAPSHOT BRANCH', `saved "${s.of}" as restore point "${s.name}"`);
-        return;
+        return done('SNAPSHOT BRANCH', `saved "${s.of}" as restore point "${s.name}"`);
       }
       case 'restore': {
-        const b = await this.slow('RESTORE BRANCH', command.name, () =>
+        const b = await this.slow('RESTORE BRANCH', command.name, signal, () =>
           lifecycle.restore(command.name, command.snapshot),
         );
-        this.done('RESTORE BRANCH', `branch "${b.name}" is as it was at "${command.snapshot}"`);
-        return;
+        return done('RESTORE BRANCH', `branch "${b.name}" is as it was at "${command.snapshot}"`);
       }
       case 'drop-snapshot': {
-        await this.slow('DROP SNAPSHOT', command.name, () =>
+        await this.slow('DROP SNAPSHOT', command.name, signal, () =>
           lifecycle.deleteSnapshot(command.name, command.snapshot),
         );
-        this.done(
+        return done(
           'DROP SNAPSHOT',
           `dropped restore point "${command.snapshot}" of "${command.name}"`,
         );
-        return;
       }
       case 'protect': {
         const tag = command.on ? 'PROTECT BRANCH' : 'UNPROTECT BRANCH';
         const b = await lifecycle.protect(command.name, command.on);
-        this.done(tag, `branch "${b.name}" is ${b.protected ? 'protected' : 'not protected'}`);
-        return;
+        return done(tag, `branch "${b.name}" is ${b.protected ? 'protected' : 'not protected'}`);
       }
       case 'pause':
-        return this.pause(command.database);
+        return this.pause(command.database, signal);
       case 'resume':
         return this.resume(command.database);
       case 'reload': {
-        this.audit('RELOAD');
         const { applied, needRestart } = await this.deps.reload();
-        this.done(
+        return done(
           'RELOAD',
           `configuration reloaded: ${applied.length > 0 ? `applied ${applied.join(', ')}` : 'nothing changed that applies while running'}${needRestart.length > 0 ? `; restart pgbranch for ${needRestart.join(', ')}` : ''}`,
         );
-        return;
       }
     }
   }
@@ -315,44 +362,58 @@ class ConsoleSession {
     }
   }
 
-  private table({ columns, rows }: Table): void {
-    this.write(
-      rowDescription(columns),
-      ...rows.map(dataRow),
-      commandComplete(`SHOW ${rows.length}`),
-    );
-  }
-
-  /** A command that changed something: what happened as a notice, and its tag. */
-  private done(tag: string, what: string): void {
-    this.write(noticeResponse(`pgbranch: ${what}`), commandComplete(tag));
-  }
-
-  /** Runs a lifecycle operation, logged with who asked, with a notice if it takes a while. */
-  private async slow<T>(tag: string, name: string, work: () => Promise<T>): Promise<T> {
-    this.audit(tag, name);
+  /**
+   * Waits for work that may take a while (a drain comes first), with a notice once it has taken a
+   * second, unless the client has stopped waiting by then.
+   */
+  private async slow<T>(
+    tag: string,
+    name: string | undefined,
+    signal: AbortSignal,
+    work: () => Promise<T>,
+  ): Promise<T> {
     const timer = setTimeout(
       () =>
         this.write(
           noticeResponse(
-            `pgbranch: ${tag} "${name}" is still running`,
+            `pgbranch: ${tag}${name === undefined ? '' : ` "${name}"`} is still running`,
             'It drains the clients involved first; it completes even if this session ends.',
           ),
         ),
       PROGRESS_AFTER_MS,
     );
+    const stop = () => clearTimeout(timer);
+    signal.addEventListener('abort', stop);
     try {
       return await work();
     } finally {
-      clearTimeout(timer);
+      stop();
+      signal.removeEventListener('abort', stop);
     }
   }
 
-  private audit(command: string, target?: string): void {
+  private audit(command: string, target: string | undefined): void {
     this.deps.log.info(
       { event: 'console_command', user: this.user, command, target },
       `console: ${this.user} ran ${command}${target ? ` ${target}` : ''}`,
     );
+  }
+
+  /** A command that failed after its client stopped waiting: only the log can tell. */
+  private unheard(command: string, target: string | undefined, error: unknown): void {
+    const e = this.asError(error);
+    this.deps.log.warn(
+      { event: 'console_command_failed', user: this.user, command, target, code: e.code },
+      `console: ${command}${target ? ` ${target}` : ''} of ${this.user} failed after the client stopped waiting: ${e.message}`,
+    );
+  }
+
+  /** Every failure of a command reaches the client as an ERROR: the session goes on. */
+  private asError(error: unknown): PgError {
+    if (sqlstateOf(error) === undefined) {
+      this.deps.log.error({ err: error }, 'console command failed unexpectedly');
+    }
+    return statementError(error);
   }
 
   /** Restore points of every branch, of one database (`app`), or of one branch (`app@x`). */
@@ -370,15 +431,16 @@ class ConsoleSession {
    * New checkouts of the database wait; running transactions get pauseTimeoutMs to finish. Server
    * connections held for whole sessions stay in use, and the notice says how many.
    */
-  private async pause(name: string | undefined): Promise<void> {
-    this.audit('PAUSE', name);
+  private async pause(name: string | undefined, signal: AbortSignal): Promise<Buffer[]> {
     const { pools } = this.deps;
     const databases =
       name === undefined
         ? [...new Set([...pools.list()].map((p) => p.database))]
         : [databaseOf(name)];
     const timeoutMs = this.deps.pauseTimeoutMs();
-    const busy = await Promise.all(databases.map((db) => pools.pauseByOperator(db, timeoutMs)));
+    const busy = await this.slow('PAUSE', name, signal, () =>
+      Promise.all(databases.map((db) => pools.pauseByOperator(db, timeoutMs))),
+    );
     const notices = databases.map((db, i) =>
       noticeResponse(
         busy[i] === undefined
@@ -392,11 +454,10 @@ class ConsoleSession {
       ),
     );
     if (databases.length === 0) notices.push(noticeResponse('pgbranch: no pools to pause'));
-    this.write(...notices, commandComplete('PAUSE'));
+    return [...notices, commandComplete('PAUSE')];
   }
 
-  private resume(name: string | undefined): void {
-    this.audit('RESUME', name);
+  private resume(name: string | undefined): Buffer[] {
     const { pools } = this.deps;
     const databases = name === undefined ? [...pools.operatorPaused()] : [databaseOf(name)];
     const notices: Buffer[] = [];
@@ -410,7 +471,55 @@ class ConsoleSession {
       );
     }
     if (databases.length === 0) notices.push(noticeResponse('pgbranch: nothing was paused'));
-    this.write(...notices, commandComplete('RESUME'));
+    return [...notices, commandComplete('RESUME')];
+  }
+}
+
+function table({ columns, rows }: Table): Buffer[] {
+  return [rowDescription(columns), ...rows.map(dataRow), commandComplete(`SHOW ${rows.length}`)];
+}
+
+/** A command that changed something: what happened as a notice, and its tag. */
+function done(tag: string, what: string): Buffer[] {
+  return [noticeResponse(`pgbranch: ${what}`), commandComplete(tag)];
+}
+
+/**
+ * A command as the log and a cancel name it: its tag, what it acts on, and the console command
+ * that shows its outcome.
+ */
+function describeCommand(command: ConsoleCommand): {
+  tag: string;
+  target?: string | undefined;
+  seeWith?: string;
+} {
+  switch (command.kind) {
+    case 'show':
+      return { tag: `SHOW ${command.what.toUpperCase()}` };
+    case 'create':
+      return { tag: 'CREATE BRANCH', target: command.name, seeWith: 'SHOW BRANCHES' };
+    case 'reset':
+      return { tag: 'RESET BRANCH', target: command.name, seeWith: 'SHOW BRANCHES' };
+    case 'drop':
+      return { tag: 'DROP BRANCH', target: command.name, seeWith: 'SHOW BRANCHES' };
+    case 'snapshot':
+      return { tag: 'SNAPSHOT BRANCH', target: command.name, seeWith: 'SHOW SNAPSHOTS' };
+    case 'restore':
+      return { tag: 'RESTORE BRANCH', target: command.name, seeWith: 'SHOW BRANCHES' };
+    case 'drop-snapshot':
+      return { tag: 'DROP SNAPSHOT', target: command.name, seeWith: 'SHOW SNAPSHOTS' };
+    case 'protect':
+      return {
+        tag: command.on ? 'PROTECT BRANCH' : 'UNPROTECT BRANCH',
+        target: command.name,
+        seeWith: 'SHOW BRANCHES',
+      };
+    case 'pause':
+      return { tag: 'PAUSE', target: command.database, seeWith: 'SHOW POOLS' };
+    case 'resume':
+      return { tag: 'RESUME', target: command.database, seeWith: 'SHOW POOLS' };
+    case 'reload':
+      return { tag: 'RELOAD' };
   }
 }
 
@@ -418,79 +527,4 @@ class ConsoleSession {
 function databaseOf(name: string): string {
   const { target } = parseConnectTarget(name);
   return physicalName(target.root, target.branch);
-}
-
-function notSupported(what: string): PgError {
-  return new PgError(
-    '0A000',
-    `pgbranch's console does not support ${what}`,
-    undefined,
-    'Send console commands as simple queries (psql does; node-postgres does for queries without parameters).',
-    'ERROR',
-  );
-}
-
-/** Every failure of a command reaches the client as an ERROR: the session goes on. */
-function asError(error: unknown, log: Logger): PgError {
-  const e = error as { message?: string; detail?: string; hint?: string };
-  const code = sqlstateOf(error);
-  if (code !== undefined) return new PgError(code, e.message ?? 'error', e.detail, e.hint, 'ERROR');
-  log.error({ err: error }, 'console command failed unexpectedly');
-  return new PgError(
-    'XX000',
-    `pgbranch internal error: ${error instanceof Error ? error.message : String(error)}`,
-    undefined,
-    undefined,
-    'ERROR',
-  );
-}
-
-/** Typed messages from the client's socket, in order, with bounded buffering. */
-class FrameReader {
-  private buffer: Buffer;
-  private wake: (() => void) | undefined;
-  private ended = false;
-
-  constructor(
-    private readonly socket: net.Socket,
-    pending: Buffer,
-  ) {
-    this.buffer = pending;
-    socket.on('data', (chunk: Buffer) => {
-      this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
-      // Commands run one at a time: a client that pipelines a lot waits for them.
-      if (this.buffer.length > MAX_MESSAGE + 5) socket.pause();
-      this.wake?.();
-    });
-    const end = () => {
-      this.ended = true;
-      this.wake?.();
-    };
-    socket.on('close', end);
-    socket.on('end', end);
-    // The login reader may have left it paused.
-    socket.resume();
-  }
-
-  /** The next message, or undefined once the client has gone. */
-  async next(): Promise<{ type: number; body: Buffer } | undefined> {
-    for (;;) {
-      if (this.buffer.length >= 5) {
-        const length = this.buffer.readInt32BE(1);
-        if (length < 4 || length > MAX_MESSAGE) {
-          throw new PgError('08P01', `invalid message length ${length}`);
-        }
-        if (this.buffer.length >= length + 1) {
-          const type = this.buffer[0]!;
-          const body = this.buffer.subarray(5, length + 1);
-          this.buffer = this.buffer.subarray(length + 1);
-          if (this.socket.isPaused() && this.buffer.length <= MAX_MESSAGE) this.socket.resume();
-          return { type, body };
-        }
-      }
-      if (this.ended) return undefined;
-      await new Promise<void>((resolve) => (this.wake = resolve));
-      this.wake = undefined;
-    }
-  }
 }

@@ -9,13 +9,12 @@ import Fastify, {
 } from 'fastify';
 import type { Logger } from 'pino';
 import { isLoopback } from '../config/load.js';
-import { duration } from '../config/schema.js';
-import { PgError } from '../errors.js';
 import type { ExpiryChange, Lifecycle } from '../lifecycle/model.js';
 import { version } from '../version.js';
 import { bearerCheck } from './auth.js';
 import { errorBody, errorReply } from './error-status.js';
 import { sharedSchemas, ttlValue } from './schemas.js';
+import { ttlMs } from './ttl.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -86,22 +85,6 @@ const body = (properties: Record<string, unknown>, required: string[] = []) => (
 
 interface NameParams {
   name: string;
-}
-
-/** A ttl as the API takes it: a number is milliseconds, a string a duration as in the config. */
-function ttlMs(value: string | number): number {
-  if (typeof value === 'number') return value;
-  const parsed = duration.safeParse(value);
-  if (!parsed.success) {
-    throw new PgError(
-      '22023',
-      `invalid ttl "${value}": not a duration`,
-      undefined,
-      'Write a duration such as 30m, 2h or 7d, or give milliseconds as a number.',
-      'ERROR',
-    );
-  }
-  return parsed.data;
 }
 
 export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi> {

@@ -3,7 +3,8 @@
 // cancel that matches both is forwarded, with the server's own key, to the server connection that
 // runs the client's query at that moment. The secret is as long as the client's protocol version
 // allows: 4 bytes in 3.0, 32 in 3.2 (as PostgreSQL 18 makes them); the server's own key, whatever
-// its length, never leaves pgbranch.
+// its length, never leaves pgbranch. Console sessions, which pgbranch answers itself, get one of the
+// proxy's ids too, and their cancel reaches the console instead of a server.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { connectSocket, type Endpoint } from '../upstream/endpoint.js';
 import { cancelRequest } from '../wire/frontend.js';
@@ -16,8 +17,8 @@ export interface ServerKey {
 
 interface Target {
   secret: Buffer;
-  /** Undefined when the client holds no server connection (transaction mode, between transactions). */
-  server: () => ServerKey | undefined;
+  /** Cancels what the client runs now; false when it runs nothing. */
+  cancel: () => Promise<boolean>;
 }
 
 /** Process ids the proxy makes up for transaction-mode clients: above any Linux pid (2^22). */
@@ -41,19 +42,19 @@ export class CancelRegistry {
    */
   register(
     processId: number | undefined,
+    /** Undefined when the client holds no server connection (transaction mode, between transactions). */
     server: () => ServerKey | undefined,
     secretLength = 4,
   ): ServerKey {
-    let id = processId;
-    if (id === undefined) {
-      do {
-        id = this.nextId;
-        this.nextId = this.nextId >= 0x7fffffff ? FIRST_OWN_ID : this.nextId + 1;
-      } while (this.targets.has(id));
-    }
-    const secret = randomBytes(secretLength);
-    this.targets.set(id, { secret, server });
-    return { processId: id, secret };
+    return this.add(processId ?? this.ownId(), secretLength, () => this.forward(server()));
+  }
+
+  /**
+   * Registers a session that pgbranch answers itself (the console) under one of the proxy's ids:
+   * a cancel calls `cancel`, which says whether anything was running.
+   */
+  registerOwn(cancel: () => boolean, secretLength = 4): ServerKey {
+    return this.add(this.ownId(), secretLength, () => Promise.resolve(cancel()));
   }
 
   unregister(key: ServerKey): void {
@@ -61,16 +62,35 @@ export class CancelRegistry {
   }
 
   /**
-   * Forwards a client's CancelRequest if it names a live session. Resolves (with whether it did)
-   * once the server has closed the forwarded request's connection: by then PostgreSQL has signalled
-   * the backend, as it has when it closes a client's own cancel connection. A client may send its
-   * next query as soon as its cancel connection closes, and that query must not be the one canceled.
+   * Cancels what the session a client's CancelRequest names runs now, if any. Resolves (with
+   * whether it did) once the cancel has landed: for a server session, once the server has closed
+   * the forwarded request's connection, by when PostgreSQL has signalled the backend, as it has when
+   * it closes a client's own cancel connection. A client may send its next query as soon as its
+   * cancel connection closes, and that query must not be the one canceled.
    */
   async cancel(processId: number, secret: Buffer): Promise<boolean> {
     const target = this.targets.get(processId);
     if (!target || target.secret.length !== secret.length) return false;
     if (!timingSafeEqual(target.secret, secret)) return false;
-    const server = target.server();
+    return target.cancel();
+  }
+
+  private add(processId: number, secretLength: number, cancel: Target['cancel']): ServerKey {
+    const secret = randomBytes(secretLength);
+    this.targets.set(processId, { secret, cancel });
+    return { processId, secret };
+  }
+
+  private ownId(): number {
+    let id: number;
+    do {
+      id = this.nextId;
+      this.nextId = this.nextId >= 0x7fffffff ? FIRST_OWN_ID : this.nextId + 1;
+    } while (this.targets.has(id));
+    return id;
+  }
+
+  private async forward(server: ServerKey | undefined): Promise<boolean> {
     // A transaction-mode client between transactions runs nothing: there is nothing to cancel.
     if (!server) return false;
     await new Promise<void>((resolve) => {

@@ -112,7 +112,10 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     socket.write(authenticationOk());
     clearTimeout(loginTimer);
     if (requested === CONSOLE_DATABASE) {
-      await serveConsole(socket, reader.detach(), user, ctx.console);
+      await serveConsole(socket, reader.detach(), user, ctx.console, {
+        registry: ctx.cancels,
+        secretLength: secretLengthFor(minor),
+      });
       return;
     }
 

@@ -121,4 +121,48 @@ describe('MessageReader', () => {
     const rest = reader.detach();
     expect(rest.equals(password(`pw${messages - 1}`.padEnd(100, '.')))).toBe(true);
   });
+
+  test('takes over from an earlier reader: its leftover bytes first, then a socket it left paused', async () => {
+    const { client, server } = await socketPair();
+    const first = new MessageReader(server);
+    const ahead = Buffer.concat(
+      Array.from({ length: 2000 }, (_, i) => password(`pw${i}`.padEnd(100, '.'))),
+    );
+    client.write(Buffer.concat([startup, ahead]));
+    await first.nextStartupPacket(1000);
+    await sleep(100);
+    expect(server.isPaused()).toBe(true);
+
+    const second = new MessageReader(server, { pending: first.detach() });
+    for (let i = 0; i < 2000; i++) {
+      expect((await second.nextMessage(1000, 'p')).body.toString()).toBe(
+        `${`pw${i}`.padEnd(100, '.')}\0`,
+      );
+    }
+    expect(server.isPaused()).toBe(false);
+  });
+
+  test('with maxMessage and no deadline, waits for a long message of any type as long as the client stays', async () => {
+    const { client, server } = await socketPair();
+    const reader = new MessageReader(server, { maxMessage: 1024 * 1024 });
+    const query = Buffer.alloc(5 + 200_000, 0x61);
+    query.write('Q', 0, 'latin1');
+    query.writeInt32BE(query.length - 1, 1);
+    const next = reader.nextMessage(Infinity);
+    client.write(query.subarray(0, 1000));
+    await sleep(200);
+    client.write(query.subarray(1000));
+    const message = await next;
+    expect([String.fromCharCode(message.type), message.body.length]).toEqual(['Q', 200_000]);
+
+    client.end();
+    expect(await rejection(reader.nextMessage(Infinity))).toBeInstanceOf(ClientGone);
+
+    const other = await socketPair();
+    other.client.write(Buffer.from('Q\0\x10\0\x05'));
+    const tooLong = (await rejection(
+      new MessageReader(other.server, { maxMessage: 1024 * 1024 }).nextMessage(Infinity),
+    )) as PgError;
+    expect([tooLong.code, tooLong.message]).toEqual(['08P01', 'invalid message length 1048581']);
+  });
 });

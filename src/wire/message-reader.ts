@@ -1,31 +1,40 @@
-// Reads whole packets from a client socket during the startup phase (startup packet, then
-// authentication messages). Not used once the relay takes over the socket.
+// Reads whole packets from a client socket: during the startup phase (startup packet, then
+// authentication messages), and for the SQL console after login. The relays read the socket
+// themselves: they forward bytes rather than take whole messages.
 import type net from 'node:net';
-import { errors, PgError } from '../errors.js';
+import { errors } from '../errors.js';
 import { MAX_STARTUP_PACKET, startupPacketLength } from './startup.js';
 
 /** Authentication messages are small; anything larger than this is an attack or a confused client. */
 const MAX_AUTH_MESSAGE = 10_000;
-/**
- * Unread bytes beyond which the socket is paused until they are taken. Larger than any message
- * allowed here, so a paused reader always holds a complete message (or a length it refuses), while
- * a client that floods the socket costs a bounded amount of memory and copying.
- */
-const MAX_BUFFERED = 64 * 1024 + Math.max(MAX_STARTUP_PACKET, MAX_AUTH_MESSAGE + 1);
 
 export interface TypedMessage {
   type: number;
   body: Buffer;
 }
 
+export interface MessageReaderOptions {
+  /** What an earlier reader of the socket took beyond its last message (its detach()). */
+  pending?: Buffer;
+  /** The longest typed message taken (length word and body); longer is a protocol violation. */
+  maxMessage?: number;
+}
+
 export class MessageReader {
-  private buffer: Buffer = Buffer.alloc(0);
+  private buffer: Buffer;
   private waiting: (() => void) | undefined;
   private ended: Error | undefined;
-  private paused = false;
+  private paused: boolean;
+  private readonly maxMessage: number;
+  /**
+   * Unread bytes beyond which the socket is paused until they are taken. Larger than any message
+   * allowed here, so a paused reader always holds a complete message (or a length it refuses),
+   * while a client that floods the socket costs a bounded amount of memory and copying.
+   */
+  private readonly maxBuffered: number;
   private readonly onData = (chunk: Buffer) => {
     this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
-    if (this.buffer.length >= MAX_BUFFERED && !this.paused) {
+    if (this.buffer.length >= this.maxBuffered && !this.paused) {
       this.paused = true;
       this.socket.pause();
     }
@@ -36,11 +45,22 @@ export class MessageReader {
     this.wake();
   };
 
-  constructor(private readonly socket: net.Socket) {
+  constructor(
+    private readonly socket: net.Socket,
+    { pending = Buffer.alloc(0), maxMessage = MAX_AUTH_MESSAGE }: MessageReaderOptions = {},
+  ) {
+    this.buffer = pending;
+    this.maxMessage = maxMessage;
+    this.maxBuffered = 64 * 1024 + Math.max(MAX_STARTUP_PACKET, maxMessage + 1);
     socket.on('data', this.onData);
     socket.on('end', this.onEnd);
     socket.on('close', this.onEnd);
     socket.on('error', this.onEnd);
+    // A reader that takes over from another finds the socket as that one left it: maybe paused,
+    // maybe already ended (whose events have gone by).
+    if (socket.readableEnded || socket.destroyed) this.ended = new ClientGone();
+    this.paused = socket.isPaused();
+    this.resumeIfRoom();
   }
 
   /**
@@ -57,19 +77,22 @@ export class MessageReader {
     }
   }
 
-  /** The next typed message, within timeoutMs as a whole; `expected` names the types allowed here. */
-  async nextMessage(timeoutMs: number, expected: string): Promise<TypedMessage> {
+  /**
+   * The next typed message, within timeoutMs as a whole (Infinity: for as long as the client
+   * stays). `expected` names the types allowed here; without it, the caller judges the type.
+   */
+  async nextMessage(timeoutMs: number, expected?: string): Promise<TypedMessage> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (this.buffer.length >= 5) {
         const type = this.buffer[0]!;
         const length = this.buffer.readInt32BE(1);
-        if (!expected.includes(String.fromCharCode(type))) {
+        if (expected !== undefined && !expected.includes(String.fromCharCode(type))) {
           throw errors.protocolViolation(
             `expected ${[...expected].map((t) => `'${t}'`).join(' or ')} message, got '${printableType(type)}'`,
           );
         }
-        if (length < 4 || length > MAX_AUTH_MESSAGE) {
+        if (length < 4 || length > this.maxMessage) {
           throw errors.protocolViolation(`invalid message length ${length}`);
         }
         if (this.buffer.length >= length + 1) {
@@ -96,23 +119,30 @@ export class MessageReader {
   private take(n: number): Buffer {
     const packet = this.buffer.subarray(0, n);
     this.buffer = this.buffer.subarray(n);
-    if (this.paused && this.buffer.length < MAX_BUFFERED) {
+    this.resumeIfRoom();
+    return packet;
+  }
+
+  private resumeIfRoom(): void {
+    if (this.paused && this.buffer.length < this.maxBuffered) {
       this.paused = false;
       this.socket.resume();
     }
-    return packet;
   }
 
   private more(deadline: number, timeoutMs: number): Promise<void> {
     if (this.ended) return Promise.reject(this.ended);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => {
-          this.waiting = undefined;
-          reject(new PgError('08006', `client sent no complete message within ${timeoutMs} ms`));
-        },
-        Math.max(0, deadline - Date.now()),
-      );
+      const timer =
+        deadline === Infinity
+          ? undefined
+          : setTimeout(
+              () => {
+                this.waiting = undefined;
+                reject(errors.incompleteMessage(timeoutMs));
+              },
+              Math.max(0, deadline - Date.now()),
+            );
       this.waiting = () => {
         clearTimeout(timer);
         this.waiting = undefined;

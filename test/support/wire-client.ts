@@ -50,13 +50,34 @@ export function codePacket(code: number): Buffer {
   return out;
 }
 
-export function cancelPacket(processId: number, secret: number): Buffer {
-  const out = Buffer.alloc(16);
-  out.writeInt32BE(16, 0);
+/** A CancelRequest; a secret given as a number is the 4 bytes of protocol 3.0. */
+export function cancelPacket(processId: number, secret: number | Buffer): Buffer {
+  const key = typeof secret === 'number' ? Buffer.alloc(4) : secret;
+  if (typeof secret === 'number') key.writeInt32BE(secret, 0);
+  const out = Buffer.alloc(12 + key.length);
+  out.writeInt32BE(out.length, 0);
   out.writeInt32BE(80877102, 4);
   out.writeInt32BE(processId, 8);
-  out.writeInt32BE(secret, 12);
+  key.copy(out, 12);
   return out;
+}
+
+/** The cancel key a login's BackendKeyData carried. */
+export function backendKey(messages: Message[]): { processId: number; secret: Buffer } {
+  const key = messages.find((m) => m.type === 'K');
+  if (!key) throw new Error(`no BackendKeyData in ${describe(messages)}`);
+  return { processId: key.body.readInt32BE(0), secret: Buffer.from(key.body.subarray(4)) };
+}
+
+/** Sends a CancelRequest on a connection of its own, as libpq and pg do; resolves once it is closed. */
+export async function sendCancel(
+  port: number,
+  processId: number,
+  secret: number | Buffer,
+): Promise<void> {
+  const wire = await WireClient.open(port);
+  wire.write(cancelPacket(processId, secret));
+  await wire.closed;
 }
 
 /** The fields of an ErrorResponse or NoticeResponse, by code: S, C, M, D, H... */
