@@ -12,9 +12,11 @@ import { psql } from './support/clients.js';
 import { connectDirect } from './support/observe.js';
 import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
 import {
+  backendKey,
   fieldsOf,
   PROTOCOL_3_0,
   PROTOCOL_3_2,
+  sendCancel,
   WireClient,
   type Message,
 } from './support/wire-client.js';
@@ -91,11 +93,6 @@ interface Key {
   secret: Buffer;
 }
 
-function keyOf(messages: Message[]): Key {
-  const key = messages.find((m) => m.type === 'K')!;
-  return { processId: key.body.readInt32BE(0), secret: Buffer.from(key.body.subarray(4)) };
-}
-
 /** What NegotiateProtocolVersion said, if it came: the version offered and the options refused. */
 function negotiation(messages: Message[]): { version: string; options: string[] } | undefined {
   const message = messages.find((m) => m.type === 'v');
@@ -104,18 +101,6 @@ function negotiation(messages: Message[]): { version: string; options: string[] 
   const count = message.body.readInt32BE(4);
   const options = message.body.toString('utf8', 8).split('\0').slice(0, count);
   return { version: `${version >>> 16}.${version & 0xffff}`, options };
-}
-
-/** Sends a CancelRequest with this key on a connection of its own, and waits for it to close. */
-async function sendCancel(port: number, key: Key): Promise<void> {
-  const packet = Buffer.alloc(12 + key.secret.length);
-  packet.writeInt32BE(packet.length, 0);
-  packet.writeInt32BE(80877102, 4);
-  packet.writeInt32BE(key.processId, 8);
-  key.secret.copy(packet, 12);
-  const wire = await WireClient.open(port);
-  wire.write(packet);
-  await wire.closed;
 }
 
 /**
@@ -140,7 +125,7 @@ async function cancelled(
     },
     { timeout: 10_000, interval: 20 },
   );
-  await sendCancel(port, key);
+  await sendCancel(port, key.processId, key.secret);
   const reply = await client.until('Z', 1, 5000);
   const error = reply.find((m) => m.type === 'E');
   return error && fieldsOf(error).C;
@@ -155,7 +140,7 @@ describe('clients of protocol 3.2', () => {
   it('are served 3.2: no NegotiateProtocolVersion, and a 32-byte cancel secret', async () => {
     const { client, messages } = await login(proxy.port, PROTOCOL_3_2);
     expect(negotiation(messages)).toBeUndefined();
-    expect(keyOf(messages).secret).toHaveLength(32);
+    expect(backendKey(messages).secret).toHaveLength(32);
     client.write(serialize.query('select 1'));
     expect((await client.until('Z')).map((m) => m.type).join('')).toBe('TDCZ');
     client.destroy();
@@ -164,7 +149,7 @@ describe('clients of protocol 3.2', () => {
   it('leave clients of protocol 3.0 their 4-byte secret', async () => {
     const { client, messages } = await login(proxy.port, PROTOCOL_3_0);
     expect(negotiation(messages)).toBeUndefined();
-    expect(keyOf(messages).secret).toHaveLength(4);
+    expect(backendKey(messages).secret).toHaveLength(4);
     client.destroy();
   });
 
@@ -181,7 +166,10 @@ describe('clients of protocol 3.2', () => {
     const answer = async (port: number) => {
       const { client, messages } = await login(port, version, { parameters: extra });
       client.destroy();
-      return { negotiated: negotiation(messages), secretLength: keyOf(messages).secret.length };
+      return {
+        negotiated: negotiation(messages),
+        secretLength: backendKey(messages).secret.length,
+      };
     };
     const fromServer = await answer(embeddedPort());
     expect(await answer(proxy.port)).toEqual(fromServer);
@@ -192,7 +180,7 @@ describe('clients of protocol 3.2', () => {
     ['transaction', { options: '-c pgbranch.pool_mode=transaction' }],
   ])('cancel a query with their 32-byte secret in %s mode', async (_, parameters) => {
     const { client, messages } = await login(proxy.port, PROTOCOL_3_2, { parameters });
-    const key = keyOf(messages);
+    const key = backendKey(messages);
     const direct = await connectDirect(proxy);
     try {
       expect(await cancelled(proxy.port, client, key, direct)).toBe('57014');
@@ -207,9 +195,9 @@ describe('clients of protocol 3.2', () => {
 
   it('cancel nothing with only the first 4 bytes of their secret', async () => {
     const { client, messages } = await login(proxy.port, PROTOCOL_3_2);
-    const key = keyOf(messages);
+    const key = backendKey(messages);
     client.write(serialize.query('select pg_sleep(0.7)'));
-    await sendCancel(proxy.port, { processId: key.processId, secret: key.secret.subarray(0, 4) });
+    await sendCancel(proxy.port, key.processId, key.secret.subarray(0, 4));
     const reply = await client.until('Z');
     expect(reply.map((m) => m.type).join('')).toBe('TDCZ');
     client.destroy();
@@ -254,7 +242,7 @@ describe('server connections', () => {
       version: PROTOCOL_3_2,
     });
     expect(negotiation(messages)).toBeUndefined();
-    const key = keyOf(messages);
+    const key = backendKey(messages);
     expect(key.secret).toHaveLength(32);
     client.write(serialize.query("select current_setting('server_version') as v"));
     const reply = await client.until('Z');

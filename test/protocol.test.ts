@@ -12,10 +12,10 @@ import { connect as connectClient, connectEndedAfterEachTest, psql } from './sup
 import { connectDirect, disconnectsAfter, leave } from './support/observe.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 import {
-  cancelPacket,
   codePacket,
   fieldsOf,
   PROTOCOL_3_2,
+  sendCancel,
   startupPacket,
   WireClient,
   type Message,
@@ -54,13 +54,6 @@ function keyOf(client: pg.Client): BackendKey {
 
 async function pidOf(client: pg.Client): Promise<number> {
   return (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
-}
-
-/** Sends a CancelRequest on a connection of its own, as libpq and pg do. */
-async function sendCancel(processId: number, secret: number): Promise<void> {
-  const wire = await WireClient.open(proxy.port);
-  wire.write(cancelPacket(processId, secret));
-  await wire.closed;
 }
 
 /** Waits until some server session is running this exact statement; returns its pid. */
@@ -351,7 +344,7 @@ describe('cancel requests', () => {
     const query = client.query(sql).catch((error: { code?: string }) => error);
     await runningPid(sql);
     const started = Date.now();
-    await sendCancel(keyOf(client).processID, keyOf(client).secretKey);
+    await sendCancel(proxy.port, keyOf(client).processID, keyOf(client).secretKey);
     expect(await query).toMatchObject({ code: '57014' });
     expect(Date.now() - started).toBeLessThan(5000);
     expect((await client.query('select 1 as one')).rows).toEqual([{ one: 1 }]);
@@ -361,7 +354,7 @@ describe('cancel requests', () => {
     const client = await connect(proxy.config('app'));
     for (let i = 0; i < 5; i++) {
       // Nothing runs now: PostgreSQL ignores a cancel that finds the session idle...
-      await sendCancel(keyOf(client).processID, keyOf(client).secretKey);
+      await sendCancel(proxy.port, keyOf(client).processID, keyOf(client).secretKey);
       // ...so it must not hit the query sent once the cancel request has been answered.
       expect((await client.query('select pg_sleep(0.1) as slept')).rows).toEqual([{ slept: '' }]);
     }
@@ -372,7 +365,7 @@ describe('cancel requests', () => {
     const sql = 'select pg_sleep(1) as keep_me';
     const query = client.query(sql);
     await runningPid(sql);
-    await sendCancel(keyOf(client).processID, keyOf(client).secretKey ^ 1);
+    await sendCancel(proxy.port, keyOf(client).processID, keyOf(client).secretKey ^ 1);
     expect((await query).rows).toEqual([{ keep_me: '' }]);
   });
 });

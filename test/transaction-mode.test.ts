@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { connect as connectClient, psql } from './support/clients.js';
 import { backendExists, connectDirect, disconnectsAfter } from './support/observe.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
-import { cancelPacket, fieldsOf, WireClient, type Message } from './support/wire-client.js';
+import { fieldsOf, sendCancel, WireClient, type Message } from './support/wire-client.js';
 
 /** Pool size of the main pgbranch: every test checks that no more server connections served. */
 const POOL = 10;
@@ -110,13 +110,6 @@ async function pidOf(client: pg.Client): Promise<number> {
 function keyOf(client: pg.Client): { processId: number; secret: number } {
   const c = client as unknown as { processID: number; secretKey: number };
   return { processId: c.processID, secret: c.secretKey };
-}
-
-/** Sends a CancelRequest to pgbranch over a socket of its own and waits until it is closed. */
-async function sendCancel(port: number, key: { processId: number; secret: number }) {
-  const wire = await WireClient.open(port);
-  wire.write(cancelPacket(key.processId, key.secret));
-  await wire.closed;
 }
 
 /** Cuts a client's socket as a crash or a network failure would: no Terminate. */
@@ -793,7 +786,7 @@ describe('cancel', () => {
     const other = bystander.query<{ ok: boolean }>('select true as ok from pg_sleep(3)');
     await runningQuery(direct, '%pg_sleep(30) as long_one%');
     const canceled = Date.now();
-    await sendCancel(proxy.port, keyOf(sleeper));
+    await sendCancel(proxy.port, keyOf(sleeper).processId, keyOf(sleeper).secret);
     expect(await sleeping).toMatchObject({ code: '57014' });
     expect(Date.now() - canceled).toBeLessThan(2000);
     expect((await other).rows).toEqual([{ ok: true }]);
@@ -828,7 +821,7 @@ describe('cancel', () => {
     await idle.query('select 1');
     const other = bystander.query<{ ok: boolean }>('select true as ok from pg_sleep(1)');
     await runningQuery(direct, '%from pg_sleep(1)%');
-    await sendCancel(proxy.port, keyOf(idle));
+    await sendCancel(proxy.port, keyOf(idle).processId, keyOf(idle).secret);
     expect((await other).rows).toEqual([{ ok: true }]);
     expect((await idle.query('select true as ok from pg_sleep(0.3)')).rows).toEqual([{ ok: true }]);
   });
