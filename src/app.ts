@@ -171,7 +171,7 @@ export async function startPgbranch(
       throw error;
     }
     log.info(
-      { event: 'peers_joined', channel: peers.channel },
+      { event: 'peers_joined', channel: peers.channel, proxy: peers.id },
       `coordinating with other pgbranch proxies of this server through Redis (${peers.channel})`,
     );
   }

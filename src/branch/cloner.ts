@@ -69,10 +69,20 @@ export class Cloner {
 
 /** Server errors during CREATE DATABASE, in words that say what to do. */
 function translateCreateError(error: unknown, database: string, parent: string): Error {
-  const e = error as { code?: string; message?: string; detail?: string; hint?: string };
+  const e = error as {
+    code?: string;
+    message?: string;
+    detail?: string;
+    hint?: string;
+    constraint?: string;
+  };
   const message = e.message ?? String(error);
   // The caller decides what an existing database means (another proxy made it, or a clash).
   if (e.code === '42P04') return error as Error;
+  // Two CREATE DATABASE of one name at the same moment: the later one trips over the other's row.
+  if (e.code === '23505' && e.constraint === 'pg_database_datname_index') {
+    return new PgError('42P04', `database "${database}" already exists`, e.detail);
+  }
   if (e.code === '55006') {
     // Someone connected between our check and the clone.
     return errors.parentBusy(parent, 1, 0);

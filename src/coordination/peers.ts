@@ -3,25 +3,60 @@
 // (the source of a clone must have no sessions). They tell each other through Redis pub/sub, on a
 // channel named after the server's system identifier, so proxies of one server find each other
 // with no setting but the Redis URL, and proxies of different servers never meet.
-import { randomUUID } from 'node:crypto';
+//
+// A pause is a lease (leases.ts): its holder re-announces it while it lasts, and the others end it
+// on its resume or when they have heard nothing of it for a few seconds, so that a proxy that dies
+// strands nobody for long, and a clone that takes an hour keeps the others paused for the hour.
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { HEARTBEAT_MS, RemotePauses } from './leases.js';
 
 export type DrainVerb = 'reset' | 'restored' | 'deleted';
 
-export interface PeerMessage {
-  kind: 'pause' | 'resume';
-  database: string;
-  /** The proxy that sent it. */
-  from: string;
-  /** pause: the branch is going away or being replaced; disconnect clients as the sender does. */
-  terminate?: { name: string; verb: DrainVerb };
-  /** resume: the database was replaced or dropped; close pooled connections to it. */
-  closed?: boolean;
+/** The branch is going away or being replaced: disconnect clients as the sender does. */
+export interface Termination {
+  name: string;
+  verb: DrainVerb;
+}
+
+/**
+ * What proxies say to each other, less the sender. `pause` numbers the sender's pauses, so that two
+ * pauses of one database by one proxy end one at a time; `held` is the heartbeat of a pause.
+ */
+type Announcement = { database: string; pause: number } & (
+  | { kind: 'pause'; terminate?: Termination }
+  | { kind: 'held' }
+  | {
+      kind: 'resume';
+      /** The database was replaced or dropped: close pooled connections to it. */
+      closed?: true;
+    }
+);
+
+export type PeerMessage = Announcement & { from: string };
+
+/** What this proxy does when others pause a database. */
+export interface RemotePauseHandler {
+  /** Another proxy paused `database`: one hold, which exactly one resume() ends. */
+  pause(database: string, terminate?: Termination): void;
+  resume(database: string): void;
+  /** `database` was replaced or dropped: close the pooled connections to it. */
+  close(database: string): void;
 }
 
 export class Peers {
-  readonly id = randomUUID();
+  /**
+   * This proxy in messages and in the others' logs: its host and process, and a random part for
+   * hosts that look alike (containers).
+   */
+  readonly id = `${os.hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+  private lastPause = 0;
+  /** Pauses this proxy holds, by number, each with the timer that re-announces it. */
+  private readonly held = new Map<number, { database: string; heartbeat: NodeJS.Timeout }>();
+  private remote?: RemotePauses;
+
   private constructor(
     private readonly publisher: Redis,
     private readonly subscriber: Redis,
@@ -57,26 +92,53 @@ export class Peers {
     return new Peers(publisher, subscriber, channel, log);
   }
 
-  /** Calls `handler` with every message other proxies send. */
-  listen(handler: (message: PeerMessage) => void): void {
+  /** Tells the other proxies to pause `database`, and keeps telling them until resume(). */
+  async pause(database: string, terminate?: Termination): Promise<void> {
+    const pause = ++this.lastPause;
+    const heartbeat = setInterval(
+      () => void this.send({ kind: 'held', database, pause }),
+      HEARTBEAT_MS,
+    );
+    heartbeat.unref();
+    this.held.set(pause, { database, heartbeat });
+    await this.send({ kind: 'pause', database, pause, ...(terminate ? { terminate } : {}) });
+  }
+
+  /** Ends one pause() of `database` (the oldest: they are alike) in the other proxies. */
+  resume(database: string, closed: boolean): void {
+    for (const [pause, held] of this.held) {
+      if (held.database !== database) continue;
+      // Stopped before the resume is sent, and both go down one connection in order: no heartbeat
+      // of this pause reaches anyone after its resume.
+      clearInterval(held.heartbeat);
+      this.held.delete(pause);
+      void this.send({
+        kind: 'resume',
+        database,
+        pause,
+        ...(closed ? { closed: true as const } : {}),
+      });
+      return;
+    }
+  }
+
+  /** Calls `handler` for the pauses other proxies hold, each ended once: on resume or lease end. */
+  listen(handler: RemotePauseHandler): void {
+    const remote = (this.remote = new RemotePauses(handler, this.log));
     this.subscriber.on('message', (channel: string, text: string) => {
       if (channel !== this.channel) return;
-      let message: PeerMessage;
-      try {
-        message = JSON.parse(text) as PeerMessage;
-      } catch {
-        return;
-      }
-      if (message.from === this.id || typeof message.database !== 'string') return;
-      handler(message);
+      const message = parse(text);
+      if (message && message.from !== this.id) remote.receive(message);
     });
   }
 
-  /** Tells the other proxies; a Redis failure is logged, never thrown (they may be none). */
-  async send(message: Omit<PeerMessage, 'from'>): Promise<void> {
+  /** Publishes; a Redis failure is logged, never thrown (there may be no other proxy). */
+  private async send(message: Announcement): Promise<void> {
     try {
       await this.publisher.publish(this.channel, JSON.stringify({ ...message, from: this.id }));
     } catch (error) {
+      // A heartbeat that fails fails again a second later: redis_error has said why already.
+      if (message.kind === 'held') return;
       this.log.warn(
         { err: error, event: 'redis_publish_failed', database: message.database },
         `could not tell other proxies to ${message.kind} ${message.database}: ${(error as Error).message}`,
@@ -84,10 +146,31 @@ export class Peers {
     }
   }
 
+  /** Stops heartbeats and forgets the others' pauses (at shutdown), and leaves Redis. */
   close(): void {
+    for (const { heartbeat } of this.held.values()) clearInterval(heartbeat);
+    this.held.clear();
+    this.remote?.close();
     this.publisher.disconnect();
     this.subscriber.disconnect();
   }
+}
+
+function parse(text: string): PeerMessage | undefined {
+  let message: Partial<PeerMessage>;
+  try {
+    message = JSON.parse(text) as Partial<PeerMessage>;
+  } catch {
+    return undefined;
+  }
+  const { kind, from, database, pause } = message;
+  const known = kind === 'pause' || kind === 'held' || kind === 'resume';
+  return known &&
+    typeof from === 'string' &&
+    typeof database === 'string' &&
+    Number.isInteger(pause)
+    ? (message as PeerMessage)
+    : undefined;
 }
 
 function redacted(url: string): string {
