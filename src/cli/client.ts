@@ -1,6 +1,6 @@
 // The CLI's side of the admin API: one request, JSON in and out, with Node's fetch. Failures are
 // sorted into the two a script must tell apart: pgbranch said no (ApiError), or it could not be
-// asked at all (Unreachable).
+// asked at all (Unreachable), and the latter by what a person has to do about it.
 import type { ErrorBody } from '../admin/error-status.js';
 
 /** pgbranch answered with an error: the SQLSTATE and its words. */
@@ -14,11 +14,19 @@ export class ApiError extends Error {
   }
 }
 
-/** No admin API answered at the URL: nothing listens, something else does, or the token is wrong. */
+/**
+ * Why the admin API could not be asked: nothing listens at the URL (`refused`), something that is
+ * not pgbranch's admin API answers (`foreign`), the request failed on the way (`network`), or the
+ * API refused the token: none was sent (`no-token`) or another than the server's (`wrong-token`).
+ */
+export type UnreachableKind = 'refused' | 'foreign' | 'network' | 'no-token' | 'wrong-token';
+
+/** No admin API answered at the URL, or it would not answer without the right token. */
 export class Unreachable extends Error {
   override name = 'Unreachable';
   constructor(
     readonly url: string,
+    readonly kind: UnreachableKind,
     reason: string,
   ) {
     super(reason);
@@ -44,7 +52,8 @@ export class AdminClient {
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (error) {
-      throw new Unreachable(this.url, connectFailure(error));
+      const { kind, reason } = connectFailure(error);
+      throw new Unreachable(this.url, kind, reason);
     }
     const text = await response.text();
     let parsed: unknown;
@@ -53,7 +62,8 @@ export class AdminClient {
     } catch {
       throw new Unreachable(
         this.url,
-        `it answered HTTP ${response.status} with something other than JSON: is this pgbranch's admin port?`,
+        'foreign',
+        `it answered HTTP ${response.status} with something other than JSON`,
       );
     }
     if (response.ok) return parsed as T;
@@ -61,32 +71,38 @@ export class AdminClient {
     if (typeof error?.code !== 'string' || typeof error.message !== 'string') {
       throw new Unreachable(
         this.url,
+        'foreign',
         `it answered HTTP ${response.status} without a pgbranch error`,
       );
     }
     if (response.status === 401) {
-      throw new Unreachable(
-        this.url,
-        this.token === undefined
-          ? 'it requires an admin token: set PGBRANCH_ADMIN_TOKEN (admin.token) as the server has it'
-          : 'it refused the admin token: PGBRANCH_ADMIN_TOKEN (admin.token) differs from the server’s',
-      );
+      throw this.token === undefined
+        ? new Unreachable(this.url, 'no-token', 'it requires a token, and none was given')
+        : new Unreachable(this.url, 'wrong-token', 'it refused the token given');
     }
     throw new ApiError(response.status, parsed as ErrorBody);
   }
 }
 
-function connectFailure(error: unknown): string {
+function connectFailure(error: unknown): { kind: UnreachableKind; reason: string } {
   const cause = (error as { cause?: NodeJS.ErrnoException }).cause;
+  if (cause?.code?.startsWith('HPE_')) {
+    // llhttp's codes: what came back was not HTTP (a PostgreSQL port answers with a packet).
+    return { kind: 'foreign', reason: 'it answered with something other than HTTP' };
+  }
   switch (cause?.code) {
     case 'ECONNREFUSED':
-      return 'nothing is listening there';
+      return { kind: 'refused', reason: 'nothing is listening there' };
     case 'ENOTFOUND':
     case 'EAI_AGAIN':
-      return 'the host name does not resolve';
+      return { kind: 'network', reason: 'the host name does not resolve' };
     case 'ECONNRESET':
-      return 'the connection was closed: is this pgbranch’s admin port?';
-    default:
-      return cause?.message ?? (error as Error).message;
+    case 'UND_ERR_SOCKET':
+      return { kind: 'foreign', reason: 'it closed the connection without an answer' };
   }
+  if (cause?.message === 'bad port') {
+    // fetch refuses the ports browsers block (6000, 6665-6669, ...), whatever listens there.
+    return { kind: 'network', reason: 'fetch refuses to use this port, as browsers do' };
+  }
+  return { kind: 'network', reason: cause?.message ?? (error as Error).message };
 }

@@ -22,7 +22,7 @@ import {
   type BranchCommand,
   type Options,
 } from './args.js';
-import { AdminClient, ApiError, Unreachable } from './client.js';
+import { ApiError, Unreachable, type AdminClient } from './client.js';
 import {
   branchDetails,
   branchTable,
@@ -33,6 +33,7 @@ import {
 } from './format.js';
 import { branchHelp, gcHelp } from './help.js';
 import { withProgress } from './progress.js';
+import { clientFor, explainUnreachable } from './reach.js';
 
 const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, notFound: 4 } as const;
 
@@ -57,15 +58,16 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<nu
     return EXIT.ok;
   }
   let config: Config;
+  let sources: string[];
   try {
-    config = loadConfig(invocation.configArgv, env).config;
+    ({ config, sources } = loadConfig(invocation.configArgv, env));
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     process.stderr.write(`pgbranch: invalid configuration\n${error.message}\n`);
     return EXIT.usage;
   }
   const { json } = invocation;
-  const client = clientFor(config);
+  const client = clientFor(config, sources);
   if (typeof client === 'string') {
     process.stderr.write(`pgbranch: ${client}\n`);
     return EXIT.unreachable;
@@ -79,11 +81,7 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<nu
     return EXIT.ok;
   } catch (error) {
     if (error instanceof Unreachable) {
-      process.stderr.write(
-        `pgbranch: cannot reach pgbranch's admin API at ${error.url}: ${error.message}.\n` +
-          `Start pgbranch (npm start, or pgbranch), or say where it runs with --admin-host and ` +
-          `--admin-port (PGBRANCH_ADMIN_HOST, PGBRANCH_ADMIN_PORT).\n`,
-      );
+      process.stderr.write(`pgbranch: ${await explainUnreachable(error, config)}\n`);
       return EXIT.unreachable;
     }
     if (error instanceof ApiError) {
@@ -107,23 +105,6 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<nu
     }
     throw error;
   }
-}
-
-/** The client for the configured admin API, or why there is none. */
-function clientFor(config: Config): AdminClient | string {
-  const { enabled, host, port, token } = config.admin;
-  if (!enabled) {
-    return 'the admin API is turned off (admin.enabled is false), so there is nothing to ask';
-  }
-  if (port === 0) {
-    return (
-      'admin.port is 0, so the server picked a free port at start: give the port its banner ' +
-      'shows (admin: line) with --admin-port or PGBRANCH_ADMIN_PORT'
-    );
-  }
-  // A server that listens on every address is reached on loopback.
-  const reach = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-  return new AdminClient(`http://${reach.includes(':') ? `[${reach}]` : reach}:${port}`, token);
 }
 
 const path = (name: string, rest = '') => `/v1/branches/${encodeURIComponent(name)}${rest}`;

@@ -9,7 +9,8 @@ export const EXIT_CODES = `Exit codes:
   0  done (gc: also a dry run)
   1  pgbranch refused or failed; the message carries the SQLSTATE
   2  usage: a bad command, option or setting
-  3  pgbranch cannot be reached: nothing answers at the admin URL, or the token is wrong
+  3  pgbranch cannot be reached: nothing answers at the admin URL, the admin API is turned off
+     (admin.enabled), or the token is missing or wrong
   4  not found: no such database, branch or restore point (3D000, 42704)`;
 
 export function branchHelp(): string {
