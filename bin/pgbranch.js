@@ -9,13 +9,15 @@ import { pathToFileURL } from 'node:url';
 const root = path.resolve(import.meta.dirname, '..');
 const built = path.join(root, 'dist', 'main.js');
 
-/** The newest modification time of a .ts file under `dir`. */
+/** The newest modification time of a .ts file under `dir` that the build compiles (not tests). */
 function newestSource(dir) {
   let newest = 0;
   for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
     const file = path.join(dir, entry.name);
     if (entry.isDirectory()) newest = Math.max(newest, newestSource(file));
-    else if (entry.name.endsWith('.ts')) newest = Math.max(newest, fs.statSync(file).mtimeMs);
+    else if (entry.name.endsWith('.ts') && !entry.name.endsWith('.test.ts')) {
+      newest = Math.max(newest, fs.statSync(file).mtimeMs);
+    }
   }
   return newest;
 }

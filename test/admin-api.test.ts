@@ -127,6 +127,13 @@ describe('branches', () => {
       branch: { name: 'app@api-made', parent: 'main', ttlMs: 7 * 86_400_000, origin: 'pgbranch' },
     });
     expect(await create('app@api-made')).toMatchObject({ status: 200, body: { created: false } });
+    // The parent written in full names the same branch.
+    expect(await create('app@api-made', { parent: 'app' })).toMatchObject({ status: 200 });
+    expect(await create('app@api-child', { parent: 'app@api-made' })).toMatchObject({
+      status: 201,
+      body: { branch: { parent: 'api-made' } },
+    });
+    await api('DELETE', branchPath('app@api-child'));
     expect(await create('app@api-made', { parent: 'other' })).toMatchObject({
       status: 409,
       body: { error: { code: '42P04' } },

@@ -221,7 +221,8 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
             parent: {
               type: 'string',
               minLength: 1,
-              description: 'A branch of the same database; default main.',
+              description:
+                'A branch of the same database, as develop or app@develop (app for the root); default main.',
             },
             snapshot: {
               type: 'string',

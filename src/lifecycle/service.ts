@@ -9,6 +9,7 @@ import type pg from 'pg';
 import type { Cloner } from '../branch/cloner.js';
 import {
   branchName,
+  parentWithin,
   parseBranchName,
   physicalName,
   ROOT_BRANCH,
@@ -156,7 +157,15 @@ export class LifecycleService implements Lifecycle {
   async create(request: CreateRequest): Promise<CreateResult> {
     const { root, branch } = parseBranchName(request.name);
     if (branch === ROOT_BRANCH) throw notABranch(request.name);
-    const parent = request.parent ?? ROOT_BRANCH;
+    // `develop`, or written in full as `app@develop` (`app` for the root). A bare name may itself
+    // hold "@" (a branch named release@2), so only the database's own prefix is taken off.
+    const given = request.parent;
+    const parent =
+      given === undefined
+        ? ROOT_BRANCH
+        : given === root || given.startsWith(`${root}${SEPARATOR}`)
+          ? parentWithin(root, given)
+          : given;
     validateBranchName(parent);
     if (root === this.options.maintenanceDatabase) throw maintenanceRefused(root, branch);
     const expiresAt = request.expiresAt === undefined ? undefined : parseTime(request.expiresAt);
@@ -844,30 +853,32 @@ export class LifecycleService implements Lifecycle {
     return run;
   }
 
+  /**
+   * Under the root's lock: a session on a database that is being cloned would fail the clone with
+   * 55006 (and pgbranch's own sessions are not drained). A restore point takes no connections: it
+   * lets this one in and closes again at once.
+   */
   private async readSchemaOf(side: DiffSide) {
-    const client = this.options.connectTo(side.physical);
-    client.on('error', () => undefined);
-    if (side.point) {
-      // A restore point takes no connections: it lets this one in and closes again at once, under
-      // the root's lock so that no restore or drop of it runs in between. The session reads the
-      // catalogs in a read-only transaction.
-      const { provider } = this.options;
-      await this.exclusive(side.root, async () => {
+    const { provider } = this.options;
+    return this.exclusive(side.root, async () => {
+      const client = this.options.connectTo(side.physical);
+      client.on('error', () => undefined);
+      if (side.point) {
         await provider.allowConnections(side.physical, true);
         try {
           await client.connect();
         } finally {
           await provider.allowConnections(side.physical, false);
         }
-      });
-    } else {
-      await client.connect();
-    }
-    try {
-      return await readSchema(client);
-    } finally {
-      await client.end().catch(() => undefined);
-    }
+      } else {
+        await client.connect();
+      }
+      try {
+        return await readSchema(client);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    });
   }
 
   /** Writes last-connection times to the branches' records (on each sweep, and at stop). */
