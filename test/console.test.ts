@@ -561,6 +561,28 @@ describe('the protocol', () => {
   });
 });
 
+describe('pipelining', () => {
+  it('answers a query sent the moment login succeeds, before the console greeted the client', async () => {
+    // The query arrives while pgbranch looks up whether the role may use the console: between the
+    // login's reader and the console's. Several sessions, since it is a matter of timing.
+    await Promise.all(
+      Array.from({ length: 10 }, async () => {
+        const raw = await WireClient.open(proxy.port);
+        await raw.authenticate({
+          user: 'postgres',
+          password: proxy.password,
+          database: 'pgbranch',
+        });
+        raw.write(serialize.query('SHOW VERSION'));
+        const answer = await raw.until('Z', 2);
+        expect(answer.map((m) => m.type).slice(-5)).toEqual(['Z', 'T', 'D', 'C', 'Z']);
+        raw.write(serialize.end());
+        await raw.closed;
+      }),
+    );
+  });
+});
+
 describe('operations that take a while', () => {
   /** A root database whose copies wait while a direct session holds it. */
   const HELD = 'held';

@@ -77,7 +77,13 @@ export async function serveConsole(
   deps: ConsoleDeps,
   cancelKeys: ConsoleCancelKeys,
 ): Promise<void> {
-  if (!(await mayUseConsole(user, deps))) throw errors.consoleDenied(user);
+  // What the client sends while its role is looked up (a pipelined first query) waits in the
+  // kernel for the console's reader: the login's reader has let go of the socket already.
+  socket.pause();
+  if (!(await mayUseConsole(user, deps))) {
+    socket.resume();
+    throw errors.consoleDenied(user);
+  }
   const session = new ConsoleSession(socket, user, deps);
   const cancelKey = cancelKeys.registry.registerOwn(
     () => session.cancel(),
