@@ -22,6 +22,12 @@ export class RemotePauses {
     { database: string; from: string; expiry: NodeJS.Timeout }
   >();
 
+  /**
+   * Pauses resumed here lately, by the same key: a heartbeat of one of them (a duplicate after a
+   * Redis reconnect) must not start it again. Kept for a lease's length.
+   */
+  private readonly resumed = new Map<string, NodeJS.Timeout>();
+
   constructor(
     private readonly handler: RemotePauseHandler,
     private readonly log: Logger,
@@ -37,6 +43,7 @@ export class RemotePauses {
       if (!lease) return;
       clearTimeout(lease.expiry);
       this.leases.delete(key);
+      this.remember(key);
       this.handler.resume(lease.database);
       return;
     }
@@ -44,10 +51,17 @@ export class RemotePauses {
       lease.expiry.refresh();
       return;
     }
-    // The heartbeat of a pause that ended here (a late one, or its lease ran out) starts nothing:
-    // its drain and its disconnects are past, and only a resume could end it again.
-    if (message.kind === 'held') return;
-    this.handler.pause(message.database, message.terminate);
+    if (message.kind === 'held') {
+      if (this.resumed.has(key)) return;
+      // A pause this proxy did not hear begin (it started, or its Redis connection came back, while
+      // the pause was held), or one whose lease ran out while its holder was only slow: the holder
+      // still clones, and this proxy's connections would fail it.
+      this.log.info(
+        { event: 'peer_pause_joined', database: message.database, peer: message.from },
+        `proxy ${message.from} holds a pause of ${message.database}: pausing it here too`,
+      );
+    }
+    this.handler.pause(message.database, message.kind === 'pause' ? message.terminate : undefined);
     const expiry = setTimeout(() => this.expire(key), LEASE_MS);
     expiry.unref();
     this.leases.set(key, { database: message.database, from: message.from, expiry });
@@ -64,9 +78,18 @@ export class RemotePauses {
     this.handler.resume(lease.database);
   }
 
+  private remember(key: string): void {
+    clearTimeout(this.resumed.get(key));
+    const forget = setTimeout(() => this.resumed.delete(key), LEASE_MS);
+    forget.unref();
+    this.resumed.set(key, forget);
+  }
+
   /** Forgets every lease without resuming (at shutdown, when the pools close anyway). */
   close(): void {
     for (const { expiry } of this.leases.values()) clearTimeout(expiry);
     this.leases.clear();
+    for (const forget of this.resumed.values()) clearTimeout(forget);
+    this.resumed.clear();
   }
 }

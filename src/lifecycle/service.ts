@@ -863,22 +863,34 @@ export class LifecycleService implements Lifecycle {
     return this.exclusive(side.root, async () => {
       const client = this.options.connectTo(side.physical);
       client.on('error', () => undefined);
-      if (side.point) {
-        await provider.allowConnections(side.physical, true);
-        try {
-          await client.connect();
-        } finally {
-          await provider.allowConnections(side.physical, false);
-        }
-      } else {
-        await client.connect();
-      }
       try {
+        if (side.point) {
+          await provider.allowConnections(side.physical, true);
+          try {
+            await client.connect();
+          } finally {
+            await this.closeAgain(side);
+          }
+        } else {
+          await client.connect();
+        }
         return await readSchema(client);
       } finally {
         await client.end().catch(() => undefined);
       }
     });
+  }
+
+  /** A restore point let in a diff's connection: it takes none again, or the log says it does. */
+  private async closeAgain(side: DiffSide): Promise<void> {
+    try {
+      await this.options.provider.allowConnections(side.physical, false);
+    } catch (error) {
+      this.options.log.error(
+        { err: error, event: 'restore_point_left_open', database: side.physical },
+        `restore point ${side.name} may still take connections: ${(error as Error).message}; run ALTER DATABASE "${side.physical}" WITH ALLOW_CONNECTIONS false`,
+      );
+    }
   }
 
   /** Writes last-connection times to the branches' records (on each sweep, and at stop). */
