@@ -9,6 +9,9 @@ import type { Operation } from './lifecycle/service.js';
 
 const PREFIX = 'pgbranch_';
 
+/** A scrape waits this long for the branch counts before it answers without new ones. */
+const CENSUS_TIMEOUT_MS = 2_000;
+
 /** Branch creations take from ~10 ms (a clone) to a minute (a large copy, or a drain that waits). */
 const CREATION_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
@@ -149,12 +152,13 @@ export class Metrics {
 
     if (sources.census) {
       // Both gauges come from one query: a scrape collects them at once, and they share it. When
-      // the server can't be asked, they keep their last values and the rest is served as usual.
+      // the server can't be asked, or takes longer than CENSUS_TIMEOUT_MS, they keep their last
+      // values and the rest is served as usual.
       const census = sources.census;
       type Census = Awaited<ReturnType<typeof census>>;
       let reading: Promise<Census | undefined> | undefined;
       const read = () =>
-        (reading ??= census()
+        (reading ??= withinTime(census(), CENSUS_TIMEOUT_MS)
           .catch(() => undefined)
           .finally(() => {
             reading = undefined;
@@ -200,6 +204,15 @@ export class Metrics {
     this.creations.inc(labels);
     this.creationSeconds.observe(labels, ms / 1000);
   }
+}
+
+/** `work`'s result, or undefined once `ms` have passed without one. */
+function withinTime<T>(work: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ms);
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
 export interface MetricsServer {

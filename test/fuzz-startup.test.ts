@@ -926,7 +926,10 @@ async function floodAfter(
   let refusedAfterMs = Infinity;
   socket.on('data', (chunk: Buffer) => {
     chunks.push(chunk);
-    refusedAfterMs = Math.min(refusedAfterMs, Date.now() - started);
+    // Refused once the ErrorResponse is in (AuthenticationSASL comes first, before the flood).
+    if (refusedAfterMs === Infinity && readReply(Buffer.concat(chunks)).error) {
+      refusedAfterMs = Date.now() - started;
+    }
   });
   socket.on('error', () => undefined);
   const pump = () => {

@@ -1,6 +1,8 @@
-// The CLI's side of the admin API: one request, JSON in and out, with Node's fetch. Failures are
+// The CLI's side of the admin API: one request, JSON in and out, over node:http (fetch gives up
+// after five minutes without an answer, and a copy of a large database takes longer). Failures are
 // sorted into the two a script must tell apart: pgbranch said no (ApiError), or it could not be
 // asked at all (Unreachable), and the latter by what a person has to do about it.
+import http from 'node:http';
 import type { ErrorBody } from '../admin/error-status.js';
 
 /** pgbranch answered with an error: the SQLSTATE and its words. */
@@ -16,10 +18,13 @@ export class ApiError extends Error {
 
 /**
  * Why the admin API could not be asked: nothing listens at the URL (`refused`), something that is
- * not pgbranch's admin API answers (`foreign`), the request failed on the way (`network`), or the
- * API refused the token: none was sent (`no-token`) or another than the server's (`wrong-token`).
+ * not pgbranch's admin API answers (`foreign`), the connection ended before an answer (`dropped`:
+ * pgbranch stopped, and what it was asked may have happened), the request failed on the way
+ * (`network`), or the API refused the token: none was sent (`no-token`) or another than the
+ * server's (`wrong-token`).
  */
-export type UnreachableKind = 'refused' | 'foreign' | 'network' | 'no-token' | 'wrong-token';
+export type UnreachableKind =
+  'refused' | 'foreign' | 'dropped' | 'network' | 'no-token' | 'wrong-token';
 
 /** No admin API answered at the URL, or it would not answer without the right token. */
 export class Unreachable extends Error {
@@ -44,18 +49,19 @@ export class AdminClient {
     const headers: Record<string, string> = { accept: 'application/json' };
     if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
-    let response: Response;
+    let response: { status: number; text: string };
     try {
-      response = await fetch(this.url + path, {
+      response = await send(
+        this.url + path,
         method,
         headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
+        body === undefined ? undefined : JSON.stringify(body),
+      );
     } catch (error) {
-      const { kind, reason } = connectFailure(error);
+      const { kind, reason } = connectFailure(error as NodeJS.ErrnoException);
       throw new Unreachable(this.url, kind, reason);
     }
-    const text = await response.text();
+    const text = response.text;
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);
@@ -66,7 +72,7 @@ export class AdminClient {
         `it answered HTTP ${response.status} with something other than JSON`,
       );
     }
-    if (response.ok) return parsed as T;
+    if (response.status >= 200 && response.status < 300) return parsed as T;
     const error = (parsed as Partial<ErrorBody>).error;
     if (typeof error?.code !== 'string' || typeof error.message !== 'string') {
       throw new Unreachable(
@@ -84,25 +90,45 @@ export class AdminClient {
   }
 }
 
-function connectFailure(error: unknown): { kind: UnreachableKind; reason: string } {
-  const cause = (error as { cause?: NodeJS.ErrnoException }).cause;
-  if (cause?.code?.startsWith('HPE_')) {
+/** One request; resolves with the whole answer, however long it takes to come. */
+function send(
+  url: string,
+  method: string,
+  headers: Record<string, string>,
+  body: string | undefined,
+): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const request = http.request(url, { method, headers }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('error', reject);
+      response.on('end', () => {
+        if (!response.complete) {
+          reject(Object.assign(new Error('the answer was cut short'), { code: 'ECONNRESET' }));
+          return;
+        }
+        resolve({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString() });
+      });
+    });
+    request.on('error', reject);
+    request.end(body);
+  });
+}
+
+function connectFailure(error: NodeJS.ErrnoException): { kind: UnreachableKind; reason: string } {
+  if (error.code?.startsWith('HPE_')) {
     // llhttp's codes: what came back was not HTTP (a PostgreSQL port answers with a packet).
     return { kind: 'foreign', reason: 'it answered with something other than HTTP' };
   }
-  switch (cause?.code) {
+  switch (error.code) {
     case 'ECONNREFUSED':
       return { kind: 'refused', reason: 'nothing is listening there' };
     case 'ENOTFOUND':
     case 'EAI_AGAIN':
       return { kind: 'network', reason: 'the host name does not resolve' };
     case 'ECONNRESET':
-    case 'UND_ERR_SOCKET':
-      return { kind: 'foreign', reason: 'it closed the connection without an answer' };
+    case 'EPIPE':
+      return { kind: 'dropped', reason: 'the connection ended before an answer came' };
   }
-  if (cause?.message === 'bad port') {
-    // fetch refuses the ports browsers block (6000, 6665-6669, ...), whatever listens there.
-    return { kind: 'network', reason: 'fetch refuses to use this port, as browsers do' };
-  }
-  return { kind: 'network', reason: cause?.message ?? (error as Error).message };
+  return { kind: 'network', reason: error.message };
 }

@@ -62,6 +62,11 @@ export async function explainUnreachable(error: Unreachable, config: Config): Pr
       return `cannot use pgbranch's admin API at ${error.url}: ${error.message}.\n${TOKEN}`;
     case 'foreign':
       return `${cannot}, so it is not pgbranch's admin API.\nSay where pgbranch's admin API is: ${WHERE}.`;
+    case 'dropped':
+      return (
+        `${cannot} (pgbranch stopped, or something between cut it off).\n` +
+        `What it was asked may have happened or still be under way: look with pgbranch branch list once it runs.`
+      );
     case 'network':
       return `${cannot}.\nSay where pgbranch runs: ${WHERE}.`;
     case 'refused': {

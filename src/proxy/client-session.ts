@@ -64,8 +64,9 @@ export interface ProxyContext {
 /**
  * Sends the error and closes. The socket is cut off only after LINGER_MS, or when the client has
  * closed it: closing a socket with unread bytes makes the kernel send a reset, and a client that
- * had not yet read the error (one that floods, on a busy machine) would lose it. What such a client
- * sends meanwhile is not read: a flood costs kernel buffers, not CPU.
+ * had not yet read the error (one that floods, on a busy machine) would lose it. A client that the
+ * login's reader paused for sending too much stays paused, so its flood costs kernel buffers, not
+ * CPU (and its close goes unseen until LINGER_MS); any other is read and dropped until it closes.
  */
 function refuse(socket: net.Socket, error: PgError): void {
   const linger = setTimeout(() => socket.destroy(), LINGER_MS);
@@ -436,8 +437,5 @@ function toPgError(error: unknown, log: Logger): PgError {
     return errors.upstreamUnavailable(`${e.code}: ${e.message ?? ''}`);
   }
   log.error({ err: error }, 'unexpected error while serving a client');
-  return new PgError(
-    'XX000',
-    `pgbranch internal error: ${error instanceof Error ? error.message : String(error)}`,
-  );
+  return errors.internal(error);
 }
