@@ -101,6 +101,13 @@ describe('GET /metrics', () => {
       sample(text, 'pgbranch_branch_operations_total', { operation, result });
     expect(ops('snapshot')).toBe(1);
     expect(ops('reset')).toBe(1);
+    // Refused before it began: a root can't be reset. Not counted.
+    const refused = await fetch(`${proxy.ready.adminUrl!}/v1/branches/shop/reset`, {
+      method: 'POST',
+    });
+    expect(refused.status).toBe(403);
+    text = await scrape();
+    expect(ops('reset', 'error')).toBe(0);
 
     await admin('DELETE', `/v1/branches/${encodeURIComponent('shop@counted')}?cascade=true`);
     text = await scrape();

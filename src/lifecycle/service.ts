@@ -79,8 +79,8 @@ export interface LifecycleOptions {
   /** Called once per creation attempted (for metrics), whether it succeeded or not. */
   onCreated?: (mode: 'clone' | 'copy', ms: number, ok: boolean) => void;
   /**
-   * Called once per other change attempted (for metrics): per branch dropped for delete, expire and
-   * gc (a cascade counts each), per call for the rest.
+   * Called once per other change attempted (for metrics), once it got past the checks (a refused
+   * one is not counted): per branch dropped for delete, expire and gc (a cascade counts each).
    */
   onOperation?: (operation: Operation, ok: boolean) => void;
   now?: () => number;
@@ -273,54 +273,45 @@ export class LifecycleService implements Lifecycle {
   // ---- changing --------------------------------------------------------------------------
 
   async reset(name: string): Promise<BranchInfo> {
-    return this.counted(
-      'reset',
-      this.change(name, 'reset', async (entry, catalog) => {
-        const record = entry.record;
-        if (!record || !record.parent) {
-          throw new PgError(
-            '55000',
-            `cannot reset "${printable(entry.name)}": it was made outside pgbranch, so its parent is unknown`,
-            undefined,
-            `Delete it and create it again from its parent: pgbranch branch create ${entry.name} --from <parent>`,
-            'ERROR',
-          );
-        }
-        const parent = catalog.branches.get(branchName(entry.root, record.parent));
-        if (!parent) throw errors.parentMissing(entry.root, record.parent);
-        const fresh: BranchRecord = {
-          ...record,
-          createdAt: new Date(this.now()).toISOString(),
-          mode: this.options.provider.copyMethod.mode,
-        };
-        delete fresh.fromSnapshot;
-        delete fresh.restoredFrom;
-        await this.replace(entry, parent.physical, true, fresh, 'reset');
-      }),
-    );
+    return this.change(name, 'reset', async (entry, catalog) => {
+      const record = entry.record;
+      if (!record || !record.parent) {
+        throw new PgError(
+          '55000',
+          `cannot reset "${printable(entry.name)}": it was made outside pgbranch, so its parent is unknown`,
+          undefined,
+          `Delete it and create it again from its parent: pgbranch branch create ${entry.name} --from <parent>`,
+          'ERROR',
+        );
+      }
+      const parent = catalog.branches.get(branchName(entry.root, record.parent));
+      if (!parent) throw errors.parentMissing(entry.root, record.parent);
+      const fresh: BranchRecord = {
+        ...record,
+        createdAt: new Date(this.now()).toISOString(),
+        mode: this.options.provider.copyMethod.mode,
+      };
+      delete fresh.fromSnapshot;
+      delete fresh.restoredFrom;
+      await this.counted('reset', this.replace(entry, parent.physical, true, fresh, 'reset'));
+    });
   }
 
   async restore(name: string, snapshot: string): Promise<BranchInfo> {
-    return this.counted(
-      'restore',
-      this.change(name, 'restore', async (entry, catalog) => {
-        const point = this.snapshotOf(catalog, entry, snapshot);
-        const record: BranchRecord = {
-          ...(entry.record ?? defaultRecord(entry)),
-          restoredFrom: snapshot,
-        };
-        await this.replace(entry, point.physical, false, record, 'restored');
-      }),
-    );
+    return this.change(name, 'restore', async (entry, catalog) => {
+      const point = this.snapshotOf(catalog, entry, snapshot);
+      const record: BranchRecord = {
+        ...(entry.record ?? defaultRecord(entry)),
+        restoredFrom: snapshot,
+      };
+      await this.counted('restore', this.replace(entry, point.physical, false, record, 'restored'));
+    });
   }
 
   async snapshot(name: string, snapshot: string): Promise<SnapshotInfo> {
     validateSnapshotName(snapshot);
     const { root } = parseBranchName(name);
-    return this.counted(
-      'snapshot',
-      this.exclusive(root, () => this.takeSnapshot(name, snapshot, false)),
-    );
+    return this.exclusive(root, () => this.takeSnapshot(name, snapshot, false));
   }
 
   async deleteSnapshot(name: string, snapshot: string): Promise<DeleteResult> {
@@ -761,10 +752,13 @@ export class LifecycleService implements Lifecycle {
     if (auto) record.auto = true;
     const started = this.now();
     try {
-      await this.options.cloner.clone(entry.physical, physical, record, {
-        drainSource: true,
-        readOnly: true,
-      });
+      await this.counted(
+        auto ? 'auto_snapshot' : 'snapshot',
+        this.options.cloner.clone(entry.physical, physical, record, {
+          drainSource: true,
+          readOnly: true,
+        }),
+      );
     } catch (error) {
       if (error instanceof PgError && error.code === '55006') {
         throw new PgError(
@@ -995,10 +989,7 @@ export class LifecycleService implements Lifecycle {
       if ((await this.options.provider.sessionsOn(root)) > 0) continue;
       const name = `${AUTO_PREFIX}${compactTime(this.now())}`;
       try {
-        await this.counted(
-          'auto_snapshot',
-          this.exclusive(root, () => this.takeSnapshot(root, name, true)),
-        );
+        await this.exclusive(root, () => this.takeSnapshot(root, name, true));
         for (const old of catalog.snapshots) {
           if (old.record.root === root && old.record.branch === ROOT_BRANCH && old.record.auto) {
             await this.options.provider.drop(old.physical);
