@@ -204,6 +204,29 @@ describe('a pause is a lease its holder renews', () => {
     }
   });
 
+  it('ends at once when its holder stops in order, with no warning', async (ctx) => {
+    requireRedis(ctx);
+    const fourth = await peerOf(first!, ['--branch-drain-timeout', '30s']);
+    const outsider = await connect(first!.directUrl('app'));
+    const client = await pooledClient(second!, 'app');
+    const expiredBefore = second!.events('peer_pause_expired').length;
+    try {
+      const creation = connectError(fourth.config('app@abandoned'));
+      await paused(second!, 'app');
+      const ran = client.query('select count(*)::int as n from items');
+      const stopping = Date.now();
+      await fourth.stop();
+      expect((await ran).rows).toEqual([{ n: 1 }]);
+      // Not the five seconds of a lease running out.
+      expect(Date.now() - stopping).toBeLessThan(3_000);
+      expect(second!.events('peer_pause_expired').length).toBe(expiredBefore);
+      expect(await creation).toBeDefined();
+    } finally {
+      await fourth.stop();
+      await Promise.all([client.end(), outsider.end()]);
+    }
+  });
+
   it('lets two proxies create the same branch at once: one creates it, both use it', async (ctx) => {
     requireRedis(ctx);
     await sameBranchAtOnce(first!, second!, 'app@together');

@@ -146,13 +146,19 @@ export class Peers {
     }
   }
 
-  /** Stops heartbeats and forgets the others' pauses (at shutdown), and leaves Redis. */
+  /**
+   * At shutdown: ends the pauses this proxy holds in the others (a clone it was making goes no
+   * further), forgets theirs, and leaves Redis once what it said has gone out.
+   */
   close(): void {
-    for (const { heartbeat } of this.held.values()) clearInterval(heartbeat);
+    for (const [pause, { database, heartbeat }] of this.held) {
+      clearInterval(heartbeat);
+      void this.send({ kind: 'resume', database, pause });
+    }
     this.held.clear();
     this.remote?.close();
-    this.publisher.disconnect();
     this.subscriber.disconnect();
+    this.publisher.quit().catch(() => this.publisher.disconnect());
   }
 }
 
