@@ -159,19 +159,6 @@ export class PoolManager {
     this.janitor.unref();
   }
 
-  /**
-   * An idle connection for this request at once, or undefined (none idle, or the database is
-   * paused): the transaction-mode fast path, with no promise in the way.
-   */
-  acquireIdle(request: PoolRequest): ServerConnection | undefined {
-    if (this.paused.has(request.database)) return undefined;
-    const pool = this.poolFor(request);
-    if (pool.idle.length === 0) return undefined;
-    pool.request = request;
-    pool.warm = true;
-    return this.takeIdle(pool);
-  }
-
   /** A server connection for this request: idle, new, or the next one released, within the wait timeout. */
   async acquire(request: PoolRequest): Promise<ServerConnection> {
     const started = Date.now();
@@ -184,9 +171,9 @@ export class PoolManager {
   }
 
   /**
-   * As acquire(), with a callback instead of a promise: the transaction-mode path, which waits for
-   * a connection at almost every transaction once clients outnumber connections. A connection given
-   * back is handed to the first waiter within release().
+   * As acquire(), with a callback instead of a promise: the transaction-mode path, once per
+   * transaction. An idle connection is handed over within the call; once clients outnumber
+   * connections most wait, and a connection given back goes to the first waiter within release().
    */
   acquireThen(request: PoolRequest, done: Acquired): void {
     if (this.paused.has(request.database)) {
@@ -286,12 +273,15 @@ export class PoolManager {
         conn.idleSince = Date.now();
         this.watchIdle(conn);
         pool.idle.push(conn);
-      } else {
-        this.destroy(conn);
+        this.notifyDrainWatchers();
+        // Nobody of this pool waits (it would have had the connection). Another pool's waiters
+        // can use it only by closing it, which they need only at max_server_connections: the
+        // usual release, once per transaction, does not look at every pool.
+        if (this.totalOpen >= this.limits.maxServerConnections) this.serveWaiters();
+        return;
       }
-    } else {
-      this.destroy(conn);
     }
+    this.destroy(conn);
     this.notifyDrainWatchers();
     this.serveWaiters();
   }

@@ -413,10 +413,7 @@ export class TransactionRelay implements ServerSink {
    */
   private attach(): void {
     this.acquiring = true;
-    const { pools, request } = this.options;
-    const idle = pools.acquireIdle(request);
-    if (idle) this.acquired(undefined, idle);
-    else pools.acquireThen(request, this.acquired);
+    this.options.pools.acquireThen(this.options.request, this.acquired);
   }
 
   private readonly acquired = (error: Error | undefined, conn: ServerConnection | undefined) => {
