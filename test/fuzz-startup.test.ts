@@ -43,6 +43,7 @@ const STARTUP_CODES = new Set([
   '3D000', // invalid database name
   '42602', // invalid branch name
   '42704', // unknown pgbranch.* option
+  '55000', // a restore point's name (app@x:point), which takes no connections
   '53300', // too many clients
 ]);
 
