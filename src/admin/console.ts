@@ -248,7 +248,10 @@ class ConsoleSession {
     const { tag, target, seeWith } = describeCommand(command);
     if (command.kind !== 'show') this.audit(tag, target);
     const waiting = new AbortController();
-    const running = this.run(command, waiting.signal);
+    const running =
+      command.kind === 'show'
+        ? this.run(command, tag)
+        : this.slow(tag, target, waiting.signal, () => this.run(command, tag));
     const canceled = new Promise<never>((_, reject) =>
       waiting.signal.addEventListener('abort', () =>
         reject(
@@ -269,74 +272,56 @@ class ConsoleSession {
     }
   }
 
-  private async run(command: ConsoleCommand, signal: AbortSignal): Promise<Buffer[]> {
+  /** `tag` is the command's, as describeCommand() names it. */
+  private async run(command: ConsoleCommand, tag: string): Promise<Buffer[]> {
     const { lifecycle } = this.deps;
     switch (command.kind) {
       case 'show':
         return table(await this.show(command));
       case 'create': {
         const { name, parent, snapshot, ttlMs, expiresAt } = command;
-        const result = await this.slow('CREATE BRANCH', name, signal, () =>
-          lifecycle.create({ name, parent, snapshot, ttlMs, expiresAt }),
-        );
+        const result = await lifecycle.create({ name, parent, snapshot, ttlMs, expiresAt });
         const b = result.branch;
         const from = `${parentName(b) ?? 'its parent'}${b.fromSnapshot ? ` (restore point "${b.fromSnapshot}")` : ''}`;
         return done(
-          'CREATE BRANCH',
+          tag,
           result.created
             ? `created branch "${b.name}" from ${from} in ${result.ms} ms (${b.clone ? 'clone' : 'copy'})`
             : `branch "${b.name}" exists already, made from ${from}`,
         );
       }
       case 'reset': {
-        const b = await this.slow('RESET BRANCH', command.name, signal, () =>
-          lifecycle.reset(command.name),
-        );
-        return done(
-          'RESET BRANCH',
-          `branch "${b.name}" is a fresh copy of ${parentName(b) ?? 'its parent'}`,
-        );
+        const b = await lifecycle.reset(command.name);
+        return done(tag, `branch "${b.name}" is a fresh copy of ${parentName(b) ?? 'its parent'}`);
       }
       case 'drop': {
-        const result = await this.slow('DROP BRANCH', command.name, signal, () =>
-          lifecycle.delete(command.name, { cascade: command.cascade }),
-        );
-        return done('DROP BRANCH', `dropped ${result.deleted.map((n) => `"${n}"`).join(', ')}`);
+        const result = await lifecycle.delete(command.name, { cascade: command.cascade });
+        return done(tag, `dropped ${result.deleted.map((n) => `"${n}"`).join(', ')}`);
       }
       case 'snapshot': {
-        const s = await this.slow('SNAPSHOT BRANCH', command.name, signal, () =>
-          lifecycle.snapshot(command.name, command.snapshot),
-        );
-        return done('SNAPSHOT BRANCH', `saved "${s.of}" as restore point "${s.name}"`);
+        const s = await lifecycle.snapshot(command.name, command.snapshot);
+        return done(tag, `saved "${s.of}" as restore point "${s.name}"`);
       }
       case 'restore': {
-        const b = await this.slow('RESTORE BRANCH', command.name, signal, () =>
-          lifecycle.restore(command.name, command.snapshot),
-        );
-        return done('RESTORE BRANCH', `branch "${b.name}" is as it was at "${command.snapshot}"`);
+        const b = await lifecycle.restore(command.name, command.snapshot);
+        return done(tag, `branch "${b.name}" is as it was at "${command.snapshot}"`);
       }
       case 'drop-snapshot': {
-        await this.slow('DROP SNAPSHOT', command.name, signal, () =>
-          lifecycle.deleteSnapshot(command.name, command.snapshot),
-        );
-        return done(
-          'DROP SNAPSHOT',
-          `dropped restore point "${command.snapshot}" of "${command.name}"`,
-        );
+        await lifecycle.deleteSnapshot(command.name, command.snapshot);
+        return done(tag, `dropped restore point "${command.snapshot}" of "${command.name}"`);
       }
       case 'protect': {
-        const tag = command.on ? 'PROTECT BRANCH' : 'UNPROTECT BRANCH';
         const b = await lifecycle.protect(command.name, command.on);
         return done(tag, `branch "${b.name}" is ${b.protected ? 'protected' : 'not protected'}`);
       }
       case 'pause':
-        return this.pause(command.database, signal);
+        return this.pause(command.database);
       case 'resume':
         return this.resume(command.database);
       case 'reload': {
         const { applied, needRestart } = await this.deps.reload();
         return done(
-          'RELOAD',
+          tag,
           `configuration reloaded: ${applied.length > 0 ? `applied ${applied.join(', ')}` : 'nothing changed that applies while running'}${needRestart.length > 0 ? `; restart pgbranch for ${needRestart.join(', ')}` : ''}`,
         );
       }
@@ -369,8 +354,8 @@ class ConsoleSession {
   }
 
   /**
-   * Waits for work that may take a while (a drain comes first), with a notice once it has taken a
-   * second, unless the client has stopped waiting by then.
+   * Waits for a command that changes something (most drain clients first), with a notice once it
+   * has taken a second, unless the client has stopped waiting by then.
    */
   private async slow<T>(
     tag: string,
@@ -437,16 +422,14 @@ class ConsoleSession {
    * New checkouts of the database wait; running transactions get pauseTimeoutMs to finish. Server
    * connections held for whole sessions stay in use, and the notice says how many.
    */
-  private async pause(name: string | undefined, signal: AbortSignal): Promise<Buffer[]> {
+  private async pause(name: string | undefined): Promise<Buffer[]> {
     const { pools } = this.deps;
     const databases =
       name === undefined
         ? [...new Set([...pools.list()].map((p) => p.database))]
         : [databaseOf(name)];
     const timeoutMs = this.deps.pauseTimeoutMs();
-    const busy = await this.slow('PAUSE', name, signal, () =>
-      Promise.all(databases.map((db) => pools.pauseByOperator(db, timeoutMs))),
-    );
+    const busy = await Promise.all(databases.map((db) => pools.pauseByOperator(db, timeoutMs)));
     const notices = databases.map((db, i) =>
       noticeResponse(
         busy[i] === undefined
