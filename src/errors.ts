@@ -43,13 +43,11 @@ export const errors = {
       undefined,
       'A branch name is 1 to 255 characters without control characters or ":", as git branch names are.',
     ),
-  restorePointConnect: (root: string, name: string) => {
-    const colon = name.indexOf(':');
-    const branch = `${root}@${name.slice(0, colon)}`;
-    const point = name.slice(colon + 1);
+  restorePointConnect: (branch: string, point: string) => {
+    const root = branch.slice(0, branch.indexOf('@'));
     return new PgError(
       '55000',
-      `"${printable(`${root}@${name}`)}" is restore point "${printable(point)}" of ${printable(branch)}, and restore points take no connections`,
+      `"${printable(`${branch}:${point}`)}" is restore point "${printable(point)}" of ${printable(branch)}, and restore points take no connections`,
       'A restore point stays as it was saved, so that restoring it is predictable.',
       `Make a branch from it and connect to that: CREATE BRANCH ${printable(root)}@try FROM ${printable(branch)} SNAPSHOT ${printable(point)} in the pgbranch console, or pgbranch branch create ${printable(root)}@try --from ${printable(branch)} --snapshot ${printable(point)}`,
     );

@@ -106,7 +106,8 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
     );
   }
   const named = fromOption ?? fromName;
-  if (named?.includes(SNAPSHOT_SEPARATOR)) throw errors.restorePointConnect(root, named);
+  const point = named === undefined ? undefined : splitRestorePoint(`${root}${SEPARATOR}${named}`);
+  if (point) throw errors.restorePointConnect(point.branch, point.point);
   if (named !== undefined) validateBranchName(named);
   if (parent !== undefined) validateBranchName(parent);
   const branch = named === undefined || named === ROOT_BRANCH ? undefined : named;
@@ -178,6 +179,17 @@ export function physicalName(root: string, branch?: string): string {
 
 /** Separates a branch from the name of one of its restore points: `app@feature-x:before`. */
 export const SNAPSHOT_SEPARATOR = ':';
+
+/**
+ * `app@x:before` as the branch `app@x` and its restore point `before`; undefined for a name with
+ * no restore point in it (branch names can't hold the separator).
+ */
+export function splitRestorePoint(name: string): { branch: string; point: string } | undefined {
+  const at = name.indexOf(SEPARATOR);
+  const colon = at < 0 ? -1 : name.indexOf(SNAPSHOT_SEPARATOR, at);
+  if (colon < 0) return undefined;
+  return { branch: name.slice(0, colon), point: name.slice(colon + 1) };
+}
 
 /** The database that holds a restore point: `app@main:nightly`, `app@feature-x:before`. */
 export function snapshotPhysicalName(root: string, branch: string, snapshot: string): string {

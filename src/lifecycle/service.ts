@@ -16,6 +16,7 @@ import {
   SEPARATOR,
   SNAPSHOT_SEPARATOR,
   snapshotPhysicalName,
+  splitRestorePoint,
   validateBranchName,
   type BranchTarget,
 } from '../branch/names.js';
@@ -430,17 +431,15 @@ export class LifecycleService implements Lifecycle {
   }
 
   private diffSide(catalog: Catalog, name: string): DiffSide {
-    const at = name.indexOf(SEPARATOR);
-    const colon = at < 0 ? -1 : name.indexOf(SNAPSHOT_SEPARATOR, at);
-    if (colon < 0) {
+    const split = splitRestorePoint(name);
+    if (!split) {
       const entry = this.entry(catalog, name);
       return { name: entry.name, physical: entry.physical, root: entry.root, point: false };
     }
-    const entry = this.entry(catalog, name.slice(0, colon));
-    const snapshot = name.slice(colon + 1);
-    const point = this.snapshotOf(catalog, entry, snapshot);
+    const entry = this.entry(catalog, split.branch);
+    const point = this.snapshotOf(catalog, entry, split.point);
     return {
-      name: `${entry.name}${SNAPSHOT_SEPARATOR}${snapshot}`,
+      name: `${entry.name}${SNAPSHOT_SEPARATOR}${split.point}`,
       physical: point.physical,
       root: entry.root,
       point: true,
