@@ -563,8 +563,8 @@ describe('the protocol', () => {
 
 describe('pipelining', () => {
   it('answers a query sent the moment login succeeds, before the console greeted the client', async () => {
-    // The query arrives while pgbranch looks up whether the role may use the console: between the
-    // login's reader and the console's. Several sessions, since it is a matter of timing.
+    // The query arrives while pgbranch looks up whether the role may use the console, before the
+    // console's reader takes over from the login's. Several sessions, since it is a matter of timing.
     await Promise.all(
       Array.from({ length: 10 }, async () => {
         const raw = await WireClient.open(proxy.port);

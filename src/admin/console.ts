@@ -66,24 +66,19 @@ export interface ConsoleCancelKeys {
 
 /**
  * Serves a logged-in client (AuthenticationOk already sent) as the console until it leaves.
- * `pending` is what arrived after the last login message. Throws a FATAL 42501 PgError, before
+ * `login` is the reader that read the login: it holds what came after it, and keeps reading while
+ * the role is looked up, until the console's own reader takes over. Throws a FATAL 42501 PgError, before
  * anything else is written, when the role may not use the console. The client gets a
  * BackendKeyData, and a CancelRequest with it stops the wait for the command running then.
  */
 export async function serveConsole(
   socket: net.Socket,
-  pending: Buffer,
+  login: MessageReader,
   user: string,
   deps: ConsoleDeps,
   cancelKeys: ConsoleCancelKeys,
 ): Promise<void> {
-  // What the client sends while its role is looked up (a pipelined first query) waits in the
-  // kernel for the console's reader: the login's reader has let go of the socket already.
-  socket.pause();
-  if (!(await mayUseConsole(user, deps))) {
-    socket.resume();
-    throw errors.consoleDenied(user);
-  }
+  if (!(await mayUseConsole(user, deps))) throw errors.consoleDenied(user);
   const session = new ConsoleSession(socket, user, deps);
   const cancelKey = cancelKeys.registry.registerOwn(
     () => session.cancel(),
@@ -108,7 +103,7 @@ export async function serveConsole(
     `client ${user} connected to the console`,
   );
   try {
-    await serveCommands(socket, pending, session);
+    await serveCommands(socket, login.detach(), session);
   } finally {
     cancelKeys.registry.unregister(cancelKey);
     deps.clients.delete(client);

@@ -113,7 +113,7 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     socket.write(authenticationOk());
     clearTimeout(loginTimer);
     if (requested === CONSOLE_DATABASE) {
-      await serveConsole(socket, reader.detach(), user, ctx.console, {
+      await serveConsole(socket, reader, user, ctx.console, {
         registry: ctx.cancels,
         secretLength: secretLengthFor(minor),
       });
