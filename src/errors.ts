@@ -63,13 +63,6 @@ export const errors = {
         ? `Create the database first: CREATE DATABASE "${database}"`
         : `Create ${database}@${parent} first (connect to it, or: pgbranch branch create ${database}@${parent}), or pick another parent.`,
     ),
-  databaseMissing: (database: string) =>
-    new PgError(
-      '3D000',
-      `database "${database}" does not exist`,
-      undefined,
-      `Create it first through pgbranch: psql ".../postgres" -c 'CREATE DATABASE "${database}"'`,
-    ),
   parentBusy: (parent: string, sessions: number, waitedMs: number) =>
     new PgError(
       '55006',
