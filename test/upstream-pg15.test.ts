@@ -1,5 +1,6 @@
 // Pointing pgbranch at an existing server older than 18 (the machine's PostgreSQL 15): branches are
 // copied instead of cloned and pgbranch says why, and everything else works the same.
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vitest';
@@ -184,3 +185,41 @@ describe('with PostgreSQL 15 upstream', () => {
     expect(rows).toEqual([{ db: `${DB}@from-options`, n: 1000 }]);
   });
 });
+
+describe('pg_dump through transaction mode', () => {
+  it('dumps the same database twice in a row: the statements it prepares with SQL stay its own', async (ctx) => {
+    requireUpstream(ctx);
+    await query(asRole(DB), 'create table if not exists dumped (id int primary key, name text)');
+    for (let i = 0; i < 3; i++) {
+      const { code, stdout, stderr } = await run(
+        'pg_dump',
+        ['--schema-only', proxy!.url(DB, ROLE, PASSWORD)],
+        {
+          PGOPTIONS: '-c pgbranch.pool_mode=transaction',
+        },
+      );
+      expect(stderr).toBe('');
+      expect(code).toBe(0);
+      expect(stdout).toContain('CREATE TABLE public.dumped');
+    }
+  });
+});
+
+function run(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { quoteLiteral } from '../branch/database-provider.js';
 import type { ServerConnection } from '../pool/pool.js';
 import { splitOptions } from '../wire/startup.js';
+import { statementEffects } from './statement-effects.js';
 
 /** Reported parameters a client may set; the others (server_version, is_superuser, ...) it can't. */
 const SETTABLE_NAMES = [
@@ -30,6 +31,8 @@ export interface PreparedStatement {
   definition: Buffer;
   /** Whether running it may change session settings (SET, RESET, set_config...). */
   maySet: boolean;
+  /** statementEffects() of its text. */
+  effects: number;
 }
 
 export class ClientState {
@@ -81,10 +84,12 @@ export class ClientState {
 
   /** Defines a named statement; returns its server-side name. */
   define(name: string, definition: Buffer): PreparedStatement {
+    const textEnd = Math.max(0, definition.indexOf(0));
     const statement = {
       serverName: `pgbranch_${createHash('sha1').update(definition).digest('hex').slice(0, 24)}`,
       definition: Buffer.from(definition),
-      maySet: MAY_SET.test(definition.toString('utf8', 0, Math.max(0, definition.indexOf(0)))),
+      maySet: MAY_SET.test(definition.toString('utf8', 0, textEnd)),
+      effects: statementEffects(definition, 0, textEnd),
     };
     this.prepared.set(name, statement);
     return statement;

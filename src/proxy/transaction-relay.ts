@@ -6,19 +6,25 @@
 import type net from 'node:net';
 import { errors, PgError } from '../errors.js';
 import type { PoolManager, PoolRequest, ServerConnection, ServerSink } from '../pool/pool.js';
-import { errorResponse, readyForQuery } from '../wire/backend.js';
+import { commandComplete, errorResponse, readyForQuery } from '../wire/backend.js';
 import { cstring, message } from '../wire/build.js';
 import { abortBatch, copyFail, query } from '../wire/frontend.js';
 import {
   carriesSettings,
   ClientState,
   MAY_SET,
-  SESSION_SETTINGS,
   serverState,
   settingsFor,
   type ServerState,
 } from './client-state.js';
 import { IdleInTransactionTimer } from './idle-in-transaction.js';
+import {
+  DEALLOCATES,
+  deallocateTarget,
+  dropsAllStatements,
+  NEEDS_CHECK,
+  statementEffects,
+} from './statement-effects.js';
 
 const BIND = 0x42; // 'B'
 const CLOSE = 0x43; // 'C'
@@ -39,6 +45,7 @@ const ERROR = 0x45; // 'E'
 const COPY_IN = 0x47; // 'G'
 const COPY_OUT = 0x48; // 'H'
 const STATUS_IDLE = 0x49; // 'I'
+const STATUS_FAILED = 0x45; // 'E'
 const PARSE_COMPLETE_MESSAGE = Buffer.from([PARSE_COMPLETE, 0, 0, 0, 4]);
 const DATA_ROW = 0x44; // 'D'
 
@@ -46,6 +53,25 @@ const DATA_ROW = 0x44; // 'D'
 const MAX_MESSAGE = 256 * 1024 * 1024;
 /** Client bytes kept while waiting for a server connection before the client socket is paused. */
 const MAX_WAITING_BYTES = 64 * 1024;
+
+/** What inspectQuery() returns for a query it answered itself. */
+const ANSWERED: unique symbol = Symbol('answered');
+
+/**
+ * Read back after a transaction, as rows of (kind, name, value), whichever are needed: 's' the
+ * session's settings; 't' when the session holds temporary objects; 'q' statements prepared with
+ * SQL PREPARE; 'p' the protocol-level prepared statements the server connection has.
+ */
+const SETTINGS_ROWS =
+  "SELECT 's'::text, name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'";
+const SESSION_STATE_ROWS =
+  "SELECT 't', '', '' WHERE pg_catalog.pg_my_temp_schema() <> 0 AND (" +
+  'EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) OR ' +
+  'EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) OR ' +
+  'EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema()))' +
+  " UNION ALL SELECT 'q', name, '' FROM pg_catalog.pg_prepared_statements WHERE from_sql";
+const PREPARED_ROWS =
+  "SELECT 'p', name, '' FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql";
 
 /** Statements that tie a session to its server connection until it ends. */
 const PINNING = /pg_(try_)?advisory_lock(_shared)?\s*\(|^\s*listen\b|\bwith\s+hold\b/i;
@@ -104,6 +130,12 @@ export class TransactionRelay implements ServerSink {
   private batchesSent = 0;
   private batchesDone = 0;
   private settingsChanged = false;
+  /** The transaction may have left temporary objects or SQL prepared statements: ask after it. */
+  private check = false;
+  /** A DEALLOCATE or DISCARD ran: read back which prepared statements the server has. */
+  private resyncPrepared = false;
+  /** statementEffects() of the unnamed statement last parsed. */
+  private unnamedEffects = 0;
 
   // Server-side frame scanning.
   private remaining = 0;
@@ -159,6 +191,7 @@ export class TransactionRelay implements ServerSink {
     }
     // Only rewritten messages need a list: most chunks go out as they came.
     let out: Buffer[] | undefined;
+    let answered = false;
     let start = 0;
     let i = 0;
     while (i + 5 <= chunk.length) {
@@ -171,11 +204,27 @@ export class TransactionRelay implements ServerSink {
       const end = i + 1 + length;
       if (end > chunk.length) break;
       switch (type) {
-        case QUERY:
+        case QUERY: {
+          this.pendingReady++;
+          this.batchesSent++;
+          const rewritten = this.inspectQuery(chunk, i + 5, end - 1);
+          if (rewritten) {
+            out ??= [];
+            if (i > start) out.push(chunk.subarray(start, i));
+            if (rewritten === ANSWERED) {
+              // Answered here: no ReadyForQuery will come from the server for it.
+              this.pendingReady--;
+              this.batchesSent--;
+              answered = true;
+            } else out.push(rewritten);
+            start = end;
+          }
+          break;
+        }
         case FUNCTION_CALL:
           this.pendingReady++;
           this.batchesSent++;
-          if (type === QUERY) this.inspectQuery(chunk, i + 5, end - 1);
+          this.check = true;
           break;
         case SYNC:
           this.pendingReady++;
@@ -209,6 +258,7 @@ export class TransactionRelay implements ServerSink {
     }
     if (i < chunk.length) this.tail = Buffer.from(chunk.subarray(i));
     this.sendFrom(chunk, start, i, out);
+    if (answered && this.atTransactionEnd()) this.transactionEnded();
   };
 
   /** Sends the rewritten messages in `out`, then chunk[start, end). */
@@ -265,17 +315,74 @@ export class TransactionRelay implements ServerSink {
     return false;
   }
 
-  /** Notices settings and session-pinning statements in a simple query's text. */
-  private inspectQuery(chunk: Buffer, start: number, end: number): void {
+  /**
+   * Notices settings, session state and session-pinning statements in a simple query's text.
+   * Returns the message to send instead of a DEALLOCATE of a statement the client prepared with
+   * Parse, or ANSWERED when it answered that itself.
+   */
+  private inspectQuery(
+    chunk: Buffer,
+    start: number,
+    end: number,
+  ): Buffer | typeof ANSWERED | undefined {
+    const effects = statementEffects(chunk, start, end);
+    if (effects & NEEDS_CHECK) this.check = true;
     // Cheap first look at the bytes; only candidates are decoded.
     const several = hasSecondStatement(chunk, start, end);
     if (!startsLikeSetting(chunk, start, end) && !several && !mightMatter(chunk, start, end)) {
-      return;
+      return undefined;
     }
     const sql = chunk.toString('utf8', start, end);
     if (MAY_SET.test(sql)) this.settingsChanged = true;
-    if (/^\s*(discard\s+all|deallocate\s+all)/i.test(sql)) this.server?.prepared.clear();
     this.checkPin(sql);
+    if (!(effects & DEALLOCATES)) return undefined;
+    // Answering here keeps the order of answers only when nothing else is on its way.
+    const alone =
+      this.pendingReady === 1 &&
+      !this.unsynced &&
+      this.expected.length === 0 &&
+      this.readyStatus !== STATUS_FAILED;
+    const mapped = this.deallocate(sql, alone ? 'answer' : 'pass');
+    if (mapped === undefined || mapped === ANSWERED) return mapped;
+    return query(mapped);
+  }
+
+  /**
+   * DEALLOCATE and DISCARD: the server connection's statements are read back after the
+   * transaction, ALL forgets the client's, and DEALLOCATE of a statement the client prepared with
+   * Parse names it as the server has it (pgbranch_...). Where the server connection does not have
+   * it, `missing` says what to do: answer here (nothing else on its way to the client), let the
+   * caller define it first, or pass the statement on as it is. Returns the text to send instead,
+   * ANSWERED, or undefined to send the statement as it is.
+   */
+  private deallocate(
+    sql: string,
+    missing: 'answer' | 'define' | 'pass',
+  ): string | typeof ANSWERED | undefined {
+    this.resyncPrepared = true;
+    const state = this.options.state;
+    if (dropsAllStatements(sql)) {
+      state.prepared.clear();
+      this.server?.prepared.clear();
+      return undefined;
+    }
+    const target = deallocateTarget(sql);
+    if (!target || 'all' in target) return undefined;
+    // Not one of the client's protocol-level statements: a SQL PREPARE's, or none; the server says.
+    const statement = state.prepared.get(target.name);
+    if (!statement) return undefined;
+    const onServer =
+      this.server?.prepared.has(statement.serverName) ||
+      this.pendingDefinition(statement.serverName);
+    if (!onServer && missing === 'pass') return undefined;
+    state.prepared.delete(target.name);
+    this.server?.prepared.delete(statement.serverName);
+    if (onServer || missing === 'define') return `DEALLOCATE ${statement.serverName}`;
+    const status = this.readyStatus === 0x54 /* T */ ? 'T' : 'I';
+    this.options.client.write(
+      Buffer.concat([commandComplete('DEALLOCATE'), readyForQuery(status)]),
+    );
+    return ANSWERED;
   }
 
   private checkPin(sql: string): void {
@@ -303,13 +410,7 @@ export class TransactionRelay implements ServerSink {
       const nameEnd = chunk.indexOf(0, body);
       if (nameEnd < 0 || nameEnd >= end) return undefined;
       const definition = chunk.subarray(nameEnd + 1, end);
-      if (nameEnd === body) {
-        this.expect({ type: PARSE_COMPLETE, swallow: false });
-        const sql = definition.toString('utf8', 0, Math.max(0, definition.indexOf(0)));
-        if (MAY_SET.test(sql)) this.settingsChanged = true;
-        this.checkPin(sql);
-        return undefined;
-      }
+      if (nameEnd === body) return this.unnamedParse(definition);
       const name = chunk.toString('utf8', body, nameEnd);
       const statement = state.define(name, definition);
       if (statement.maySet) this.settingsChanged = true;
@@ -346,6 +447,7 @@ export class TransactionRelay implements ServerSink {
     if (nameEnd < 0 || nameEnd >= end) return undefined;
     if (nameEnd === nameStart) {
       if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
+      else if (type === BIND && this.unnamedEffects & NEEDS_CHECK) this.check = true;
       return undefined;
     }
     const name = chunk.toString('utf8', nameStart, nameEnd);
@@ -355,7 +457,11 @@ export class TransactionRelay implements ServerSink {
       if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
       return undefined;
     }
-    if (type === BIND && statement.maySet) this.settingsChanged = true;
+    if (type === BIND) {
+      if (statement.maySet) this.settingsChanged = true;
+      if (statement.effects & NEEDS_CHECK) this.check = true;
+      if (statement.effects & DEALLOCATES) this.resyncPrepared = true;
+    }
     const messages: Buffer[] = [];
     if (type === CLOSE) {
       state.prepared.delete(name);
@@ -371,6 +477,45 @@ export class TransactionRelay implements ServerSink {
     const before = chunk.subarray(start + 5, nameStart);
     const after = chunk.subarray(nameEnd, end);
     messages.push(withName(type, before, statement.serverName, after));
+    return messages;
+  }
+
+  /**
+   * An unnamed Parse goes as it came, except a DEALLOCATE of a statement the client prepared with
+   * Parse: its text names the server's statement instead, defined first where this server
+   * connection does not have it, so that the DEALLOCATE succeeds as it would have for the client.
+   */
+  private unnamedParse(definition: Buffer): Buffer[] | undefined {
+    const textEnd = Math.max(0, definition.indexOf(0));
+    const effects = statementEffects(definition, 0, textEnd);
+    this.unnamedEffects = effects;
+    if (effects & NEEDS_CHECK) this.check = true;
+    const sql = definition.toString('utf8', 0, textEnd);
+    if (MAY_SET.test(sql)) this.settingsChanged = true;
+    this.checkPin(sql);
+    let messages: Buffer[] | undefined;
+    if (effects & DEALLOCATES) {
+      const target = deallocateTarget(sql);
+      const statement =
+        target && 'name' in target ? this.options.state.prepared.get(target.name) : undefined;
+      const onServer =
+        statement !== undefined &&
+        (this.server?.prepared.has(statement.serverName) ||
+          this.pendingDefinition(statement.serverName));
+      const mapped = this.deallocate(sql, 'define');
+      if (mapped !== undefined && mapped !== ANSWERED && statement) {
+        messages = [];
+        if (!onServer) {
+          messages.push(...this.evictIfFull());
+          messages.push(parseMessage(statement.serverName, statement.definition));
+          this.expect({ type: PARSE_COMPLETE, swallow: true });
+        }
+        messages.push(
+          parseMessage('', Buffer.concat([cstring(mapped), definition.subarray(textEnd + 1)])),
+        );
+      }
+    }
+    this.expect({ type: PARSE_COMPLETE, swallow: false });
     return messages;
   }
 
@@ -568,8 +713,7 @@ export class TransactionRelay implements ServerSink {
       // Anything after the final ReadyForQuery (an async notice) belongs to this client too.
       // Backpressure no longer matters: the connection leaves this client.
       if (stop < end && !this.hold) client.write(chunk.subarray(stop));
-      if (this.settingsChanged) void this.captureSettings();
-      else this.detach();
+      this.transactionEnded();
     } else if (!ok) this.conn?.session.socket.pause();
   }
 
@@ -611,6 +755,24 @@ export class TransactionRelay implements ServerSink {
     if (this.server) this.server.ownerVersion = this.options.state.version;
   }
 
+  /** Whether the client is outside a transaction with nothing on its way: its connection can go. */
+  private atTransactionEnd(): boolean {
+    return (
+      (this.readyStatus === STATUS_IDLE || this.readyStatus === 0) &&
+      this.pendingReady === 0 &&
+      !this.unsynced &&
+      !this.options.state.pinned &&
+      this.tail === undefined &&
+      this.conn !== undefined
+    );
+  }
+
+  /** The server connection goes back, after a look at what the transaction left where needed. */
+  private transactionEnded(): void {
+    if (this.settingsChanged || this.check || this.resyncPrepared) void this.afterTransaction();
+    else this.detach();
+  }
+
   /** Gives the server connection back to the pool after a transaction that changed no settings. */
   private detach(): void {
     const conn = this.unbind();
@@ -620,27 +782,62 @@ export class TransactionRelay implements ServerSink {
   }
 
   /**
-   * After a transaction that may have changed settings: reads back what the server kept (a SET
-   * that failed or was rolled back is not there, one sent with the extended protocol is), makes it
-   * the client's, then lets the connection go. The client's next messages wait meanwhile.
+   * After a transaction that may have left something on its server connection, reads back in one
+   * query what the server kept: the session's settings (a SET that failed or was rolled back is
+   * not there, one sent with the extended protocol is), then made the client's; whether it holds
+   * temporary objects or statements prepared with SQL PREPARE, which are the client's alone and
+   * pin it to this connection; and which prepared statements the connection still has after a
+   * DEALLOCATE or DISCARD. The client's next messages wait meanwhile.
    */
-  private async captureSettings(): Promise<void> {
+  private async afterTransaction(): Promise<void> {
     const server = this.server!;
     const conn = this.unbind()!;
-    this.settingsChanged = false;
+    const settings = this.settingsChanged;
+    const resync = this.resyncPrepared;
+    const parts: string[] = [];
+    if (settings) parts.push(SETTINGS_ROWS);
+    if (this.check) parts.push(SESSION_STATE_ROWS);
+    if (resync) parts.push(PREPARED_ROWS);
+    this.settingsChanged = this.check = this.resyncPrepared = false;
     this.acquiring = true;
     let clean = true;
+    let pin: string | undefined;
     try {
       const rows: string[][] = [];
-      await runQuiet(conn, SESSION_SETTINGS, server, 0, this.options.resetTimeoutMs, false, rows);
-      this.options.state.adoptSettings(rows.map(([name, value]) => [name!, value!] as const));
-      server.appliedKey = this.options.state.statementsKey;
-      server.owner = this.options.state;
-      server.ownerVersion = this.options.state.version;
+      const sql = `${parts.join(' UNION ALL ')} ORDER BY 1, 2`;
+      await runQuiet(conn, sql, server, 0, this.options.resetTimeoutMs, false, rows);
+      const adopted: [string, string][] = [];
+      const kept = new Set<string>();
+      for (const [kind, name, value] of rows) {
+        if (kind === 's') adopted.push([name!, value!]);
+        else if (kind === 't') pin = 'temporary objects';
+        else if (kind === 'q') pin ??= `a statement prepared with SQL PREPARE (${name})`;
+        else kept.add(name!);
+      }
+      if (settings) {
+        this.options.state.adoptSettings(adopted);
+        server.appliedKey = this.options.state.statementsKey;
+        server.owner = this.options.state;
+        server.ownerVersion = this.options.state.version;
+      }
+      if (resync)
+        for (const name of server.prepared.keys())
+          if (!kept.has(name)) server.prepared.delete(name);
     } catch {
       clean = false;
     }
     this.acquiring = false;
+    if (clean && pin) {
+      this.options.state.pinned = pin;
+      this.options.onPinned(pin);
+      if (this.finished) {
+        void this.cleanUp(conn);
+        return;
+      }
+      this.bind(conn);
+      this.sendWaiting();
+      return;
+    }
     this.options.pools.release(conn, clean);
     if (this.finished) return;
     this.options.client.resume();
@@ -716,7 +913,7 @@ export class TransactionRelay implements ServerSink {
   private async cleanUp(conn: ServerConnection): Promise<void> {
     const server = serverState(conn);
     const midFrame = this.remaining > 0 || this.hold !== undefined || this.tail !== undefined;
-    if (midFrame || this.options.state.pinned) {
+    if (midFrame) {
       this.options.pools.release(conn, false);
       return;
     }
@@ -731,7 +928,15 @@ export class TransactionRelay implements ServerSink {
         this.options.resetTimeoutMs,
         this.unsynced,
       );
-      server.appliedKey = this.options.state.statementsKey;
+      if (this.options.state.pinned || this.check) {
+        // What pinned the client (temporary objects, SQL prepared statements, LISTEN, advisory
+        // locks, WITH HOLD cursors), or what its unfinished transaction may have left (PREPARE
+        // outlives a rollback), is its own: DISCARD ALL drops all of it, and its settings.
+        await runQuiet(conn, 'DISCARD ALL', server, 0, this.options.resetTimeoutMs);
+        server.prepared.clear();
+        server.appliedKey = '';
+        server.owner = undefined;
+      } else server.appliedKey = this.options.state.statementsKey;
       this.options.pools.release(conn, true);
     } catch {
       this.options.pools.release(conn, false);

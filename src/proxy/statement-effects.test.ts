@@ -1,0 +1,74 @@
+import { describe, expect, it } from 'vitest';
+import {
+  DEALLOCATES,
+  deallocateTarget,
+  dropsAllStatements,
+  NEEDS_CHECK,
+  statementEffects,
+} from './statement-effects.js';
+
+function effects(sql: string): number {
+  const bytes = Buffer.from(sql);
+  return statementEffects(bytes, 0, bytes.length);
+}
+
+describe('statementEffects', () => {
+  it('lets plain reads and transaction control pass without a look at the server', () => {
+    for (const sql of [
+      'SELECT abalance FROM pgbench_accounts WHERE aid = 42;',
+      'begin',
+      'COMMIT',
+      'select count(*), max(x) from t where id in (1, 2) and (a = 1 or b = 2)',
+      'SELECT "t"."id" FROM "public"."t" WHERE ("t"."id" = $1) LIMIT $2',
+      'select x::numeric(10, 2) from t',
+      'set search_path = a, b; show search_path',
+    ]) {
+      expect(effects(sql) & NEEDS_CHECK, sql).toBe(0);
+    }
+  });
+
+  it('asks the server after anything that may create temporary objects or prepare with SQL', () => {
+    for (const sql of [
+      'create temp table x (a int)',
+      'CREATE TEMPORARY TABLE x (a int) ON COMMIT DELETE ROWS',
+      'select 1 as x into temp y',
+      'select * from pg_temp.y',
+      'select make_scratch()',
+      'select public.count(x) from t',
+      'select "MyFunc"(1)',
+      'insert into t values (1)',
+      'update t set a = 1',
+      'do $$ begin perform 1; end $$',
+      'call p()',
+      'prepare p as select 1',
+      'select 1; create table t (x int)',
+      'with x as (delete from t returning *) select * from x',
+    ]) {
+      expect(effects(sql) & NEEDS_CHECK, sql).toBe(NEEDS_CHECK);
+    }
+  });
+
+  it('marks DEALLOCATE and DISCARD, which change the prepared statements a server connection has', () => {
+    expect(effects('DEALLOCATE ALL') & DEALLOCATES).toBe(DEALLOCATES);
+    expect(effects('  discard all;') & DEALLOCATES).toBe(DEALLOCATES);
+    expect(effects('select 1; deallocate p') & DEALLOCATES).toBe(DEALLOCATES);
+    expect(effects('select deallocate from t') & DEALLOCATES).toBe(0);
+  });
+});
+
+describe('deallocateTarget', () => {
+  it('reads the name as the server would fold it, or ALL', () => {
+    expect(deallocateTarget('DEALLOCATE _pg3_0')).toEqual({ name: '_pg3_0' });
+    expect(deallocateTarget('deallocate prepare "MyStmt";')).toEqual({ name: 'MyStmt' });
+    expect(deallocateTarget('DEALLOCATE Foo')).toEqual({ name: 'foo' });
+    expect(deallocateTarget('DEALLOCATE "a""b"')).toEqual({ name: 'a"b' });
+    expect(deallocateTarget('deallocate all')).toEqual({ all: true });
+    expect(deallocateTarget('deallocate p; select 1')).toBeUndefined();
+  });
+
+  it('knows the statements that drop every prepared statement', () => {
+    expect(dropsAllStatements('DISCARD ALL')).toBe(true);
+    expect(dropsAllStatements('deallocate prepare all;')).toBe(true);
+    expect(dropsAllStatements('discard plans')).toBe(false);
+  });
+});
