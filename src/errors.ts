@@ -18,6 +18,36 @@ export class PgError extends Error {
   }
 }
 
+/**
+ * What PostgreSQL reports with COMMERROR: a client that broke the startup framing, or sent a cancel
+ * request of an impossible length, is closed without an answer it could not read as one; only the
+ * log says why.
+ */
+export class CommError extends PgError {
+  constructor(message: string, reason?: string) {
+    super('08P01', message, undefined, undefined, 'FATAL', reason);
+    this.name = 'CommError';
+  }
+}
+
+/**
+ * A startup packet asking for a protocol version other than 3.x. A client that asked for one
+ * older than 3 gets the error in protocol 2's form, as PostgreSQL sends it.
+ */
+export class UnsupportedProtocol extends PgError {
+  constructor(
+    readonly major: number,
+    readonly minor: number,
+    newestMinor: number,
+  ) {
+    super(
+      '0A000',
+      `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.${newestMinor}`,
+    );
+    this.name = 'UnsupportedProtocol';
+  }
+}
+
 /** Fields of an ErrorResponse a server sent us, kept so a client sees the server's own words. */
 export interface ServerErrorFields {
   severity?: string;
@@ -31,10 +61,51 @@ export const errors = {
   protocolViolation: (message: string) => new PgError('08P01', message),
   incompleteMessage: (timeoutMs: number) =>
     new PgError('08006', `client sent no complete message within ${timeoutMs} ms`),
-  unsupportedProtocol: (major: number, minor: number) =>
+  // The startup packet, answered in PostgreSQL's words (ProcessStartupPacket) so that clients and
+  // log readers see what a server would say. `reason` adds what PostgreSQL leaves out.
+  invalidStartupLength: (length: number) =>
+    new CommError(
+      'invalid length of startup packet',
+      `invalid length of startup packet: ${length}`,
+    ),
+  incompleteStartupPacket: (received: number) =>
+    new CommError(
+      'incomplete startup packet',
+      `incomplete startup packet: the client closed the connection after ${received} byte${received === 1 ? '' : 's'} of it`,
+    ),
+  invalidCancelLength: (length: number) =>
+    new CommError(
+      'invalid length of cancel request packet',
+      `invalid length of cancel request packet: ${length}`,
+    ),
+  invalidCancelKeyLength: (keyLength: number) =>
+    new CommError(
+      'invalid length of cancel key in cancel request packet',
+      `invalid length of cancel key in cancel request packet: ${keyLength} bytes`,
+    ),
+  unsupportedProtocol: (major: number, minor: number, newestMinor: number) =>
+    new UnsupportedProtocol(major, minor, newestMinor),
+  startupLayout: (reason: string) =>
     new PgError(
       '08P01',
-      `unsupported frontend protocol ${major}.${minor}: pgbranch serves protocol 3.0 to 3.2 (newer 3.x clients are negotiated down)`,
+      'invalid startup packet layout: expected terminator as last byte',
+      undefined,
+      undefined,
+      'FATAL',
+      `invalid startup packet layout: ${reason}`,
+    ),
+  invalidReplicationValue: (value: string) =>
+    new PgError(
+      '22023',
+      `invalid value for parameter "replication": "${printable(value)}"`,
+      undefined,
+      'Valid values are: "false", 0, "true", 1, "database".',
+    ),
+  unencryptedDataAfter: (request: 'SSL request' | 'GSSAPI encryption request') =>
+    new PgError(
+      '08P01',
+      `received unencrypted data after ${request}`,
+      'This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.',
     ),
   invalidBranchName: (name: string, rule: string) =>
     new PgError(

@@ -431,18 +431,15 @@ describe('what the proxy cannot serve', () => {
     wire.destroy();
   });
 
-  it.each([
-    ['2.0', 2 << 16],
-    ['4.0', 4 << 16],
-  ])('refuses protocol %s with 08P01 and closes', async (_, version) => {
+  it('refuses protocol 4.0 with 0A000, as PostgreSQL does, and closes', async () => {
     const answer = await besideHealthy(() =>
-      answerTo(startupPacket(version, { user: 'postgres', database: 'app' })),
+      answerTo(startupPacket(4 << 16, { user: 'postgres', database: 'app' })),
     );
     expect(answer.map((m) => m.type)).toEqual(['E']);
     expect(fieldsOf(answer[0]!)).toMatchObject({
       S: 'FATAL',
-      C: '08P01',
-      M: expect.stringContaining('unsupported frontend protocol'),
+      C: '0A000',
+      M: 'unsupported frontend protocol 4.0: server supports 3.0 to 3.2',
     });
   });
 
@@ -472,9 +469,12 @@ describe('what the proxy cannot serve', () => {
   it.each([
     ['a length shorter than the length word', Buffer.from([0, 0, 0, 3, 0, 3, 0, 0])],
     ['a length over 10000 bytes', Buffer.from([0, 0, 0x4e, 0x21, 0, 3, 0, 0])],
-    ['no terminating zero byte', unterminated],
-  ])('refuses a startup packet with %s with 08P01 and closes', async (_, packet) => {
-    const answer = await besideHealthy(() => answerTo(packet));
+  ])('closes a startup packet with %s without answering, as PostgreSQL does', async (_, packet) => {
+    expect(await besideHealthy(() => answerTo(packet))).toEqual([]);
+  });
+
+  it('refuses a startup packet with no terminating zero byte with 08P01 and closes', async () => {
+    const answer = await besideHealthy(() => answerTo(unterminated));
     expect(answer.map((m) => m.type)).toEqual(['E']);
     expect(fieldsOf(answer[0]!)).toMatchObject({ S: 'FATAL', C: '08P01' });
   });

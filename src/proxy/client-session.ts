@@ -7,20 +7,25 @@ import { authenticateClient, type AuthMethod } from '../auth/authenticate.js';
 import type { RoleSource } from '../auth/roles.js';
 import type { BranchManager } from '../branch/manager.js';
 import { parseConnectTarget, type BranchTarget, type PoolMode } from '../branch/names.js';
-import { errors, PgError, sqlstateOf } from '../errors.js';
+import { CommError, errors, PgError, sqlstateOf, UnsupportedProtocol } from '../errors.js';
 import type { PoolManager, PoolRequest, ServerConnection } from '../pool/pool.js';
 import { ServerError, type ServerLogin } from '../upstream/server-connection.js';
 import {
   authenticationOk,
   backendKeyData,
   errorResponse,
+  legacyErrorResponse,
   negotiateProtocolVersion,
   noticeResponse,
   parameterStatus,
   readyForQuery,
 } from '../wire/backend.js';
 import { ClientGone, MessageReader } from '../wire/message-reader.js';
-import { NEWEST_MINOR_VERSION, parseStartupPacket } from '../wire/startup.js';
+import {
+  NEWEST_MINOR_VERSION,
+  parseStartupPacket,
+  type EncryptionRequest,
+} from '../wire/startup.js';
 import { secretLengthFor, type CancelRegistry, type ServerKey } from './cancel.js';
 import type { ClientRegistry } from './clients.js';
 import { SessionRelay } from './relay.js';
@@ -72,7 +77,11 @@ function refuse(socket: net.Socket, error: PgError): void {
   const linger = setTimeout(() => socket.destroy(), LINGER_MS);
   linger.unref();
   socket.on('close', () => clearTimeout(linger));
-  socket.end(errorResponse(error));
+  socket.end(
+    error instanceof UnsupportedProtocol && error.major < 3
+      ? legacyErrorResponse(error)
+      : errorResponse(error),
+  );
 }
 
 export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promise<void> {
@@ -80,8 +89,13 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
   socket.on('error', () => socket.destroy());
   const reader = new MessageReader(socket);
   const started = Date.now();
-  // The whole login, however many packets it takes, as PostgreSQL's authentication_timeout.
-  const loginTimer = setTimeout(() => socket.destroy(), STARTUP_TIMEOUT_MS);
+  // The whole login, however many packets it takes, as PostgreSQL's authentication_timeout: the
+  // connection is cut without a word, and (as PostgreSQL) without a line in the log either.
+  let timedOut = false;
+  const loginTimer = setTimeout(() => {
+    timedOut = true;
+    socket.destroy();
+  }, STARTUP_TIMEOUT_MS);
   let label: { user?: string; database?: string } = {};
   let conn: ServerConnection | undefined;
   try {
@@ -142,6 +156,18 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     if (conn) ctx.pools.release(conn, false);
     if (error instanceof ClientGone) {
       socket.destroy();
+      return;
+    }
+    if (error instanceof CommError) {
+      // As PostgreSQL's COMMERROR: the client broke the framing (or never spoke the protocol,
+      // like node-postgres's Terminate sent before its startup packet), so it gets no answer.
+      socket.destroy();
+      if (!timedOut) {
+        ctx.log.info(
+          { event: 'client_dropped', code: error.code, reason: error.reason ?? error.message },
+          `closed a connection without an answer: ${error.reason ?? error.message}`,
+        );
+      }
       return;
     }
     const pgError = toPgError(error, ctx.log);
@@ -361,24 +387,41 @@ function greeting(
   return Buffer.concat(parts);
 }
 
-/** Reads until a StartupMessage, answering encryption requests and forwarding cancels on the way. */
+/**
+ * Reads until a StartupMessage, answering encryption requests and forwarding cancels on the way,
+ * as PostgreSQL's ProcessStartupPacket does.
+ */
 async function readStartup(socket: net.Socket, reader: MessageReader, ctx: ProxyContext) {
-  const refused = new Set<'ssl' | 'gssenc'>();
+  const answered = new Set<EncryptionRequest>();
   for (;;) {
-    const packet = parseStartupPacket(await reader.nextStartupPacket(STARTUP_TIMEOUT_MS));
+    let bytes: Buffer;
+    try {
+      bytes = await reader.nextStartupPacket(STARTUP_TIMEOUT_MS);
+    } catch (error) {
+      // A client that leaves without a byte is not worth a line in the log (monitors and port
+      // scanners do it), nor one that leaves inside a length word after an encryption request
+      // was refused (it did not like the answer); PostgreSQL logs any other cut-off packet.
+      const received = reader.buffered;
+      if (error instanceof ClientGone && (received >= 4 || (received > 0 && answered.size === 0))) {
+        throw errors.incompleteStartupPacket(received);
+      }
+      throw error;
+    }
+    const packet = parseStartupPacket(bytes, answered);
     switch (packet.kind) {
       case 'ssl':
       case 'gssenc':
-        // PostgreSQL answers each kind once; a client that keeps asking only holds the slot.
-        if (refused.has(packet.kind)) {
-          throw errors.protocolViolation(
-            `second ${packet.kind === 'ssl' ? 'SSLRequest' : 'GSSENCRequest'} on one connection`,
-          );
-        }
-        refused.add(packet.kind);
+        answered.add(packet.kind);
         // TLS and GSS encryption are not offered yet; clients fall back to plain text (or stop,
         // if they require encryption).
         socket.write('N');
+        // Bytes sent before the answer would have been taken as encrypted had it been yes: a
+        // client bug, or someone in the middle. PostgreSQL refuses them either way.
+        if (reader.buffered > 0) {
+          throw errors.unencryptedDataAfter(
+            packet.kind === 'ssl' ? 'SSL request' : 'GSSAPI encryption request',
+          );
+        }
         continue;
       case 'cancel':
         // Answered once the server has the cancel, as PostgreSQL does: a query the client sends

@@ -27,6 +27,14 @@ export function errorResponse(error: PgError): Buffer {
   );
 }
 
+/**
+ * An error as protocol 2 sent one: 'E' and a line of text, no fields. PostgreSQL answers so a
+ * client that asked for a protocol older than 3.
+ */
+export function legacyErrorResponse(error: PgError): Buffer {
+  return Buffer.concat([Buffer.from('E'), cstring(`${error.severity}:  ${error.message}\n`)]);
+}
+
 export function noticeResponse(text: string, detail?: string): Buffer {
   return message(
     'N',

@@ -104,6 +104,11 @@ export class MessageReader {
     }
   }
 
+  /** Bytes that arrived beyond the last packet taken. */
+  get buffered(): number {
+    return this.buffer.length;
+  }
+
   /** Stops reading and returns what arrived beyond the last packet taken. */
   detach(): Buffer {
     this.socket.removeListener('data', this.onData);

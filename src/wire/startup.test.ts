@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { PgError } from '../errors.js';
+import { CommError, PgError, UnsupportedProtocol } from '../errors.js';
 import {
   CANCEL_REQUEST_CODE,
   GSSENC_REQUEST_CODE,
@@ -68,17 +68,19 @@ describe('startupPacketLength', () => {
     );
   });
 
-  test('accepts lengths from 8 to PostgreSQL’s 10,000-byte limit', () => {
+  test('accepts lengths from 8 to PostgreSQL’s limit of 10,000 bytes after the length word', () => {
     expect(startupPacketLength(int32(8))).toBe(8);
-    expect(startupPacketLength(int32(MAX_STARTUP_PACKET))).toBe(MAX_STARTUP_PACKET);
+    expect(startupPacketLength(int32(MAX_STARTUP_PACKET + 4))).toBe(MAX_STARTUP_PACKET + 4);
   });
 
-  test.each([0, 4, 7, MAX_STARTUP_PACKET + 1, 0x7fffffff, -1, -0x80000000])(
-    'refuses length %i with 08P01 naming it',
+  // Terminate ('X', length 4) sent before any startup packet reads as length 0x58000000.
+  test.each([0, 4, 7, MAX_STARTUP_PACKET + 5, 0x58000000, 0x7fffffff, -1, -0x80000000])(
+    'refuses length %i as a CommError: closed without an answer, the length in the log',
     (length) => {
       const error = refusal(() => startupPacketLength(int32(length)));
-      expect(error.code).toBe('08P01');
-      expect(error.message).toBe(`invalid length of startup packet: ${length}`);
+      expect(error).toBeInstanceOf(CommError);
+      expect(error.message).toBe('invalid length of startup packet');
+      expect(error.reason).toBe(`invalid length of startup packet: ${length}`);
     },
   );
 });
@@ -141,11 +143,33 @@ describe('parseStartupPacket: StartupMessage', () => {
     });
   });
 
-  test('refuses a parameter named twice with 08P01 naming it', () => {
-    const error = refusal(() => parseStartupPacket(startup(['user', 'a'], ['user', 'b'])));
-    expect(error.code).toBe('08P01');
-    expect(error.message).toBe('startup packet names parameter "user" twice');
+  test('takes the last value of a parameter named twice, as PostgreSQL does', () => {
+    const parsed = parseStartupPacket(startup(['user', 'a'], ['database', 'x'], ['user', 'b']));
+    expect(parsed.kind === 'startup' && Object.fromEntries(parsed.parameters)).toEqual({
+      user: 'b',
+      database: 'x',
+    });
   });
+
+  test.each(['true', 'on', 'yes', 'y', 'NO', 'of', '0', '1', 'database'])(
+    'takes replication=%s, a value PostgreSQL takes',
+    (value) => {
+      const parsed = parseStartupPacket(startup(['user', 'a'], ['replication', value]));
+      expect(parsed.kind === 'startup' && parsed.parameters.get('replication')).toBe(value);
+    },
+  );
+
+  test.each(['', 'o', 'maybe', 'truee', '2', 'Database'])(
+    'refuses replication=%j with 22023 and PostgreSQL’s hint',
+    (value) => {
+      const error = refusal(() =>
+        parseStartupPacket(startup(['user', 'a'], ['replication', value])),
+      );
+      expect(error.code).toBe('22023');
+      expect(error.message).toBe(`invalid value for parameter "replication": "${value}"`);
+      expect(error.hint).toBe('Valid values are: "false", 0, "true", 1, "database".');
+    },
+  );
 
   test('refuses a startup packet without a user with 28000, as PostgreSQL does', () => {
     for (const bytes of [startup(['database', 'app']), startup(['user', '']), startup()]) {
@@ -163,8 +187,12 @@ describe('parseStartupPacket: StartupMessage', () => {
     ['a value without its zero byte', packet(version(3, 0), Buffer.from('user\0alice'))],
     ['data after the terminator', packet(version(3, 0), params(['user', 'a']), Buffer.from('x'))],
     ['a second terminator', packet(version(3, 0), params(['user', 'a']), [0])],
-  ])('refuses a StartupMessage with %s with 08P01', (_, bytes) => {
-    expect(refusal(() => parseStartupPacket(bytes)).code).toBe('08P01');
+  ])('refuses a StartupMessage with %s with 08P01 in PostgreSQL’s words', (_, bytes) => {
+    const error = refusal(() => parseStartupPacket(bytes));
+    expect(error).not.toBeInstanceOf(CommError);
+    expect(error.code).toBe('08P01');
+    expect(error.message).toBe('invalid startup packet layout: expected terminator as last byte');
+    expect(error.reason).toMatch(/^invalid startup packet layout: /);
   });
 
   test('refuses parameter names and values that are not valid UTF-8 with 08P01', () => {
@@ -186,12 +214,15 @@ describe('parseStartupPacket: StartupMessage', () => {
     [4, 0],
     [0, 0],
     [0xffff, 0xffff],
-  ])('refuses protocol %i.%i with 08P01 naming the version', (major, minor) => {
+  ])('refuses protocol %i.%i with 0A000 in PostgreSQL’s words', (major, minor) => {
     const error = refusal(() =>
       parseStartupPacket(packet(version(major, minor), params(['user', 'a']))),
     );
-    expect(error.code).toBe('08P01');
-    expect(error.message).toContain(`unsupported frontend protocol ${major}.${minor}`);
+    expect(error).toBeInstanceOf(UnsupportedProtocol);
+    expect(error.code).toBe('0A000');
+    expect(error.message).toBe(
+      `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.2`,
+    );
   });
 });
 
@@ -203,12 +234,29 @@ describe('parseStartupPacket: requests', () => {
     expect(GSSENC_REQUEST_CODE).toBe(0x04d21630);
   });
 
-  test('refuses an encryption request with a body with 08P01', () => {
-    for (const code of [SSL_REQUEST_CODE, GSSENC_REQUEST_CODE]) {
-      const error = refusal(() => parseStartupPacket(packet(int32(code), [0])));
-      expect(error.code).toBe('08P01');
-      expect(error.message).toBe('invalid length of encryption request');
-    }
+  test('reads an encryption request with a body as one, ignoring the body as PostgreSQL does', () => {
+    expect(parseStartupPacket(packet(int32(SSL_REQUEST_CODE), [1, 2, 3]))).toEqual({ kind: 'ssl' });
+    expect(parseStartupPacket(packet(int32(GSSENC_REQUEST_CODE), [0]))).toEqual({
+      kind: 'gssenc',
+    });
+  });
+
+  test('reads an encryption request already answered as the protocol version its code is', () => {
+    const error = refusal(() =>
+      parseStartupPacket(packet(int32(SSL_REQUEST_CODE)), new Set(['ssl'])),
+    );
+    expect([error.code, error.message]).toEqual([
+      '0A000',
+      'unsupported frontend protocol 1234.5679: server supports 3.0 to 3.2',
+    ]);
+    expect(
+      refusal(() => parseStartupPacket(packet(int32(GSSENC_REQUEST_CODE)), new Set(['gssenc'])))
+        .message,
+    ).toBe('unsupported frontend protocol 1234.5680: server supports 3.0 to 3.2');
+    // The other kind may still be asked for once.
+    expect(parseStartupPacket(packet(int32(GSSENC_REQUEST_CODE)), new Set(['ssl']))).toEqual({
+      kind: 'gssenc',
+    });
   });
 
   test('reads a protocol 3.0 CancelRequest with its 4-byte secret', () => {
@@ -221,8 +269,8 @@ describe('parseStartupPacket: requests', () => {
     });
   });
 
-  test('reads a protocol 3.2 CancelRequest with a 32-byte secret, and the longest, 256 bytes', () => {
-    for (const size of [32, 256]) {
+  test('reads a CancelRequest with a 32-byte secret (3.2), the longest, 256 bytes, and the shortest, 1', () => {
+    for (const size of [32, 256, 1]) {
       const secret = Buffer.alloc(size, 0xab);
       const parsed = parseStartupPacket(packet(int32(CANCEL_REQUEST_CODE), int32(-7), secret));
       expect(parsed).toEqual({ kind: 'cancel', processId: -7, secret });
@@ -230,15 +278,15 @@ describe('parseStartupPacket: requests', () => {
   });
 
   test.each([
-    ['no process id or secret', 8],
-    ['a process id but no secret', 12],
-    ['a 3-byte secret', 15],
-    ['a 257-byte secret', 12 + 257],
-  ])('refuses a CancelRequest with %s with 08P01', (_, length) => {
+    ['no process id or secret', 8, 'invalid length of cancel request packet'],
+    ['half a process id', 10, 'invalid length of cancel request packet'],
+    ['a process id but no secret', 12, 'invalid length of cancel key in cancel request packet'],
+    ['a 257-byte secret', 12 + 257, 'invalid length of cancel key in cancel request packet'],
+  ])('refuses a CancelRequest with %s as a CommError, in PostgreSQL’s words', (_, length, text) => {
     const bytes = packet(int32(CANCEL_REQUEST_CODE), Buffer.alloc(length - 8));
     const error = refusal(() => parseStartupPacket(bytes));
-    expect(error.code).toBe('08P01');
-    expect(error.message).toBe('invalid length of cancel request');
+    expect(error).toBeInstanceOf(CommError);
+    expect(error.message).toBe(text);
   });
 });
 

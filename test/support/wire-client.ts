@@ -222,6 +222,14 @@ export class WireClient {
     return messages;
   }
 
+  /** Every byte not yet read, once the server has closed the connection. */
+  async rest(): Promise<Buffer> {
+    await this.closed;
+    const rest = this.buffer;
+    this.buffer = Buffer.alloc(0);
+    return rest;
+  }
+
   destroy(): void {
     this.socket.destroy();
   }
