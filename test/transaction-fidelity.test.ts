@@ -91,7 +91,7 @@ async function churn(count = 10): Promise<Set<number>> {
 /** Ends every server connection pgbranch holds to app, and waits until they are gone. */
 async function dropServerConnections(): Promise<void> {
   const sql =
-    "select pid from pg_stat_activity where datname = 'app' and backend_type = 'client backend'";
+    "select pid from pg_stat_activity where datname = 'app' and backend_type = 'client backend' and pid <> pg_backend_pid()";
   await direct.query(`select pg_terminate_backend(pid) from (${sql}) s`);
   while ((await direct.query(sql)).rows.length > 0) await sleep(20);
 }
@@ -315,5 +315,144 @@ describe('DEALLOCATE and DISCARD from clients', () => {
     );
     expect(types(gone)).toBe('CZEZ');
     expect(fieldsOf(gone[2]!).C).toBe('26000');
+  });
+});
+
+describe('a prepared statement whose result shape changed', () => {
+  const types = (ms: Message[]) => ms.map((m) => m.type).join('');
+  const rowDescription = (ms: Message[]) => ms.find((m) => m.type === 'T')!.body.readInt16BE(0);
+  const describeFirst = (name: string, text: string) => [
+    serialize.parse({ name, text }),
+    serialize.describe({ type: 'S', name }),
+    serialize.sync(),
+  ];
+  const execute = (name: string) => [
+    serialize.bind({ statement: name }),
+    serialize.execute({}),
+    serialize.sync(),
+  ];
+  async function exchange(client: WireClient, messages: Buffer[]): Promise<Message[]> {
+    client.write(Buffer.concat(messages));
+    return client.until('Z');
+  }
+  async function recreate(table: string, columns: string): Promise<void> {
+    await direct.query(`drop table if exists ${table}`);
+    await direct.query(`create table ${table} (${columns})`);
+  }
+  async function appDirect(): Promise<pg.Client> {
+    const client = await connectClient(proxy.directUrl('app'));
+    opened.add(client);
+    return client;
+  }
+
+  beforeAll(async () => {
+    // The tables live in app; `direct` is on postgres: point it at app for these tests.
+    await direct.end();
+    direct = await appDirect();
+    opened.delete(direct);
+  });
+
+  it('answers 0A000 "cached plan must not change result type" where it prepares the statement again, as PostgreSQL does', async () => {
+    await recreate('shape_a', 'a int, b int, c int');
+    await direct.query('insert into shape_a values (1, 2, 3)');
+    const client = await wire();
+    const described = await exchange(client, describeFirst('s', 'select * from shape_a'));
+    expect(types(described)).toBe('1tTZ');
+    expect(rowDescription(described)).toBe(3);
+    expect(types(await exchange(client, execute('s')))).toBe('2DCZ');
+
+    await recreate('shape_a', 'a int, b text');
+    await direct.query("insert into shape_a values (1, 'x')");
+    // The next Bind lands on a server connection that never had the statement.
+    await dropServerConnections();
+    const stale = await exchange(client, execute('s'));
+    expect(types(stale)).toBe('EZ');
+    expect(fieldsOf(stale[0]!)).toMatchObject({
+      C: '0A000',
+      M: 'cached plan must not change result type',
+    });
+    // What a driver does next: prepare again, and read the new shape.
+    const again = await exchange(client, [
+      serialize.close({ type: 'S', name: 's' }),
+      ...describeFirst('s', 'select * from shape_a'),
+    ]);
+    expect(types(again)).toBe('31tTZ');
+    expect(rowDescription(again)).toBe(2);
+    const rows = await exchange(client, execute('s'));
+    expect(types(rows)).toBe('2DCZ');
+  });
+
+  it('fails the transaction block as the server would, and only the statement that changed', async () => {
+    await recreate('shape_b', 'a int, b int');
+    const client = await wire();
+    expect(types(await exchange(client, describeFirst('s', 'select * from shape_b')))).toBe('1tTZ');
+    expect(types(await exchange(client, describeFirst('t', 'select 1 as one')))).toBe('1tTZ');
+    await recreate('shape_b', 'a int');
+    await dropServerConnections();
+    const begun = await exchange(client, [serialize.query('begin')]);
+    expect(types(begun)).toBe('CZ');
+    expect(types(await exchange(client, execute('t')))).toBe('2DCZ');
+    const stale = await exchange(client, execute('s'));
+    expect(types(stale)).toBe('EZ');
+    expect(fieldsOf(stale[0]!).C).toBe('0A000');
+    // ReadyForQuery says the transaction failed.
+    expect(String.fromCharCode(stale[1]!.body[0]!)).toBe('E');
+    const failed = await exchange(client, execute('t'));
+    expect(fieldsOf(failed[0]!).C).toBe('25P02');
+    expect(types(await exchange(client, [serialize.query('rollback')]))).toBe('CZ');
+    expect(types(await exchange(client, execute('t')))).toBe('2DCZ');
+  });
+
+  it('catches a statement another client prepared again after the change, on the same server connection', async () => {
+    await recreate('shape_c', 'a int, b int, c int');
+    // One client holds a server connection in a transaction: everyone else shares the other.
+    const holder = await connect();
+    await holder.query('begin');
+    await holder.query('select 1');
+    const first = await wire();
+    expect(rowDescription(await exchange(first, describeFirst('s', 'select * from shape_c')))).toBe(
+      3,
+    );
+    await recreate('shape_c', 'a int, b int');
+    await direct.query('insert into shape_c values (1, 2)');
+    const second = await wire();
+    expect(
+      rowDescription(await exchange(second, describeFirst('mine', 'select * from shape_c'))),
+    ).toBe(2);
+    const stale = await exchange(first, execute('s'));
+    expect(fieldsOf(stale[0]!).C).toBe('0A000');
+    expect(types(await exchange(second, execute('mine')))).toBe('2DCZ');
+    await holder.query('commit');
+  });
+
+  it('checks the shape quietly where the statement is prepared again and nothing changed; an earlier error in the batch wins', async () => {
+    await recreate('shape_e', 'a int, b int');
+    await direct.query('insert into shape_e values (1, 2)');
+    const client = await wire();
+    expect(types(await exchange(client, describeFirst('s', 'select * from shape_e')))).toBe('1tTZ');
+    await dropServerConnections();
+    // Unchanged: the client sees exactly what it would have without the check.
+    expect(types(await exchange(client, execute('s')))).toBe('2DCZ');
+    await dropServerConnections();
+    const failed = await exchange(client, [
+      serialize.parse({ name: 'bad', text: 'selec nonsense' }),
+      ...execute('s'),
+    ]);
+    expect(types(failed)).toBe('EZ');
+    expect(fieldsOf(failed[0]!).C).toBe('42601');
+    expect(types(await exchange(client, execute('s')))).toBe('2DCZ');
+  });
+
+  it('lets postgres.js read the new shape after a table is recreated (it prepares again on 0A000)', async () => {
+    await recreate('shape_d', 'a int, b int, c int');
+    await direct.query('insert into shape_d values (1, 2, 3)');
+    const sql = postgresJs();
+    const query = () => sql`select * from shape_d where a = ${1}`;
+    expect(await query()).toEqual([{ a: 1, b: 2, c: 3 }]);
+    await recreate('shape_d', 'a int, b text');
+    await direct.query("insert into shape_d values (1, 'two')");
+    await dropServerConnections();
+    expect(await query()).toEqual([{ a: 1, b: 'two' }]);
+    expect(await query()).toEqual([{ a: 1, b: 'two' }]);
   });
 });

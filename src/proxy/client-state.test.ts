@@ -8,6 +8,7 @@ function server(reported: Record<string, string> = {}, appliedKey = ''): ServerS
     ownerVersion: 0,
     appliedKey,
     prepared: new Map(),
+    shapes: new Map(),
     reported: map,
     initial: new Map(map),
   };

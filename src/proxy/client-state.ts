@@ -33,6 +33,11 @@ export interface PreparedStatement {
   maySet: boolean;
   /** statementEffects() of its text. */
   effects: number;
+  /**
+   * Its parameter types and result columns as this client was told them (Describe), normalised
+   * by shapeOf(): it must not run anywhere the statement now has another shape.
+   */
+  shape: Buffer | undefined;
 }
 
 export class ClientState {
@@ -90,6 +95,7 @@ export class ClientState {
       definition: Buffer.from(definition),
       maySet: MAY_SET.test(definition.toString('utf8', 0, textEnd)),
       effects: statementEffects(definition, 0, textEnd),
+      shape: undefined,
     };
     this.prepared.set(name, statement);
     return statement;
@@ -120,6 +126,8 @@ export interface ServerState {
   appliedKey: string;
   /** Server-side prepared statement names, oldest first. */
   prepared: Map<string, true>;
+  /** shapeOf() of server-side statements described since they were last defined. */
+  shapes: Map<string, Buffer>;
   /** Reported parameters as the server last sent them. */
   reported: Map<string, string>;
   /** Reported parameters as they were at login, which RESET ALL returns to. */
@@ -136,6 +144,7 @@ export function serverState(conn: ServerConnection): ServerState {
       ownerVersion: 0,
       appliedKey: '',
       prepared: new Map(),
+      shapes: new Map(),
       reported: new Map(conn.session.parameters),
       initial: conn.session.parameters,
     };
@@ -181,4 +190,28 @@ export function settingsFor(client: ClientState, server: ServerState): string | 
     }
   }
   return parts.length > 0 ? parts.join('; ') : undefined;
+}
+
+/**
+ * What must stay the same for a client to read a prepared statement's results as it was told:
+ * from a Describe's ParameterDescription and RowDescription (or NoData) frames, the parameter
+ * types and each column's name, type and modifier, as PostgreSQL compares them when it decides
+ * that a cached plan changed its result type (not the table and column numbers, which a table
+ * recreated with the same columns changes).
+ */
+export function shapeOf(parameters: Buffer, row: Buffer): Buffer {
+  const parts: Buffer[] = [parameters.subarray(5)];
+  if (row[0] !== 0x54 /* T */) return Buffer.concat([...parts, Buffer.from([0])]);
+  const count = row.readInt16BE(5);
+  parts.push(row.subarray(5, 7));
+  let i = 7;
+  for (let f = 0; f < count; f++) {
+    const nameEnd = row.indexOf(0, i);
+    parts.push(row.subarray(i, nameEnd + 1));
+    // table oid (4), column number (2), then type oid (4), size (2), modifier (4), format (2)
+    const at = nameEnd + 1 + 6;
+    parts.push(row.subarray(at, at + 4), row.subarray(at + 6, at + 10));
+    i = at + 12;
+  }
+  return Buffer.concat(parts);
 }

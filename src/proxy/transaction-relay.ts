@@ -7,7 +7,7 @@ import type net from 'node:net';
 import { errors, PgError } from '../errors.js';
 import type { PoolManager, PoolRequest, ServerConnection, ServerSink } from '../pool/pool.js';
 import { commandComplete, errorResponse, readyForQuery } from '../wire/backend.js';
-import { cstring, message } from '../wire/build.js';
+import { cstring, int32, message } from '../wire/build.js';
 import { abortBatch, copyFail, query } from '../wire/frontend.js';
 import {
   carriesSettings,
@@ -15,6 +15,8 @@ import {
   MAY_SET,
   serverState,
   settingsFor,
+  shapeOf,
+  type PreparedStatement,
   type ServerState,
 } from './client-state.js';
 import { IdleInTransactionTimer } from './idle-in-transaction.js';
@@ -47,6 +49,29 @@ const COPY_OUT = 0x48; // 'H'
 const STATUS_IDLE = 0x49; // 'I'
 const STATUS_FAILED = 0x45; // 'E'
 const PARSE_COMPLETE_MESSAGE = Buffer.from([PARSE_COMPLETE, 0, 0, 0, 4]);
+const PARAMETER_DESCRIPTION = 0x74; // 't'
+const ROW_DESCRIPTION = 0x54; // 'T'
+const NO_DATA = 0x6e; // 'n'
+const FLUSH_MESSAGE = Buffer.from([FLUSH, 0, 0, 0, 4]);
+
+/**
+ * A statement whose result shape changed under a client: PostgreSQL's own error for it
+ * (plancache.c), on which drivers prepare again (postgres.js by its routine, pgjdbc by its text).
+ */
+const STALE_STATEMENT = message(
+  'E',
+  Buffer.from(
+    'SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0' +
+      'Fplancache.c\0RRevalidateCachedQuery\0\0',
+  ),
+);
+/**
+ * Sent instead of the client's Bind of a changed statement: an Execute of a portal that can't
+ * exist fails on the server as the Bind would have (the transaction fails, the rest of the batch
+ * is skipped), and its error is replaced with STALE_STATEMENT.
+ */
+const STALE_PORTAL = 'pgbranch: statement changed';
+const STALE_EXECUTE = message('E', Buffer.concat([cstring(STALE_PORTAL), int32(0)]));
 const DATA_ROW = 0x44; // 'D'
 
 /** Largest client message accepted (PostgreSQL's own limit for most messages is 1 GB). */
@@ -108,6 +133,16 @@ interface Expected {
   removes?: string;
 }
 
+/** A Describe of a prepared statement ('S'), whose answer is ParameterDescription, then RowDescription or NoData. */
+interface DescribeSent {
+  batch: number;
+  /** The statement's server-side name; undefined for an unnamed or unknown one (not recorded). */
+  serverName: string | undefined;
+  statement: PreparedStatement | undefined;
+  /** Sent by the proxy: the answer is not forwarded. */
+  swallow: boolean;
+}
+
 export class TransactionRelay implements ServerSink {
   private conn: ServerConnection | undefined;
   private server: ServerState | undefined;
@@ -136,6 +171,29 @@ export class TransactionRelay implements ServerSink {
   private resyncPrepared = false;
   /** statementEffects() of the unnamed statement last parsed. */
   private unnamedEffects = 0;
+
+  // Prepared statements' shapes (see shapeOf): what a client was told must hold where it runs.
+  private readonly describes: DescribeSent[] = [];
+  /** The Describe whose answer is being read, and its ParameterDescription frame once read. */
+  private describing: DescribeSent | undefined;
+  private parameterFrame: Buffer | undefined;
+  /** The proxy's Describe that must be answered before the client's held bytes may go on. */
+  private verifying: DescribeSent | undefined;
+  private held: Buffer[] | undefined;
+  /** The answer came (or an error made it moot): send the held bytes. */
+  private verifyDone = false;
+  /** An error skips the batch on the server anyway: no shape checks until the client's Sync. */
+  private trustUntilSync = false;
+  /** A Bind's statement changed shape: set once by extended(), then the batch is discarded. */
+  private stale = false;
+  /** Client messages are dropped until its Sync (after STALE_EXECUTE). */
+  private discarding = false;
+  /** The next ErrorResponse may be STALE_EXECUTE's, to be replaced with STALE_STATEMENT. */
+  private replaceError = false;
+  /** Bytes of a server frame being read whole (a description, or an error to replace). */
+  private capture: Buffer[] | undefined;
+  /** The current server frame is cut out of what the client gets. */
+  private dropFrame = false;
 
   // Server-side frame scanning.
   private remaining = 0;
@@ -167,6 +225,12 @@ export class TransactionRelay implements ServerSink {
   private readonly fromClient = (data: Buffer): void => {
     if (this.finished) return;
     this.idleTimer?.touch();
+    if (this.verifying) {
+      this.held!.push(data);
+      this.rawBytes += data.length;
+      if (this.rawBytes > MAX_WAITING_BYTES) this.options.client.pause();
+      return;
+    }
     if (!this.conn || this.acquiring) {
       // Rewriting depends on the server connection: keep the bytes until there is one.
       this.raw.push(data);
@@ -203,6 +267,12 @@ export class TransactionRelay implements ServerSink {
       }
       const end = i + 1 + length;
       if (end > chunk.length) break;
+      if (this.discarding && type !== SYNC) {
+        out ??= [];
+        if (i > start) out.push(chunk.subarray(start, i));
+        start = i = end;
+        continue;
+      }
       switch (type) {
         case QUERY: {
           this.pendingReady++;
@@ -230,6 +300,7 @@ export class TransactionRelay implements ServerSink {
           this.pendingReady++;
           this.batchesSent++;
           this.unsynced = false;
+          this.discarding = this.trustUntilSync = false;
           break;
         case EXECUTE:
         case FLUSH:
@@ -241,6 +312,25 @@ export class TransactionRelay implements ServerSink {
         case CLOSE: {
           this.unsynced = true;
           const rewritten = this.extended(type, chunk, i, end);
+          if (this.verifying) {
+            // Nothing from this Bind on goes out until the server has described the statement.
+            out ??= [];
+            if (i > start) out.push(chunk.subarray(start, i));
+            out.push(...rewritten!);
+            this.held = [Buffer.from(chunk.subarray(i))];
+            this.rawBytes = chunk.length - i;
+            this.send(out);
+            return;
+          }
+          if (this.stale) {
+            this.stale = false;
+            this.discarding = this.replaceError = true;
+            out ??= [];
+            if (i > start) out.push(chunk.subarray(start, i));
+            out.push(STALE_EXECUTE);
+            start = end;
+            break;
+          }
           if (rewritten) {
             out ??= [];
             if (i > start) out.push(chunk.subarray(start, i));
@@ -448,6 +538,7 @@ export class TransactionRelay implements ServerSink {
     if (nameEnd === nameStart) {
       if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
       else if (type === BIND && this.unnamedEffects & NEEDS_CHECK) this.check = true;
+      else if (type === DESCRIBE) this.describeSent(undefined, undefined, false);
       return undefined;
     }
     const name = chunk.toString('utf8', nameStart, nameEnd);
@@ -455,7 +546,12 @@ export class TransactionRelay implements ServerSink {
     if (!statement) {
       // Unknown to us: let the server say so in its own words.
       if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
+      else if (type === DESCRIBE) this.describeSent(undefined, undefined, false);
       return undefined;
+    }
+    if (type === BIND && statement.shape !== undefined && !this.trustUntilSync) {
+      const verify = this.verifyShape(statement);
+      if (verify) return verify;
     }
     if (type === BIND) {
       if (statement.maySet) this.settingsChanged = true;
@@ -474,9 +570,53 @@ export class TransactionRelay implements ServerSink {
       messages.push(parseMessage(statement.serverName, statement.definition));
       this.expect({ type: PARSE_COMPLETE, swallow: true, defines: statement.serverName });
     }
+    if (type === DESCRIBE) this.describeSent(statement.serverName, statement, false);
     const before = chunk.subarray(start + 5, nameStart);
     const after = chunk.subarray(nameEnd, end);
     messages.push(withName(type, before, statement.serverName, after));
+    return messages;
+  }
+
+  private describeSent(
+    serverName: string | undefined,
+    statement: PreparedStatement | undefined,
+    swallow: boolean,
+  ): DescribeSent {
+    const sent = { batch: this.batchesSent, serverName, statement, swallow };
+    this.describes.push(sent);
+    return sent;
+  }
+
+  /**
+   * A client binds a statement it was told the shape of. Where this server connection's statement
+   * is known to have that shape, nothing to do (undefined). Where it is known to have another
+   * (the schema changed since, and the statement was prepared here again), `stale` is set and
+   * nothing is sent. Otherwise the statement is described here first, quietly (prepared first if
+   * the connection lacks it), and `verifying` holds the client's bytes until the answer came.
+   */
+  private verifyShape(statement: PreparedStatement): Buffer[] | undefined {
+    const server = this.server!;
+    const name = statement.serverName;
+    const pending = this.pendingDefinition(name);
+    const onServer = server.prepared.has(name);
+    const known = onServer && !pending ? server.shapes.get(name) : undefined;
+    if (known) {
+      if (known === statement.shape) return undefined;
+      if (known.equals(statement.shape!)) {
+        statement.shape = known;
+        return undefined;
+      }
+      this.stale = true;
+      return [];
+    }
+    const messages: Buffer[] = [];
+    if (!onServer && !pending) {
+      messages.push(...this.evictIfFull());
+      messages.push(parseMessage(name, statement.definition));
+      this.expect({ type: PARSE_COMPLETE, swallow: true, defines: name });
+    }
+    this.verifying = this.describeSent(name, statement, true);
+    messages.push(describeStatement(name), FLUSH_MESSAGE);
     return messages;
   }
 
@@ -656,18 +796,31 @@ export class TransactionRelay implements ServerSink {
     let writeFrom = 0;
     let stop = end;
     let release = false;
+    /** What the client gets, when parts of the chunk are cut out or replaced. */
     let pieces: Buffer[] | undefined;
     while (i < end) {
       if (this.remaining > 0) {
         const take = Math.min(this.remaining, end - i);
         if (this.status) this.status.push(chunk.subarray(i, i + take));
+        else if (this.capture) this.capture.push(chunk.subarray(i, i + take));
         else if (this.frameType === READY) this.readyStatus = chunk[i]!;
+        if (this.dropFrame) {
+          pieces ??= [];
+          if (i > writeFrom) pieces.push(chunk.subarray(writeFrom, i));
+          writeFrom = i + take;
+        }
         this.remaining -= take;
         i += take;
-        if (this.remaining === 0 && this.frameEnded()) {
-          release = true;
-          stop = i;
-          break;
+        if (this.remaining === 0) {
+          if (this.capture) {
+            const instead = this.captured();
+            if (instead) (pieces ??= []).push(instead);
+          }
+          if (this.frameEnded()) {
+            release = true;
+            stop = i;
+            break;
+          }
         }
         continue;
       }
@@ -682,21 +835,51 @@ export class TransactionRelay implements ServerSink {
       i += 5;
       this.frameType = type;
       this.remaining = length - 4;
+      let cut = false;
       if (type === PARSE_COMPLETE || type === CLOSE_COMPLETE) {
         const e = this.expected.shift();
-        if (e?.defines) this.server?.prepared.set(e.defines, true);
-        if (e?.removes) this.server?.prepared.delete(e.removes);
-        if (e?.swallow) {
-          pieces ??= [];
-          if (frameStart > writeFrom) pieces.push(chunk.subarray(writeFrom, frameStart));
-          writeFrom = i;
+        if (e?.defines) {
+          this.server?.prepared.set(e.defines, true);
+          this.server?.shapes.delete(e.defines);
         }
+        if (e?.removes) this.server?.prepared.delete(e.removes);
+        cut = e?.swallow === true;
       } else if (type === PARAMETER_STATUS) {
         this.status = [];
       } else if (type === COPY_IN) {
         this.copyIn = true;
       } else if (type === COPY_OUT) {
         this.copyIn = false;
+      } else if (type === PARAMETER_DESCRIPTION) {
+        const sent = this.describes.shift();
+        if (sent?.serverName !== undefined) {
+          this.describing = sent;
+          this.capture = [chunk.subarray(frameStart, i)];
+          cut = sent.swallow;
+        }
+      } else if ((type === ROW_DESCRIPTION || type === NO_DATA) && this.parameterFrame) {
+        this.capture = [chunk.subarray(frameStart, i)];
+        cut = this.describing!.swallow;
+      } else if (type === ERROR) {
+        if (this.replaceError) {
+          this.capture = [chunk.subarray(frameStart, i)];
+          cut = true;
+        } else if (this.verifying) {
+          // The batch failed before the proxy's Describe (which the server now skips, as it will
+          // skip the client's messages up to its Sync): send those on unchecked.
+          this.trustUntilSync = true;
+          this.verifyDone = true;
+        }
+      }
+      if (cut) {
+        pieces ??= [];
+        if (frameStart > writeFrom) pieces.push(chunk.subarray(writeFrom, frameStart));
+        writeFrom = i;
+        this.dropFrame = this.remaining > 0;
+      }
+      if (this.remaining === 0 && this.capture) {
+        const instead = this.captured();
+        if (instead) (pieces ??= []).push(instead);
       }
     }
     const client = this.options.client;
@@ -709,12 +892,51 @@ export class TransactionRelay implements ServerSink {
     } else if (stop > 0) {
       ok = client.write(stop === end ? chunk : chunk.subarray(0, stop));
     }
+    if (this.verifyDone) this.sendHeld();
     if (release) {
       // Anything after the final ReadyForQuery (an async notice) belongs to this client too.
       // Backpressure no longer matters: the connection leaves this client.
       if (stop < end && !this.hold) client.write(chunk.subarray(stop));
       this.transactionEnded();
     } else if (!ok) this.conn?.session.socket.pause();
+  }
+
+  /**
+   * A frame read whole (capture) has ended. A statement's description is recorded, for the
+   * server connection and, when the client saw it, for the client's statement; an error that is
+   * STALE_EXECUTE's becomes STALE_STATEMENT. Returns what the client gets in place of a frame
+   * that was cut out, if anything.
+   */
+  private captured(): Buffer | undefined {
+    const parts = this.capture!;
+    this.capture = undefined;
+    this.dropFrame = false;
+    const frame = parts.length === 1 ? Buffer.from(parts[0]!) : Buffer.concat(parts);
+    if (frame[0] === ERROR) {
+      this.replaceError = false;
+      return frame.includes(STALE_PORTAL) ? STALE_STATEMENT : frame;
+    }
+    if (frame[0] === PARAMETER_DESCRIPTION) {
+      this.parameterFrame = frame;
+      return undefined;
+    }
+    const sent = this.describing!;
+    const shape = shapeOf(this.parameterFrame!, frame);
+    this.describing = this.parameterFrame = undefined;
+    this.server?.shapes.set(sent.serverName!, shape);
+    if (!sent.swallow) sent.statement!.shape = shape;
+    if (sent === this.verifying) this.verifyDone = true;
+    return undefined;
+  }
+
+  /** The statement the held bytes wait for is described (or moot): they go on now. */
+  private sendHeld(): void {
+    const held = this.held!;
+    this.verifyDone = false;
+    this.verifying = this.held = undefined;
+    if (this.rawBytes > MAX_WAITING_BYTES) this.options.client.resume();
+    this.rawBytes = 0;
+    this.fromClient(held.length === 1 ? held[0]! : Buffer.concat(held));
   }
 
   /** Partial frame header held back from the last server chunk. */
@@ -730,6 +952,9 @@ export class TransactionRelay implements ServerSink {
     // Responses still expected from finished batches will not come (an error skipped them).
     while (this.expected.length > 0 && this.expected[0]!.batch < this.batchesDone) {
       this.expected.shift();
+    }
+    while (this.describes.length > 0 && this.describes[0]!.batch < this.batchesDone) {
+      this.describes.shift();
     }
     if (this.readyStatus !== STATUS_IDLE && this.pendingReady === 0) this.idleTimer?.idle();
     return (
@@ -1041,6 +1266,10 @@ function dataRow(buffer: Buffer, at: number): string[] {
 
 function parseMessage(serverName: string, definition: Buffer): Buffer {
   return message('P', Buffer.concat([cstring(serverName), definition]));
+}
+
+function describeStatement(serverName: string): Buffer {
+  return message('D', Buffer.concat([Buffer.from('S', 'latin1'), cstring(serverName)]));
 }
 
 function closeStatement(serverName: string): Buffer {
