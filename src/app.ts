@@ -1,5 +1,6 @@
 // Wires the layers together: upstream (embedded or external), branch provider and manager, pools,
-// and the listener. The only file that knows all of them.
+// and the listeners. The only file that knows all of them.
+import fs from 'node:fs';
 import net from 'node:net';
 import pg from 'pg';
 import type { Logger } from 'pino';
@@ -20,6 +21,7 @@ import { ClientRegistry } from './proxy/clients.js';
 import { Peers } from './coordination/peers.js';
 import { SharedDrain } from './coordination/shared-drain.js';
 import { serveClient, type ProxyContext } from './proxy/client-session.js';
+import { listenOnSocket } from './proxy/unix-socket.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
 import { openServerSession } from './upstream/server-connection.js';
@@ -38,6 +40,8 @@ export interface Running {
   /** Where clients connect. */
   host: string;
   port: number;
+  /** The Unix socket clients may connect through too (listen.socket_dir); undefined without one. */
+  socketPath?: string;
   /** A connection string for the superuser (embedded) or a template without password (upstream). */
   connectionString: string;
   copyMethod: CopyMethod;
@@ -254,12 +258,15 @@ export async function startPgbranch(
     },
   };
 
-  const listener = net.createServer((socket) => {
+  // TCP and the Unix socket serve clients alike. Socket clients are local, so what pgbranch allows
+  // only on loopback (auth trust, checked against listen.host at start) is as safe for them.
+  const onClient = (socket: net.Socket) => {
     metrics?.clientConnected();
     ctx.clients.add(socket);
     socket.once('close', () => ctx.clients.delete(socket));
     void serveClient(socket, ctx);
-  });
+  };
+  const listener = net.createServer(onClient);
   try {
     await new Promise<void>((resolve, reject) => {
       listener.once('error', reject);
@@ -275,6 +282,32 @@ export async function startPgbranch(
       { cause: error },
     );
   }
+  const port = (listener.address() as net.AddressInfo).port;
+  let socketListener: net.Server | undefined;
+  let socketPath: string | undefined;
+  if (config.listen.socket_dir !== undefined) {
+    socketListener = net.createServer(onClient);
+    try {
+      // Named after the TCP port, as PostgreSQL names its socket, so -h DIR -p PORT finds it.
+      socketPath = await listenOnSocket(socketListener, config.listen.socket_dir, port);
+    } catch (error) {
+      listener.close();
+      await abandon();
+      throw error;
+    }
+  }
+  /** Stops accepting clients: closes both listeners and removes the socket file. */
+  const closeListeners = () =>
+    Promise.all([
+      new Promise<void>((resolve) => listener.close(() => resolve())),
+      socketListener &&
+        new Promise<void>((resolve) =>
+          socketListener.close(() => {
+            if (socketPath) fs.rmSync(socketPath, { force: true });
+            resolve();
+          }),
+        ),
+    ]);
   let metricsServer: MetricsServer | undefined;
   if (metrics) {
     try {
@@ -284,7 +317,7 @@ export async function startPgbranch(
         config.metrics.port,
       );
     } catch (error) {
-      listener.close();
+      void closeListeners();
       await abandon();
       throw error;
     }
@@ -301,12 +334,11 @@ export async function startPgbranch(
       });
     } catch (error) {
       await metricsServer?.close();
-      listener.close();
+      void closeListeners();
       await abandon();
       throw error;
     }
   }
-  const port = (listener.address() as net.AddressInfo).port;
   const host = config.listen.host;
   const hostInUrl = host.includes(':') ? `[${host}]` : host;
   const connectionString = embedded
@@ -352,12 +384,11 @@ export async function startPgbranch(
     (stopping ??= (async () => {
       ctx.shuttingDown = true;
       clearInterval(sweeper);
-      await new Promise<void>((resolve) => {
-        listener.close(() => resolve());
-        pools.close();
-        drain.close();
-        for (const socket of ctx.clients) socket.destroy();
-      });
+      const closed = closeListeners();
+      pools.close();
+      drain.close();
+      for (const socket of ctx.clients) socket.destroy();
+      await closed;
       await metricsServer?.close();
       await adminApi?.close();
       await lifecycle
@@ -370,6 +401,7 @@ export async function startPgbranch(
   return {
     host,
     port,
+    socketPath,
     connectionString,
     copyMethod: provider.copyMethod,
     serverVersion: provider.serverVersion,

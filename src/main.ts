@@ -1,5 +1,6 @@
 // `pgbranch`: reads the configuration, starts the proxy (and the embedded server unless an
 // upstream is set), prints how to connect, and stops both cleanly on Ctrl-C.
+import path from 'node:path';
 import { commandWord } from './cli/args.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import { version } from './version.js';
@@ -88,6 +89,11 @@ async function main(): Promise<number> {
     `pgbranch ${version} is ready on ${running.host}:${running.port}`,
     `  connect:   psql "${running.connectionString}"`,
     `  a branch:  psql "${branchExample}"   (after: CREATE DATABASE app)`,
+    ...(running.socketPath
+      ? [
+          `  socket:    ${running.socketPath}   (psql -h ${path.dirname(running.socketPath)} -p ${running.port})`,
+        ]
+      : []),
     `  server:    ${running.upstream}`,
     ...(running.embedded ? [`  data:      ${running.embedded.pgDataDir}`] : []),
     `  branches:  ${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
@@ -101,6 +107,7 @@ async function main(): Promise<number> {
       event: 'ready',
       host: running.host,
       port: running.port,
+      socketPath: running.socketPath,
       connectionString: running.connectionString,
       dataDir: running.embedded?.pgDataDir,
       upstream: running.upstream,

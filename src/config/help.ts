@@ -8,6 +8,8 @@ import { boolean, duration } from './schema.js';
 export const descriptions: Record<ConfigPath, string> = {
   'listen.host': 'Address to accept client connections on; 0.0.0.0 or :: for every interface.',
   'listen.port': 'TCP port to accept client connections on.',
+  'listen.socket_dir':
+    'Directory to accept local clients in too, on the Unix socket .s.PGSQL.<port> (psql -h DIR).',
   data_dir: "Directory for the embedded PostgreSQL and pgbranch's own state.",
   upstream:
     'postgres:// URL of an existing server to use instead of the embedded one (role with CREATEDB).',

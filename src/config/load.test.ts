@@ -134,6 +134,7 @@ describe('loadConfig', () => {
     expect(configKeys.map((key) => key.path)).toEqual([
       'listen.host',
       'listen.port',
+      'listen.socket_dir',
       'data_dir',
       'upstream',
       'auth',
@@ -201,6 +202,25 @@ describe('loadConfig', () => {
       PGBRANCH_LOG_LEVEL: 'debug',
     };
     expect(load([], env).config).toMatchObject(expected);
+  });
+
+  it('leaves the Unix socket off unless listen.socket_dir is set, by --socket-dir or PGBRANCH_SOCKET_DIR too', () => {
+    expect(load([]).config.listen.socket_dir).toBeUndefined();
+    for (const argv of [
+      ['--socket-dir', '/run/pgbranch'],
+      ['--listen-socket-dir', '/run/pgbranch'],
+    ]) {
+      expect(load(argv).config.listen.socket_dir).toBe('/run/pgbranch');
+    }
+    for (const name of ['PGBRANCH_SOCKET_DIR', 'PGBRANCH_LISTEN_SOCKET_DIR']) {
+      expect(load([], { [name]: '/run/pgbranch' }).config.listen.socket_dir).toBe('/run/pgbranch');
+    }
+    const file = directory({ 'pgbranch.yaml': 'listen: { socket_dir: /run/pgbranch }\n' });
+    expect(load([], {}, file).config.listen).toEqual({
+      host: '127.0.0.1',
+      port: 6432,
+      socket_dir: '/run/pgbranch',
+    });
   });
 
   it('refuses two variables that set one key to different values', () => {
@@ -434,6 +454,7 @@ describe('config/pgbranch.example.yaml', () => {
     const config = load([], {}, directory({ 'pgbranch.yaml': uncommented })).config;
     expect(config).toEqual({
       ...defaults,
+      listen: { ...defaults.listen, socket_dir: '/var/run/postgresql' },
       upstream: 'postgres://pgbranch:secret@db.internal:5432/postgres',
       embedded: { ...defaults.embedded, password: 'change-me' },
       admin: { ...defaults.admin, token: 'change-me' },

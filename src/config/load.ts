@@ -49,6 +49,7 @@ export interface ConfigKey {
 const ALIASES: Partial<Record<ConfigPath, string>> = {
   'listen.host': 'host',
   'listen.port': 'port',
+  'listen.socket_dir': 'socket_dir',
   'embedded.password': 'password',
 };
 

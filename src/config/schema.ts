@@ -71,6 +71,11 @@ export const configSchema = z
       .object({
         host: z.string().min(1).default('127.0.0.1'),
         port: port.default(6432),
+        /**
+         * A directory to listen in on a Unix socket too, `.s.PGSQL.<port>` as PostgreSQL names
+         * its own (`psql -h DIR`); unset: TCP only.
+         */
+        socket_dir: z.string().min(1).optional(),
       })
       .strict()
       .default({ host: '127.0.0.1', port: 6432 }),

@@ -11,6 +11,8 @@ const ROOT = path.resolve(import.meta.dirname, '../..');
 export interface ReadyEvent {
   host: string;
   port: number;
+  /** The Unix socket it listens on too (listen.socket_dir); absent without one. */
+  socketPath?: string;
   connectionString: string;
   dataDir?: string;
   upstream: string;
