@@ -456,3 +456,62 @@ describe('a prepared statement whose result shape changed', () => {
     expect(await query()).toEqual([{ a: 1, b: 'two' }]);
   });
 });
+
+describe('statements that need a database to themselves, where pgbranch pools connections to it', () => {
+  async function backendsOn(database: string): Promise<number> {
+    const { rows } = await direct.query<{ n: number }>(
+      'select count(*)::int as n from pg_stat_activity where datname = $1',
+      [database],
+    );
+    return rows[0]!.n;
+  }
+  async function modeClient(database: string, mode: string): Promise<pg.Client> {
+    const client = await connectClient({
+      ...proxy.config(database),
+      options: `-c pgbranch.pool_mode=${mode}`,
+    });
+    client.on('error', () => undefined);
+    opened.add(client);
+    return client;
+  }
+  /** Clients of `database` come and go: pgbranch keeps their server connections, idle. */
+  async function leaveIdleConnections(database: string, mode: string): Promise<void> {
+    const clients = await Promise.all(
+      Array.from({ length: POOL }, () => modeClient(database, mode)),
+    );
+    await Promise.all(clients.map((c) => c.query('select pg_sleep(0.01)')));
+    await Promise.all(clients.map((c) => c.end()));
+    while ((await backendsOn(database)) === 0) await sleep(20);
+  }
+
+  for (const mode of ['transaction', 'session']) {
+    it(`runs CREATE DATABASE ... TEMPLATE, ALTER DATABASE ... RENAME and DROP DATABASE from a ${mode}-mode client, as directly`, async () => {
+      const name = `victim_${mode}`;
+      const admin = await modeClient('postgres', mode);
+      await admin.query(`create database ${name}`);
+      await leaveIdleConnections(name, mode);
+      await admin.query(`create database ${name}_copy template ${name}`);
+      await leaveIdleConnections(name, mode);
+      await admin.query(`alter database ${name} rename to ${name}_renamed`);
+      await leaveIdleConnections(`${name}_renamed`, mode);
+      await admin.query(`drop database "${name}_renamed"`);
+      await admin.query(`drop database ${name}_copy`);
+      expect(await backendsOn(`${name}_renamed`)).toBe(0);
+      // New clients are served again at once, and told plainly what is gone.
+      await expect(modeClient(`${name}_renamed`, mode)).rejects.toMatchObject({ code: '3D000' });
+      expect((await admin.query('select 1 as one')).rows).toEqual([{ one: 1 }]);
+    });
+  }
+
+  it('still fails, as directly, while a client really uses the database', async () => {
+    const admin = await connect('postgres');
+    await admin.query('create database busy_one');
+    const user = await connect('busy_one');
+    await user.query('begin');
+    await user.query('select 1');
+    await expect(admin.query('drop database busy_one')).rejects.toMatchObject({ code: '55006' });
+    await user.query('commit');
+    await user.end();
+    await admin.query('drop database busy_one');
+  });
+});

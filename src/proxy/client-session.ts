@@ -251,7 +251,9 @@ async function serveSession(
       },
       `client ${user} connected to ${requested}`,
     );
-    const relay = new SessionRelay(socket, session.socket, reader.detach());
+    const relay = new SessionRelay(socket, session.socket, reader.detach(), (database) =>
+      keepOff(ctx, database),
+    );
     ctx.sessions.session++;
     const end = await relay.ended.finally(() => ctx.sessions.session--);
     if (end.by === 'client') {
@@ -343,6 +345,7 @@ async function serveTransactions(
       resetTimeoutMs: RESET_TIMEOUT_MS,
       idleInTransactionTimeoutMs: ctx.idleInTransactionTimeoutMs,
       maxPreparedStatements: ctx.maxPreparedStatements,
+      onDatabaseNeeded: (database) => keepOff(ctx, database),
       onServer: (conn) => (current = conn),
       onPinned: (reason) => {
         ctx.sessions.pinned++;
@@ -361,6 +364,21 @@ async function serveTransactions(
     ctx.registry.delete(client);
     ctx.cancels.unregister(cancelKey);
   }
+}
+
+/**
+ * A client's statement needs `database` to itself (DROP DATABASE, ALTER DATABASE ... RENAME,
+ * CREATE DATABASE ... TEMPLATE): pgbranch closes its idle pooled connections to it, so that only
+ * sessions really in use can make the statement fail, and holds new ones back until the returned
+ * function is called, when the statement is done.
+ */
+function keepOff(ctx: ProxyContext, database: string): () => void {
+  void ctx.pools.pause(database, 0);
+  ctx.log.info(
+    { event: 'database_released', database },
+    `closed pgbranch's idle connections to ${database} for a client's DROP, RENAME or TEMPLATE of it`,
+  );
+  return () => ctx.pools.resume(database);
 }
 
 /**

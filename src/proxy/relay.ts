@@ -4,6 +4,7 @@
 import type net from 'node:net';
 import { FrameScanner, TERMINATE } from '../wire/frames.js';
 import { abortBatch, copyFail, query } from '../wire/frontend.js';
+import { databaseNeeded, startsWithDdl } from './statement-effects.js';
 
 const QUERY = 0x51; // 'Q'
 const FUNCTION_CALL = 0x46; // 'F'
@@ -17,12 +18,27 @@ const STATUS_IDLE = 0x49; // 'I'
 class ClientFrames extends FrameScanner {
   /** Query, FunctionCall and Sync messages sent whose ReadyForQuery has not come back yet. */
   pending = 0;
+  /** Query, FunctionCall and Sync messages sent in all. */
+  sent = 0;
   /** Extended-protocol messages sent since the last Sync. */
   unsynced = false;
-  protected override onFrame(type: number): void {
-    if (type === QUERY || type === FUNCTION_CALL) this.pending++;
-    else if (type === SYNC) {
+  /** Called with a database that a simple query needs to itself, and that query's number. */
+  onDatabaseNeeded: ((database: string, batch: number) => void) | undefined;
+  protected override onFrame(type: number, length: number, chunk: Buffer, at: number): void {
+    if (type === QUERY || type === FUNCTION_CALL) {
       this.pending++;
+      this.sent++;
+      // DROP DATABASE and the like: only whole queries in this chunk are looked at (DDL is short).
+      const end = at + length - 5;
+      if (type === QUERY && this.onDatabaseNeeded && end <= chunk.length) {
+        if (startsWithDdl(chunk, at, end)) {
+          const database = databaseNeeded(chunk.toString('utf8', at, end));
+          if (database !== undefined) this.onDatabaseNeeded(database, this.sent);
+        }
+      }
+    } else if (type === SYNC) {
+      this.pending++;
+      this.sent++;
       this.unsynced = false;
     } else if (type >= 0x42 && type <= 0x50 && EXTENDED[type - 0x42]) this.unsynced = true;
   }
@@ -53,9 +69,15 @@ class ServerFrames extends FrameScanner {
     else if (type === COPY_BOTH) this.copyBoth = true;
     else if (type === ERROR) this.errors++;
   }
+  /** ReadyForQuery messages received in all. */
+  readies = 0;
+  /** Called at each ReadyForQuery while some database is held (see ClientFrames). */
+  onReadyWhileHeld: (() => void) | undefined;
   protected override onReady(): void {
     this.copyIn = false;
+    this.readies++;
     if (this.client.pending > 0) this.client.pending--;
+    this.onReadyWhileHeld?.();
   }
   protected override onMalformed(): void {
     this.malformed = true;
@@ -78,12 +100,24 @@ export class SessionRelay {
   private resolveEnd!: (end: RelayEnd) => void;
   readonly ended: Promise<RelayEnd> = new Promise((resolve) => (this.resolveEnd = resolve));
 
+  /** Databases kept free of pgbranch's connections until query `until` is answered. */
+  private readonly databaseHolds: { until: number; end: () => void }[] = [];
+
   constructor(
     private readonly client: net.Socket,
     private readonly server: net.Socket,
     /** Bytes the client sent right after authenticating, before the relay started. */
     pending: Buffer,
+    /**
+     * A query needs `database` to itself (DROP DATABASE...): returns what ends pgbranch keeping
+     * its connections off it, called once the query is answered.
+     */
+    onDatabaseNeeded: (database: string) => () => void,
   ) {
+    this.clientFrames.onDatabaseNeeded = (database, until) => {
+      this.databaseHolds.push({ until, end: onDatabaseNeeded(database) });
+      this.serverFrames.onReadyWhileHeld = this.endDatabaseHolds;
+    };
     client.on('data', this.fromClient);
     server.on('data', this.fromServer);
     client.on('drain', this.resumeServer);
@@ -137,9 +171,19 @@ export class SessionRelay {
     });
   };
 
+  private readonly endDatabaseHolds = (): void => {
+    const holds = this.databaseHolds;
+    const done = this.finished ? Infinity : this.serverFrames.readies;
+    for (let i = holds.length - 1; i >= 0; i--) {
+      if (holds[i]!.until <= done) holds.splice(i, 1)[0]!.end();
+    }
+    if (holds.length === 0) this.serverFrames.onReadyWhileHeld = undefined;
+  };
+
   private finish(end: RelayEnd): void {
     if (this.finished) return;
     this.finished = true;
+    this.endDatabaseHolds();
     this.client.removeListener('data', this.fromClient);
     this.server.removeListener('data', this.fromServer);
     this.client.removeListener('drain', this.resumeServer);

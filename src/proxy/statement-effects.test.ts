@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
+  databaseNeeded,
   DEALLOCATES,
   deallocateTarget,
   dropsAllStatements,
@@ -70,5 +71,21 @@ describe('deallocateTarget', () => {
     expect(dropsAllStatements('DISCARD ALL')).toBe(true);
     expect(dropsAllStatements('deallocate prepare all;')).toBe(true);
     expect(dropsAllStatements('discard plans')).toBe(false);
+  });
+});
+
+describe('databaseNeeded', () => {
+  it('names the database of DROP, RENAME, SET TABLESPACE and CREATE ... TEMPLATE, as the server folds it', () => {
+    expect(databaseNeeded('DROP DATABASE Old')).toBe('old');
+    expect(databaseNeeded('drop database if exists "app@feature-x" with (force)')).toBe(
+      'app@feature-x',
+    );
+    expect(databaseNeeded('ALTER DATABASE "a""b" RENAME TO c')).toBe('a"b');
+    expect(databaseNeeded('alter database x set tablespace t')).toBe('x');
+    expect(databaseNeeded('CREATE DATABASE copy TEMPLATE app')).toBe('app');
+    expect(databaseNeeded('create database copy with owner = me template = "App"')).toBe('App');
+    expect(databaseNeeded('alter database x set work_mem = 1')).toBeUndefined();
+    expect(databaseNeeded('create database fresh')).toBeUndefined();
+    expect(databaseNeeded('drop table database')).toBeUndefined();
   });
 });

@@ -13,6 +13,8 @@
 export const NEEDS_CHECK = 1;
 /** DEALLOCATE or DISCARD: the server connection's prepared statements must be read back. */
 export const DEALLOCATES = 2;
+/** DROP, ALTER or CREATE: possibly one that needs a database without sessions (see below). */
+export const MAY_NEED_DATABASE = 4;
 
 /** Statements that can't create anything by themselves (what they call is looked at apart). */
 const HARMLESS_FIRST_WORDS = (
@@ -68,6 +70,7 @@ const HARMLESS_FIRST = hashes(HARMLESS_FIRST_WORDS);
 const HARMLESS_CALLS = hashes(HARMLESS_BEFORE_PAREN);
 const DEALLOCATE = hashWord(Buffer.from('deallocate'), 0, 10);
 const DISCARD = hashWord(Buffer.from('discard'), 0, 7);
+const DDL = new Set(['drop', 'alter', 'create'].map((w) => hashWord(Buffer.from(w), 0, w.length)));
 
 function isSpace(c: number): boolean {
   return c === 0x20 || c === 0x0a || c === 0x09 || c === 0x0d;
@@ -100,6 +103,7 @@ export function statementEffects(bytes: Buffer, start: number, end: number): num
       const word = hashWord(bytes, i, j);
       if (!HARMLESS_FIRST.has(word)) effects |= NEEDS_CHECK;
       if (word === DEALLOCATE || word === DISCARD) effects |= DEALLOCATES;
+      else if (DDL.has(word)) effects |= MAY_NEED_DATABASE;
       i = j;
       continue;
     }
@@ -154,4 +158,37 @@ export function deallocateTarget(sql: string): { all: true } | { name: string } 
 /** Whether a statement is DISCARD ALL or DEALLOCATE ALL: every prepared statement goes. */
 export function dropsAllStatements(sql: string): boolean {
   return /^\s*(discard\s+all|deallocate\s+(prepare\s+)?all)\s*;?\s*$/i.test(sql);
+}
+
+/** Whether a statement starts with DROP, ALTER or CREATE: the cheap test before databaseNeeded(). */
+export function startsWithDdl(bytes: Buffer, start: number, end: number): boolean {
+  let i = start;
+  while (i < end && isSpace(bytes[i]!)) i++;
+  let j = i;
+  while (j < end && isWordByte(bytes[j]!)) j++;
+  return DDL.has(hashWord(bytes, i, j));
+}
+
+const NAME = '("(?:[^"]|"")+"|[^\\s;"(),=]+)';
+/**
+ * Statements that PostgreSQL refuses while anyone else is connected to the database they name
+ * (SQLSTATE 55006, after waiting 5 s): DROP DATABASE, ALTER DATABASE ... RENAME or SET
+ * TABLESPACE, and CREATE DATABASE ... TEMPLATE.
+ */
+const NEEDS_DATABASE = new RegExp(
+  `^\\s*(?:drop\\s+database\\s+(?:if\\s+exists\\s+)?${NAME}|` +
+    `alter\\s+database\\s+${NAME}\\s+(?:rename|set\\s+tablespace)\\b|` +
+    `create\\s+database\\s[\\s\\S]*?\\btemplate\\s*(?:=\\s*)?${NAME})`,
+  'i',
+);
+
+/**
+ * The database a statement needs to itself (see NEEDS_DATABASE), named as the server knows it, or
+ * undefined.
+ */
+export function databaseNeeded(sql: string): string | undefined {
+  const match = NEEDS_DATABASE.exec(sql);
+  const name = match?.[1] ?? match?.[2] ?? match?.[3];
+  if (name === undefined) return undefined;
+  return name.startsWith('"') ? name.slice(1, -1).replace(/""/g, '"') : name.toLowerCase();
 }

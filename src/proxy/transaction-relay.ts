@@ -21,9 +21,11 @@ import {
 } from './client-state.js';
 import { IdleInTransactionTimer } from './idle-in-transaction.js';
 import {
+  databaseNeeded,
   DEALLOCATES,
   deallocateTarget,
   dropsAllStatements,
+  MAY_NEED_DATABASE,
   NEEDS_CHECK,
   statementEffects,
 } from './statement-effects.js';
@@ -118,6 +120,12 @@ export interface TransactionRelayOptions {
   idleInTransactionTimeoutMs: number;
   /** Prepared statements one server connection keeps before the oldest is closed. */
   maxPreparedStatements: number;
+  /**
+   * The client sends a statement that PostgreSQL refuses while others are connected to
+   * `database` (DROP DATABASE...): pgbranch's own idle connections to it must go, and no new ones
+   * be made, until the statement is done. Returns what ends that.
+   */
+  onDatabaseNeeded: (database: string) => () => void;
 }
 
 /** An entry per Parse or Close sent, in order: the responses come back in the same order. */
@@ -171,6 +179,8 @@ export class TransactionRelay implements ServerSink {
   private resyncPrepared = false;
   /** statementEffects() of the unnamed statement last parsed. */
   private unnamedEffects = 0;
+  /** Databases kept free of pgbranch's connections until batch `until` is done. */
+  private readonly databaseHolds: { until: number; end: () => void }[] = [];
 
   // Prepared statements' shapes (see shapeOf): what a client was told must hold where it runs.
   private readonly describes: DescribeSent[] = [];
@@ -419,10 +429,16 @@ export class TransactionRelay implements ServerSink {
     if (effects & NEEDS_CHECK) this.check = true;
     // Cheap first look at the bytes; only candidates are decoded.
     const several = hasSecondStatement(chunk, start, end);
-    if (!startsLikeSetting(chunk, start, end) && !several && !mightMatter(chunk, start, end)) {
+    if (
+      !(effects & MAY_NEED_DATABASE) &&
+      !startsLikeSetting(chunk, start, end) &&
+      !several &&
+      !mightMatter(chunk, start, end)
+    ) {
       return undefined;
     }
     const sql = chunk.toString('utf8', start, end);
+    if (effects & MAY_NEED_DATABASE) this.needDatabase(sql, this.batchesSent);
     if (MAY_SET.test(sql)) this.settingsChanged = true;
     this.checkPin(sql);
     if (!(effects & DEALLOCATES)) return undefined;
@@ -473,6 +489,22 @@ export class TransactionRelay implements ServerSink {
       Buffer.concat([commandComplete('DEALLOCATE'), readyForQuery(status)]),
     );
     return ANSWERED;
+  }
+
+  /** Keeps pgbranch's connections off the database `sql` needs to itself until batch `until`. */
+  private needDatabase(sql: string, until: number): void {
+    const database = databaseNeeded(sql);
+    if (database !== undefined) {
+      this.databaseHolds.push({ until, end: this.options.onDatabaseNeeded(database) });
+    }
+  }
+
+  /** Ends the holds of batches that are done (all of them once the client is gone). */
+  private endDatabaseHolds(done: number): void {
+    const holds = this.databaseHolds;
+    for (let i = holds.length - 1; i >= 0; i--) {
+      if (holds[i]!.until <= done) holds.splice(i, 1)[0]!.end();
+    }
   }
 
   private checkPin(sql: string): void {
@@ -633,6 +665,8 @@ export class TransactionRelay implements ServerSink {
     const sql = definition.toString('utf8', 0, textEnd);
     if (MAY_SET.test(sql)) this.settingsChanged = true;
     this.checkPin(sql);
+    // It runs in the batch that the client's next Sync ends.
+    if (effects & MAY_NEED_DATABASE) this.needDatabase(sql, this.batchesSent + 1);
     let messages: Buffer[] | undefined;
     if (effects & DEALLOCATES) {
       const target = deallocateTarget(sql);
@@ -956,6 +990,7 @@ export class TransactionRelay implements ServerSink {
     while (this.describes.length > 0 && this.describes[0]!.batch < this.batchesDone) {
       this.describes.shift();
     }
+    if (this.databaseHolds.length > 0) this.endDatabaseHolds(this.batchesDone);
     if (this.readyStatus !== STATUS_IDLE && this.pendingReady === 0) this.idleTimer?.idle();
     return (
       this.readyStatus === STATUS_IDLE &&
@@ -1129,6 +1164,7 @@ export class TransactionRelay implements ServerSink {
     client.removeListener('close', this.clientEnded);
     client.removeListener('error', this.clientEnded);
     client.removeListener('drain', this.resumeServer);
+    this.endDatabaseHolds(Infinity);
     const conn = this.unbind();
     if (conn) void this.cleanUp(conn);
     this.resolveEnd(reason);

@@ -58,14 +58,14 @@ export class FrameScanner {
           return -1;
         }
         this.remaining = this.length - 4;
-        this.onFrame(this.type, this.length);
+        this.onFrame(this.type, this.length, chunk, i);
       }
     }
     return -1;
   }
 
-  /** Called at each frame header. */
-  protected onFrame(_type: number, _length: number): void {}
+  /** Called at each frame header; the body starts at chunk[at] (and may go on in later chunks). */
+  protected onFrame(_type: number, _length: number, _chunk: Buffer, _at: number): void {}
   /** Called when a ReadyForQuery's status byte has passed. */
   protected onReady(_status: number): void {}
   /** Called when a frame declares a length smaller than its own length word. */
