@@ -43,17 +43,20 @@ import {
   type RoundsResult,
   type Target,
   type TargetName,
+  type Workload,
   type WorkloadResults,
 } from './support/pool-runs.js';
 import { bytes, markdownTable, progress, summarize } from './support/report.js';
 
-const HELP = `usage: npm run bench:pool -- [--rounds 3] [--seconds 10] [--pool-size 20] [--idle-clients 10000] [--profile]
+const HELP = `usage: npm run bench:pool -- [--rounds 3] [--seconds 10] [--pool-size 20] [--idle-clients 10000] [--workloads a,b] [--profile]
 
   --rounds        interleaved rounds of every workload on every target (default 3)
   --seconds       length of each pgbench run (default 10)
   --pool-size     server connections of PgBouncer's and pgbranch's pool (default 20)
   --idle-clients  idle clients for the memory measurement (default 10000; 0 skips it)
-  --profile       one more pgbranch run (-S, 16 clients) under V8's CPU profiler, summarized
+  --workloads     which workloads to run, comma-separated (default all):
+${WORKLOADS.map((w) => `                    ${w.name.padEnd(11)} ${w.label}`).join('\n')}
+  --profile       one more pgbranch run of the first workload under V8's CPU profiler, summarized
 
 Needs pgbench (Debian: apt-get install postgresql-client) and PgBouncer (apt-get install
 pgbouncer). As root, PgBouncer runs as the postgres account. A default run takes about 12 minutes.
@@ -76,6 +79,7 @@ interface Options {
   seconds: number;
   poolSize: number;
   idleClients: number;
+  workloads: Workload[];
   profile: boolean;
 }
 
@@ -99,7 +103,7 @@ interface Results {
   maxClients: number;
   rounds: RoundsResult;
   idle?: Record<'pgbranch' | 'pgbouncer', IdleMemory>;
-  profile?: { tps: string; summary: ProfileSummary };
+  profile?: { workload: Workload; tps: string; summary: ProfileSummary };
   /** 1-minute load average when the run started and when it ended. */
   load: [number, number];
 }
@@ -112,6 +116,7 @@ function parseOptions(argv: string[]): Options | undefined {
       seconds: { type: 'string', default: '10' },
       'pool-size': { type: 'string', default: '20' },
       'idle-clients': { type: 'string', default: String(IDLE_TARGET_CLIENTS) },
+      workloads: { type: 'string', default: WORKLOADS.map((w) => w.name).join(',') },
       profile: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -130,6 +135,15 @@ function parseOptions(argv: string[]): Options | undefined {
     seconds: whole('seconds', values.seconds, 1),
     poolSize: whole('pool-size', values['pool-size'], 1),
     idleClients: whole('idle-clients', values['idle-clients'], 0),
+    workloads: values.workloads.split(',').map((name) => {
+      const workload = WORKLOADS.find((w) => w.name === name.trim());
+      if (!workload) {
+        throw new Error(
+          `--workloads: no workload "${name}"; there are ${WORKLOADS.map((w) => w.name).join(', ')}`,
+        );
+      }
+      return workload;
+    }),
     profile: values.profile,
   };
 }
@@ -221,13 +235,13 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
       pid: proxy.child.pid!,
     },
   ];
-  const runs = WORKLOADS.length * targets.length * options.rounds;
+  const runs = options.workloads.length * targets.length * options.rounds;
   progress(
-    `${runs} runs of ${options.seconds} s: ${options.rounds} rounds of ${WORKLOADS.length} workloads on ${targets.length} targets, interleaved`,
+    `${runs} runs of ${options.seconds} s: ${options.rounds} rounds of ${options.workloads.length} workloads on ${targets.length} targets, interleaved`,
   );
   const rounds = await runRounds({
     targets,
-    workloads: WORKLOADS,
+    workloads: options.workloads,
     rounds: options.rounds,
     seconds: options.seconds,
     cleanup,
@@ -332,7 +346,7 @@ async function idleMemory(
   }
 }
 
-/** pgbranch again on the same data, under node --cpu-prof, for one -S run with 16 clients. */
+/** pgbranch again on the same data, under node --cpu-prof, for one run of the first workload. */
 async function profiledRun(
   dataDir: string,
   password: string,
@@ -363,7 +377,7 @@ async function profiledRun(
     password,
     database: DATABASE,
   };
-  const workload = WORKLOADS[0]!;
+  const workload = options.workloads[0]!;
   const common = { endpoint, args: workload.args, clients: workload.clients, threads: THREADS };
   await runPgbench({ ...common, seconds: 2, logDir, cleanup });
   progress(`profiled run: ${workload.label} for ${options.seconds} s through pgbranch`);
@@ -374,7 +388,11 @@ async function profiledRun(
   await profileWritten(profileDir);
   await stop();
   return {
-    tps: 'failed' in result ? `failed: ${result.failed}` : `${tps(result.tps)} tps`,
+    workload,
+    tps:
+      'failed' in result
+        ? `failed: ${result.failed}`
+        : `${tps(result.tps)} ${workload.reconnects ? 'connections/s' : 'tps'}`,
     summary: summarizeProfile(profileDir, ROOT, 15),
   };
 }
@@ -398,9 +416,8 @@ function report(results: Results, command: string): string {
     `- Load average (1 min): ${results.load[0].toFixed(1)} at start, ${results.load[1].toFixed(1)} at end, ${runLoad.min.toFixed(1)}–${runLoad.max.toFixed(1)} as runs started (this benchmark itself adds about 2; other work on the machine adds noise to every column)`,
   );
   out.push(
-    `- Server: embedded PostgreSQL ${results.serverVersion}, \`pgbench -i -s ${SCALE}\` once, directly. Client: ${results.pgbench}, \`-j ${THREADS} --no-vacuum -T ${options.seconds}\`${WORKLOADS.filter(
-      (w) => w.extraSeconds > 0,
-    )
+    `- Server: embedded PostgreSQL ${results.serverVersion}, \`pgbench -i -s ${SCALE}\` once, directly. Client: ${results.pgbench}, \`-j ${THREADS} --no-vacuum -T ${options.seconds}\`${options.workloads
+      .filter((w) => w.extraSeconds > 0)
       .map(
         (w) =>
           ` (${w.clients} clients: \`-T ${options.seconds + w.extraSeconds}\`, as pgbench 15 counts connecting against -T)`,
@@ -414,7 +431,7 @@ function report(results: Results, command: string): string {
     `- (A) direct to the server; (B) ${results.pgbouncer}, \`pool_mode = transaction\`, \`default_pool_size = ${options.poolSize}\`; (C) pgbranch, \`--pool-mode transaction --pool-size ${options.poolSize}\`. Both poolers reach the server through its private Unix socket`,
   );
   out.push(
-    `- ${options.rounds} round${options.rounds === 1 ? '' : 's'}, each running every workload on A, B and C back to back, after one uncounted 2 s warm-up per target. tps: pgbench's, without connection time. Latency: from pgbench's per-transaction log (\`-l\`), every transaction of the run; mean and nearest-rank p99 per run. Cells: median over rounds (min–max); ratios: median of the per-round ratios`,
+    `- ${options.rounds} round${options.rounds === 1 ? '' : 's'}, each running every workload on A, B and C back to back, after one uncounted 2 s warm-up per target. tps: pgbench's, without connection time, except with \`-C\`, where each transaction has a connection of its own (login with SCRAM, one SELECT, Terminate) and pgbench counts it in: there tps is connections per second and CPU µs/tx is the pooler's CPU per connection. Latency: from pgbench's per-transaction log (\`-l\`), every transaction of the run; mean and nearest-rank p99 per run. Cells: median over rounds (min–max); ratios: median of the per-round ratios`,
   );
   out.push(`- Command: \`${command}\``, '');
 
@@ -562,13 +579,24 @@ function verdict(results: Results): string[] {
       .join(', ');
     return `- ${goal}: **${met ? 'met' : 'not met'}** (${each})`;
   };
-  const out = [
-    '**Targets** (transaction mode, `-S`, simple protocol, every client count):',
-    '',
-    line(`tps at least ${MIN_VS_PGBOUNCER}× PgBouncer's`, vsBouncer),
-    line(`tps at least ${MIN_VS_DIRECT}× direct`, vsDirect),
-    line(`p99 latency no worse than PgBouncer's (C/B at most 1.00×)`, p99),
-  ];
+  const out = ['**Targets**:', ''];
+  if (selectOnly.length > 0) {
+    out.push(
+      line(`\`-S\`: tps at least ${MIN_VS_PGBOUNCER}× PgBouncer's`, vsBouncer),
+      line(`\`-S\`: tps at least ${MIN_VS_DIRECT}× direct`, vsDirect),
+      line(`\`-S\`: p99 latency no worse than PgBouncer's (C/B at most 1.00×)`, p99),
+    );
+  }
+  for (const entry of results.rounds.results.filter((e) => e.workload.reconnects)) {
+    const { pgbranch, pgbouncer } = entry.runs;
+    const perSecond = pairedRatio(pgbranch, pgbouncer, (r) => r.tps);
+    const cpu = pairedRatio(pgbranch, pgbouncer, (r) => r.cpuUsPerTx ?? NaN);
+    const judged = (value: number | undefined, ok: (v: number) => boolean) =>
+      value === undefined || Number.isNaN(value) ? 'not measured' : ok(value) ? 'met' : 'not met';
+    out.push(
+      `- new connections (\`-C\`, ${entry.workload.clients} clients): connections/s at least PgBouncer's: **${judged(perSecond, (v) => v >= 1)}** (${ratio(perSecond)}); CPU per connection at most PgBouncer's: **${judged(cpu, (v) => v <= 1)}** (${ratio(cpu)})`,
+    );
+  }
   const idle = results.idle?.pgbranch;
   const goal = `${IDLE_TARGET_CLIENTS.toLocaleString('en')} idle clients under ${megabytes(MAX_IDLE_RSS)} RSS`;
   if (!idle) {
@@ -588,7 +616,7 @@ function verdict(results: Results): string[] {
 function profileReport(profile: NonNullable<Results['profile']>, options: Options): string[] {
   const { summary } = profile;
   return [
-    `### Where pgbranch's time goes (V8 CPU profile, 1 ms samples, -S with 16 clients, ${options.seconds} s: ${profile.tps})`,
+    `### Where pgbranch's time goes (V8 CPU profile, 1 ms samples, ${profile.workload.label}, ${options.seconds} s: ${profile.tps})`,
     '',
     `The main thread was busy ${(summary.busyMs / 1000).toFixed(1)} s of ${(summary.wallMs / 1000).toFixed(1)} s of the profiled pgbench run (its connecting included). Samples are taken on wall-clock time: a system call counts in full where it was made (writeBuffer is the write(2) to a socket), including any time the thread spent preempted in it. By kind: ${summary.kinds
       .map((k) => `${k.kind} ${(k.share * 100).toFixed(0)}%`)

@@ -21,7 +21,10 @@ export interface PgbenchRun {
   p50Ms: number;
   p99Ms: number;
   transactions: number;
-  /** pgbench's "initial connection time": logging in all clients, per thread, averaged. */
+  /**
+   * pgbench's "initial connection time" (logging in all clients, per thread, averaged), or with
+   * -C its "average connection time" (one login).
+   */
   connectMs: number;
   /** The pooler's CPU time (user + system) per transaction, in microseconds; none for direct. */
   cpuUsPerTx?: number;
@@ -97,7 +100,11 @@ export async function runPgbench(options: {
           aborted.count > 0 ? `${aborted.count} of ${clients} clients aborted: ${why}` : `${why}`,
       };
     }
-    const tps = /^tps = ([\d.]+) \(without initial connection time\)/m.exec(stdout);
+    // With -C, connecting is what is measured: pgbench counts it in.
+    const tps =
+      /^tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)/m.exec(
+        stdout,
+      );
     if (!tps) {
       const done = /^number of transactions actually processed: (\d+)/m.exec(stdout)?.[1];
       return {
@@ -107,7 +114,7 @@ export async function runPgbench(options: {
             : `no tps in pgbench's output: ${stdout.trim().split('\n').slice(-3).join(' / ')}`,
       };
     }
-    const connect = /^initial connection time = ([\d.]+) ms/m.exec(stdout);
+    const connect = /^(?:initial|average) connection time = ([\d.]+) ms/m.exec(stdout);
     const latencies = readLatencies(logDir);
     if (latencies.length === 0) return { failed: 'pgbench logged no transactions' };
     latencies.sort();

@@ -9,6 +9,8 @@ import { runPgbench, type Endpoint, type PgbenchFailure, type PgbenchRun } from 
 import { progress } from './report.js';
 
 export interface Workload {
+  /** What --workloads calls it. */
+  name: string;
   label: string;
   /** pgbench flags besides clients, threads, duration and logging. */
   args: string[];
@@ -20,19 +22,67 @@ export interface Workload {
   extraSeconds: number;
   /** A select-only (-S) workload with the simple protocol: the ones the targets are about. */
   selectOnly: boolean;
+  /**
+   * pgbench -C: every transaction on a new connection (login, SCRAM, one SELECT, Terminate), so
+   * tps counts connections per second and CPU per transaction is CPU per connection.
+   */
+  reconnects: boolean;
 }
 
 export const WORKLOADS: Workload[] = [
-  { label: '-S, 16 clients', args: ['-S'], clients: 16, extraSeconds: 0, selectOnly: true },
-  { label: '-S, 64 clients', args: ['-S'], clients: 64, extraSeconds: 0, selectOnly: true },
-  { label: '-S, 256 clients', args: ['-S'], clients: 256, extraSeconds: 10, selectOnly: true },
-  { label: 'TPC-B-like, 16 clients', args: [], clients: 16, extraSeconds: 0, selectOnly: false },
   {
+    name: 'select-16',
+    label: '-S, 16 clients',
+    args: ['-S'],
+    clients: 16,
+    extraSeconds: 0,
+    selectOnly: true,
+    reconnects: false,
+  },
+  {
+    name: 'select-64',
+    label: '-S, 64 clients',
+    args: ['-S'],
+    clients: 64,
+    extraSeconds: 0,
+    selectOnly: true,
+    reconnects: false,
+  },
+  {
+    name: 'select-256',
+    label: '-S, 256 clients',
+    args: ['-S'],
+    clients: 256,
+    extraSeconds: 10,
+    selectOnly: true,
+    reconnects: false,
+  },
+  {
+    name: 'tpcb',
+    label: 'TPC-B-like, 16 clients',
+    args: [],
+    clients: 16,
+    extraSeconds: 0,
+    selectOnly: false,
+    reconnects: false,
+  },
+  {
+    name: 'prepared',
     label: '-S -M prepared, 16 clients',
     args: ['-S', '-M', 'prepared'],
     clients: 16,
     extraSeconds: 0,
     selectOnly: false,
+    reconnects: false,
+  },
+  {
+    name: 'connect',
+    label: '-C -S (new connection per transaction), 8 clients',
+    args: ['-C', '-S'],
+    clients: 8,
+    extraSeconds: 0,
+    selectOnly: false,
+    reconnects: true,
   },
 ];
 
@@ -111,7 +161,7 @@ export async function runRounds(options: {
   try {
     // Not counted: fills both poolers' server connections and warms up pgbranch's JIT.
     for (const target of targets) {
-      progress(`warm-up: ${target.label}, -S with 16 clients for 2 s`);
+      progress(`warm-up: ${target.label}, ${workloads[0]!.label} for 2 s`);
       await run(target, workloads[0]!, 2);
     }
     for (let round = 1; round <= rounds; round++) {
@@ -124,7 +174,7 @@ export async function runRounds(options: {
             `round ${round} of ${rounds}: ${entry.workload.label}, ${target.label}: ${
               'failed' in result
                 ? `failed: ${result.failed}`
-                : `${Math.round(result.tps).toLocaleString('en')} tps, p99 ${result.p99Ms.toFixed(2)} ms, connecting took ${Math.round(result.connectMs)} ms${result.cpuUsPerTx === undefined ? '' : `, ${result.cpuUsPerTx.toFixed(1)} µs CPU/tx`}`
+                : `${Math.round(result.tps).toLocaleString('en')} ${entry.workload.reconnects ? 'connections/s' : 'tps'}, p99 ${result.p99Ms.toFixed(2)} ms, connecting took ${result.connectMs.toFixed(entry.workload.reconnects ? 2 : 0)} ms${entry.workload.reconnects ? ' on average' : ''}${result.cpuUsPerTx === undefined ? '' : `, ${result.cpuUsPerTx.toFixed(1)} µs CPU/${entry.workload.reconnects ? 'connection' : 'tx'}`}`
             }`,
           );
         }
