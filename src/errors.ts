@@ -114,6 +114,13 @@ export const errors = {
       undefined,
       'A branch name is 1 to 255 characters without control characters or ":", as git branch names are.',
     ),
+  conflictingBranchNames: (root: string, fromName: string, fromOption: string) =>
+    new PgError(
+      '42602',
+      `conflicting branch names: the database name asks for branch "${printable(fromName)}" but options ask for "${printable(fromOption)}"`,
+      undefined,
+      `Name the branch in one place: ${printable(root)}@${printable(fromName)}, or ${printable(root)} with -c pgbranch.branch=${printable(fromOption)}.`,
+    ),
   restorePointConnect: (branch: string, point: string) => {
     const root = branch.slice(0, branch.indexOf('@'));
     return new PgError(

@@ -70,6 +70,20 @@ describe('branch names', () => {
     expect(error?.message).toMatch(rule);
   });
 
+  it('refuses a branch named two ways with a hint about that, not about the length rule', async () => {
+    const result = await psql(proxy.url('app@pr-201'), 'select 1', {
+      env: { PGOPTIONS: '-c pgbranch.branch=pr-200' },
+    });
+    expect(result.code).not.toBe(0);
+    expect(result.stderr).toContain(
+      'conflicting branch names: the database name asks for branch "pr-201" but options ask for "pr-200"',
+    );
+    expect(result.stderr).toContain(
+      'HINT:  Name the branch in one place: app@pr-201, or app with -c pgbranch.branch=pr-200.',
+    );
+    expect(result.stderr).not.toContain('255');
+  });
+
   it('says which rule was broken, in psql too', async () => {
     const result = await psql(proxy.url('postgres'), 'select 1', {
       env: { PGOPTIONS: '-c pgbranch.branch=' },

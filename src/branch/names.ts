@@ -100,10 +100,7 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
     rest = kept.length > 0 ? joinOptions(kept) : undefined;
   }
   if (fromName !== undefined && fromOption !== undefined && fromName !== fromOption) {
-    throw errors.invalidBranchName(
-      fromOption,
-      `the database name asks for branch "${fromName}" but options ask for "${fromOption}"; name one`,
-    );
+    throw errors.conflictingBranchNames(root, fromName, fromOption);
   }
   const named = fromOption ?? fromName;
   const point = named === undefined ? undefined : splitRestorePoint(`${root}${SEPARATOR}${named}`);
