@@ -1,3 +1,4 @@
+import stringWidth from 'string-width';
 import { describe, expect, it } from 'vitest';
 import { parentName } from '../lifecycle/model.js';
 import type { BranchInfo } from '../lifecycle/model.js';
@@ -104,6 +105,41 @@ describe('formatting for people', () => {
         '',
       ].join('\n'),
     );
+  });
+
+  it('lines up columns as a terminal shows them when names hold CJK, emoji or combining marks', () => {
+    // Terminal columns: 機能 and 🚀 take two each, the combining acute of é none.
+    const wide = [
+      branch('app', null),
+      branch('app@機能/ログイン', 'main'),
+      branch('app@🚀-launch', 'main'),
+      branch('app@cafe\u0301', 'main'),
+    ];
+    /** The terminal column where `text` starts on `line`. */
+    const column = (line: string, text: string) => stringWidth(line.slice(0, line.indexOf(text)));
+    const tableLines = branchTable(wide, NOW).trimEnd().split('\n');
+    // The widest name, app@機能/ログイン, is 4 + 4 + 1 + 8 = 17 columns; then PARENT (6) and
+    // CREATED (7), each after two spaces: LAST CONNECTED starts at 17 + 2 + 6 + 2 + 7 + 2.
+    expect(tableLines.map((line, i) => column(line, i === 0 ? 'LAST' : '5m ago'))).toEqual([
+      36, 36, 36, 36, 36,
+    ]);
+    const treeLines = branchTree(wide, NOW).trimEnd().split('\n');
+    // ├── and └── are 4 columns: 4 + 17 + 2.
+    expect(treeLines.map((line) => column(line, '7.5 MB'))).toEqual([23, 23, 23, 23]);
+    const kept = gcReport({
+      deleted: [],
+      kept: [
+        { name: 'app@機能', reason: 'protected' },
+        { name: 'app@pr-10', reason: 'protected' },
+      ],
+      applied: false,
+    });
+    expect(
+      kept
+        .split('\n')
+        .slice(2, 4)
+        .map((line) => column(line, 'protected')),
+    ).toEqual([13, 13]);
   });
 
   it('reports gc: what goes (or would), and what matched but stays', () => {

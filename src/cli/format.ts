@@ -1,5 +1,6 @@
 // What the CLI prints for people: tables, the branch tree, sizes and times. Scripts use --json,
 // which prints the API's own JSON instead, so nothing here is a format anyone parses.
+import stringWidth from 'string-width';
 import { parentName } from '../lifecycle/model.js';
 import type { BranchInfo, GcResult } from '../lifecycle/model.js';
 
@@ -38,14 +39,22 @@ export function formatWhen(iso: string | null, now: number): string {
   return ms < 0 ? `${formatSpan(-ms)} ago` : `in ${formatSpan(ms)}`;
 }
 
+/**
+ * Pads to `columns` as a terminal shows the text, not as many UTF-16 units: branch names come from
+ * git, so CJK and emoji (two columns each) and combining marks (none) are as likely as ASCII.
+ */
+function pad(text: string, columns: number): string {
+  return text + ' '.repeat(Math.max(0, columns - stringWidth(text)));
+}
+
 /** Columns padded to their widest cell; the last column is not padded. */
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((header, i) =>
-    Math.max(header.length, ...rows.map((row) => row[i]!.length)),
+    Math.max(stringWidth(header), ...rows.map((row) => stringWidth(row[i]!))),
   );
   const line = (cells: string[]) =>
     cells
-      .map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i]!)))
+      .map((cell, i) => (i === cells.length - 1 ? cell : pad(cell, widths[i]!)))
       .join('  ')
       .trimEnd();
   return [line(headers), ...rows.map(line)].join('\n') + '\n';
@@ -117,9 +126,9 @@ export function branchTree(branches: BranchInfo[], now: number): string {
     below.forEach((child, i) => visit(child, childPrefix, i === below.length - 1, false));
   };
   for (const top of tops) visit(top, '', true, true);
-  const width = Math.max(...rows.map(([name]) => name!.length));
+  const width = Math.max(...rows.map(([name]) => stringWidth(name!)));
   return (
-    rows.map(([name, summary]) => `${name!.padEnd(width)}  ${summary}`.trimEnd()).join('\n') + '\n'
+    rows.map(([name, summary]) => `${pad(name!, width)}  ${summary}`.trimEnd()).join('\n') + '\n'
   );
 }
 
@@ -173,10 +182,10 @@ export function gcReport(result: GcResult): string {
     );
   }
   if (result.kept.length > 0) {
-    const width = Math.max(...result.kept.map((k) => k.name.length));
+    const width = Math.max(...result.kept.map((k) => stringWidth(k.name)));
     lines.push(
       `kept ${plural(result.kept.length)} that matched:`,
-      ...result.kept.map((k) => `  ${k.name.padEnd(width)}  ${k.reason}`),
+      ...result.kept.map((k) => `  ${pad(k.name, width)}  ${k.reason}`),
     );
   }
   return lines.join('\n') + '\n';
