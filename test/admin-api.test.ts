@@ -147,6 +147,15 @@ describe('branches', () => {
     });
   });
 
+  it('refuses to branch pgbranch’s own database or a template with 400 and 0A000', async () => {
+    for (const name of ['postgres@x', 'template0@x', 'template1@x']) {
+      expect(await create(name)).toMatchObject({
+        status: 400,
+        body: { error: { code: '0A000', message: expect.stringMatching(/^cannot branch "/) } },
+      });
+    }
+  });
+
   it('refuses a body that does not match the schema with 400 and 22023, naming the problem', async () => {
     expect(await create('app@api-typo', { expires: '2026-12-01' })).toMatchObject({
       status: 400,

@@ -64,6 +64,29 @@ describe('connecting to app@branch', () => {
     expect(rows).toEqual([{ db: 'app' }]);
   });
 
+  it.each(['postgres', 'template0', 'template1'])(
+    'refuses to branch %s with 0A000, saying why, and makes nothing',
+    async (database) => {
+      const result = await psql(proxy.url(`${database}@x`), 'select 1');
+      expect(result.code).not.toBe(0);
+      expect(result.stderr).toMatch(
+        database === 'postgres'
+          ? /FATAL: {2}cannot branch "postgres": it is pgbranch's own database/
+          : new RegExp(`FATAL: {2}cannot branch "${database}": it is a template database`),
+      );
+      expect(result.stderr).toContain('HINT:  Create a database for your project');
+      expect(proxy.events('client_refused')).toContainEqual(
+        expect.objectContaining({ code: '0A000', database: `${database}@x` }),
+      );
+      const made = await queryOnce(
+        proxy.url('postgres'),
+        'select datname from pg_database where datname = $1',
+        [`${database}@x`],
+      );
+      expect(made).toEqual([]);
+    },
+  );
+
   it('refuses to branch a database that does not exist, naming it', async () => {
     const result = await psql(proxy.url('nosuch@feature'), 'select 1');
     expect(result.code).not.toBe(0);

@@ -112,12 +112,17 @@ describe('create and list', () => {
     }
   });
 
-  it('refuses to branch the maintenance database, saying why', async () => {
-    const refused = await failure(running.lifecycle.create({ name: 'postgres@x' }));
-    expect(refused).toMatchObject({
-      code: '55006',
-      message: expect.stringContaining('its own administration'),
+  it('refuses to branch pgbranch’s own database and the templates with 0A000, saying why', async () => {
+    expect(await failure(running.lifecycle.create({ name: 'postgres@x' }))).toMatchObject({
+      code: '0A000',
+      message: `cannot branch "postgres": it is pgbranch's own database, which its administrative connections use`,
     });
+    for (const template of ['template0', 'template1']) {
+      expect(await failure(running.lifecycle.create({ name: `${template}@x` }))).toMatchObject({
+        code: '0A000',
+        message: expect.stringContaining(`cannot branch "${template}": it is a template database`),
+      });
+    }
   });
 
   it('finds branches made with plain CREATE DATABASE, and loses ones dropped outside pgbranch', async () => {

@@ -17,6 +17,7 @@ const BY_CODE: Record<string, number> = {
   '54000': 409,
   '42501': 403, // the root, a protected branch, a name policy
   '42602': 400, // bad name
+  '0A000': 400, // not something pgbranch does: branching its own database or a template
   '28000': 401, // no or wrong token
   '28P01': 401,
 };

@@ -12,6 +12,7 @@ import type {
   DatabaseEntry,
 } from './provider.js';
 import { detectCloneSupport } from './copy-on-write.js';
+import { TEMPLATE_DATABASES } from './names.js';
 
 /** Comments on branch databases start with this, followed by the branch's record as JSON. */
 export const RECORD_PREFIX = 'pgbranch:';
@@ -178,9 +179,9 @@ export class DatabaseProvider implements BranchProvider {
       `SELECT datname AS name, shobj_description(oid, 'pg_database') AS comment,
               CASE WHEN $2 OR datname = ANY($3) THEN pg_database_size(oid) ELSE 0 END AS size
          FROM pg_database
-        WHERE datname NOT IN ('template0', 'template1', $1)
+        WHERE datname <> $1 AND datname <> ALL($4)
         ORDER BY datname`,
-      [this.maintenanceDatabase, sizes === 'all', sizes === 'all' ? [] : sizes],
+      [this.maintenanceDatabase, sizes === 'all', sizes === 'all' ? [] : sizes, TEMPLATE_DATABASES],
     );
     return rows.map((row) => ({
       physical: row.name,

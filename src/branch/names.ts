@@ -9,6 +9,8 @@ export const SEPARATOR = '@';
 /** PostgreSQL's identifier limit (NAMEDATALEN - 1), in bytes. */
 export const MAX_IDENTIFIER_BYTES = 63;
 export const MAX_BRANCH_LENGTH = 255;
+/** PostgreSQL's own template databases: never listed as roots, never branched. */
+export const TEMPLATE_DATABASES: readonly string[] = ['template0', 'template1'];
 
 export interface BranchTarget {
   /** The project's root database, e.g. `app`. */

@@ -17,6 +17,7 @@ import {
   SNAPSHOT_SEPARATOR,
   snapshotPhysicalName,
   splitRestorePoint,
+  TEMPLATE_DATABASES,
   validateBranchName,
   type BranchTarget,
 } from '../branch/names.js';
@@ -168,7 +169,7 @@ export class LifecycleService implements Lifecycle {
           ? parentWithin(root, given)
           : given;
     validateBranchName(parent);
-    if (root === this.options.maintenanceDatabase) throw maintenanceRefused(root, branch);
+    this.checkBranchable(root, branch);
     const expiresAt = request.expiresAt === undefined ? undefined : parseTime(request.expiresAt);
     return this.exclusive(root, async () => {
       const started = this.now();
@@ -218,12 +219,12 @@ export class LifecycleService implements Lifecycle {
     database: string,
     user: string,
   ): Promise<{ notice?: string }> => {
-    const { provider, maintenanceDatabase } = this.options;
+    const { provider } = this.options;
     const { policy } = this.settings;
     const branch = target.branch!;
     const parentName = target.parent ?? ROOT_BRANCH;
     const parent = physicalName(target.root, target.parent);
-    if (parent === maintenanceDatabase) throw maintenanceRefused(parent, branch);
+    this.checkBranchable(target.root, branch);
     if (!policy.mayCreateOnConnect(target.root, branch)) {
       throw new PgError(
         '3D000',
@@ -563,6 +564,24 @@ export class LifecycleService implements Lifecycle {
       (t): t is number => t !== undefined,
     );
     return times.length > 0 ? Math.max(...times) : undefined;
+  }
+
+  /** pgbranch's own database and PostgreSQL's templates are never branched, whoever asks. */
+  private checkBranchable(root: string, branch: string): void {
+    if (root === this.options.maintenanceDatabase) {
+      throw unbranchable(
+        root,
+        branch,
+        "it is pgbranch's own database, which its administrative connections use",
+      );
+    }
+    if (TEMPLATE_DATABASES.includes(root)) {
+      throw unbranchable(
+        root,
+        branch,
+        'it is a template database: PostgreSQL makes every new database from template1, and template0 is its pristine copy',
+      );
+    }
   }
 
   private checkLimit(catalog: Catalog, root: string): void {
@@ -1005,12 +1024,17 @@ export class LifecycleService implements Lifecycle {
   }
 }
 
-function maintenanceRefused(database: string, branch: string): PgError {
+/**
+ * 0A000: branching this database is not something pgbranch does, for any role, whatever state the
+ * database is in (not 42501, which would send the user looking for a privilege, nor 55006, which
+ * says the database is busy and might be free later).
+ */
+function unbranchable(database: string, branch: string, why: string): PgError {
   return new PgError(
-    '55006',
-    `cannot branch "${database}": it is the database pgbranch uses for its own administration`,
+    '0A000',
+    `cannot branch "${printable(database)}": ${why}`,
     undefined,
-    `Create a database for your project (CREATE DATABASE app) and branch that: app@${branch}`,
+    `Create a database for your project (CREATE DATABASE app) and branch that: app@${printable(branch)}`,
   );
 }
 
