@@ -16,6 +16,7 @@ import { LifecycleService, type LifecycleSettings } from './lifecycle/service.js
 import { PgError } from './errors.js';
 import { Metrics, serveMetrics, type MetricsServer } from './metrics.js';
 import { PoolManager } from './pool/pool.js';
+import { CannotStart, checkBeforeStart, listenProblem } from './preflight.js';
 import { CancelRegistry } from './proxy/cancel.js';
 import { ClientRegistry } from './proxy/clients.js';
 import { Peers } from './coordination/peers.js';
@@ -72,6 +73,7 @@ export async function startPgbranch(
   /** Reads the configuration again from where it came from, for RELOAD. */
   rereadConfig?: () => Config,
 ): Promise<Running> {
+  await checkBeforeStart(config);
   let embedded: EmbeddedServer | undefined;
   let endpoint: Endpoint;
   let adminConfig: pg.PoolConfig;
@@ -273,14 +275,12 @@ export async function startPgbranch(
       listener.listen(config.listen.port, config.listen.host, resolve);
     });
   } catch (error) {
+    // Free when checked at start, taken since.
     await abandon();
-    const e = error as NodeJS.ErrnoException;
-    throw new Error(
-      e.code === 'EADDRINUSE'
-        ? `port ${config.listen.port} on ${config.listen.host} is already in use: stop what uses it or pick another with --port`
-        : `cannot listen on ${config.listen.host}:${config.listen.port}: ${e.message}`,
-      { cause: error },
-    );
+    const { host, port } = config.listen;
+    throw new CannotStart(listenProblem({ key: 'listen.port', host, port }, error), {
+      cause: error,
+    });
   }
   const port = (listener.address() as net.AddressInfo).port;
   let socketListener: net.Server | undefined;
@@ -293,7 +293,7 @@ export async function startPgbranch(
     } catch (error) {
       listener.close();
       await abandon();
-      throw error;
+      throw new CannotStart((error as Error).message, { cause: error });
     }
   }
   /** Stops accepting clients: closes both listeners and removes the socket file. */
@@ -319,7 +319,7 @@ export async function startPgbranch(
     } catch (error) {
       void closeListeners();
       await abandon();
-      throw error;
+      throw new CannotStart((error as Error).message, { cause: error });
     }
   }
   let adminApi: AdminApi | undefined;
@@ -336,7 +336,7 @@ export async function startPgbranch(
       await metricsServer?.close();
       void closeListeners();
       await abandon();
-      throw error;
+      throw new CannotStart((error as Error).message, { cause: error });
     }
   }
   const host = config.listen.host;

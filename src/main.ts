@@ -71,10 +71,17 @@ async function main(): Promise<number> {
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
   let running;
+  const { CannotStart } = await import('./preflight.js');
   try {
     const { startPgbranch } = await import('./app.js');
     running = await startPgbranch(config, log, () => loadConfig(argv, process.env).config);
   } catch (error) {
+    // A refusal a person can act on (a port in use) is one line; anything else is a fault, logged
+    // with its stack.
+    if (error instanceof CannotStart) {
+      process.stderr.write(`pgbranch: ${error.message}\n`);
+      return 1;
+    }
     log.fatal({ err: error }, (error as Error).message);
     process.stderr.write(`pgbranch: ${(error as Error).message}\n`);
     return 1;

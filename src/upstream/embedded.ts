@@ -41,6 +41,8 @@ const SUPERUSER = 'postgres';
 /** The OS account the server runs as when pgbranch runs as root (PostgreSQL refuses root). */
 const OS_USER = 'postgres';
 const START_TIMEOUT_MS = 60_000;
+/** In the data directory: the pid of the pgbranch whose server runs there. */
+const OWNER_FILE = 'pgbranch.pid';
 
 interface Binaries {
   initdb: string;
@@ -73,8 +75,8 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
   fs.writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
 
   const owner = os.userInfo().uid === 0 ? ensureOsUser() : undefined;
-  const ownerFile = path.join(root, 'pgbranch.pid');
-  await stopOrphan(pgDataDir, ownerFile, options.log);
+  const ownerFile = path.join(root, OWNER_FILE);
+  await stopOrphan(root, options.log);
 
   const initialised = !fs.existsSync(path.join(pgDataDir, 'PG_VERSION'));
   if (initialised) {
@@ -269,22 +271,38 @@ function readPassword(file: string): string | undefined {
   }
 }
 
-/** A postmaster left running on this directory (a killed pgbranch) must be stopped first. */
+/** A server running on pgbranch's data directory now, and the pgbranch that started it. */
+export interface ServerOnDataDir {
+  pid: number;
+  /** The other pgbranch, alive, that runs it; undefined when it was left by one that was killed. */
+  owner?: number;
+}
+
+/** The server running on pgbranch's data directory `dataDir`, if any (a stale pid file is none). */
+export function serverOn(dataDir: string): ServerOnDataDir | undefined {
+  const root = path.resolve(dataDir);
+  const pid = pidIn(path.join(root, 'pg', 'postmaster.pid'));
+  if (pid === undefined || !alive(pid)) return undefined; // a stale file PostgreSQL removes itself
+  const owner = pidIn(path.join(root, OWNER_FILE));
+  return owner !== undefined && owner !== process.pid && alive(owner) ? { pid, owner } : { pid };
+}
+
+/** Why a second pgbranch can't use the data directory that `owner` uses. */
+export function dataDirInUse(owner: number, dataDir: string): string {
+  return `another pgbranch (pid ${owner}) is using ${path.resolve(dataDir)}: stop it first, or use another --data-dir`;
+}
+
 /**
  * A server still running on the data directory: refused when the pgbranch that started it is alive
  * (two pgbranches on one data directory), stopped when it was left by one that was killed.
  */
-async function stopOrphan(pgDataDir: string, ownerFile: string, log: Logger): Promise<void> {
-  const pid = pidIn(path.join(pgDataDir, 'postmaster.pid'));
-  if (pid === undefined || !alive(pid)) return; // none, or a stale file PostgreSQL removes itself
-  const owner = pidIn(ownerFile);
-  if (owner !== undefined && owner !== process.pid && alive(owner)) {
-    throw new Error(
-      `another pgbranch (pid ${owner}) is using ${path.dirname(ownerFile)}: stop it first, or use another --data-dir`,
-    );
-  }
+async function stopOrphan(root: string, log: Logger): Promise<void> {
+  const running = serverOn(root);
+  if (!running) return;
+  const { pid, owner } = running;
+  if (owner !== undefined) throw new Error(dataDirInUse(owner, root));
   log.warn(
-    { event: 'orphan_stopped', serverPid: pid, ownerPid: owner },
+    { event: 'orphan_stopped', serverPid: pid, ownerPid: pidIn(path.join(root, OWNER_FILE)) },
     `stopping the PostgreSQL server (pid ${pid}) left running by a pgbranch that was killed`,
   );
   process.kill(pid, 'SIGINT'); // fast shutdown
@@ -292,7 +310,7 @@ async function stopOrphan(pgDataDir: string, ownerFile: string, log: Logger): Pr
   while (alive(pid)) {
     if (Date.now() > deadline) {
       throw new Error(
-        `the PostgreSQL server (pid ${pid}) left running on ${pgDataDir} did not stop within ${START_TIMEOUT_MS / 1000} s; stop it with: kill -QUIT ${pid}`,
+        `the PostgreSQL server (pid ${pid}) left running on ${path.join(root, 'pg')} did not stop within ${START_TIMEOUT_MS / 1000} s; stop it with: kill -QUIT ${pid}`,
       );
     }
     await new Promise((r) => setTimeout(r, 100));
