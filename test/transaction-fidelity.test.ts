@@ -443,6 +443,26 @@ describe('a prepared statement whose result shape changed', () => {
     expect(types(await exchange(client, execute('s')))).toBe('2DCZ');
   });
 
+  it('answers 0A000 to node-postgres too, which was told the shape by describing its portal, on every execute, as PostgreSQL does', async () => {
+    await recreate('shape_f', 'a int, b int, c int');
+    await direct.query('insert into shape_f values (1, 2, 3)');
+    const client = await connect();
+    const query = { name: 'rows_of_f', text: 'select * from shape_f where a = $1', values: [1] };
+    expect((await client.query(query)).rows).toEqual([{ a: 1, b: 2, c: 3 }]);
+    await recreate('shape_f', 'a int, b text');
+    await direct.query("insert into shape_f values (1, 'two')");
+    await dropServerConnections();
+    for (let i = 0; i < 2; i++) {
+      await expect(client.query(query)).rejects.toMatchObject({
+        code: '0A000',
+        message: 'cached plan must not change result type',
+      });
+    }
+    expect((await client.query({ ...query, name: 'rows_of_f_again' })).rows).toEqual([
+      { a: 1, b: 'two' },
+    ]);
+  });
+
   it('lets postgres.js read the new shape after a table is recreated (it prepares again on 0A000)', async () => {
     await recreate('shape_d', 'a int, b int, c int');
     await direct.query('insert into shape_d values (1, 2, 3)');

@@ -34,10 +34,18 @@ export interface PreparedStatement {
   /** statementEffects() of its text. */
   effects: number;
   /**
-   * Its parameter types and result columns as this client was told them (Describe), normalised
-   * by shapeOf(): it must not run anywhere the statement now has another shape.
+   * Its result columns as this client was told them (a Describe of the statement, or of a portal
+   * bound to it), from rowShape(): it must not run where the statement has other columns now.
    */
   shape: Buffer | undefined;
+  /** Its parameter types as this client was told them (Describe of the statement), if it was. */
+  parameterTypes: Buffer | undefined;
+}
+
+/** What a server connection's statement was described as, since it was last defined there. */
+export interface ServerShape {
+  row: Buffer;
+  parameterTypes: Buffer | undefined;
 }
 
 export class ClientState {
@@ -96,6 +104,7 @@ export class ClientState {
       maySet: MAY_SET.test(definition.toString('utf8', 0, textEnd)),
       effects: statementEffects(definition, 0, textEnd),
       shape: undefined,
+      parameterTypes: undefined,
     };
     this.prepared.set(name, statement);
     return statement;
@@ -126,8 +135,8 @@ export interface ServerState {
   appliedKey: string;
   /** Server-side prepared statement names, oldest first. */
   prepared: Map<string, true>;
-  /** shapeOf() of server-side statements described since they were last defined. */
-  shapes: Map<string, Buffer>;
+  /** What server-side statements were described as since they were last defined. */
+  shapes: Map<string, ServerShape>;
   /** Reported parameters as the server last sent them. */
   reported: Map<string, string>;
   /** Reported parameters as they were at login, which RESET ALL returns to. */
@@ -192,26 +201,42 @@ export function settingsFor(client: ClientState, server: ServerState): string | 
   return parts.length > 0 ? parts.join('; ') : undefined;
 }
 
+/** Equal shapes are one Buffer, so that the check at every Bind compares references. */
+const interned = new Map<string, Buffer>();
+
 /**
- * What must stay the same for a client to read a prepared statement's results as it was told:
- * from a Describe's ParameterDescription and RowDescription (or NoData) frames, the parameter
- * types and each column's name, type and modifier, as PostgreSQL compares them when it decides
- * that a cached plan changed its result type (not the table and column numbers, which a table
- * recreated with the same columns changes).
+ * What must stay the same for a client to read a prepared statement's rows as it was told: from a
+ * RowDescription (or NoData) frame, each column's name, type and modifier, as PostgreSQL compares
+ * them when it decides that a cached plan changed its result type (not the table and column
+ * numbers, which a table recreated with the same columns changes, nor the format codes, which a
+ * portal's Bind chose).
  */
-export function shapeOf(parameters: Buffer, row: Buffer): Buffer {
-  const parts: Buffer[] = [parameters.subarray(5)];
-  if (row[0] !== 0x54 /* T */) return Buffer.concat([...parts, Buffer.from([0])]);
-  const count = row.readInt16BE(5);
-  parts.push(row.subarray(5, 7));
-  let i = 7;
-  for (let f = 0; f < count; f++) {
-    const nameEnd = row.indexOf(0, i);
-    parts.push(row.subarray(i, nameEnd + 1));
-    // table oid (4), column number (2), then type oid (4), size (2), modifier (4), format (2)
-    const at = nameEnd + 1 + 6;
-    parts.push(row.subarray(at, at + 4), row.subarray(at + 6, at + 10));
-    i = at + 12;
+export function rowShape(row: Buffer): Buffer {
+  const parts: Buffer[] = [];
+  if (row[0] === 0x54 /* T */) {
+    const count = row.readInt16BE(5);
+    parts.push(row.subarray(5, 7));
+    let i = 7;
+    for (let f = 0; f < count; f++) {
+      const nameEnd = row.indexOf(0, i);
+      parts.push(row.subarray(i, nameEnd + 1));
+      // table oid (4), column number (2), then type oid (4), size (2), modifier (4), format (2)
+      const at = nameEnd + 1 + 6;
+      parts.push(row.subarray(at, at + 4), row.subarray(at + 6, at + 10));
+      i = at + 12;
+    }
   }
-  return Buffer.concat(parts);
+  return intern(Buffer.concat(parts));
+}
+
+/** A ParameterDescription frame's parameter types. */
+export function parameterTypes(frame: Buffer): Buffer {
+  return intern(Buffer.from(frame.subarray(5)));
+}
+
+function intern(shape: Buffer): Buffer {
+  const key = shape.toString('latin1');
+  let found = interned.get(key);
+  if (!found) interned.set(key, (found = shape));
+  return found;
 }

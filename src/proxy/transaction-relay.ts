@@ -14,8 +14,9 @@ import {
   ClientState,
   MAY_SET,
   serverState,
+  parameterTypes,
+  rowShape,
   settingsFor,
-  shapeOf,
   type PreparedStatement,
   type ServerState,
 } from './client-state.js';
@@ -141,12 +142,15 @@ interface Expected {
   removes?: string;
 }
 
-/** A Describe of a prepared statement ('S'), whose answer is ParameterDescription, then RowDescription or NoData. */
+/**
+ * A Describe whose answer records a statement's shape: of the statement ('S': ParameterDescription,
+ * then RowDescription or NoData), or of the unnamed portal bound to it ('P': RowDescription or
+ * NoData). Answers are matched by batch and by their order among the batch's Describe answers.
+ */
 interface DescribeSent {
   batch: number;
-  /** The statement's server-side name; undefined for an unnamed or unknown one (not recorded). */
-  serverName: string | undefined;
-  statement: PreparedStatement | undefined;
+  ordinal: number;
+  statement: PreparedStatement;
   /** Sent by the proxy: the answer is not forwarded. */
   swallow: boolean;
 }
@@ -184,6 +188,13 @@ export class TransactionRelay implements ServerSink {
 
   // Prepared statements' shapes (see shapeOf): what a client was told must hold where it runs.
   private readonly describes: DescribeSent[] = [];
+  /** Describe messages sent in the current batch, and answered in the batch being answered. */
+  private describesSent = 0;
+  private describesAnswered = 0;
+  /** The last server frame was a ParameterDescription: a RowDescription or NoData ends that answer. */
+  private afterParameters = false;
+  /** The statement the unnamed portal was last bound to (for a Describe of that portal). */
+  private boundStatement: PreparedStatement | undefined;
   /** The Describe whose answer is being read, and its ParameterDescription frame once read. */
   private describing: DescribeSent | undefined;
   private parameterFrame: Buffer | undefined;
@@ -287,6 +298,7 @@ export class TransactionRelay implements ServerSink {
         case QUERY: {
           this.pendingReady++;
           this.batchesSent++;
+          this.describesSent = 0;
           const rewritten = this.inspectQuery(chunk, i + 5, end - 1);
           if (rewritten) {
             out ??= [];
@@ -311,6 +323,7 @@ export class TransactionRelay implements ServerSink {
           this.batchesSent++;
           this.unsynced = false;
           this.discarding = this.trustUntilSync = false;
+          this.describesSent = 0;
           break;
         case EXECUTE:
         case FLUSH:
@@ -321,6 +334,7 @@ export class TransactionRelay implements ServerSink {
         case DESCRIBE:
         case CLOSE: {
           this.unsynced = true;
+          if (type === DESCRIBE) this.describesSent++;
           const rewritten = this.extended(type, chunk, i, end);
           if (this.verifying) {
             // Nothing from this Bind on goes out until the server has described the statement.
@@ -553,14 +567,21 @@ export class TransactionRelay implements ServerSink {
       return messages;
     }
     let nameStart: number;
+    let unnamedPortal = false;
     if (type === BIND) {
       const portalEnd = chunk.indexOf(0, body);
       if (portalEnd < 0 || portalEnd >= end) return undefined;
       nameStart = portalEnd + 1;
+      unnamedPortal = portalEnd === body;
+      this.boundStatement = undefined;
     } else {
       // Describe and Close: 'S' for a statement, 'P' for a portal (portals need no mapping).
       if (chunk[body] !== 0x53 /* S */) {
         if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
+        else if (chunk[body + 1] === 0 && this.boundStatement?.shape === undefined) {
+          // The rows' shape of the statement bound to the unnamed portal, told for the first time.
+          if (this.boundStatement) this.describeSent(this.boundStatement, false);
+        }
         return undefined;
       }
       nameStart = body + 1;
@@ -570,7 +591,6 @@ export class TransactionRelay implements ServerSink {
     if (nameEnd === nameStart) {
       if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
       else if (type === BIND && this.unnamedEffects & NEEDS_CHECK) this.check = true;
-      else if (type === DESCRIBE) this.describeSent(undefined, undefined, false);
       return undefined;
     }
     const name = chunk.toString('utf8', nameStart, nameEnd);
@@ -578,9 +598,9 @@ export class TransactionRelay implements ServerSink {
     if (!statement) {
       // Unknown to us: let the server say so in its own words.
       if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
-      else if (type === DESCRIBE) this.describeSent(undefined, undefined, false);
       return undefined;
     }
+    if (unnamedPortal) this.boundStatement = statement;
     if (type === BIND && statement.shape !== undefined && !this.trustUntilSync) {
       const verify = this.verifyShape(statement);
       if (verify) return verify;
@@ -602,21 +622,26 @@ export class TransactionRelay implements ServerSink {
       messages.push(parseMessage(statement.serverName, statement.definition));
       this.expect({ type: PARSE_COMPLETE, swallow: true, defines: statement.serverName });
     }
-    if (type === DESCRIBE) this.describeSent(statement.serverName, statement, false);
+    if (type === DESCRIBE) this.describeSent(statement, false);
     const before = chunk.subarray(start + 5, nameStart);
     const after = chunk.subarray(nameEnd, end);
     messages.push(withName(type, before, statement.serverName, after));
     return messages;
   }
 
-  private describeSent(
-    serverName: string | undefined,
-    statement: PreparedStatement | undefined,
-    swallow: boolean,
-  ): DescribeSent {
-    const sent = { batch: this.batchesSent, serverName, statement, swallow };
+  /** Records a Describe just counted in describesSent, whose answer is to be read. */
+  private describeSent(statement: PreparedStatement, swallow: boolean): DescribeSent {
+    const sent = { batch: this.batchesSent, ordinal: this.describesSent - 1, statement, swallow };
     this.describes.push(sent);
     return sent;
+  }
+
+  /** The recorded Describe that the answer beginning now belongs to, if any. */
+  private describeAnswered(): DescribeSent | undefined {
+    const ordinal = this.describesAnswered++;
+    const head = this.describes[0];
+    if (!head || head.batch !== this.batchesDone || head.ordinal !== ordinal) return undefined;
+    return this.describes.shift();
   }
 
   /**
@@ -633,9 +658,14 @@ export class TransactionRelay implements ServerSink {
     const onServer = server.prepared.has(name);
     const known = onServer && !pending ? server.shapes.get(name) : undefined;
     if (known) {
-      if (known === statement.shape) return undefined;
-      if (known.equals(statement.shape!)) {
-        statement.shape = known;
+      // Shapes are interned: equal ones are one Buffer.
+      const types = statement.parameterTypes;
+      if (
+        known.row === statement.shape &&
+        (types === undefined ||
+          known.parameterTypes === undefined ||
+          known.parameterTypes === types)
+      ) {
         return undefined;
       }
       this.stale = true;
@@ -647,7 +677,8 @@ export class TransactionRelay implements ServerSink {
       messages.push(parseMessage(name, statement.definition));
       this.expect({ type: PARSE_COMPLETE, swallow: true, defines: name });
     }
-    this.verifying = this.describeSent(name, statement, true);
+    this.describesSent++;
+    this.verifying = this.describeSent(statement, true);
     messages.push(describeStatement(name), FLUSH_MESSAGE);
     return messages;
   }
@@ -869,6 +900,8 @@ export class TransactionRelay implements ServerSink {
       i += 5;
       this.frameType = type;
       this.remaining = length - 4;
+      const afterParameters = this.afterParameters;
+      this.afterParameters = type === PARAMETER_DESCRIPTION;
       let cut = false;
       if (type === PARSE_COMPLETE || type === CLOSE_COMPLETE) {
         const e = this.expected.shift();
@@ -885,15 +918,21 @@ export class TransactionRelay implements ServerSink {
       } else if (type === COPY_OUT) {
         this.copyIn = false;
       } else if (type === PARAMETER_DESCRIPTION) {
-        const sent = this.describes.shift();
-        if (sent?.serverName !== undefined) {
+        const sent = this.describeAnswered();
+        if (sent) {
           this.describing = sent;
           this.capture = [chunk.subarray(frameStart, i)];
           cut = sent.swallow;
         }
-      } else if ((type === ROW_DESCRIPTION || type === NO_DATA) && this.parameterFrame) {
-        this.capture = [chunk.subarray(frameStart, i)];
-        cut = this.describing!.swallow;
+      } else if (type === ROW_DESCRIPTION || type === NO_DATA) {
+        // The end of a statement's description, or a portal's whole one (or, in a simple query's
+        // batch, its rows' description, which no recorded Describe matches).
+        const sent = afterParameters ? this.describing : this.describeAnswered();
+        if (sent) {
+          this.describing = sent;
+          this.capture = [chunk.subarray(frameStart, i)];
+          cut = sent.swallow;
+        }
       } else if (type === ERROR) {
         if (this.replaceError) {
           this.capture = [chunk.subarray(frameStart, i)];
@@ -955,10 +994,16 @@ export class TransactionRelay implements ServerSink {
       return undefined;
     }
     const sent = this.describing!;
-    const shape = shapeOf(this.parameterFrame!, frame);
+    const row = rowShape(frame);
+    const types = this.parameterFrame && parameterTypes(this.parameterFrame);
     this.describing = this.parameterFrame = undefined;
-    this.server?.shapes.set(sent.serverName!, shape);
-    if (!sent.swallow) sent.statement!.shape = shape;
+    const name = sent.statement.serverName;
+    const known = this.server?.shapes.get(name);
+    this.server?.shapes.set(name, { row, parameterTypes: types ?? known?.parameterTypes });
+    if (!sent.swallow) {
+      sent.statement.shape = row;
+      if (types) sent.statement.parameterTypes = types;
+    }
     if (sent === this.verifying) this.verifyDone = true;
     return undefined;
   }
@@ -987,6 +1032,7 @@ export class TransactionRelay implements ServerSink {
     while (this.expected.length > 0 && this.expected[0]!.batch < this.batchesDone) {
       this.expected.shift();
     }
+    this.describesAnswered = 0;
     while (this.describes.length > 0 && this.describes[0]!.batch < this.batchesDone) {
       this.describes.shift();
     }
