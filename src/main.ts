@@ -49,8 +49,13 @@ async function main(): Promise<number> {
   }
   const { config } = loaded;
   // Loaded here, not up front: the CLI commands above never log, and pino takes a while to load.
-  const { createLogger } = await import('./log.js');
-  const log = createLogger(config.log);
+  const { createLogger, passwordIn, withoutPassword } = await import('./log.js');
+  const log = createLogger(config.log, [
+    config.embedded.password,
+    config.admin.token,
+    passwordIn(config.upstream),
+    passwordIn(config.redis.url),
+  ]);
   logging = true;
   // Signals are caught from the start, so that a Ctrl-C during start-up still stops the server.
   let signalled: string | undefined;
@@ -90,11 +95,17 @@ async function main(): Promise<number> {
     await running.stop();
     return 0;
   }
-  const branchExample = running.connectionString.replace(/\/postgres$/, '/app@feature-x');
+  // The banner shows the password only to a person at a terminal: elsewhere (docker logs, CI) it is
+  // kept like a log line, and says where the password is.
+  const atTerminal = process.stderr.isTTY === true;
+  const connect = atTerminal ? running.connectionString : withoutPassword(running.connectionString);
+  const branchExample = connect.replace(/\/postgres$/, '/app@feature-x');
+  const passwordAt =
+    !atTerminal && running.embedded ? `   (password in ${running.embedded.passwordFile})` : '';
   const lines = [
     '',
     `pgbranch ${version} is ready on ${running.host}:${running.port}`,
-    `  connect:   psql "${running.connectionString}"`,
+    `  connect:   psql "${connect}"${passwordAt}`,
     `  a branch:  psql "${branchExample}"   (after: CREATE DATABASE app)`,
     ...(running.socketPath
       ? [
@@ -115,7 +126,7 @@ async function main(): Promise<number> {
       host: running.host,
       port: running.port,
       socketPath: running.socketPath,
-      connectionString: running.connectionString,
+      connectionString: withoutPassword(running.connectionString),
       dataDir: running.embedded?.pgDataDir,
       upstream: running.upstream,
       copyMode: running.copyMethod.mode,

@@ -100,11 +100,18 @@ describe('npm start with no configuration', () => {
     expect(first.logs.some((l) => String(l.msg).startsWith('initialising PostgreSQL 18'))).toBe(
       true,
     );
-    // A connection string to copy, the data directory, and how branches will be made.
-    const url = /connect:\s+psql "(postgres:\/\/postgres:[^@"]+@127\.0\.0\.1:\d+\/postgres)"/.exec(
-      first.banner,
-    )?.[1];
-    expect(url).toBeDefined();
+    // A connection string to copy, the data directory, and how branches will be made. Not at a
+    // terminal, the banner says where the password is instead of showing it.
+    const banner =
+      /connect:\s+psql "(postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres)" +\(password in (\S+)\)/.exec(
+        first.banner,
+      );
+    expect(banner).not.toBeNull();
+    const [, url, passwordFile] = banner!;
+    expect(passwordFile).toBe(path.join(dataDir, 'superuser-password'));
+    const password = fs.readFileSync(passwordFile!, 'utf8').trim();
+    const psqlAsSuperuser = (target: string, sql: string) =>
+      psql(target, sql, { env: { PGPASSWORD: password } });
     expect(url).toContain(`:${port}/`);
     expect(first.banner).toContain(`data:      ${path.join(dataDir, 'pg')}`);
     expect(first.banner).toMatch(
@@ -112,9 +119,12 @@ describe('npm start with no configuration', () => {
     );
     expect(first.ready.serverVersion).toMatch(/^18\./);
 
-    expect(await psql(url!, 'create database app')).toMatchObject({ code: 0 });
+    expect(await psqlAsSuperuser(url!, 'create database app')).toMatchObject({ code: 0 });
     expect(
-      await psql(url!.replace(/\/postgres$/, '/app@feature-x'), 'select current_database()'),
+      await psqlAsSuperuser(
+        url!.replace(/\/postgres$/, '/app@feature-x'),
+        'select current_database()',
+      ),
     ).toMatchObject({
       code: 0,
       stdout: 'app@feature-x',
@@ -137,7 +147,10 @@ describe('npm start with no configuration', () => {
     const secondUrl = url!.replace(`:${port}/`, `:${second.ready.port as number}/`);
     expect(second.banner).toContain(secondUrl);
     expect(
-      await psql(secondUrl.replace(/\/postgres$/, '/app@feature-x'), 'select current_database()'),
+      await psqlAsSuperuser(
+        secondUrl.replace(/\/postgres$/, '/app@feature-x'),
+        'select current_database()',
+      ),
     ).toMatchObject({
       code: 0,
       stdout: 'app@feature-x',

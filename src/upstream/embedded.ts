@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { detectCloneSupport, type CloneSupport } from '../branch/copy-on-write.js';
+import { hideInLogs } from '../log.js';
 import type { Endpoint } from './endpoint.js';
 
 export interface EmbeddedOptions {
@@ -31,6 +32,8 @@ export interface EmbeddedServer {
   pgDataDir: string;
   superuser: string;
   password: string;
+  /** Where the superuser's password is kept (mode 0600), for a person who needs it. */
+  passwordFile: string;
   /** True when this start ran initdb. */
   initialised: boolean;
   cloneSupport: CloneSupport;
@@ -72,6 +75,8 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
 
   const password =
     options.password ?? readPassword(passwordFile) ?? randomBytes(18).toString('base64url');
+  // Before anything could log it: the server's own lines (a failed ALTER ROLE quotes it) included.
+  hideInLogs(options.log, password);
   fs.writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
 
   const owner = os.userInfo().uid === 0 ? ensureOsUser() : undefined;
@@ -168,6 +173,7 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     pgDataDir,
     superuser: SUPERUSER,
     password,
+    passwordFile,
     initialised,
     cloneSupport,
     stop: () =>
