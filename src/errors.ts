@@ -127,7 +127,7 @@ export const errors = {
       '55000',
       `"${printable(`${branch}:${point}`)}" is restore point "${printable(point)}" of ${printable(branch)}, and restore points take no connections`,
       'A restore point stays as it was saved, so that restoring it is predictable.',
-      `Make a branch from it and connect to that: CREATE BRANCH ${printable(root)}@try FROM ${printable(branch)} SNAPSHOT ${printable(point)} in the pgbranch console, or pgbranch branch create ${printable(root)}@try --from ${printable(branch)} --snapshot ${printable(point)}`,
+      `Make a branch from it and connect to that: CREATE BRANCH ${printable(root)}@try FROM ${printable(branch)} SNAPSHOT ${printable(point)} in the pgbranch console, or npx pgbranch branch create ${printable(root)}@try --from ${printable(branch)} --snapshot ${printable(point)}`,
     );
   },
   invalidDatabaseName: (name: string, rule: string) =>
@@ -139,7 +139,7 @@ export const errors = {
       undefined,
       parent === 'main'
         ? `Create the database first: CREATE DATABASE "${database}"`
-        : `Create ${database}@${parent} first (connect to it, or: pgbranch branch create ${database}@${parent}), or pick another parent.`,
+        : `Create ${database}@${parent} first (connect to it, or: npx pgbranch branch create ${database}@${parent}), or pick another parent.`,
     ),
   parentBusy: (parent: string, sessions: number, waitedMs: number) =>
     new PgError(
@@ -211,7 +211,7 @@ export const errors = {
       '3D000',
       `branch "${printable(name)}" does not exist`,
       undefined,
-      'See the branches with: pgbranch branch list (or SHOW BRANCHES in the console).',
+      'See the branches with: npx pgbranch branch list (or SHOW BRANCHES in the console).',
       'ERROR',
     ),
   snapshotMissing: (name: string, snapshot: string) =>
@@ -219,7 +219,7 @@ export const errors = {
       '42704',
       `branch "${printable(name)}" has no restore point "${printable(snapshot)}"`,
       undefined,
-      `See its restore points with: pgbranch branch list --json, or SHOW SNAPSHOTS in the console.`,
+      `See its restore points with: npx pgbranch branch list --json, or SHOW SNAPSHOTS in the console.`,
       'ERROR',
     ),
   rootImmutable: (name: string, action: string) =>
@@ -235,7 +235,7 @@ export const errors = {
       '42501',
       `cannot ${action} "${printable(name)}": the branch is protected`,
       undefined,
-      `Unprotect it first: pgbranch branch unprotect ${name}`,
+      `Unprotect it first: npx pgbranch branch unprotect ${name}`,
       'ERROR',
     ),
   branchHasChildren: (name: string, children: string[]) =>
@@ -251,7 +251,7 @@ export const errors = {
       '53400',
       `cannot create another branch of "${printable(root)}": it has ${max} branches, the most branch.max_per_database allows`,
       undefined,
-      'Delete branches that are no longer used (pgbranch gc, pgbranch branch delete), or raise branch.max_per_database.',
+      'Delete branches that are no longer used (npx pgbranch gc, npx pgbranch branch delete), or raise branch.max_per_database.',
     ),
   branchTerminated: (name: string, verb: 'reset' | 'restored' | 'deleted') =>
     new PgError(

@@ -26,7 +26,7 @@ async function main(): Promise<number> {
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(
-        `pgbranch: invalid configuration\n${error.message}\nSee pgbranch --help.\n`,
+        `pgbranch: invalid configuration\n${error.message}\nSee npx pgbranch --help.\n`,
       );
       return 2;
     }
@@ -43,7 +43,7 @@ async function main(): Promise<number> {
   }
   if (loaded.command.length > 0) {
     process.stderr.write(
-      `pgbranch: unknown command "${loaded.command.join(' ')}". See pgbranch --help.\n`,
+      `pgbranch: unknown command "${loaded.command.join(' ')}". See npx pgbranch --help.\n`,
     );
     return 2;
   }
@@ -116,7 +116,9 @@ async function main(): Promise<number> {
     ...(running.embedded ? [`  data:      ${running.embedded.pgDataDir}`] : []),
     `  branches:  ${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
     ...(running.metricsUrl ? [`  metrics:   ${running.metricsUrl}`] : []),
-    ...(running.adminUrl ? [`  admin:     ${running.adminUrl}   (pgbranch branch --help)`] : []),
+    ...(running.adminUrl
+      ? [`  admin:     ${running.adminUrl}   (npx pgbranch branch --help)`]
+      : []),
     '',
   ];
   process.stderr.write(lines.join('\n') + '\n');

@@ -405,7 +405,7 @@ describe.concurrent('exit codes', () => {
     ]);
     expect(typo).toMatchObject({ code: 2, stdout: '' });
     expect(typo!.stderr).toBe(
-      'pgbranch: unknown command "branch lsit"; did you mean list?\nSee pgbranch branch --help.\n',
+      'pgbranch: unknown command "branch lsit"; did you mean list?\nSee npx pgbranch branch --help.\n',
     );
     expect(others.map((run) => run.code)).toEqual([2, 2, 2]);
     expect(others[2]!.stderr).toContain('admin.port (from PGBRANCH_ADMIN_PORT)');
@@ -424,7 +424,7 @@ describe.concurrent('exit codes', () => {
       stderr:
         `pgbranch: cannot reach pgbranch's admin API at http://127.0.0.1:${admin}: nothing is ` +
         `listening there, nor on the proxy port 127.0.0.1:${proxyPort}.\n` +
-        `Start pgbranch (npm start, or pgbranch), or say where it runs: ${WHERE}.\n`,
+        `Start pgbranch (npm start, or npx pgbranch), or say where it runs: ${WHERE}.\n`,
     });
   });
 
@@ -466,7 +466,7 @@ describe.concurrent('exit codes', () => {
         stderr:
           `pgbranch: cannot reach pgbranch's admin API at http://127.0.0.1:${port}: the connection ` +
           `ended before an answer came (pgbranch stopped, or something between cut it off).\n` +
-          `What it was asked may have happened or still be under way: look with pgbranch branch list once it runs.\n`,
+          `What it was asked may have happened or still be under way: look with npx pgbranch branch list once it runs.\n`,
       });
     } finally {
       server.close();
@@ -489,7 +489,7 @@ describe.concurrent('exit codes', () => {
       stdout: '',
       stderr:
         `pgbranch: the admin API is turned off (admin.enabled is false in the settings read from ` +
-        `${apiOffConfig} and PGBRANCH_* variables), and pgbranch branch and gc work through it.\n` +
+        `${apiOffConfig} and PGBRANCH_* variables), and npx pgbranch branch and gc work through it.\n` +
         `Take admin.enabled: false out of those settings (the API is on by default) and restart ` +
         `pgbranch with them.\n`,
     });
@@ -534,7 +534,9 @@ describe.concurrent('exit codes', () => {
     expect(help!.stdout).toContain('Exit codes:\n  0  done');
     expect(help!.stdout).toContain('3  pgbranch cannot be reached');
     expect(help!.stdout).toContain('4  not found');
-    expect(gcHelp!.stdout).toContain('git ls-remote --heads origin | pgbranch gc --keep-from -');
-    expect(main!.stdout).toContain('pgbranch branch list|show|create|reset');
+    expect(gcHelp!.stdout).toContain(
+      'git ls-remote --heads origin | npx pgbranch gc --keep-from -',
+    );
+    expect(main!.stdout).toContain('npx pgbranch branch list|show|create|reset');
   });
 });

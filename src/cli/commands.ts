@@ -50,7 +50,9 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<nu
     invocation = parseInvocation(argv);
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    process.stderr.write(`pgbranch: ${error.message}\nSee pgbranch ${commandWord(argv)} --help.\n`);
+    process.stderr.write(
+      `pgbranch: ${error.message}\nSee npx pgbranch ${commandWord(argv)} --help.\n`,
+    );
     return EXIT.usage;
   }
   if (invocation.command === 'help') {

@@ -14,7 +14,7 @@ export const EXIT_CODES = `Exit codes:
   4  not found: no such database, branch or restore point (3D000, 42704)`;
 
 export function branchHelp(): string {
-  return `Usage: pgbranch branch COMMAND [options]
+  return `Usage: npx pgbranch branch COMMAND [options]
 
 Works with the branches of a running pgbranch. NAME is database@branch: app@feature-x, or app
 for the root of database app.
@@ -53,16 +53,16 @@ ${FINDING}
 ${EXIT_CODES}
 
 Examples:
-  pgbranch branch list --tree
-  pgbranch branch create app@pr-1234 --from develop --ttl 14d
-  pgbranch branch snapshot app@feature-x before-migration
-  pgbranch branch restore app@feature-x before-migration
-  PGBRANCH_ADMIN_PORT=7931 pgbranch branch delete app@feature-x --cascade --json
+  npx pgbranch branch list --tree
+  npx pgbranch branch create app@pr-1234 --from develop --ttl 14d
+  npx pgbranch branch snapshot app@feature-x before-migration
+  npx pgbranch branch restore app@feature-x before-migration
+  PGBRANCH_ADMIN_PORT=7931 npx pgbranch branch delete app@feature-x --cascade --json
 `;
 }
 
 export function gcHelp(): string {
-  return `Usage: pgbranch gc --keep-from FILE [--pattern PATTERN ...] [--database DB] [--apply]
+  return `Usage: npx pgbranch gc --keep-from FILE [--pattern PATTERN ...] [--database DB] [--apply]
 
 Deletes the branches whose git branch is gone: every branch (of DB, matching a PATTERN, with *
 for anything) whose name is not in FILE. Roots and protected branches are never deleted, nor a
@@ -72,7 +72,7 @@ delete and deletes nothing.
 FILE (- for standard input) holds live git branch names, a line each, or what
 git ls-remote --heads prints:
 
-  git ls-remote --heads origin | pgbranch gc --keep-from - --pattern 'pr-*' --apply
+  git ls-remote --heads origin | npx pgbranch gc --keep-from - --pattern 'pr-*' --apply
 
 Options:
   --keep-from FILE    the live branch names; - reads standard input

@@ -39,7 +39,7 @@ export function clientFor(config: Config, sources: string[]): AdminClient | stri
     const read = sources.map((source) => SOURCE_NAMES[source] ?? source).join(' and ');
     return (
       `the admin API is turned off (admin.enabled is false in the settings read from ${read}), ` +
-      `and pgbranch branch and gc work through it.\n` +
+      `and npx pgbranch branch and gc work through it.\n` +
       `Take admin.enabled: false out of those settings (the API is on by default) and restart ` +
       `pgbranch with them.`
     );
@@ -65,7 +65,7 @@ export async function explainUnreachable(error: Unreachable, config: Config): Pr
     case 'dropped':
       return (
         `${cannot} (pgbranch stopped, or something between cut it off).\n` +
-        `What it was asked may have happened or still be under way: look with pgbranch branch list once it runs.`
+        `What it was asked may have happened or still be under way: look with npx pgbranch branch list once it runs.`
       );
     case 'network':
       return `${cannot}.\nSay where pgbranch runs: ${WHERE}.`;
@@ -74,13 +74,13 @@ export async function explainUnreachable(error: Unreachable, config: Config): Pr
       // when it is on this machine, as the admin API was looked for here.
       const { host, port } = config.listen;
       if (port === 0 || !isLoopback(reachable(config.admin.host))) {
-        return `${cannot}.\nStart pgbranch (npm start, or pgbranch), or say where it runs: ${WHERE}.`;
+        return `${cannot}.\nStart pgbranch (npm start, or npx pgbranch), or say where it runs: ${WHERE}.`;
       }
       const proxy = hostPort(reachable(host), port);
       if (!(await listening(reachable(host), port))) {
         return (
           `${cannot}, nor on the proxy port ${proxy}.\n` +
-          `Start pgbranch (npm start, or pgbranch), or say where it runs: ${WHERE}.`
+          `Start pgbranch (npm start, or npx pgbranch), or say where it runs: ${WHERE}.`
         );
       }
       return (

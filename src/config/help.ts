@@ -112,12 +112,12 @@ function option(key: ConfigKey): string {
 }
 
 export function helpText(): string {
-  return `Usage: pgbranch [options]
+  return `Usage: npx pgbranch [options]
        npm start -- [options]    npm passes what follows -- on, e.g. npm start -- --port 7432
-       pgbranch branch list|show|create|reset|snapshot|restore|delete|protect|unprotect|expire|diff
-       pgbranch gc --keep-from FILE [--apply]
+       npx pgbranch branch list|show|create|reset|snapshot|restore|delete|protect|unprotect|expire|diff
+       npx pgbranch gc --keep-from FILE [--apply]
                                  ask a running pgbranch through its admin API; see
-                                 pgbranch branch --help and pgbranch gc --help (exit codes:
+                                 npx pgbranch branch --help and npx pgbranch gc --help (exit codes:
                                  0 done, 1 refused or failed, 2 usage, 3 unreachable, 4 not found)
 
 pgbranch is a PostgreSQL proxy that gives every branch of your code its own database. Clients

@@ -333,7 +333,7 @@ describe('loadConfig', () => {
       'unknown flag --prot; did you mean --port?',
     );
     expect(errorOf(() => load(['--frobnicate'])).message).toBe(
-      'unknown flag --frobnicate; pgbranch --help lists every option',
+      'unknown flag --frobnicate; npx pgbranch --help lists every option',
     );
   });
 
@@ -467,7 +467,7 @@ describe('helpText', () => {
   const help = helpText();
 
   it('shows the usage, including how to pass flags through npm start', () => {
-    expect(help).toMatch(/^Usage: pgbranch \[options\]/);
+    expect(help).toMatch(/^Usage: npx pgbranch \[options\]/);
     expect(help).toContain('npm start -- --port 7432');
   });
 

@@ -195,7 +195,7 @@ function unknown(what: string, word: string, candidates: Iterable<string>): stri
   const guess = closest(word, candidates);
   return guess
     ? `unknown ${what}; did you mean ${guess}?`
-    : `unknown ${what}; pgbranch --help lists every option`;
+    : `unknown ${what}; npx pgbranch --help lists every option`;
 }
 
 const show = (value: unknown) => JSON.stringify(value);

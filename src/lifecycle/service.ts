@@ -230,7 +230,7 @@ export class LifecycleService implements Lifecycle {
         '3D000',
         `database "${printable(branchName(target.root, branch))}" does not exist`,
         'Only branches named like branch.create_on_connect are created by connecting.',
-        `Create it first: pgbranch branch create ${branchName(target.root, branch)}`,
+        `Create it first: npx pgbranch branch create ${branchName(target.root, branch)}`,
       );
     }
     if (!(await provider.exists(parent))) throw errors.parentMissing(target.root, parentName);
@@ -282,7 +282,7 @@ export class LifecycleService implements Lifecycle {
           '55000',
           `cannot reset "${printable(entry.name)}": it was made outside pgbranch, so its parent is unknown`,
           undefined,
-          `Delete it and create it again from its parent: pgbranch branch create ${entry.name} --from <parent>`,
+          `Delete it and create it again from its parent: npx pgbranch branch create ${entry.name} --from <parent>`,
           'ERROR',
         );
       }
