@@ -132,14 +132,21 @@ export const errors = {
   },
   invalidDatabaseName: (name: string, rule: string) =>
     new PgError('3D000', `invalid database name "${printable(name)}": ${rule}`),
-  parentMissing: (database: string, parent: string) =>
+  /** A branch asked of a database that is not there: the database is what is missing. */
+  databaseMissing: (database: string, branch: string) =>
     new PgError(
       '3D000',
-      `cannot create a branch of "${database}": parent branch "${parent}" does not exist`,
+      `database "${printable(database)}" does not exist`,
       undefined,
-      parent === 'main'
-        ? `Create the database first: CREATE DATABASE "${database}"`
-        : `Create ${database}@${parent} first (connect to it, or: npx pgbranch branch create ${database}@${parent}), or pick another parent.`,
+      `Create the database first (CREATE DATABASE "${printable(database)}"); ${printable(branch)} is then made from it.`,
+    ),
+  /** The database is there but the branch to make one from is not; names are in full (app@develop). */
+  parentMissing: (parent: string, action: string) =>
+    new PgError(
+      '3D000',
+      `cannot ${action}: its parent "${printable(parent)}" does not exist`,
+      undefined,
+      `Create ${printable(parent)} first (connect to it, or: npx pgbranch branch create ${printable(parent)}), or pick another parent.`,
     ),
   parentBusy: (parent: string, sessions: number, waitedMs: number) =>
     new PgError(

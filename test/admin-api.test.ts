@@ -127,23 +127,38 @@ describe('branches', () => {
     expect(made.status).toBe(201);
     expect(made.body).toMatchObject({
       created: true,
-      branch: { name: 'app@api-made', parent: 'main', ttlMs: 7 * 86_400_000, origin: 'pgbranch' },
+      branch: { name: 'app@api-made', parent: 'app', ttlMs: 7 * 86_400_000, origin: 'pgbranch' },
     });
     expect(await create('app@api-made')).toMatchObject({ status: 200, body: { created: false } });
     // The parent written in full names the same branch.
     expect(await create('app@api-made', { parent: 'app' })).toMatchObject({ status: 200 });
     expect(await create('app@api-child', { parent: 'app@api-made' })).toMatchObject({
       status: 201,
-      body: { branch: { parent: 'api-made' } },
+      body: { branch: { parent: 'app@api-made' } },
     });
     await api('DELETE', branchPath('app@api-child'));
     expect(await create('app@api-made', { parent: 'other' })).toMatchObject({
       status: 409,
-      body: { error: { code: '42P04' } },
+      body: {
+        error: {
+          code: '42P04',
+          message: 'branch "app@api-made" already exists, made from "app"',
+          hint: 'Delete it first, or use it as it is: it was not made from "app@other".',
+        },
+      },
     });
     expect(await create('app@api-x', { parent: 'missing' })).toMatchObject({
       status: 404,
-      body: { error: { code: '3D000' } },
+      body: {
+        error: {
+          code: '3D000',
+          message: 'cannot create branch "app@api-x": its parent "app@missing" does not exist',
+        },
+      },
+    });
+    expect(await create('nosuchdb@api-x')).toMatchObject({
+      status: 404,
+      body: { error: { code: '3D000', message: 'database "nosuchdb" does not exist' } },
     });
   });
 
@@ -195,7 +210,7 @@ describe('branches', () => {
         name: 'app@feature/login?v2',
         database: 'app',
         branch: 'feature/login?v2',
-        parent: 'main',
+        parent: 'app',
       },
     });
     // Every field the model has (the schema is checked against it at compile time) reaches JSON.
@@ -256,7 +271,7 @@ describe('branches', () => {
       await create('app@api-from-point', { parent: 'api-points', snapshot: 'before' }),
     ).toMatchObject({
       status: 201,
-      body: { branch: { fromSnapshot: 'before', parent: 'api-points' } },
+      body: { branch: { fromSnapshot: 'before', parent: 'app@api-points' } },
     });
     await api('DELETE', branchPath('app@api-from-point'));
 

@@ -118,7 +118,7 @@ describe('naming the branch and its parent through options', () => {
     // Default parent: the root.
     expect(await originIn('app@feature-on-main')).toBe('root');
     expect(proxy.events('branch_created')).toContainEqual(
-      expect.objectContaining({ branch: 'feature-on-develop', parent: 'develop' }),
+      expect.objectContaining({ branch: 'feature-on-develop', parent: 'app@develop' }),
     );
   });
 
@@ -127,7 +127,13 @@ describe('naming the branch and its parent through options', () => {
       options: '-c pgbranch.parent=not-yet',
     });
     expect(error?.code).toBe('3D000');
-    expect(error?.message).toMatch(/parent branch "not-yet" does not exist/);
+    expect(error?.message).toBe(
+      'cannot create branch "app@child": its parent "app@not-yet" does not exist',
+    );
+    // The database missing too: that is what is named.
+    expect(
+      await connectError(proxy.config('nosuchdb@child'), { options: '-c pgbranch.parent=not-yet' }),
+    ).toEqual({ code: '3D000', message: 'database "nosuchdb" does not exist' });
     const absent = await queryOnce(
       proxy.url('postgres'),
       "select 1 from pg_database where datname = 'app@child'",

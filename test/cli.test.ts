@@ -157,9 +157,17 @@ describe.concurrent('pgbranch branch', () => {
     ]);
     expect(again).toMatchObject({ code: 0, stdout: 'app@cli-dev exists already, from app\n' });
     expect(other.code).toBe(1);
-    expect(other.stderr).toContain('already exists, made from "main" (42P04)');
+    expect(other.stderr).toContain('already exists, made from "app" (42P04)');
     expect(child.code).toBe(0);
     expect(child.stdout).toMatch(/^created app@cli-feature from app@cli-dev in \d+ ms/);
+    // Parents are named in full on both sides of the refusal, as they were typed.
+    const fromRoot = await cli(['branch', 'create', 'app@cli-feature', '--from', 'app']);
+    expect(fromRoot).toMatchObject({
+      code: 1,
+      stderr:
+        'pgbranch: branch "app@cli-feature" already exists, made from "app@cli-dev" (42P04)\n' +
+        '  hint: Delete it first, or use it as it is: it was not made from "app".\n',
+    });
   });
 
   it('lists branches as a table, as a tree with --tree, and as the API’s JSON with --json', async ({
@@ -199,7 +207,7 @@ describe.concurrent('pgbranch branch', () => {
     expect(shown).toMatchObject({
       code: 0,
       stderr: '',
-      value: { name: 'app@list-feature', parent: 'list-dev' },
+      value: { name: 'app@list-feature', parent: 'app@list-dev' },
     });
   });
 

@@ -78,7 +78,7 @@ afterAll(async () => {
 describe('create and list', () => {
   it('creates a branch, and creating it again with the same parent is a success', async () => {
     const first = await running.lifecycle.create({ name: 'app@made', ttlMs: 86_400_000 });
-    expect(first).toMatchObject({ created: true, branch: { name: 'app@made', parent: 'main' } });
+    expect(first).toMatchObject({ created: true, branch: { name: 'app@made', parent: 'app' } });
     const again = await running.lifecycle.create({ name: 'app@made', parent: 'main' });
     expect(again.created).toBe(false);
     const other = await failure(running.lifecycle.create({ name: 'app@made', parent: 'made' }));
@@ -94,7 +94,7 @@ describe('create and list', () => {
       expect(made).toMatchObject({
         database: 'app',
         branch: 'made',
-        parent: 'main',
+        parent: 'app',
         clients: 1,
         protected: false,
         ttlMs: 86_400_000,
@@ -110,6 +110,35 @@ describe('create and list', () => {
     } finally {
       await client.end();
     }
+  });
+
+  it('names parents in full, as clients write them, in what it answers and in its refusals', async () => {
+    await running.lifecycle.create({ name: 'app@develop' });
+    const child = await running.lifecycle.create({ name: 'app@on-develop', parent: 'app@develop' });
+    expect(child.branch.parent).toBe('app@develop');
+    expect(
+      await failure(running.lifecycle.create({ name: 'app@on-develop', parent: 'app' })),
+    ).toMatchObject({
+      code: '42P04',
+      message: 'branch "app@on-develop" already exists, made from "app@develop"',
+      hint: 'Delete it first, or use it as it is: it was not made from "app".',
+    });
+    expect(
+      await failure(running.lifecycle.create({ name: 'app@orphan', parent: 'nowhere' })),
+    ).toMatchObject({
+      code: '3D000',
+      message: 'cannot create branch "app@orphan": its parent "app@nowhere" does not exist',
+    });
+    // Where the database itself is missing, that is what the refusal names.
+    expect(await failure(running.lifecycle.create({ name: 'nosuchdb@feature-x' }))).toMatchObject({
+      code: '3D000',
+      message: 'database "nosuchdb" does not exist',
+      hint: 'Create the database first (CREATE DATABASE "nosuchdb"); nosuchdb@feature-x is then made from it.',
+    });
+    expect(events('branch_created')).toContainEqual(
+      expect.objectContaining({ branch: 'on-develop', parent: 'app@develop' }),
+    );
+    await running.lifecycle.delete('app@develop', { cascade: true });
   });
 
   it('refuses to branch pgbranch’s own database and the templates with 0A000, saying why', async () => {
@@ -287,7 +316,7 @@ describe('restore points', () => {
     const rows = await queryOnce(url('app@from-point'), 'select count(*)::int as n from items');
     expect(rows).toEqual([{ n: 2 }]);
     expect(await running.lifecycle.get('app@from-point')).toMatchObject({
-      parent: 'migrate',
+      parent: 'app@migrate',
       fromSnapshot: 'before-migration',
     });
     const missing = await failure(running.lifecycle.restore('app@migrate', 'nope'));
@@ -471,7 +500,7 @@ describe('after a restart', () => {
     running = await start(settings());
     const after = await running.lifecycle.get('app@durable');
     expect(after).toMatchObject({
-      parent: 'main',
+      parent: 'app',
       protected: true,
       ttlMs: 3_600_000,
       createdAt: before.createdAt,

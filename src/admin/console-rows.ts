@@ -1,6 +1,5 @@
 // What each SHOW of the SQL console answers: its columns and rows, built from the lifecycle's
 // branches, the pools and the connected clients. Times are timestamptz in UTC, counts int8.
-import { parentName } from '../lifecycle/model.js';
 import type { BranchInfo, SnapshotInfo } from '../lifecycle/model.js';
 import type { Pool } from '../pool/pool.js';
 import type { ConnectedClient } from '../proxy/clients.js';
@@ -31,7 +30,7 @@ export function branchesTable(branches: readonly BranchInfo[]): Table {
     ],
     rows: branches.map((b) => [
       b.name,
-      parentName(b),
+      b.parent,
       b.fromSnapshot,
       timestamp(b.createdAt),
       timestamp(b.lastConnectedAt),

@@ -5,7 +5,7 @@ import type net from 'node:net';
 import type { Logger } from 'pino';
 import { branchName, parseConnectTarget, physicalName, ROOT_BRANCH } from '../branch/names.js';
 import { errors, sqlstateOf, statementError, type PgError } from '../errors.js';
-import { parentName, type Lifecycle } from '../lifecycle/model.js';
+import type { Lifecycle } from '../lifecycle/model.js';
 import type { PoolManager } from '../pool/pool.js';
 import type { CancelRegistry, ServerKey } from '../proxy/cancel.js';
 import type { ClientRegistry } from '../proxy/clients.js';
@@ -277,7 +277,7 @@ class ConsoleSession {
         const { name, parent, snapshot, ttlMs, expiresAt } = command;
         const result = await lifecycle.create({ name, parent, snapshot, ttlMs, expiresAt });
         const b = result.branch;
-        const from = `${parentName(b) ?? 'its parent'}${b.fromSnapshot ? ` (restore point "${b.fromSnapshot}")` : ''}`;
+        const from = `${b.parent ?? 'its parent'}${b.fromSnapshot ? ` (restore point "${b.fromSnapshot}")` : ''}`;
         return done(
           tag,
           result.created
@@ -287,7 +287,7 @@ class ConsoleSession {
       }
       case 'reset': {
         const b = await lifecycle.reset(command.name);
-        return done(tag, `branch "${b.name}" is a fresh copy of ${parentName(b) ?? 'its parent'}`);
+        return done(tag, `branch "${b.name}" is a fresh copy of ${b.parent ?? 'its parent'}`);
       }
       case 'drop': {
         const result = await lifecycle.delete(command.name, { cascade: command.cascade });

@@ -222,7 +222,7 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
               type: 'string',
               minLength: 1,
               description:
-                'A branch of the same database, as develop or app@develop (app for the root); default main.',
+                'A branch of the same database, as app@develop or develop (app for the root); default the root.',
             },
             snapshot: {
               type: 'string',

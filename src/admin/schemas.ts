@@ -55,7 +55,7 @@ const branchInfo = {
     parent: {
       ...nullable('string'),
       description:
-        'The branch it was made from; null for a root or a branch made outside pgbranch.',
+        'The branch it was made from, in full (app for the root, app@develop); null for a root or a branch made outside pgbranch.',
     },
     fromSnapshot: {
       ...nullable('string'),

@@ -87,7 +87,7 @@ function translateCreateError(error: unknown, database: string, parent: string):
     // Someone connected between our check and the clone.
     return errors.parentBusy(parent, 1, 0);
   }
-  if (e.code === '3D000') return errors.parentMissing(parent, parent);
+  if (e.code === '3D000') return errors.parentMissing(parent, `create "${database}"`);
   if (e.code === '53100') {
     return new PgError(
       '53100',

@@ -3,7 +3,6 @@
 // tell scripts what happened (see EXIT_CODES in help.ts).
 import { httpStatus } from '../admin/error-status.js';
 import { parentWithin, parseConnectTarget } from '../branch/names.js';
-import { parentName } from '../lifecycle/model.js';
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { commaList, type Config } from '../config/schema.js';
@@ -265,7 +264,7 @@ async function gc(client: AdminClient, options: Options): Promise<Outcome> {
 const optional = (key: string, value: string | undefined) =>
   value === undefined ? {} : { [key]: value };
 
-const describeParent = (b: BranchInfo) => parentName(b) ?? 'its parent';
+const describeParent = (b: BranchInfo) => b.parent ?? 'its parent';
 
 function describeExpiry(b: BranchInfo, now: number): string {
   if (b.expiresBy === null) return `${b.name} never expires\n`;

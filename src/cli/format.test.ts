@@ -1,6 +1,5 @@
 import stringWidth from 'string-width';
 import { describe, expect, it } from 'vitest';
-import { parentName } from '../lifecycle/model.js';
 import type { BranchInfo } from '../lifecycle/model.js';
 import {
   branchTable,
@@ -42,8 +41,8 @@ function branch(name: string, parent: string | null, more: Partial<BranchInfo> =
 
 const branches = [
   branch('app', null),
-  branch('app@develop', 'main', { clients: 2 }),
-  branch('app@feature/login', 'develop', {
+  branch('app@develop', 'app', { clients: 2 }),
+  branch('app@feature/login', 'app@develop', {
     ttlMs: 7 * 24 * HOUR,
     expiresBy: new Date(NOW + 6 * 24 * HOUR + HOUR).toISOString(),
     snapshots: [
@@ -57,8 +56,8 @@ const branches = [
       },
     ],
   }),
-  branch('app@hotfix', 'main', { protected: true }),
-  branch('shop@orphan', 'gone'),
+  branch('app@hotfix', 'app', { protected: true }),
+  branch('shop@orphan', 'shop@gone'),
 ];
 
 describe('formatting for people', () => {
@@ -74,10 +73,6 @@ describe('formatting for people', () => {
     expect(formatWhen(ago(3 * HOUR), NOW)).toBe('3h ago');
     expect(formatWhen(new Date(NOW + 2 * 24 * HOUR).toISOString(), NOW)).toBe('in 2d');
     expect(formatWhen(null, NOW)).toBe('-');
-  });
-
-  it('names a branch’s parent in full: main is the root', () => {
-    expect(branches.map(parentName)).toEqual([null, 'app', 'app@develop', 'app', 'shop@gone']);
   });
 
   it('lists branches as a table, one row each', () => {
@@ -111,9 +106,9 @@ describe('formatting for people', () => {
     // Terminal columns: 機能 and 🚀 take two each, the combining acute of é none.
     const wide = [
       branch('app', null),
-      branch('app@機能/ログイン', 'main'),
-      branch('app@🚀-launch', 'main'),
-      branch('app@cafe\u0301', 'main'),
+      branch('app@機能/ログイン', 'app'),
+      branch('app@🚀-launch', 'app'),
+      branch('app@cafe\u0301', 'app'),
     ];
     /** The terminal column where `text` starts on `line`. */
     const column = (line: string, text: string) => stringWidth(line.slice(0, line.indexOf(text)));

@@ -1,7 +1,6 @@
 // What the CLI prints for people: tables, the branch tree, sizes and times. Scripts use --json,
 // which prints the API's own JSON instead, so nothing here is a format anyone parses.
 import stringWidth from 'string-width';
-import { parentName } from '../lifecycle/model.js';
 import type { BranchInfo, GcResult } from '../lifecycle/model.js';
 
 const UNITS = ['B', 'kB', 'MB', 'GB', 'TB'];
@@ -86,7 +85,7 @@ export function branchTable(branches: BranchInfo[], now: number): string {
     ['NAME', 'PARENT', 'CREATED', 'LAST CONNECTED', 'SIZE', 'CLIENTS', 'EXPIRES', 'NOTES'],
     branches.map((b) => [
       b.name,
-      parentName(b) ?? '-',
+      b.parent ?? '-',
       formatWhen(b.createdAt, now),
       formatWhen(b.lastConnectedAt, now),
       formatBytes(b.sizeBytes),
@@ -107,7 +106,7 @@ export function branchTree(branches: BranchInfo[], now: number): string {
   const children = new Map<string, BranchInfo[]>();
   const tops: BranchInfo[] = [];
   for (const branch of branches) {
-    const parent = parentName(branch);
+    const parent = branch.parent;
     if (parent !== null && byName.has(parent) && parent !== branch.name) {
       children.set(parent, [...(children.get(parent) ?? []), branch]);
     } else tops.push(branch);
@@ -137,7 +136,7 @@ export function branchDetails(b: BranchInfo, now: number): string {
   const at = (iso: string | null) => (iso === null ? '-' : `${iso} (${formatWhen(iso, now)})`);
   const lines = [
     `name:            ${b.name}`,
-    `parent:          ${parentName(b) ?? '-'}`,
+    `parent:          ${b.parent ?? '-'}`,
     ...(b.fromSnapshot === null ? [] : [`started from:    restore point ${b.fromSnapshot}`]),
     ...(b.restoredFrom === null ? [] : [`restored to:     restore point ${b.restoredFrom}`]),
     `created:         ${at(b.createdAt)}`,

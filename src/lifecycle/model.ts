@@ -1,6 +1,5 @@
 // What the branch lifecycle works with, as plain data: branches, restore points, and the requests
 // that the CLI, the HTTP API and the SQL console turn into calls on the one LifecycleService.
-import { branchName } from '../branch/names.js';
 import type { SchemaDiff } from './diff.js';
 
 /** A branch as listed: everything a person deciding whether to keep it wants to see. */
@@ -14,7 +13,7 @@ export interface BranchInfo {
   /** The database that holds it on the server (differs from `name` for long names). */
   physical: string;
   /**
-   * The branch it was made from, as a branch name within the same database (`main`, `develop`);
+   * The branch it was made from, in full as clients write it (`app` for the root, `app@develop`);
    * null for a root, or for a branch made outside pgbranch.
    */
   parent: string | null;
@@ -45,11 +44,6 @@ export interface BranchInfo {
   snapshots: SnapshotInfo[];
 }
 
-/** The full name of a branch's parent (`app`, `app@develop`), or null when it has none known. */
-export function parentName(branch: BranchInfo): string | null {
-  return branch.parent === null ? null : branchName(branch.database, branch.parent);
-}
-
 /** A restore point: a read-only clone of a branch at one moment. */
 export interface SnapshotInfo {
   /** The restore point's own name, e.g. `before-migration`, or `auto-20261125T170000Z` for roots. */
@@ -66,7 +60,10 @@ export interface SnapshotInfo {
 export interface CreateRequest {
   /** `app@feature-x`. */
   name: string;
-  /** The parent branch's name within the same database (`main`, `develop`); default `main`. */
+  /**
+   * The parent: a branch of the same database, in full (`app`, `app@develop`) or by its branch name
+   * alone (`main`, `develop`); default the root.
+   */
   parent?: string;
   /** Create from this restore point of the parent instead of its current state. */
   snapshot?: string;

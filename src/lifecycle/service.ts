@@ -183,14 +183,17 @@ export class LifecycleService implements Lifecycle {
         }
         throw new PgError(
           '42P04',
-          `branch "${printable(name)}" already exists, made from "${existingParent}"`,
+          `branch "${printable(name)}" already exists, ${existingParent ? `made from "${printable(branchName(root, existingParent))}"` : 'with its parent unknown (it was made outside pgbranch)'}`,
           undefined,
-          `Delete it first, or use it as it is: it was not made from "${parent}".`,
+          `Delete it first, or use it as it is: it was not made from "${printable(branchName(root, parent))}".`,
           'ERROR',
         );
       }
       const parentEntry = catalog.branches.get(branchName(root, parent));
-      if (!parentEntry) throw errors.parentMissing(root, parent);
+      if (!parentEntry) {
+        if (!catalog.branches.has(root)) throw errors.databaseMissing(root, name);
+        throw errors.parentMissing(branchName(root, parent), `create branch "${printable(name)}"`);
+      }
       let source = parentEntry.physical;
       if (request.snapshot !== undefined) {
         source = this.snapshotOf(catalog, parentEntry, request.snapshot).physical;
@@ -224,22 +227,31 @@ export class LifecycleService implements Lifecycle {
     const branch = target.branch!;
     const parentName = target.parent ?? ROOT_BRANCH;
     const parent = physicalName(target.root, target.parent);
+    const name = branchName(target.root, branch);
     this.checkBranchable(target.root, branch);
     if (!policy.mayCreateOnConnect(target.root, branch)) {
       throw new PgError(
         '3D000',
-        `database "${printable(branchName(target.root, branch))}" does not exist`,
+        `database "${printable(name)}" does not exist`,
         'Only branches named like branch.create_on_connect are created by connecting.',
-        `Create it first: npx pgbranch branch create ${branchName(target.root, branch)}`,
+        `Create it first: npx pgbranch branch create ${name}`,
       );
     }
-    if (!(await provider.exists(parent))) throw errors.parentMissing(target.root, parentName);
+    if (!(await provider.exists(parent))) {
+      if (target.parent === undefined || !(await provider.exists(target.root))) {
+        throw errors.databaseMissing(target.root, name);
+      }
+      throw errors.parentMissing(
+        branchName(target.root, parentName),
+        `create branch "${printable(name)}"`,
+      );
+    }
     if (!(await provider.mayCreate(user, parent))) {
       throw errors.mayNotCreateBranch(user, branch, parent);
     }
     return this.exclusive(target.root, async () => {
       const catalog = await this.catalog();
-      if (catalog.branches.has(branchName(target.root, branch))) return {};
+      if (catalog.branches.has(name)) return {};
       this.checkLimit(catalog, target.root);
       const record: BranchRecord = {
         kind: 'branch',
@@ -286,8 +298,9 @@ export class LifecycleService implements Lifecycle {
           'ERROR',
         );
       }
-      const parent = catalog.branches.get(branchName(entry.root, record.parent));
-      if (!parent) throw errors.parentMissing(entry.root, record.parent);
+      const parentFull = branchName(entry.root, record.parent);
+      const parent = catalog.branches.get(parentFull);
+      if (!parent) throw errors.parentMissing(parentFull, `reset "${printable(entry.name)}"`);
       const fresh: BranchRecord = {
         ...record,
         createdAt: new Date(this.now()).toISOString(),
@@ -535,7 +548,7 @@ export class LifecycleService implements Lifecycle {
       database: entry.root,
       branch: entry.branch,
       physical: entry.physical,
-      parent: isRoot ? null : record?.parent || null,
+      parent: isRoot || !record?.parent ? null : branchName(entry.root, record.parent),
       fromSnapshot: record?.fromSnapshot ?? null,
       restoredFrom: record?.restoredFrom ?? null,
       createdAt: record?.createdAt ?? null,
@@ -631,7 +644,7 @@ export class LifecycleService implements Lifecycle {
         event: 'branch_created',
         root: record.root,
         branch: record.branch,
-        parent: record.parent,
+        parent: branchName(record.root, record.parent),
         fromSnapshot: record.fromSnapshot,
         database: physical,
         mode: provider.copyMethod.mode,
@@ -639,7 +652,7 @@ export class LifecycleService implements Lifecycle {
         totalMs: ms,
         user,
       },
-      `created branch ${name} from ${record.parent}${record.fromSnapshot ? ` (restore point ${record.fromSnapshot})` : ''} (${provider.copyMethod.mode}) in ${ms} ms`,
+      `created branch ${name} from ${branchName(record.root, record.parent)}${record.fromSnapshot ? ` (restore point ${record.fromSnapshot})` : ''} (${provider.copyMethod.mode}) in ${ms} ms`,
     );
   }
 

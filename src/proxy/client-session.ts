@@ -6,7 +6,13 @@ import { CONSOLE_DATABASE, serveConsole, type ConsoleDeps } from '../admin/conso
 import { authenticateClient, type AuthMethod } from '../auth/authenticate.js';
 import type { RoleSource } from '../auth/roles.js';
 import type { BranchManager } from '../branch/manager.js';
-import { parseConnectTarget, type BranchTarget, type PoolMode } from '../branch/names.js';
+import {
+  branchName,
+  parseConnectTarget,
+  ROOT_BRANCH,
+  type BranchTarget,
+  type PoolMode,
+} from '../branch/names.js';
 import { CommError, errors, PgError, sqlstateOf, UnsupportedProtocol } from '../errors.js';
 import type { PoolManager, PoolRequest, ServerConnection } from '../pool/pool.js';
 import { ServerError, type ServerLogin } from '../upstream/server-connection.js';
@@ -396,7 +402,7 @@ function greeting(
     parts.push(
       noticeResponse(
         notice ??
-          `pgbranch: created branch "${target.branch}" of "${target.root}" from ${target.parent ?? 'main'}`,
+          `pgbranch: created branch "${target.branch}" of "${target.root}" from ${branchName(target.root, target.parent ?? ROOT_BRANCH)}`,
       ),
     );
   }
