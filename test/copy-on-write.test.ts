@@ -8,7 +8,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vitest';
 import { connect, queryOnce } from './support/clients.js';
 import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
-import { mountReflinkXfs, type MountedXfs, type XfsMount } from './support/xfs.js';
+import { findTool, mountReflinkXfs, type MountedXfs, type XfsMount } from './support/xfs.js';
 
 const MB = 1024 * 1024;
 
@@ -107,6 +107,23 @@ async function connectFailure(
     return { code: e.code, message: e.message, hint: e.hint };
   }
 }
+
+describe('what the copy-on-write tests need', () => {
+  // `npm test` on a fresh machine runs them: the test setup installs xfsprogs where it can.
+  it('is there as root on a machine with apt-get: mkfs.xfs for a reflink XFS', (ctx) => {
+    const why =
+      process.getuid?.() !== 0
+        ? 'not running as root: a loop mount needs root, so the setup installs nothing'
+        : !findTool('apt-get')
+          ? 'no apt-get to install xfsprogs with'
+          : undefined;
+    if (why) {
+      console.warn(`skipped "${ctx.task.name}": ${why}`);
+      ctx.skip(why);
+    }
+    expect(findTool('mkfs.xfs')).toBeDefined();
+  });
+});
 
 describe('on XFS with reflink', () => {
   const ROWS = 1_150_000; // about 500 MB

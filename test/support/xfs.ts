@@ -1,6 +1,7 @@
 // A throwaway copy-on-write filesystem for tests: a sparse file formatted as XFS with reflink and
-// loop-mounted. Needs root, xfsprogs (installed by CI, never by tests) and a loop device; where any
-// is missing it says why instead, so that tests can skip and print the reason.
+// loop-mounted. Needs root, xfsprogs (which the test setup installs as root where apt-get can) and
+// a loop device; where any is missing it says why instead, so that tests can skip and print the
+// reason.
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -60,8 +61,36 @@ export async function mountReflinkXfs(sizeMB: number): Promise<XfsMount> {
   };
 }
 
+/**
+ * Installs xfsprogs when it is missing and this process may: as root, on a system with apt-get
+ * (Debian, as CI's and the README's machines are). Returns what it did, for the test run's output,
+ * or undefined when there was nothing to do or no way to do it.
+ */
+export async function installXfsprogs(): Promise<string | undefined> {
+  if (process.getuid?.() !== 0 || findTool('mkfs.xfs')) return undefined;
+  const aptGet = findTool('apt-get');
+  if (!aptGet) return undefined;
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  // Waits for another apt-get (a second test run's, say) instead of failing on its lock.
+  const install = () =>
+    run(aptGet, ['-o', 'DPkg::Lock::Timeout=300', 'install', '-y', '-qq', 'xfsprogs'], { env });
+  try {
+    try {
+      await install();
+    } catch {
+      // A fresh machine has no package lists yet.
+      await run(aptGet, ['-o', 'DPkg::Lock::Timeout=300', 'update', '-qq'], { env });
+      await install();
+    }
+  } catch (error) {
+    const e = error as { stderr?: string; message: string };
+    return `could not install xfsprogs (apt-get install -y xfsprogs): ${(e.stderr || e.message).trim()}`;
+  }
+  return 'installed xfsprogs (apt-get) for the copy-on-write tests';
+}
+
 /** A program's full path, looking in the sbin directories too: a non-login shell may lack them. */
-function findTool(tool: string): string | undefined {
+export function findTool(tool: string): string | undefined {
   const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin'];
   return dirs
     .filter(Boolean)
