@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import pg from 'pg';
 import type { Logger } from 'pino';
+import { passwordCensus, PasswordlessHint, passwordWarning } from './auth/passwordless.js';
 import { CatalogRoleSource } from './auth/roles.js';
 import { DatabaseProvider } from './branch/database-provider.js';
 import { Cloner } from './branch/cloner.js';
@@ -53,6 +54,11 @@ export interface Running {
   metricsUrl?: string;
   /** Where the HTTP admin API is served; undefined when admin.enabled is false. */
   adminUrl?: string;
+  /**
+   * Why the role of the connection string can't log in through pgbranch (it has no password on
+   * the server, and pgbranch checks passwords), and what to do; undefined when it can.
+   */
+  loginWarning?: { problem: string; remedy: string } | undefined;
   /** The branch lifecycle operations (CLI, admin API and console use these). */
   lifecycle: LifecycleService;
   /**
@@ -152,6 +158,22 @@ export async function startPgbranch(
         timeoutMs: config.pool.connect_timeout,
       }),
   );
+  // Behind a server whose roles have no password (one that trusts its clients), the connection
+  // string pgbranch prints can't log in: said at start, not only in the log of each refusal.
+  const census =
+    config.upstream && config.auth !== 'trust' ? await passwordCensus(admin) : undefined;
+  const loginWarning = census && passwordWarning(census, describeEndpoint(endpoint), config.auth);
+  const passwordlessHint = new PasswordlessHint(admin);
+  if (loginWarning) {
+    log.warn(
+      {
+        event: 'role_without_password',
+        role: census.role,
+        anyRoleHasPassword: census.anyRoleHasPassword,
+      },
+      `${loginWarning.problem}; ${loginWarning.remedy}`,
+    );
+  }
   const clients = new Set<net.Socket>();
   const sessions = { session: 0, transaction: 0, pinned: 0 };
   const metrics = config.metrics.enabled
@@ -219,6 +241,7 @@ export async function startPgbranch(
     onRefused: metrics && ((code) => metrics.clientRefused(code)),
     auth: config.auth,
     roles: new CatalogRoleSource(admin),
+    loginHint: config.auth === 'trust' ? undefined : () => passwordlessHint.hint(),
     branches,
     pools,
     cancels: new CancelRegistry(endpoint),
@@ -411,6 +434,7 @@ export async function startPgbranch(
       : describeEndpoint(endpoint),
     metricsUrl: metricsServer?.url,
     adminUrl: adminApi?.url,
+    loginWarning,
     lifecycle,
     reload,
     consoleUsers: () => consoleUsers,

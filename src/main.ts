@@ -105,8 +105,17 @@ async function main(): Promise<number> {
   const lines = [
     '',
     `pgbranch ${version} is ready on ${running.host}:${running.port}`,
-    `  connect:   psql "${connect}"${passwordAt}`,
-    `  a branch:  psql "${branchExample}"   (after: CREATE DATABASE app)`,
+    // A connection string that can only fail is not offered as one.
+    ...(running.loginWarning
+      ? [
+          `  connect:   not yet: ${running.loginWarning.problem}`,
+          `             ${running.loginWarning.remedy}`,
+          `             then: psql "${connect}"`,
+        ]
+      : [
+          `  connect:   psql "${connect}"${passwordAt}`,
+          `  a branch:  psql "${branchExample}"   (after: CREATE DATABASE app)`,
+        ]),
     ...(running.socketPath
       ? [
           `  socket:    ${running.socketPath}   (psql -h ${path.dirname(running.socketPath)} -p ${running.port})`,

@@ -49,6 +49,8 @@ export interface ProxyContext {
   log: Logger;
   auth: AuthMethod;
   roles: RoleSource;
+  /** A hint for clients whose password was refused (28P01): the same for every role name. */
+  loginHint?: (() => Promise<string | undefined>) | undefined;
   branches: BranchManager;
   pools: PoolManager;
   cancels: CancelRegistry;
@@ -176,7 +178,12 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
       }
       return;
     }
-    const pgError = toPgError(error, ctx.log);
+    let pgError = toPgError(error, ctx.log);
+    const hint = pgError.code === '28P01' && !pgError.hint ? await ctx.loginHint?.() : undefined;
+    if (hint) {
+      const { code, message, detail, severity, reason } = pgError;
+      pgError = new PgError(code, message, detail, hint, severity, reason);
+    }
     if (!socket.destroyed) refuse(socket, pgError);
     ctx.onRefused?.(pgError.code);
     ctx.log.info(
