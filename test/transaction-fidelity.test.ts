@@ -145,6 +145,27 @@ describe('temporary objects pin the client to its server connection', () => {
     expect(await seesTemp(c, 'fn_scratch')).toBe(false);
   });
 
+  it('notices a temp table made by a trigger of an INSERT', async () => {
+    const setup = await connect();
+    await setup.query('create table audited (x int)');
+    await setup.query(
+      `create or replace function audit_to_temp() returns trigger language plpgsql as $$
+       begin create temp table if not exists audit_log (x int); insert into audit_log values (new.x); return new; end $$`,
+    );
+    await setup.query(
+      'create trigger audit after insert on audited for each row execute function audit_to_temp()',
+    );
+    const a = await connect();
+    await a.query('insert into audited values (7)');
+    await churn();
+    expect((await a.query('select x from audit_log')).rows).toEqual([{ x: 7 }]);
+    await a.end();
+    const b = await connect();
+    const c = await connect();
+    expect(await seesTemp(b, 'audit_log')).toBe(false);
+    expect(await seesTemp(c, 'audit_log')).toBe(false);
+  });
+
   it('keeps temp tables, views and sequences of postgres.js (extended protocol), SELECT INTO TEMP and ON COMMIT variants', async () => {
     const sql = postgresJs();
     await sql`create temporary table pj (x int) on commit delete rows`;

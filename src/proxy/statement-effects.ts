@@ -7,14 +7,26 @@
 // PREPARE), but a function, a trigger or a DO block can create a temporary table where the text
 // can't tell. So the relay asks the server (pg_my_temp_schema(), pg_prepared_statements) after a
 // transaction unless every statement in it is one of the plainly harmless kinds below: a SELECT,
-// SHOW, transaction control and the like, calling no function beyond well-known built-ins.
+// SHOW, transaction control and the like, calling no function beyond well-known built-ins. A
+// statement that may only reach such state through functions (a write, whose triggers run code,
+// or a call of a function of the database's own) is asked about only where the database has
+// functions that could (RUNS_CODE; the relay keeps what the server said for a few seconds).
 
 /** The server must be asked after the transaction whether it left session state behind. */
 export const NEEDS_CHECK = 1;
+/** As NEEDS_CHECK, but only where the database has functions that could make session state. */
+export const RUNS_CODE = 8;
 /** DEALLOCATE or DISCARD: the server connection's prepared statements must be read back. */
 export const DEALLOCATES = 2;
 /** DROP, ALTER or CREATE: possibly one that needs a database without sessions (see below). */
 export const MAY_NEED_DATABASE = 4;
+
+/** Writes: they can create nothing themselves, but their triggers run functions. */
+const WRITES = new Set(
+  'insert update delete merge copy truncate with'
+    .split(' ')
+    .map((w) => hashWord(Buffer.from(w, 'latin1'), 0, w.length)),
+);
 
 /** Statements that can't create anything by themselves (what they call is looked at apart). */
 const HARMLESS_FIRST_WORDS = (
@@ -101,7 +113,8 @@ export function statementEffects(bytes: Buffer, start: number, end: number): num
       let j = i;
       while (j < end && isWordByte(bytes[j]!)) j++;
       const word = hashWord(bytes, i, j);
-      if (!HARMLESS_FIRST.has(word)) effects |= NEEDS_CHECK;
+      if (WRITES.has(word)) effects |= RUNS_CODE;
+      else if (!HARMLESS_FIRST.has(word)) effects |= NEEDS_CHECK;
       if (word === DEALLOCATE || word === DISCARD) effects |= DEALLOCATES;
       else if (DDL.has(word)) effects |= MAY_NEED_DATABASE;
       i = j;
@@ -110,7 +123,7 @@ export function statementEffects(bytes: Buffer, start: number, end: number): num
     if (c === 0x3b) {
       atStatementStart = true;
     } else if (c === 0x28 /* ( */) {
-      if (!harmlessCall(bytes, start, i)) effects |= NEEDS_CHECK;
+      if (!harmlessCall(bytes, start, i)) effects |= RUNS_CODE;
     } else if ((c | 0x20) === 0x74 /* t */ && i + 4 <= end) {
       // "temp", "temporary", "pg_temp": a temporary object named in the text.
       if (

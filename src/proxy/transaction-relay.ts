@@ -5,7 +5,7 @@
 // arrive, with frames scanned in place, except the few responses to what the proxy itself added.
 import type net from 'node:net';
 import { errors, PgError } from '../errors.js';
-import type { PoolManager, PoolRequest, ServerConnection, ServerSink } from '../pool/pool.js';
+import type { Pool, PoolManager, PoolRequest, ServerConnection, ServerSink } from '../pool/pool.js';
 import { commandComplete, errorResponse, readyForQuery } from '../wire/backend.js';
 import { cstring, int32, message } from '../wire/build.js';
 import { abortBatch, copyFail, query } from '../wire/frontend.js';
@@ -28,6 +28,7 @@ import {
   dropsAllStatements,
   MAY_NEED_DATABASE,
   NEEDS_CHECK,
+  RUNS_CODE,
   statementEffects,
 } from './statement-effects.js';
 
@@ -98,6 +99,21 @@ const SESSION_STATE_ROWS =
   'EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) OR ' +
   'EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema()))' +
   " UNION ALL SELECT 'q', name, '' FROM pg_catalog.pg_prepared_statements WHERE from_sql";
+/** 'f' when the database has functions whose text could make temporary objects or PREPARE. */
+const RISKY_CODE_ROWS =
+  "SELECT 'f', '', '' WHERE EXISTS (SELECT FROM pg_catalog.pg_proc p " +
+  'JOIN pg_catalog.pg_language l ON l.oid = p.prolang ' +
+  "WHERE l.lanname NOT IN ('internal', 'c') AND p.pronamespace NOT IN " +
+  "('pg_catalog'::regnamespace, 'information_schema'::regnamespace) " +
+  "AND p.prosrc ~* '(temp|prepare)')";
+/**
+ * What the server said last about a pool's database: whether any of its functions could make
+ * session state (RISKY_CODE_ROWS), and when. Writes and calls of its functions are looked after
+ * only where it could, and once the answer is older than CODE_VERDICT_MS, so that a function made
+ * since (through pgbranch, which asks at once, or not) is seen within that time.
+ */
+const codeVerdicts = new WeakMap<Pool, { risky: boolean; at: number }>();
+const CODE_VERDICT_MS = 5_000;
 const PREPARED_ROWS =
   "SELECT 'p', name, '' FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql";
 
@@ -179,6 +195,8 @@ export class TransactionRelay implements ServerSink {
   private settingsChanged = false;
   /** The transaction may have left temporary objects or SQL prepared statements: ask after it. */
   private check = false;
+  /** As check, but only through functions of the database's (see codeVerdicts). */
+  private runsCode = false;
   /** A DEALLOCATE or DISCARD ran: read back which prepared statements the server has. */
   private resyncPrepared = false;
   /** statementEffects() of the unnamed statement last parsed. */
@@ -441,6 +459,7 @@ export class TransactionRelay implements ServerSink {
   ): Buffer | typeof ANSWERED | undefined {
     const effects = statementEffects(chunk, start, end);
     if (effects & NEEDS_CHECK) this.check = true;
+    if (effects & RUNS_CODE) this.runsCode = true;
     // Cheap first look at the bytes; only candidates are decoded.
     const several = hasSecondStatement(chunk, start, end);
     if (
@@ -503,6 +522,11 @@ export class TransactionRelay implements ServerSink {
       Buffer.concat([commandComplete('DEALLOCATE'), readyForQuery(status)]),
     );
     return ANSWERED;
+  }
+
+  private noteEffects(effects: number): void {
+    if (effects & NEEDS_CHECK) this.check = true;
+    if (effects & RUNS_CODE) this.runsCode = true;
   }
 
   /** Keeps pgbranch's connections off the database `sql` needs to itself until batch `until`. */
@@ -590,7 +614,7 @@ export class TransactionRelay implements ServerSink {
     if (nameEnd < 0 || nameEnd >= end) return undefined;
     if (nameEnd === nameStart) {
       if (type === CLOSE) this.expect({ type: CLOSE_COMPLETE, swallow: false });
-      else if (type === BIND && this.unnamedEffects & NEEDS_CHECK) this.check = true;
+      else if (type === BIND) this.noteEffects(this.unnamedEffects);
       return undefined;
     }
     const name = chunk.toString('utf8', nameStart, nameEnd);
@@ -607,7 +631,7 @@ export class TransactionRelay implements ServerSink {
     }
     if (type === BIND) {
       if (statement.maySet) this.settingsChanged = true;
-      if (statement.effects & NEEDS_CHECK) this.check = true;
+      this.noteEffects(statement.effects);
       if (statement.effects & DEALLOCATES) this.resyncPrepared = true;
     }
     const messages: Buffer[] = [];
@@ -693,6 +717,7 @@ export class TransactionRelay implements ServerSink {
     const effects = statementEffects(definition, 0, textEnd);
     this.unnamedEffects = effects;
     if (effects & NEEDS_CHECK) this.check = true;
+    if (effects & RUNS_CODE) this.runsCode = true;
     const sql = definition.toString('utf8', 0, textEnd);
     if (MAY_SET.test(sql)) this.settingsChanged = true;
     this.checkPin(sql);
@@ -1075,8 +1100,15 @@ export class TransactionRelay implements ServerSink {
 
   /** The server connection goes back, after a look at what the transaction left where needed. */
   private transactionEnded(): void {
-    if (this.settingsChanged || this.check || this.resyncPrepared) void this.afterTransaction();
-    else this.detach();
+    if (this.runsCode && !this.check) {
+      const verdict = codeVerdicts.get(this.conn!.pool);
+      if (verdict && !verdict.risky && Date.now() - verdict.at < CODE_VERDICT_MS) {
+        this.runsCode = false;
+      }
+    }
+    if (this.settingsChanged || this.check || this.runsCode || this.resyncPrepared) {
+      void this.afterTransaction();
+    } else this.detach();
   }
 
   /** Gives the server connection back to the pool after a transaction that changed no settings. */
@@ -1100,11 +1132,12 @@ export class TransactionRelay implements ServerSink {
     const conn = this.unbind()!;
     const settings = this.settingsChanged;
     const resync = this.resyncPrepared;
+    const sessionState = this.check || this.runsCode;
     const parts: string[] = [];
     if (settings) parts.push(SETTINGS_ROWS);
-    if (this.check) parts.push(SESSION_STATE_ROWS);
+    if (sessionState) parts.push(SESSION_STATE_ROWS, RISKY_CODE_ROWS);
     if (resync) parts.push(PREPARED_ROWS);
-    this.settingsChanged = this.check = this.resyncPrepared = false;
+    this.settingsChanged = this.check = this.runsCode = this.resyncPrepared = false;
     this.acquiring = true;
     let clean = true;
     let pin: string | undefined;
@@ -1114,12 +1147,15 @@ export class TransactionRelay implements ServerSink {
       await runQuiet(conn, sql, server, 0, this.options.resetTimeoutMs, false, rows);
       const adopted: [string, string][] = [];
       const kept = new Set<string>();
+      let risky = false;
       for (const [kind, name, value] of rows) {
         if (kind === 's') adopted.push([name!, value!]);
+        else if (kind === 'f') risky = true;
         else if (kind === 't') pin = 'temporary objects';
         else if (kind === 'q') pin ??= `a statement prepared with SQL PREPARE (${name})`;
         else kept.add(name!);
       }
+      if (sessionState) codeVerdicts.set(conn.pool, { risky, at: Date.now() });
       if (settings) {
         this.options.state.adoptSettings(adopted);
         server.appliedKey = this.options.state.statementsKey;
@@ -1235,7 +1271,7 @@ export class TransactionRelay implements ServerSink {
         this.options.resetTimeoutMs,
         this.unsynced,
       );
-      if (this.options.state.pinned || this.check) {
+      if (this.options.state.pinned || this.check || this.runsCode) {
         // What pinned the client (temporary objects, SQL prepared statements, LISTEN, advisory
         // locks, WITH HOLD cursors), or what its unfinished transaction may have left (PREPARE
         // outlives a rollback), is its own: DISCARD ALL drops all of it, and its settings.
