@@ -476,6 +476,7 @@ function lifecycleSettings(config: Config): LifecycleSettings {
     policy: new Policy(config.branch),
     drainTimeoutMs: config.branch.drain_timeout,
     rootSnapshotIntervalMs: config.branch.root_snapshot_interval,
+    rootSnapshotCopies: config.branch.root_snapshot_copies,
     useRootSnapshot: config.branch.use_root_snapshot,
   };
 }

@@ -462,7 +462,14 @@ describe('policies', () => {
   });
 
   it('makes a branch of a busy root from its newest automatic restore point, and says how old', async () => {
-    running.reload(settings({ root_snapshot_interval: '1s', use_root_snapshot: true }));
+    // Where branches are copies (no reflink filesystem), automatic restore points are asked for.
+    running.reload(
+      settings({
+        root_snapshot_interval: '1s',
+        root_snapshot_copies: true,
+        use_root_snapshot: true,
+      }),
+    );
     try {
       await running.lifecycle.sweep();
       const root = await running.lifecycle.get('app');

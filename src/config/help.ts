@@ -56,7 +56,9 @@ export const descriptions: Record<ConfigPath, string> = {
     'SQL files run in a new branch before any client sees it, by pattern, e.g. "pr-*=config/mask.sql"; a failing script fails the creation.',
   'branch.sweep_interval': 'How often expired branches are looked for and deleted.',
   'branch.root_snapshot_interval':
-    'How often a root that has branches gets an automatic restore point, taken when it is quiet; 0 never.',
+    'How often a root that has branches gets an automatic restore point, taken when it is quiet (the first one this long after its first branch); 0 never.',
+  'branch.root_snapshot_copies':
+    'Take automatic restore points where they are full copies (no copy-on-write), each as large as its root; where branches are clones they are taken anyway.',
   'branch.use_root_snapshot':
     "When a root can't be drained for a connect-time clone, clone its newest automatic restore point instead and tell the client how old the data is.",
   'admin.enabled': 'Serve the HTTP admin API (JSON, OpenAPI at /openapi.json) that the CLI uses.',

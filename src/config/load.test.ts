@@ -163,6 +163,7 @@ describe('loadConfig', () => {
       'branch.scripts',
       'branch.sweep_interval',
       'branch.root_snapshot_interval',
+      'branch.root_snapshot_copies',
       'branch.use_root_snapshot',
       'admin.enabled',
       'admin.host',

@@ -177,8 +177,16 @@ export const configSchema = z
         scripts: patternList('file').default(''),
         /** How often expired branches are looked for. */
         sweep_interval: duration.default(60_000),
-        /** How often roots with branches get an automatic restore point when quiet; 0 never. */
+        /**
+         * How often roots with branches get an automatic restore point when quiet (the first one
+         * this long after a root's first branch); 0 never.
+         */
         root_snapshot_interval: duration.default(3_600_000),
+        /**
+         * Automatic restore points where they are full copies (no copy-on-write): each is as large
+         * as its root, so only when asked for. Where branches are clones they are taken anyway.
+         */
+        root_snapshot_copies: boolean.default(false),
         /**
          * When a root can't be drained for a connect-time clone, clone its newest automatic
          * restore point instead, and tell the client how old the data is.
@@ -195,6 +203,7 @@ export const configSchema = z
         scripts: '',
         sweep_interval: 60_000,
         root_snapshot_interval: 3_600_000,
+        root_snapshot_copies: false,
         use_root_snapshot: false,
       }),
     /** The HTTP admin API (JSON, with an OpenAPI description) that the CLI talks to. */

@@ -59,8 +59,16 @@ export interface BranchConnections {
 export interface LifecycleSettings {
   policy: Policy;
   drainTimeoutMs: number;
-  /** Roots with branches get an automatic restore point this often when quiet; 0 never. */
+  /**
+   * Roots with branches get an automatic restore point this often when quiet, the first one this
+   * long after the root got its first branch; 0 never.
+   */
   rootSnapshotIntervalMs: number;
+  /**
+   * Take them where the provider copies instead of cloning too: each is then as large as its root,
+   * so never unless asked for.
+   */
+  rootSnapshotCopies: boolean;
   /** A connect-time clone of a busy root may use its newest automatic restore point. */
   useRootSnapshot: boolean;
 }
@@ -118,6 +126,10 @@ export class LifecycleService implements Lifecycle {
   private sweeping = false;
   /** Expired branches kept for their children, warned about once. */
   private readonly blockedExpiries = new Set<string>();
+  /** When this pgbranch first saw each root with branches (for branches with no creation time). */
+  private readonly rootsSeenBranched = new Map<string, number>();
+  /** The log has said that automatic restore points are off because they would be copies. */
+  private saidNoCopies = false;
 
   constructor(private readonly options: LifecycleOptions) {
     this.settings = options.settings;
@@ -1002,20 +1014,23 @@ export class LifecycleService implements Lifecycle {
     return !info.protected && info.expiresBy !== null && Date.parse(info.expiresBy) <= this.now();
   }
 
+  /**
+   * Every interval, a quiet root with branches gets a restore point, the first an interval after it
+   * got its first branch: not at once, which on a copying provider doubled a root's disk use a
+   * minute after its first branch. Where restore points would be copies, only when asked for.
+   */
   private async snapshotQuietRoots(): Promise<void> {
     const interval = this.settings.rootSnapshotIntervalMs;
     if (interval === 0) return;
     const catalog = await this.catalog();
     const counts = this.options.clients.counts();
-    const rootsWithBranches = new Set<string>();
-    for (const entry of catalog.branches.values()) {
-      if (entry.branch !== ROOT_BRANCH) rootsWithBranches.add(entry.root);
-    }
-    for (const root of rootsWithBranches) {
+    for (const [root, branchedAt] of this.rootsBranchedSince(catalog)) {
       const rootEntry = catalog.branches.get(root);
       if (!rootEntry || rootEntry.record) continue;
       const newest = newestAuto(catalog, root);
-      if (newest && this.now() - Date.parse(newest.record.createdAt) < interval) continue;
+      const since = newest ? Date.parse(newest.record.createdAt) : branchedAt;
+      if (this.now() - since < interval) continue;
+      if (!this.autoPointsAllowed()) return;
       if ((counts.get(root) ?? 0) > 0) continue;
       if ((await this.options.provider.sessionsOn(root)) > 0) continue;
       const name = `${AUTO_PREFIX}${compactTime(this.now())}`;
@@ -1034,6 +1049,39 @@ export class LifecycleService implements Lifecycle {
         );
       }
     }
+  }
+
+  /**
+   * The roots that have branches, each with the time it got them: its oldest branch's creation,
+   * or when this pgbranch first saw it with branches, whichever is earlier.
+   */
+  private rootsBranchedSince(catalog: Catalog): Map<string, number> {
+    const since = new Map<string, number>();
+    for (const entry of catalog.branches.values()) {
+      if (entry.branch === ROOT_BRANCH) continue;
+      const seen = this.rootsSeenBranched.get(entry.root) ?? this.now();
+      this.rootsSeenBranched.set(entry.root, seen);
+      const created = timeOf(entry.record?.createdAt) ?? seen;
+      since.set(entry.root, Math.min(since.get(entry.root) ?? seen, created));
+    }
+    for (const root of this.rootsSeenBranched.keys()) {
+      if (!since.has(root)) this.rootsSeenBranched.delete(root);
+    }
+    return since;
+  }
+
+  /** Clones, or copies asked for with branch.root_snapshot_copies; said once when it is neither. */
+  private autoPointsAllowed(): boolean {
+    const { copyMethod } = this.options.provider;
+    if (copyMethod.mode === 'clone' || this.settings.rootSnapshotCopies) return true;
+    if (!this.saidNoCopies) {
+      this.saidNoCopies = true;
+      this.options.log.info(
+        { event: 'auto_snapshots_off', reason: copyMethod.reason },
+        `no automatic restore points of roots: here each would be a full copy as large as its root (${copyMethod.reason}); set branch.root_snapshot_copies: true to take them anyway`,
+      );
+    }
+    return false;
   }
 }
 
