@@ -5,7 +5,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import pg from 'pg';
 import pino from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startPgbranch, type Running } from '../src/app.js';
 import { configSchema, type Config } from '../src/config/schema.js';
 import { pgClientConfig } from '../src/upstream/endpoint.js';
@@ -87,6 +87,15 @@ describe('create and list', () => {
   });
 
   it('lists every branch with parent, times, size, clients, protection and expiry', async () => {
+    // pgbranch counts a client until it has reset and pooled its server connection, which is after
+    // the client's end() resolved: wait until the last test's clients of app@made are gone.
+    await vi.waitFor(
+      async () => expect((await running.lifecycle.get('app@made')).clients).toBe(0),
+      {
+        timeout: 10_000,
+        interval: 20,
+      },
+    );
     const client = await connect(url('app@made'));
     try {
       const list = await running.lifecycle.list('app');
