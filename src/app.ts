@@ -8,7 +8,9 @@ import { passwordCensus, PasswordlessHint, passwordWarning } from './auth/passwo
 import { CatalogRoleSource } from './auth/roles.js';
 import { DatabaseProvider } from './branch/database-provider.js';
 import { Cloner } from './branch/cloner.js';
-import { BranchManager } from './branch/manager.js';
+import { BranchManager, type BranchResolver } from './branch/manager.js';
+import type { InstanceBranches } from './branch/instance/instances.js';
+import { openInstanceBranches } from './branch/instance/setup.js';
 import type { CopyMethod } from './branch/provider.js';
 import { commaList, type Config } from './config/schema.js';
 import { serveAdminApi, type AdminApi } from './admin/http.js';
@@ -48,6 +50,8 @@ export interface Running {
   connectionString: string;
   copyMethod: CopyMethod;
   serverVersion: string;
+  /** How branches are made: databases in one cluster, or instances of their own. */
+  provider: 'database' | 'instance';
   embedded?: EmbeddedServer;
   upstream: string;
   /** Where Prometheus metrics are served; undefined when metrics.enabled is false. */
@@ -136,28 +140,43 @@ export async function startPgbranch(
     );
   }
 
-  const pools = new PoolManager(
-    {
-      size: config.pool.size,
-      minIdle: config.pool.min_idle,
-      reserveSize: config.pool.reserve_size,
-      reserveTimeoutMs: config.pool.reserve_timeout,
-      maxServerConnections: config.pool.max_server_connections,
-      idleTimeoutMs: config.pool.idle_timeout,
-      serverLifetimeMs: config.pool.server_lifetime,
-      waitTimeoutMs: config.pool.wait_timeout,
-      connectRetries: config.pool.connect_retries,
-    },
-    (request) =>
+  const poolLimits = {
+    size: config.pool.size,
+    minIdle: config.pool.min_idle,
+    reserveSize: config.pool.reserve_size,
+    reserveTimeoutMs: config.pool.reserve_timeout,
+    maxServerConnections: config.pool.max_server_connections,
+    idleTimeoutMs: config.pool.idle_timeout,
+    serverLifetimeMs: config.pool.server_lifetime,
+    waitTimeoutMs: config.pool.wait_timeout,
+    connectRetries: config.pool.connect_retries,
+  };
+  const poolsAt = (at: Endpoint) =>
+    new PoolManager(poolLimits, (request) =>
       openServerSession({
-        endpoint,
+        endpoint: at,
         user: request.user,
         database: request.database,
         parameters: request.parameters,
         login: request.login,
         timeoutMs: config.pool.connect_timeout,
       }),
-  );
+    );
+  const pools = poolsAt(endpoint);
+  /** Pools of branch instances, by endpoint; an instance's go when it stops. */
+  const instancePools = new Map<string, PoolManager>();
+  const poolsFor = (at: Endpoint | undefined): PoolManager => {
+    if (!at) return pools;
+    const key = describeEndpoint(at);
+    let found = instancePools.get(key);
+    if (!found) instancePools.set(key, (found = poolsAt(at)));
+    return found;
+  };
+  const closePoolsOf = (at: Endpoint): void => {
+    const key = describeEndpoint(at);
+    instancePools.get(key)?.close();
+    instancePools.delete(key);
+  };
   // Behind a server whose roles have no password (one that trusts its clients), the connection
   // string pgbranch prints can't log in: said at start, not only in the log of each refusal.
   const census =
@@ -217,7 +236,28 @@ export async function startPgbranch(
     await embedded?.stop();
   };
   // eslint-disable-next-line prefer-const -- the manager and the service refer to each other
-  let branches: BranchManager;
+  let instances: InstanceBranches | undefined;
+  if (config.branch.provider === 'instance') {
+    if (!embedded) {
+      await abandon();
+      throw new Error(
+        "branch.provider instance copies the parent instance's data directory, which pgbranch has only for its embedded server: drop --upstream, or use branch.provider database with it",
+      );
+    }
+    try {
+      instances = await openInstanceBranches({
+        config,
+        root: { pgDataDir: embedded.pgDataDir, endpoint, superuser: embedded.superuser },
+        admin,
+        onStopping: closePoolsOf,
+        log,
+      });
+    } catch (error) {
+      await abandon();
+      throw error;
+    }
+  }
+  let branches: BranchResolver;
   const lifecycle = new LifecycleService({
     provider,
     cloner: new Cloner(provider, drain, config.branch.drain_timeout),
@@ -231,11 +271,13 @@ export async function startPgbranch(
     onCreated: metrics && ((mode, ms, ok) => metrics.branchCreated(mode, ms, ok)),
     onOperation: metrics && ((operation, ok) => metrics.branchOperation(operation, ok)),
   });
-  branches = new BranchManager({
-    exists: (database) => provider.exists(database),
-    create: lifecycle.createOnConnect,
-    onConnect: (database) => lifecycle.touch(database),
-  });
+  branches =
+    instances ??
+    new BranchManager({
+      exists: (database) => provider.exists(database),
+      create: lifecycle.createOnConnect,
+      onConnect: (database) => lifecycle.touch(database),
+    });
   const ctx: ProxyContext = {
     log,
     onRefused: metrics && ((code) => metrics.clientRefused(code)),
@@ -245,6 +287,7 @@ export async function startPgbranch(
     branches,
     pools,
     cancels: new CancelRegistry(endpoint),
+    poolsFor,
     maxClients: config.pool.max_client_connections,
     clients,
     registry,
@@ -410,6 +453,7 @@ export async function startPgbranch(
       const closed = closeListeners();
       pools.close();
       drain.close();
+      for (const instance of instancePools.values()) instance.close();
       for (const socket of ctx.clients) socket.destroy();
       await closed;
       await metricsServer?.close();
@@ -418,6 +462,7 @@ export async function startPgbranch(
         .flushTouched()
         .catch((error: unknown) => log.warn({ err: error }, 'could not record last connections'));
       await admin.end().catch(() => undefined);
+      await instances?.close();
       await embedded?.stop();
     })());
 
@@ -426,7 +471,8 @@ export async function startPgbranch(
     port,
     socketPath,
     connectionString,
-    copyMethod: provider.copyMethod,
+    copyMethod: instances ? instances.copyMethod : provider.copyMethod,
+    provider: config.branch.provider,
     serverVersion: provider.serverVersion,
     embedded,
     upstream: embedded

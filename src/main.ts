@@ -123,7 +123,7 @@ async function main(): Promise<number> {
       : []),
     `  server:    ${running.upstream}`,
     ...(running.embedded ? [`  data:      ${running.embedded.pgDataDir}`] : []),
-    `  branches:  ${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
+    `  branches:  ${running.provider === 'instance' ? 'instances of their own, ' : ''}${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
     ...(running.metricsUrl ? [`  metrics:   ${running.metricsUrl}`] : []),
     ...(running.adminUrl
       ? [`  admin:     ${running.adminUrl}   (npx pgbranch branch --help)`]
@@ -145,6 +145,7 @@ async function main(): Promise<number> {
       serverVersion: running.serverVersion,
       metricsUrl: running.metricsUrl,
       adminUrl: running.adminUrl,
+      provider: running.provider,
     },
     'pgbranch is ready',
   );

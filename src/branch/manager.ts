@@ -1,6 +1,7 @@
 // Finds the database behind a branch when a client connects, creating it on first use: once per
 // branch however many clients ask at the same time (single flight). How a branch is made, and
 // whether it may be, is the creator's business (the lifecycle service).
+import type { Endpoint } from '../upstream/endpoint.js';
 import { physicalName, type BranchTarget } from './names.js';
 
 /** Makes the branch `database` for `target` on behalf of `user`; throws a PgError when it can't. */
@@ -23,9 +24,20 @@ export interface Resolution {
   created: boolean;
   /** Something the client should be told about its new branch (e.g. that its data is older). */
   notice?: string;
+  /** Where the database is when not on the main server: a branch instance's private socket. */
+  endpoint?: Endpoint;
+  /** Called once when the client that asked is gone (an instance may suspend when idle). */
+  leave?: () => void;
 }
 
-export class BranchManager {
+/** Finds where a client's branch lives, making it first if it does not exist. */
+export interface BranchResolver {
+  resolve(target: BranchTarget, user: string): Promise<Resolution>;
+  /** Forgets that a database exists (it was dropped behind pgbranch's back, or deleted). */
+  forget(database: string): void;
+}
+
+export class BranchManager implements BranchResolver {
   /** Databases known to exist, so that connecting to a branch costs no query after the first. */
   private readonly known = new Set<string>();
   private readonly inFlight = new Map<string, Promise<{ notice?: string }>>();

@@ -61,6 +61,14 @@ export const descriptions: Record<ConfigPath, string> = {
     'Take automatic restore points where they are full copies (no copy-on-write), each as large as its root; where branches are clones they are taken anyway.',
   'branch.use_root_snapshot':
     "When a root can't be drained for a connect-time clone, clone its newest automatic restore point instead and tell the client how old the data is.",
+  'branch.provider':
+    'database: a branch is a database cloned in the same cluster (the parent must be quiet); instance: a branch is a PostgreSQL instance of its own, copied from its parent while it runs (needs the embedded server).',
+  'branch.suspend_after':
+    'Instance branches: an instance with no clients this long is shut down; the next connect starts it again.',
+  'branch.max_running':
+    'Instance branches that may run at once (the least recently used idle one is suspended for a new one); 0 sizes it from the memory: a quarter of it at 64 MB per instance, 2 to 64.',
+  'branch.instance_settings':
+    'Instance branches: PostgreSQL settings of every instance over pgbranch\'s small defaults, e.g. "shared_buffers=32MB, max_connections=50".',
   'admin.enabled': 'Serve the HTTP admin API (JSON, OpenAPI at /openapi.json) that the CLI uses.',
   'admin.host': 'Address of the admin API; anything but loopback needs admin.token.',
   'admin.port': 'TCP port of the admin API; 0 picks a free one.',

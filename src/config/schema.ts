@@ -192,6 +192,21 @@ export const configSchema = z
          * restore point instead, and tell the client how old the data is.
          */
         use_root_snapshot: boolean.default(false),
+        /**
+         * `database`: a branch is a database cloned in the same cluster, which needs the parent
+         * quiet; `instance`: a branch is a PostgreSQL instance of its own, on a copy-on-write copy
+         * of the parent instance taken while it runs (every database of it, nobody paused).
+         */
+        provider: z.enum(['database', 'instance']).default('database'),
+        /** Instance branches: one with no clients this long is shut down; a connect starts it. */
+        suspend_after: duration.default(300_000),
+        /** Instance branches that may run at once; 0 sizes it from the machine's memory. */
+        max_running: count(10_000).default(0),
+        /**
+         * Instance branches: settings of every instance over pgbranch's small defaults, as
+         * `shared_buffers=32MB, max_connections=50`.
+         */
+        instance_settings: z.string().default(''),
       })
       .strict()
       .default({
@@ -205,6 +220,10 @@ export const configSchema = z
         root_snapshot_interval: 3_600_000,
         root_snapshot_copies: false,
         use_root_snapshot: false,
+        provider: 'database',
+        suspend_after: 300_000,
+        max_running: 0,
+        instance_settings: '',
       }),
     /** The HTTP admin API (JSON, with an OpenAPI description) that the CLI talks to. */
     admin: z

@@ -115,6 +115,8 @@ export class Pool {
   waitTimerAt = 0;
 
   constructor(
+    /** The manager it belongs to, which its connections go back to. */
+    readonly manager: PoolManager,
     readonly key: string,
     readonly database: string,
     readonly user: string,
@@ -397,6 +399,7 @@ export class PoolManager {
     let pool = this.pools.get(key);
     if (!pool) {
       pool = new Pool(
+        this,
         key,
         request.database,
         request.user,

@@ -13,6 +13,8 @@ import { cancelRequest } from '../wire/frontend.js';
 export interface ServerKey {
   processId: number;
   secret: Buffer;
+  /** Where that server process is, when not on the main server (a branch instance). */
+  endpoint?: Endpoint | undefined;
 }
 
 interface Target {
@@ -94,7 +96,7 @@ export class CancelRegistry {
     // A transaction-mode client between transactions runs nothing: there is nothing to cancel.
     if (!server) return false;
     await new Promise<void>((resolve) => {
-      const socket = connectSocket(this.endpoint);
+      const socket = connectSocket(server.endpoint ?? this.endpoint);
       socket.on('error', () => socket.destroy());
       socket.setTimeout(5000, () => socket.destroy());
       socket.once('connect', () => socket.end(cancelRequest(server.processId, server.secret)));

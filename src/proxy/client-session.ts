@@ -5,7 +5,8 @@ import type { Logger } from 'pino';
 import { CONSOLE_DATABASE, serveConsole, type ConsoleDeps } from '../admin/console.js';
 import { authenticateClient, type AuthMethod } from '../auth/authenticate.js';
 import type { RoleSource } from '../auth/roles.js';
-import type { BranchManager } from '../branch/manager.js';
+import type { BranchResolver } from '../branch/manager.js';
+import type { Endpoint } from '../upstream/endpoint.js';
 import {
   branchName,
   parseConnectTarget,
@@ -51,8 +52,11 @@ export interface ProxyContext {
   roles: RoleSource;
   /** A hint for clients whose password was refused (28P01): the same for every role name. */
   loginHint?: (() => Promise<string | undefined>) | undefined;
-  branches: BranchManager;
+  branches: BranchResolver;
+  /** The pools of the main server. */
   pools: PoolManager;
+  /** The pools of a branch instance's endpoint (the main server's for undefined). */
+  poolsFor: (endpoint: Endpoint | undefined) => PoolManager;
   cancels: CancelRegistry;
   maxClients: number;
   /** Clients connected now (all of them, in any phase). */
@@ -161,7 +165,7 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     );
     conn = undefined;
   } catch (error) {
-    if (conn) ctx.pools.release(conn, false);
+    if (conn) conn.pool.manager.release(conn, false);
     if (error instanceof ClientGone) {
       socket.destroy();
       return;
@@ -233,7 +237,7 @@ async function serveSession(
   const session = conn.session;
   const cancelKey = ctx.cancels.register(
     session.processId,
-    () => ({ processId: session.processId, secret: session.secretKey }),
+    () => ({ processId: session.processId, secret: session.secretKey, endpoint: opened.endpoint }),
     secretLength,
   );
   let terminated: PgError | undefined;
@@ -265,18 +269,18 @@ async function serveSession(
       `client ${user} connected to ${requested}`,
     );
     const relay = new SessionRelay(socket, session.socket, reader.detach(), (database) =>
-      keepOff(ctx, database),
+      keepOff(ctx, opened.pools, database),
     );
     ctx.sessions.session++;
     const end = await relay.ended.finally(() => ctx.sessions.session--);
     if (end.by === 'client') {
       const clean = await relay.resetForReuse(RESET_TIMEOUT_MS);
       hold(undefined);
-      ctx.pools.release(conn, clean);
+      opened.pools.release(conn, clean);
       socket.end();
     } else {
       hold(undefined);
-      ctx.pools.release(conn, false);
+      opened.pools.release(conn, false);
       if (end.by === 'server' && end.atBoundary && (terminated || end.lastType !== 0x45) /* E */) {
         socket.write(
           errorResponse(
@@ -292,6 +296,7 @@ async function serveSession(
   } finally {
     ctx.registry.delete(client);
     ctx.cancels.unregister(cancelKey);
+    opened.leave?.();
   }
 }
 
@@ -314,14 +319,18 @@ async function serveTransactions(
   const reported = serverState(opened.conn).reported;
   for (const [name, value] of reported) state.reported.set(name, value);
   hold(undefined);
-  ctx.pools.release(opened.conn, true);
+  opened.pools.release(opened.conn, true);
 
   let current: ServerConnection | undefined;
   const cancelKey = ctx.cancels.register(
     undefined,
     () =>
       current
-        ? { processId: current.session.processId, secret: current.session.secretKey }
+        ? {
+            processId: current.session.processId,
+            secret: current.session.secretKey,
+            endpoint: opened.endpoint,
+          }
         : undefined,
     secretLength,
   );
@@ -351,14 +360,14 @@ async function serveTransactions(
     );
     relay = new TransactionRelay({
       client: socket,
-      pools: ctx.pools,
+      pools: opened.pools,
       request: opened.request,
       state,
       pending: reader.detach(),
       resetTimeoutMs: RESET_TIMEOUT_MS,
       idleInTransactionTimeoutMs: ctx.idleInTransactionTimeoutMs,
       maxPreparedStatements: ctx.maxPreparedStatements,
-      onDatabaseNeeded: (database) => keepOff(ctx, database),
+      onDatabaseNeeded: (database) => keepOff(ctx, opened.pools, database),
       onServer: (conn) => (current = conn),
       onPinned: (reason) => {
         ctx.sessions.pinned++;
@@ -376,6 +385,7 @@ async function serveTransactions(
   } finally {
     ctx.registry.delete(client);
     ctx.cancels.unregister(cancelKey);
+    opened.leave?.();
   }
 }
 
@@ -385,13 +395,13 @@ async function serveTransactions(
  * sessions really in use can make the statement fail, and holds new ones back until the returned
  * function is called, when the statement is done.
  */
-function keepOff(ctx: ProxyContext, database: string): () => void {
-  void ctx.pools.pause(database, 0);
+function keepOff(ctx: ProxyContext, pools: PoolManager, database: string): () => void {
+  void pools.pause(database, 0);
   ctx.log.info(
     { event: 'database_released', database },
     `closed pgbranch's idle connections to ${database} for a client's DROP, RENAME or TEMPLATE of it`,
   );
-  return () => ctx.pools.resume(database);
+  return () => pools.resume(database);
 }
 
 /**
@@ -479,14 +489,22 @@ async function connectToBranch(
   database: string;
   created: boolean;
   notice?: string | undefined;
+  /** The pools of the server the branch is on, which its connections go back to. */
+  pools: PoolManager;
+  /** A branch instance's endpoint, or undefined for the main server. */
+  endpoint: Endpoint | undefined;
+  /** To call once the client is gone. */
+  leave: (() => void) | undefined;
 }> {
   for (let attempt = 0; ; attempt++) {
-    const { database, created, notice } = await ctx.branches.resolve(target, user);
+    const { database, created, notice, endpoint, leave } = await ctx.branches.resolve(target, user);
+    const pools = ctx.poolsFor(endpoint);
     try {
       const request: PoolRequest = { database, user, parameters, login, mode };
-      const conn = await ctx.pools.acquire(request);
-      return { conn, request, database, created, notice };
+      const conn = await pools.acquire(request);
+      return { conn, request, database, created, notice, pools, endpoint, leave };
     } catch (error) {
+      leave?.();
       // A branch dropped behind pgbranch's back: forget it and make it again, once.
       if (
         error instanceof ServerError &&

@@ -1,0 +1,398 @@
+// Instance branches: a branch is a PostgreSQL instance of its own, on a copy-on-write copy of its
+// parent instance's data directory taken while the parent runs (the backup API), so the parent is
+// never drained or paused. `app@feature-x` is database app of instance feature-x. Instances start
+// on first connect, are suspended (shut down cleanly) when idle, and at most maxRunning run at once.
+// This file decides when; cluster-copy.ts and postmaster.ts do the work.
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { errors, PgError } from '../../errors.js';
+import type { Endpoint } from '../../upstream/endpoint.js';
+import type { BranchResolver, Resolution } from '../manager.js';
+import type { BranchTarget } from '../names.js';
+import type { CopyMethod } from '../provider.js';
+import { copyCluster } from './cluster-copy.js';
+import { startPostmaster, stopLeftover, type Postmaster } from './postmaster.js';
+
+/** The port in every instance's socket name: each has a socket directory of its own. */
+const INSTANCE_PORT = 5432;
+const RECORD_FILE = 'instance.json';
+const CREATING_PREFIX = '.creating-';
+
+export interface InstanceRecord {
+  name: string;
+  /** The instance it was copied from; null for a branch of the root. */
+  parent: string | null;
+  createdAt: string;
+  mode: 'clone' | 'copy';
+}
+
+export interface InstanceBranchesOptions {
+  /** Whether a new instance is a reflink clone of its parent here, or a full copy. */
+  copyMethod: CopyMethod;
+  /** The root instance: the embedded server, running. */
+  root: { pgDataDir: string; connect: () => Promise<pg.Client> };
+  /** The superuser of every instance (the root's), reached with trust on the private socket. */
+  superuser: string;
+  /** Where instances live (`<data_dir>/instances`). */
+  dir: string;
+  /** The postgres binary (the root's major version). */
+  binary: string;
+  /** As root, instances run as this OS account, like the embedded server. */
+  owner?: { uid: number; gid: number } | undefined;
+  /** Settings of every instance (`-c name=value`). */
+  settings: Record<string, string>;
+  suspendAfterMs: number;
+  maxRunning: number;
+  /** Whether a role may cause a branch to be made (as for CREATE DATABASE). */
+  mayCreate: (user: string) => Promise<boolean>;
+  /** An instance stops: pgbranch's pools of it must go first. */
+  onStopping: (endpoint: Endpoint) => void;
+  log: Logger;
+}
+
+interface Instance {
+  id: string;
+  dir: string;
+  record: InstanceRecord;
+  postmaster: Postmaster | undefined;
+  /** A start or stop under way. */
+  transition: Promise<void> | undefined;
+  clients: number;
+  lastUsed: number;
+  suspendTimer: NodeJS.Timeout | undefined;
+}
+
+/** A directory name for a branch name: any Unicode, slashes, 255 characters fit. */
+function instanceId(name: string): string {
+  return createHash('sha256').update(name).digest('hex').slice(0, 24);
+}
+
+export class InstanceBranches implements BranchResolver {
+  private readonly instances = new Map<string, Instance>();
+  private readonly creating = new Map<string, Promise<Instance>>();
+  private closed = false;
+
+  private constructor(private readonly options: InstanceBranchesOptions) {}
+
+  get copyMethod(): CopyMethod {
+    return this.options.copyMethod;
+  }
+
+  /**
+   * Opens the instances directory: removes copies a killed pgbranch left half made, and stops
+   * instances it left running; every instance that existed is still there, suspended.
+   */
+  static async open(options: InstanceBranchesOptions): Promise<InstanceBranches> {
+    fs.mkdirSync(options.dir, { recursive: true, mode: 0o755 });
+    const branches = new InstanceBranches(options);
+    for (const entry of fs.readdirSync(options.dir, { withFileTypes: true })) {
+      if (!entry.isDirectory()) continue;
+      const dir = path.join(options.dir, entry.name);
+      const pgDataDir = path.join(dir, 'pg');
+      if (fs.existsSync(path.join(pgDataDir, 'postmaster.pid'))) {
+        await stopLeftover(pgDataDir, options.log);
+      }
+      if (entry.name.startsWith(CREATING_PREFIX)) {
+        options.log.warn(
+          { event: 'instance_leftover_removed', dir },
+          `removing a branch instance left half made by a pgbranch that was stopped: ${dir}`,
+        );
+        fs.rmSync(dir, { recursive: true, force: true });
+        continue;
+      }
+      const record = readRecord(dir);
+      if (!record) continue;
+      branches.instances.set(entry.name, {
+        id: entry.name,
+        dir,
+        record,
+        postmaster: undefined,
+        transition: undefined,
+        clients: 0,
+        lastUsed: 0,
+        suspendTimer: undefined,
+      });
+    }
+    return branches;
+  }
+
+  async resolve(target: BranchTarget, user: string): Promise<Resolution> {
+    if (target.branch === undefined) return { database: target.root, created: false };
+    const { instance, created } = await this.find(target.branch, target.parent, user);
+    instance.clients++;
+    instance.lastUsed = Date.now();
+    clearTimeout(instance.suspendTimer);
+    instance.suspendTimer = undefined;
+    try {
+      await this.running(instance);
+    } catch (error) {
+      this.left(instance);
+      throw error;
+    }
+    let gone = false;
+    return {
+      database: target.root,
+      created,
+      endpoint: endpointOf(instance),
+      leave: () => {
+        if (gone) return;
+        gone = true;
+        this.left(instance);
+      },
+      ...(created
+        ? {
+            notice: `pgbranch: created branch "${target.branch}" (an instance of its own) from ${
+              instance.record.parent ?? 'the root instance'
+            } (${instance.record.mode})`,
+          }
+        : {}),
+    };
+  }
+
+  forget(): void {
+    // A database dropped inside an instance is the instance's business; the instance stays.
+  }
+
+  /** Instances that run now, and all of them: for the banner, metrics and tests. */
+  census(): { running: number; total: number } {
+    let running = 0;
+    for (const instance of this.instances.values()) if (instance.postmaster) running++;
+    return { running, total: this.instances.size };
+  }
+
+  /** Stops every running instance (pgbranch stops). */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.instances.values()].map((i) => this.suspend(i, 'stop')));
+  }
+
+  private async find(
+    name: string,
+    parent: string | undefined,
+    user: string,
+  ): Promise<{ instance: Instance; created: boolean }> {
+    const id = instanceId(name);
+    const existing = this.instances.get(id);
+    if (existing) return { instance: existing, created: false };
+    let creation = this.creating.get(id);
+    if (!creation) {
+      creation = this.create(id, name, parent, user).finally(() => this.creating.delete(id));
+      this.creating.set(id, creation);
+    }
+    return { instance: await creation, created: true };
+  }
+
+  private async create(
+    id: string,
+    name: string,
+    parentName: string | undefined,
+    user: string,
+  ): Promise<Instance> {
+    const { log } = this.options;
+    if (!(await this.options.mayCreate(user))) {
+      throw errors.mayNotCreateBranch(user, name, parentName ?? 'the root instance');
+    }
+    const parent =
+      parentName === undefined ? undefined : this.instances.get(instanceId(parentName));
+    if (parentName !== undefined && !parent) {
+      throw new PgError(
+        '3D000',
+        `parent branch "${parentName}" does not exist`,
+        undefined,
+        `Connect to it first (it is made on first connect), or leave pgbranch.parent out to branch the root.`,
+      );
+    }
+    const started = Date.now();
+    const staging = path.join(
+      this.options.dir,
+      `${CREATING_PREFIX}${id}-${randomBytes(4).toString('hex')}`,
+    );
+    fs.mkdirSync(staging, { mode: 0o755 });
+    try {
+      let copied: Awaited<ReturnType<typeof copyCluster>>;
+      if (parent) {
+        // A running parent is copied under the backup API; a suspended one as it lies.
+        await parent.transition;
+        copied = await copyCluster({
+          sourceDataDir: path.join(parent.dir, 'pg'),
+          target: path.join(staging, 'pg'),
+          running: parent.postmaster
+            ? { connect: () => connectTo(parent, this.options.superuser) }
+            : undefined,
+          owner: this.options.owner,
+        });
+      } else {
+        copied = await copyCluster({
+          sourceDataDir: this.options.root.pgDataDir,
+          target: path.join(staging, 'pg'),
+          running: { connect: this.options.root.connect },
+          owner: this.options.owner,
+        });
+      }
+      const record: InstanceRecord = {
+        name,
+        parent: parentName ?? null,
+        createdAt: new Date().toISOString(),
+        mode: copied.mode,
+      };
+      fs.writeFileSync(path.join(staging, RECORD_FILE), `${JSON.stringify(record, null, 2)}\n`);
+      const dir = path.join(this.options.dir, id);
+      fs.renameSync(staging, dir);
+      const instance: Instance = {
+        id,
+        dir,
+        record,
+        postmaster: undefined,
+        transition: undefined,
+        clients: 0,
+        lastUsed: Date.now(),
+        suspendTimer: undefined,
+      };
+      this.instances.set(id, instance);
+      log.info(
+        {
+          event: 'branch_created',
+          branch: name,
+          parent: record.parent,
+          provider: 'instance',
+          mode: copied.mode,
+          bytes: copied.bytes,
+          copyMs: copied.ms,
+          ms: Date.now() - started,
+        },
+        `created branch instance ${name} from ${record.parent ?? 'the root instance'} (${copied.mode}, ${copied.bytes} bytes) in ${Date.now() - started} ms`,
+      );
+      return instance;
+    } catch (error) {
+      fs.rmSync(staging, { recursive: true, force: true });
+      if (error instanceof PgError) throw error;
+      throw errors.branchCreationFailed(name, (error as Error).message);
+    }
+  }
+
+  /** Starts the instance unless it runs, making room first within maxRunning. */
+  private async running(instance: Instance): Promise<void> {
+    while (instance.transition) await instance.transition;
+    if (instance.postmaster) return;
+    if (this.closed) throw errors.shuttingDown();
+    await this.makeRoom(instance);
+    if (instance.postmaster) return;
+    const start = this.start(instance);
+    instance.transition = start.finally(() => (instance.transition = undefined));
+    await instance.transition;
+  }
+
+  private async start(instance: Instance): Promise<void> {
+    const started = Date.now();
+    const runDir = path.join(instance.dir, 'run');
+    fs.mkdirSync(runDir, { recursive: true, mode: 0o700 });
+    if (this.options.owner) fs.chownSync(runDir, this.options.owner.uid, this.options.owner.gid);
+    const postmaster = await startPostmaster({
+      binary: this.options.binary,
+      pgDataDir: path.join(instance.dir, 'pg'),
+      socketDir: runDir,
+      port: INSTANCE_PORT,
+      listenTcp: '',
+      settings: this.options.settings,
+      owner: this.options.owner,
+      log: this.options.log,
+    });
+    instance.postmaster = postmaster;
+    void postmaster.exited.then(() => {
+      if (instance.postmaster !== postmaster) return;
+      // It stopped by itself (crashed, or was killed): the next connect starts it again.
+      instance.postmaster = undefined;
+      this.options.onStopping(postmaster.endpoint);
+      this.options.log.warn(
+        { event: 'instance_exited', branch: instance.record.name },
+        `branch instance ${instance.record.name} stopped on its own; it starts again on the next connect`,
+      );
+    });
+    this.options.log.info(
+      { event: 'instance_started', branch: instance.record.name, ms: Date.now() - started },
+      `started branch instance ${instance.record.name} in ${Date.now() - started} ms`,
+    );
+  }
+
+  /** Within maxRunning: suspends the least recently used idle instance when none is free. */
+  private async makeRoom(wanted: Instance): Promise<void> {
+    for (;;) {
+      const running = [...this.instances.values()].filter(
+        (i) => i !== wanted && (i.postmaster || i.transition),
+      );
+      if (running.length < this.options.maxRunning) return;
+      const idle = running
+        .filter((i) => i.clients === 0 && !i.transition)
+        .sort((a, b) => a.lastUsed - b.lastUsed)[0];
+      if (!idle) {
+        throw new PgError(
+          '53300',
+          `too many branch instances running: all ${this.options.maxRunning} (branch.max_running) have clients`,
+          undefined,
+          'Disconnect clients of another branch, or raise branch.max_running if the machine has the memory.',
+        );
+      }
+      await this.suspend(idle, 'limit');
+    }
+  }
+
+  private left(instance: Instance): void {
+    instance.clients--;
+    instance.lastUsed = Date.now();
+    if (instance.clients > 0 || this.closed) return;
+    clearTimeout(instance.suspendTimer);
+    instance.suspendTimer = setTimeout(() => {
+      instance.suspendTimer = undefined;
+      if (instance.clients === 0) void this.suspend(instance, 'idle');
+    }, this.options.suspendAfterMs);
+    instance.suspendTimer.unref();
+  }
+
+  /** Shuts an instance down cleanly; the next connect starts it again. */
+  private async suspend(instance: Instance, why: 'idle' | 'limit' | 'stop'): Promise<void> {
+    while (instance.transition) await instance.transition;
+    clearTimeout(instance.suspendTimer);
+    instance.suspendTimer = undefined;
+    const postmaster = instance.postmaster;
+    if (!postmaster) return;
+    const stop = (async () => {
+      instance.postmaster = undefined;
+      this.options.onStopping(postmaster.endpoint);
+      await postmaster.stop('fast');
+    })();
+    instance.transition = stop.finally(() => (instance.transition = undefined));
+    await instance.transition;
+    this.options.log.info(
+      { event: 'instance_suspended', branch: instance.record.name, reason: why },
+      `suspended branch instance ${instance.record.name} (${why === 'idle' ? 'no clients' : why === 'limit' ? 'branch.max_running reached' : 'pgbranch stops'})`,
+    );
+  }
+}
+
+function endpointOf(instance: Instance): Endpoint {
+  return instance.postmaster!.endpoint;
+}
+
+async function connectTo(instance: Instance, superuser: string): Promise<pg.Client> {
+  const endpoint = instance.postmaster!.endpoint;
+  const client = new pg.Client({
+    host: endpoint.socketDir,
+    port: endpoint.port,
+    user: superuser,
+    database: 'postgres',
+    application_name: 'pgbranch',
+  });
+  await client.connect();
+  return client;
+}
+
+function readRecord(dir: string): InstanceRecord | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(dir, RECORD_FILE), 'utf8')) as InstanceRecord;
+  } catch {
+    return undefined;
+  }
+}
