@@ -12,6 +12,7 @@ import { BranchManager, type BranchResolver } from './branch/manager.js';
 import type { InstanceBranches } from './branch/instance/instances.js';
 import { openInstanceBranches } from './branch/instance/setup.js';
 import type { CopyMethod } from './branch/provider.js';
+import { hostInUrl, reachableHost } from './config/load.js';
 import { commaList, type Config } from './config/schema.js';
 import { serveAdminApi, type AdminApi } from './admin/http.js';
 import { anyOf, Policy } from './lifecycle/policy.js';
@@ -406,10 +407,10 @@ export async function startPgbranch(
     }
   }
   const host = config.listen.host;
-  const hostInUrl = host.includes(':') ? `[${host}]` : host;
+  const at = `${hostInUrl(reachableHost(host))}:${port}`;
   const connectionString = embedded
-    ? `postgres://${embedded.superuser}:${encodeURIComponent(embedded.password)}@${hostInUrl}:${port}/postgres`
-    : `postgres://${encodeURIComponent(String(adminConfig.user))}@${hostInUrl}:${port}/postgres`;
+    ? `postgres://${embedded.superuser}:${encodeURIComponent(embedded.password)}@${at}/postgres`
+    : `postgres://${encodeURIComponent(String(adminConfig.user))}@${at}/postgres`;
 
   let current = config;
   let consoleUsers = roleSet(config.admin.users);

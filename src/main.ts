@@ -2,7 +2,7 @@
 // upstream is set), prints how to connect, and stops both cleanly on Ctrl-C.
 import path from 'node:path';
 import { commandWord } from './cli/args.js';
-import { ConfigError, loadConfig } from './config/load.js';
+import { ConfigError, loadConfig, reachableHost } from './config/load.js';
 import { version } from './version.js';
 
 /** Signals closer together than this are one Ctrl-C seen twice. */
@@ -105,6 +105,11 @@ async function main(): Promise<number> {
   const lines = [
     '',
     `pgbranch ${version} is ready on ${running.host}:${running.port}`,
+    ...(reachableHost(running.host) === running.host
+      ? []
+      : [
+          `  (every interface: ${reachableHost(running.host)} below reaches it from this machine and through a port a container publishes; from elsewhere, use this machine's address)`,
+        ]),
     // A connection string that can only fail is not offered as one.
     ...(running.loginWarning
       ? [

@@ -5,6 +5,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { CopyMethod } from './branch/provider.js';
+import { hostInUrl, reachableHost } from './config/load.js';
 import type { Operation } from './lifecycle/service.js';
 
 const PREFIX = 'pgbranch_';
@@ -263,9 +264,8 @@ export async function serveMetrics(
     );
   }
   const bound = (server.address() as net.AddressInfo).port;
-  const hostInUrl = host.includes(':') ? `[${host}]` : host;
   return {
-    url: `http://${hostInUrl}:${bound}/metrics`,
+    url: `http://${hostInUrl(reachableHost(host))}:${bound}/metrics`,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -8,7 +8,7 @@ import Fastify, {
   type FastifyServerOptions,
 } from 'fastify';
 import type { Logger } from 'pino';
-import { isLoopback } from '../config/load.js';
+import { hostInUrl, isLoopback, reachableHost } from '../config/load.js';
 import type { ExpiryChange, Lifecycle } from '../lifecycle/model.js';
 import { version } from '../version.js';
 import { bearerCheck } from './auth.js';
@@ -437,6 +437,5 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
   }
   const address = app.server.address();
   const bound = typeof address === 'object' && address ? address.port : port;
-  const hostInUrl = host.includes(':') ? `[${host}]` : host;
-  return { url: `http://${hostInUrl}:${bound}`, close: () => app.close() };
+  return { url: `http://${hostInUrl(reachableHost(host))}:${bound}`, close: () => app.close() };
 }

@@ -1,7 +1,7 @@
 // Finding the running pgbranch's admin API from the settings, and, when it can't be asked, telling
 // a person what to do: start pgbranch, point at it, turn its admin API on, or give the token.
 import net from 'node:net';
-import { isLoopback } from '../config/load.js';
+import { hostInUrl, isLoopback, reachableHost as reachable } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { AdminClient, type Unreachable } from './client.js';
 
@@ -21,13 +21,7 @@ const SOURCE_NAMES: Record<string, string> = {
   flags: 'flags',
 };
 
-/** A server that listens on every address is reached on loopback. */
-function reachable(host: string): string {
-  return host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-}
-
-const hostPort = (host: string, port: number) =>
-  `${host.includes(':') ? `[${host}]` : host}:${port}`;
+const hostPort = (host: string, port: number) => `${hostInUrl(host)}:${port}`;
 
 /**
  * The client for the configured admin API, or what to tell a person when the settings say there

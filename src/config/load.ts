@@ -386,6 +386,19 @@ export function isLoopback(host: string): boolean {
 }
 
 /**
+ * The address a client on this machine connects to for a server listening on `host`: one that
+ * listens on every interface (0.0.0.0, ::) is reached on loopback, not at 0.0.0.0.
+ */
+export function reachableHost(host: string): string {
+  return host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+}
+
+/** A host as a URL writes it: IPv6 in brackets. */
+export function hostInUrl(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/**
  * Reads the configuration for `pgbranch argv...`. With --help or --version the file, environment
  * and other flags are not read, so both answer even when the configuration is broken; config is
  * then the defaults. Throws ConfigError naming every bad key and where its value came from.
