@@ -32,7 +32,15 @@ export interface Resolution {
 
 /** Finds where a client's branch lives, making it first if it does not exist. */
 export interface BranchResolver {
-  resolve(target: BranchTarget, user: string): Promise<Resolution>;
+  /**
+   * `notify` hears what a client waiting for a long creation should be told meanwhile (progress
+   * of a copy), as it happens.
+   */
+  resolve(
+    target: BranchTarget,
+    user: string,
+    notify?: (message: string) => void,
+  ): Promise<Resolution>;
   /** Forgets that a database exists (it was dropped behind pgbranch's back, or deleted). */
   forget(database: string): void;
 }

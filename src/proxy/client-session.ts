@@ -231,7 +231,9 @@ async function serveSession(
   /** Tells the caller which server connection to release if this throws. */
   hold: (conn: ServerConnection | undefined) => void,
 ): Promise<void> {
-  const opened = await connectToBranch(ctx, target, user, parameters, login, 'session');
+  const opened = await connectToBranch(ctx, target, user, parameters, login, 'session', (message) =>
+    socket.write(noticeResponse(message)),
+  );
   const conn = opened.conn;
   hold(conn);
   const session = conn.session;
@@ -312,7 +314,15 @@ async function serveTransactions(
   hold: (conn: ServerConnection | undefined) => void,
 ): Promise<void> {
   const state = new ClientState(parameters);
-  const opened = await connectToBranch(ctx, target, user, new Map(), login, 'transaction');
+  const opened = await connectToBranch(
+    ctx,
+    target,
+    user,
+    new Map(),
+    login,
+    'transaction',
+    (message) => socket.write(noticeResponse(message)),
+  );
   hold(opened.conn);
   // The greeting shows the client's own settings: apply them to the first server connection.
   await prepareServer(opened.conn, state);
@@ -483,6 +493,8 @@ async function connectToBranch(
   parameters: Map<string, string>,
   login: ServerLogin,
   mode: PoolMode,
+  /** Tells the client something while it waits (a long creation's progress). */
+  notify: (message: string) => void,
 ): Promise<{
   conn: ServerConnection;
   request: PoolRequest;
@@ -497,7 +509,11 @@ async function connectToBranch(
   leave: (() => void) | undefined;
 }> {
   for (let attempt = 0; ; attempt++) {
-    const { database, created, notice, endpoint, leave } = await ctx.branches.resolve(target, user);
+    const { database, created, notice, endpoint, leave } = await ctx.branches.resolve(
+      target,
+      user,
+      notify,
+    );
     const pools = ctx.poolsFor(endpoint);
     try {
       const request: PoolRequest = { database, user, parameters, login, mode };

@@ -19,6 +19,8 @@ import { startPostmaster, stopLeftover, type Postmaster } from './postmaster.js'
 /** The port in every instance's socket name: each has a socket directory of its own. */
 const INSTANCE_PORT = 5432;
 const RECORD_FILE = 'instance.json';
+/** A creation that takes longer than this tells its waiting clients how far the copy is, this often. */
+const PROGRESS_EVERY_MS = 1_000;
 const CREATING_PREFIX = '.creating-';
 
 export interface InstanceRecord {
@@ -72,7 +74,10 @@ function instanceId(name: string): string {
 
 export class InstanceBranches implements BranchResolver {
   private readonly instances = new Map<string, Instance>();
-  private readonly creating = new Map<string, Promise<Instance>>();
+  private readonly creating = new Map<
+    string,
+    { done: Promise<Instance>; listeners: Set<(message: string) => void> }
+  >();
   private closed = false;
 
   private constructor(private readonly options: InstanceBranchesOptions) {}
@@ -119,9 +124,13 @@ export class InstanceBranches implements BranchResolver {
     return branches;
   }
 
-  async resolve(target: BranchTarget, user: string): Promise<Resolution> {
+  async resolve(
+    target: BranchTarget,
+    user: string,
+    notify?: (message: string) => void,
+  ): Promise<Resolution> {
     if (target.branch === undefined) return { database: target.root, created: false };
-    const { instance, created } = await this.find(target.branch, target.parent, user);
+    const { instance, created } = await this.find(target.branch, target.parent, user, notify);
     instance.clients++;
     instance.lastUsed = Date.now();
     clearTimeout(instance.suspendTimer);
@@ -173,16 +182,29 @@ export class InstanceBranches implements BranchResolver {
     name: string,
     parent: string | undefined,
     user: string,
+    notify: ((message: string) => void) | undefined,
   ): Promise<{ instance: Instance; created: boolean }> {
     const id = instanceId(name);
     const existing = this.instances.get(id);
     if (existing) return { instance: existing, created: false };
     let creation = this.creating.get(id);
     if (!creation) {
-      creation = this.create(id, name, parent, user).finally(() => this.creating.delete(id));
+      const listeners = new Set<(message: string) => void>();
+      const progress = (message: string) => {
+        for (const listener of listeners) listener(message);
+      };
+      creation = {
+        done: this.create(id, name, parent, user, progress).finally(() => this.creating.delete(id)),
+        listeners,
+      };
       this.creating.set(id, creation);
     }
-    return { instance: await creation, created: true };
+    if (notify) creation.listeners.add(notify);
+    try {
+      return { instance: await creation.done, created: true };
+    } finally {
+      if (notify) creation.listeners.delete(notify);
+    }
   }
 
   private async create(
@@ -190,6 +212,7 @@ export class InstanceBranches implements BranchResolver {
     name: string,
     parentName: string | undefined,
     user: string,
+    progress: (message: string) => void,
   ): Promise<Instance> {
     const { log } = this.options;
     if (!(await this.options.mayCreate(user))) {
@@ -211,6 +234,20 @@ export class InstanceBranches implements BranchResolver {
       `${CREATING_PREFIX}${id}-${randomBytes(4).toString('hex')}`,
     );
     fs.mkdirSync(staging, { mode: 0o755 });
+    let nextReport = started + PROGRESS_EVERY_MS;
+    const onProgress = ({ bytes, totalBytes }: { bytes: number; totalBytes: number }) => {
+      const now = Date.now();
+      if (now < nextReport) return;
+      nextReport = now + PROGRESS_EVERY_MS;
+      const rate = bytes / 1024 ** 2 / ((now - started) / 1000);
+      const left = rate > 0 ? (totalBytes - bytes) / 1024 ** 2 / rate : 0;
+      const message = `pgbranch: copying branch "${name}": ${Math.floor((100 * bytes) / Math.max(1, totalBytes))}% (${mb(bytes)} of ${mb(totalBytes)}, ${rate.toFixed(0)} MB/s, about ${Math.ceil(left)} s left)`;
+      progress(message);
+      log.info(
+        { event: 'branch_copy_progress', branch: name, bytes, totalBytes },
+        message.slice('pgbranch: '.length),
+      );
+    };
     try {
       let copied: Awaited<ReturnType<typeof copyCluster>>;
       if (parent) {
@@ -223,6 +260,7 @@ export class InstanceBranches implements BranchResolver {
             ? { connect: () => connectTo(parent, this.options.superuser) }
             : undefined,
           owner: this.options.owner,
+          onProgress,
         });
       } else {
         copied = await copyCluster({
@@ -230,6 +268,7 @@ export class InstanceBranches implements BranchResolver {
           target: path.join(staging, 'pg'),
           running: { connect: this.options.root.connect },
           owner: this.options.owner,
+          onProgress,
         });
       }
       const record: InstanceRecord = {
@@ -395,4 +434,8 @@ function readRecord(dir: string): InstanceRecord | undefined {
   } catch {
     return undefined;
   }
+}
+
+function mb(bytes: number): string {
+  return `${(bytes / 1024 ** 2).toFixed(0)} MB`;
 }
