@@ -115,6 +115,8 @@ describe('naming the branch and its parent through options', () => {
     await parent.query("update t set origin = 'develop'");
     await parent.end();
     expect(await originIn('app@feature-on-develop', '-c pgbranch.parent=develop')).toBe('develop');
+    // The parent written in full, as pgbranch names it everywhere, is the same branch.
+    expect(await originIn('app@also-on-develop', '-c pgbranch.parent=app@develop')).toBe('develop');
     // Default parent: the root.
     expect(await originIn('app@feature-on-main')).toBe('root');
     expect(proxy.events('branch_created')).toContainEqual(

@@ -37,6 +37,22 @@ describe('parseConnectTarget', () => {
     expect(parsed.options).toBe('-c statement_timeout=5s');
   });
 
+  it('takes the parent in full too, as it is named everywhere else: app, app@develop', () => {
+    expect(parseConnectTarget('app@x', '-c pgbranch.parent=app@develop').target).toEqual({
+      root: 'app',
+      branch: 'x',
+      parent: 'develop',
+    });
+    expect(parseConnectTarget('app@x', '-c pgbranch.parent=app').target).toEqual({
+      root: 'app',
+      branch: 'x',
+    });
+    // Only the database's own prefix is taken off: a branch may be named release@2.
+    expect(parseConnectTarget('app@x', '-c pgbranch.parent=release@2').target.parent).toBe(
+      'release@2',
+    );
+  });
+
   it('drops options entirely when only pgbranch settings were in it', () => {
     expect(parseConnectTarget('app', '-cpgbranch.branch=x').options).toBeUndefined();
   });

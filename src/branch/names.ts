@@ -108,11 +108,12 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
   const point = named === undefined ? undefined : splitRestorePoint(`${root}${SEPARATOR}${named}`);
   if (point) throw errors.restorePointConnect(point.branch, point.point);
   if (named !== undefined) validateBranchName(named);
-  if (parent !== undefined) validateBranchName(parent);
+  const parentName = parent === undefined ? undefined : parentBranch(root, parent);
+  if (parentName !== undefined) validateBranchName(parentName);
   const branch = named === undefined || named === ROOT_BRANCH ? undefined : named;
   const target: BranchTarget = { root };
   if (branch !== undefined) target.branch = branch;
-  if (parent !== undefined && parent !== ROOT_BRANCH) target.parent = parent;
+  if (parentName !== undefined && parentName !== ROOT_BRANCH) target.parent = parentName;
   const parsed: ParsedConnectTarget = { target };
   if (rest !== undefined) parsed.options = rest;
   if (poolMode !== undefined) parsed.poolMode = poolMode;
@@ -143,6 +144,17 @@ export function parentWithin(database: string, parent: string): string {
     );
   }
   return parent.slice(at + 1) || ROOT_BRANCH;
+}
+
+/**
+ * A parent as users write it, in full (`app`, `app@develop`) or by its branch name alone (`main`,
+ * `develop`), as a branch name within `database`. A bare name may itself hold "@" (a branch named
+ * release@2), so only the database's own prefix is taken off.
+ */
+export function parentBranch(database: string, given: string): string {
+  if (given === database) return ROOT_BRANCH;
+  if (!given.startsWith(`${database}${SEPARATOR}`)) return given;
+  return given.slice(database.length + SEPARATOR.length) || ROOT_BRANCH;
 }
 
 /** Branch names come from git and CI as they are; only what can't be stored or shown is refused. */

@@ -9,7 +9,7 @@ import type pg from 'pg';
 import type { Cloner } from '../branch/cloner.js';
 import {
   branchName,
-  parentWithin,
+  parentBranch,
   parseBranchName,
   physicalName,
   ROOT_BRANCH,
@@ -171,15 +171,7 @@ export class LifecycleService implements Lifecycle {
   async create(request: CreateRequest): Promise<CreateResult> {
     const { root, branch } = parseBranchName(request.name);
     if (branch === ROOT_BRANCH) throw notABranch(request.name);
-    // `develop`, or written in full as `app@develop` (`app` for the root). A bare name may itself
-    // hold "@" (a branch named release@2), so only the database's own prefix is taken off.
-    const given = request.parent;
-    const parent =
-      given === undefined
-        ? ROOT_BRANCH
-        : given === root || given.startsWith(`${root}${SEPARATOR}`)
-          ? parentWithin(root, given)
-          : given;
+    const parent = request.parent === undefined ? ROOT_BRANCH : parentBranch(root, request.parent);
     validateBranchName(parent);
     this.checkBranchable(root, branch);
     const expiresAt = request.expiresAt === undefined ? undefined : parseTime(request.expiresAt);
