@@ -446,10 +446,11 @@ describe.concurrent('exit codes', () => {
     ]);
     const notTheApi = `, so it is not pgbranch's admin API.\nSay where pgbranch's admin API is: ${WHERE}.\n`;
     expect(proxyPort).toMatchObject({ code: 3, stdout: '' });
-    // PostgreSQL's protocol answers an HTTP request with an error packet.
+    // PostgreSQL (and the proxy, as it does) closes on an HTTP request without a word: the CLI
+    // asks the port whether it speaks PostgreSQL's protocol.
     expect(proxyPort.stderr).toBe(
       `pgbranch: cannot reach pgbranch's admin API at http://127.0.0.1:${proxy.port}: ` +
-        `it answered with something other than HTTP${notTheApi}`,
+        `it speaks PostgreSQL's protocol (a PostgreSQL server, or pgbranch's proxy port)${notTheApi}`,
     );
     expect(metrics).toEqual({
       code: 3,

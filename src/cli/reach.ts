@@ -56,11 +56,21 @@ export async function explainUnreachable(error: Unreachable, config: Config): Pr
       return `cannot use pgbranch's admin API at ${error.url}: ${error.message}.\n${TOKEN}`;
     case 'foreign':
       return `${cannot}, so it is not pgbranch's admin API.\nSay where pgbranch's admin API is: ${WHERE}.`;
-    case 'dropped':
+    case 'dropped': {
+      // PostgreSQL (and pgbranch's proxy, as it does) closes on an HTTP request without a word.
+      const at = new URL(error.url);
+      if (await speaksPostgres(at.hostname, Number(at.port))) {
+        return (
+          `cannot reach pgbranch's admin API at ${error.url}: it speaks PostgreSQL's protocol ` +
+          `(a PostgreSQL server, or pgbranch's proxy port), so it is not pgbranch's admin API.\n` +
+          `Say where pgbranch's admin API is: ${WHERE}.`
+        );
+      }
       return (
         `${cannot} (pgbranch stopped, or something between cut it off).\n` +
         `What it was asked may have happened or still be under way: look with npx pgbranch branch list once it runs.`
       );
+    }
     case 'network':
       return `${cannot}.\nSay where pgbranch runs: ${WHERE}.`;
     case 'refused': {
@@ -84,6 +94,29 @@ export async function explainUnreachable(error: Unreachable, config: Config): Pr
       );
     }
   }
+}
+
+/** Whether host:port answers an SSLRequest as a PostgreSQL server does, with one byte N or S. */
+function speaksPostgres(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port, timeout: PROBE_MS });
+    const answer = (postgres: boolean) => {
+      socket.destroy();
+      resolve(postgres);
+    };
+    socket.once('connect', () => {
+      const request = Buffer.alloc(8);
+      request.writeInt32BE(8, 0);
+      request.writeInt32BE(80877103, 4);
+      socket.write(request);
+    });
+    socket.once('data', (chunk: Buffer) =>
+      answer(chunk.length === 1 && (chunk[0] === 0x4e || chunk[0] === 0x53)),
+    );
+    socket.once('timeout', () => answer(false));
+    socket.once('error', () => answer(false));
+    socket.once('close', () => answer(false));
+  });
 }
 
 /** Whether anything accepts a TCP connection at host:port. */
