@@ -10,7 +10,9 @@ import { DatabaseProvider } from './branch/database-provider.js';
 import { Cloner } from './branch/cloner.js';
 import { BranchManager, type BranchResolver } from './branch/manager.js';
 import type { InstanceBranches } from './branch/instance/instances.js';
-import { openInstanceBranches } from './branch/instance/setup.js';
+import { directorySize, openInstanceBranches } from './branch/instance/setup.js';
+import { InstanceLifecycle } from './lifecycle/instance-lifecycle.js';
+import type { Lifecycle } from './lifecycle/model.js';
 import type { CopyMethod } from './branch/provider.js';
 import { hostInUrl, reachableHost } from './config/load.js';
 import { commaList, type Config } from './config/schema.js';
@@ -50,9 +52,9 @@ export interface Running {
   /** A connection string for the superuser (embedded) or a template without password (upstream). */
   connectionString: string;
   copyMethod: CopyMethod;
-  serverVersion: string;
   /** How branches are made: databases in one cluster, or instances of their own. */
   provider: 'database' | 'instance';
+  serverVersion: string;
   embedded?: EmbeddedServer;
   upstream: string;
   /** Where Prometheus metrics are served; undefined when metrics.enabled is false. */
@@ -236,7 +238,6 @@ export async function startPgbranch(
     await admin.end().catch(() => undefined);
     await embedded?.stop();
   };
-  // eslint-disable-next-line prefer-const -- the manager and the service refer to each other
   let instances: InstanceBranches | undefined;
   if (config.branch.provider === 'instance') {
     if (!embedded) {
@@ -258,6 +259,7 @@ export async function startPgbranch(
       throw error;
     }
   }
+  // eslint-disable-next-line prefer-const -- the manager and the service refer to each other
   let branches: BranchResolver;
   const lifecycle = new LifecycleService({
     provider,
@@ -272,6 +274,14 @@ export async function startPgbranch(
     onCreated: metrics && ((mode, ms, ok) => metrics.branchCreated(mode, ms, ok)),
     onOperation: metrics && ((operation, ok) => metrics.branchOperation(operation, ok)),
   });
+  /** What the CLI, the API and the console work on: instance branches, or the service's. */
+  const branchLifecycle: Lifecycle = instances
+    ? new InstanceLifecycle(instances, {
+        createdAt: null,
+        diskBytes: () => directorySize(embedded!.pgDataDir),
+        clients: () => [...registry.all()].filter((c) => !c.requested.includes('@')).length,
+      })
+    : lifecycle;
   branches =
     instances ??
     new BranchManager({
@@ -287,8 +297,8 @@ export async function startPgbranch(
     loginHint: config.auth === 'trust' ? undefined : () => passwordlessHint.hint(),
     branches,
     pools,
-    cancels: new CancelRegistry(endpoint),
     poolsFor,
+    cancels: new CancelRegistry(endpoint),
     maxClients: config.pool.max_client_connections,
     clients,
     registry,
@@ -298,7 +308,7 @@ export async function startPgbranch(
     idleInTransactionTimeoutMs: config.pool.idle_in_transaction_timeout,
     maxPreparedStatements: config.pool.max_prepared_statements,
     console: {
-      lifecycle,
+      lifecycle: branchLifecycle,
       pools,
       clients: registry,
       log,
@@ -393,7 +403,7 @@ export async function startPgbranch(
   if (config.admin.enabled) {
     try {
       adminApi = await serveAdminApi({
-        lifecycle,
+        lifecycle: branchLifecycle,
         host: config.admin.host,
         port: config.admin.port,
         token: config.admin.token,
@@ -453,8 +463,8 @@ export async function startPgbranch(
       clearInterval(sweeper);
       const closed = closeListeners();
       pools.close();
-      drain.close();
       for (const instance of instancePools.values()) instance.close();
+      drain.close();
       for (const socket of ctx.clients) socket.destroy();
       await closed;
       await metricsServer?.close();
@@ -462,8 +472,8 @@ export async function startPgbranch(
       await lifecycle
         .flushTouched()
         .catch((error: unknown) => log.warn({ err: error }, 'could not record last connections'));
-      await admin.end().catch(() => undefined);
       await instances?.close();
+      await admin.end().catch(() => undefined);
       await embedded?.stop();
     })());
 

@@ -288,3 +288,96 @@ describe('a pgbranch killed mid-creation', () => {
     }
   });
 });
+
+describe('the lifecycle of instance branches, through the admin API', () => {
+  // The tests read whatever the route answers; src/admin/schemas.ts says what it is.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  type Json = Record<string, any>;
+  async function api(method: string, route: string, body?: unknown) {
+    const response = await fetch(proxy.ready.adminUrl + route, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: response.status, body: (await response.json()) as Json };
+  }
+  const branchPath = (name: string, rest = '') => `/v1/branches/${encodeURIComponent(name)}${rest}`;
+
+  it('lists the root instance and every instance branch, with its state and size on disk', async () => {
+    await leave(await connect('app@listed'));
+    const { status, body } = await api('GET', '/v1/branches');
+    expect(status).toBe(200);
+    const byName = new Map<string, Json>(body.branches.map((b: Json) => [b.name, b]));
+    expect(byName.get('main')).toMatchObject({ protected: true, state: 'running' });
+    expect(byName.get('listed')).toMatchObject({
+      parent: 'main',
+      state: 'running',
+      origin: 'pgbranch',
+    });
+    expect(byName.get('listed')!.sizeBytes).toBeGreaterThan(1024 * 1024);
+    expect(byName.get('listed')!.createdAt).toEqual(expect.any(String));
+    while ((await api('GET', branchPath('listed'))).body.state !== 'suspended') await sleep(100);
+  });
+
+  it('creates a branch (idempotent, 409 with another parent) that clients then connect to', async () => {
+    const made = await api('POST', '/v1/branches', { name: 'app@api-made' });
+    expect(made).toMatchObject({
+      status: 201,
+      body: { created: true, branch: { name: 'api-made' } },
+    });
+    expect((await api('POST', '/v1/branches', { name: 'billing@api-made' })).body).toMatchObject({
+      created: false,
+    });
+    const other = await api('POST', '/v1/branches', { name: 'api-made', parent: 'listed' });
+    expect(other).toMatchObject({ status: 409, body: { error: { code: '42P04' } } });
+    const client = await connect('app@api-made');
+    expect((await client.query('select count(*)::int as n from counter')).rows[0].n).toEqual(
+      expect.any(Number),
+    );
+    expect(proxy.events('branch_created').filter((e) => e.branch === 'api-made')).toHaveLength(1);
+  });
+
+  it('resets a branch to a new copy of its parent: its writes are gone, its clients told 57P01', async () => {
+    const client = await connect('app@to-reset');
+    await client.query("insert into notes (body) values ('before reset')");
+    const gone = new Promise<unknown>((resolve) => client.once('error', resolve));
+    const reset = await api('POST', branchPath('app@to-reset', '/reset'));
+    expect(reset).toMatchObject({ status: 200, body: { name: 'to-reset' } });
+    expect(await gone).toMatchObject({ code: '57P01' });
+    const again = await connect('app@to-reset');
+    expect(
+      (await again.query("select count(*)::int as n from notes where body = 'before reset'")).rows,
+    ).toEqual([{ n: 0 }]);
+  });
+
+  it('protects, refuses to delete a protected branch or one with children, deletes with cascade', async () => {
+    await leave(await connect('app@family'));
+    await leave(await connect('app@family-child', '-c pgbranch.parent=family'));
+    expect((await api('PUT', branchPath('family', '/protection'))).body).toMatchObject({
+      protected: true,
+    });
+    expect(await api('DELETE', branchPath('family'))).toMatchObject({
+      status: 403,
+      body: { error: { code: '42501' } },
+    });
+    await api('DELETE', branchPath('family', '/protection'));
+    expect(await api('DELETE', branchPath('family'))).toMatchObject({
+      status: 409,
+      body: { error: { code: '2BP01' } },
+    });
+    expect(await api('DELETE', `${branchPath('family')}?cascade=true`)).toMatchObject({
+      status: 200,
+      body: { deleted: ['family-child', 'family'] },
+    });
+    expect((await api('GET', branchPath('family'))).status).toBe(404);
+    expect(await api('DELETE', branchPath('main'))).toMatchObject({
+      status: 403,
+      body: { error: { code: '42501' } },
+    });
+  });
+
+  it('says plainly what instance branches cannot do yet (0A000)', async () => {
+    const point = await api('POST', branchPath('api-made', '/snapshots'), { name: 'before' });
+    expect(point).toMatchObject({ status: 400, body: { error: { code: '0A000' } } });
+  });
+});

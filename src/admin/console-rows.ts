@@ -27,6 +27,7 @@ export function branchesTable(branches: readonly BranchInfo[]): Table {
       { name: 'expires', type: 'timestamptz' },
       { name: 'snapshots', type: 'int8' },
       { name: 'database', type: 'text' },
+      { name: 'state', type: 'text' },
     ],
     rows: branches.map((b) => [
       b.name,
@@ -41,6 +42,7 @@ export function branchesTable(branches: readonly BranchInfo[]): Table {
       timestamp(b.expiresBy),
       String(b.snapshots.length),
       b.physical,
+      b.state,
     ]),
   };
 }

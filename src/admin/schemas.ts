@@ -42,6 +42,7 @@ const branchInfo = {
     'ttlMs',
     'expiresBy',
     'origin',
+    'state',
     'snapshots',
   ],
   properties: {
@@ -81,6 +82,11 @@ const branchInfo = {
       description: 'When the sweeper will delete it, the earlier of both expiries.',
     },
     origin: { type: 'string', enum: ['pgbranch', 'external'] },
+    state: {
+      type: 'string',
+      enum: ['running', 'suspended'],
+      description: 'An instance branch is suspended while its instance is shut down.',
+    },
     snapshots: { type: 'array', items: { $ref: 'SnapshotInfo#' } },
   },
 } as const;

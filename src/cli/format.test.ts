@@ -34,6 +34,7 @@ function branch(name: string, parent: string | null, more: Partial<BranchInfo> =
     ttlMs: null,
     expiresBy: null,
     origin: parent === null ? 'external' : 'pgbranch',
+    state: 'running',
     snapshots: [],
     ...more,
   };

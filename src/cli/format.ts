@@ -72,6 +72,7 @@ function notes(branch: BranchInfo): string {
     root ? 'root' : undefined,
     branch.protected && !root ? 'protected' : undefined,
     branch.clone ? 'clone' : undefined,
+    branch.state === 'suspended' ? 'suspended' : undefined,
     branch.origin === 'external' && !root ? 'made outside pgbranch' : undefined,
     count > 0 ? `${count} restore point${count === 1 ? '' : 's'}` : undefined,
   ]

@@ -40,6 +40,11 @@ export interface BranchInfo {
   expiresBy: string | null;
   /** `pgbranch` when pgbranch made it; `external` for a database named like a branch made by hand. */
   origin: 'pgbranch' | 'external';
+  /**
+   * Whether it takes connections now: a database branch always does; an instance branch is
+   * `suspended` while its instance is shut down (it starts on the next connect).
+   */
+  state: 'running' | 'suspended';
   /** Restore points of this branch, oldest first. */
   snapshots: SnapshotInfo[];
 }

@@ -565,6 +565,7 @@ export class LifecycleService implements Lifecycle {
       ttlMs,
       expiresBy: expiryOf(expiresAt, ttlMs, lastConnected ?? timeOf(record?.createdAt)),
       origin: record ? 'pgbranch' : 'external',
+      state: 'running',
       snapshots: this.pointsOf(catalog, entry).map((s) => ({
         name: s.record.snapshot!,
         of: entry.name,

@@ -22,6 +22,8 @@ const RECORD_FILE = 'instance.json';
 /** A creation that takes longer than this tells its waiting clients how far the copy is, this often. */
 const PROGRESS_EVERY_MS = 1_000;
 const CREATING_PREFIX = '.creating-';
+/** An instance's directory while a reset swaps in its new copy: put back at start if left alone. */
+const OLD_PREFIX = '.old-';
 
 export interface InstanceRecord {
   name: string;
@@ -29,6 +31,19 @@ export interface InstanceRecord {
   parent: string | null;
   createdAt: string;
   mode: 'clone' | 'copy';
+  protected?: boolean;
+  lastConnectedAt?: string;
+}
+
+/** An instance branch as the lifecycle sees it. */
+export interface InstanceView {
+  record: InstanceRecord;
+  running: boolean;
+  clients: number;
+  /** Its directory, relative to the data directory (`instances/<id>`). */
+  dir: string;
+  /** Disk its files take (blocks allocated; a clone's shared blocks counted in full). */
+  diskBytes: number;
 }
 
 export interface InstanceBranchesOptions {
@@ -93,6 +108,15 @@ export class InstanceBranches implements BranchResolver {
   static async open(options: InstanceBranchesOptions): Promise<InstanceBranches> {
     fs.mkdirSync(options.dir, { recursive: true, mode: 0o755 });
     const branches = new InstanceBranches(options);
+    // A reset killed between its two renames: the branch is its old copy again.
+    for (const name of fs.readdirSync(options.dir)) {
+      if (!name.startsWith(OLD_PREFIX)) continue;
+      const id = name.slice(OLD_PREFIX.length);
+      const current = path.join(options.dir, id);
+      if (fs.existsSync(current)) {
+        fs.rmSync(path.join(options.dir, name), { recursive: true, force: true });
+      } else fs.renameSync(path.join(options.dir, name), current);
+    }
     for (const entry of fs.readdirSync(options.dir, { withFileTypes: true })) {
       if (!entry.isDirectory()) continue;
       const dir = path.join(options.dir, entry.name);
@@ -131,6 +155,7 @@ export class InstanceBranches implements BranchResolver {
   ): Promise<Resolution> {
     if (target.branch === undefined) return { database: target.root, created: false };
     const { instance, created } = await this.find(target.branch, target.parent, user, notify);
+    instance.record.lastConnectedAt = new Date().toISOString();
     instance.clients++;
     instance.lastUsed = Date.now();
     clearTimeout(instance.suspendTimer);
@@ -178,10 +203,106 @@ export class InstanceBranches implements BranchResolver {
     await Promise.all([...this.instances.values()].map((i) => this.suspend(i, 'stop')));
   }
 
+  /** Every instance branch, for the lifecycle's list. */
+  list(): InstanceView[] {
+    return [...this.instances.values()].map((instance) => ({
+      record: instance.record,
+      running: instance.postmaster !== undefined,
+      clients: instance.clients,
+      dir: path.join(path.basename(this.options.dir), instance.id),
+      diskBytes: diskUsage(instance.dir),
+    }));
+  }
+
+  /**
+   * Makes instance `name` from `parent` (the root instance when undefined) without a client, as
+   * the lifecycle's create does; false when it existed already with that parent. 42P04 when it
+   * exists with another.
+   */
+  async make(name: string, parent: string | undefined): Promise<boolean> {
+    const existing = this.instances.get(instanceId(name));
+    if (existing) {
+      if (existing.record.parent !== (parent ?? null)) {
+        throw new PgError(
+          '42P04',
+          `branch "${name}" already exists, made from ${existing.record.parent ?? 'the root instance'}`,
+          undefined,
+          `It was not made from ${parent ?? 'the root instance'}; delete it first to make it again.`,
+          'ERROR',
+        );
+      }
+      return false;
+    }
+    const { created } = await this.find(name, parent, undefined, undefined);
+    return created;
+  }
+
+  /** Stops instance `name` (its clients are disconnected, 57P01) and removes it. */
+  async remove(name: string): Promise<void> {
+    const instance = this.mustGet(name);
+    await this.suspend(instance, 'stop');
+    this.instances.delete(instance.id);
+    await fs.promises.rm(instance.dir, { recursive: true, force: true });
+    this.options.log.info(
+      { event: 'branch_deleted', branch: name, provider: 'instance' },
+      `deleted branch instance ${name}`,
+    );
+  }
+
+  /**
+   * Makes instance `name` a fresh copy of its parent's current state, same name and connection
+   * string: the copy is made aside first (a failure leaves the branch as it was), then the
+   * instance is stopped (its clients get 57P01) and the new copy swapped in.
+   */
+  async reset(name: string): Promise<void> {
+    const instance = this.mustGet(name);
+    const replacement = await this.create(
+      instance.id,
+      name,
+      instance.record.parent ?? undefined,
+      undefined,
+      () => undefined,
+      false,
+    );
+    const swap = (async () => {
+      await this.suspend(instance, 'stop');
+      const old = path.join(this.options.dir, `${OLD_PREFIX}${instance.id}`);
+      fs.renameSync(instance.dir, old);
+      fs.renameSync(replacement.dir, instance.dir);
+      instance.record = { ...replacement.record, protected: instance.record.protected };
+      writeRecord(instance.dir, instance.record);
+      await fs.promises.rm(old, { recursive: true, force: true });
+    })();
+    while (instance.transition) await instance.transition;
+    instance.transition = swap.finally(() => (instance.transition = undefined));
+    await instance.transition;
+    this.options.log.info(
+      { event: 'branch_reset', branch: name, provider: 'instance' },
+      `reset branch instance ${name} to a new copy of ${instance.record.parent ?? 'the root instance'}`,
+    );
+  }
+
+  setProtected(name: string, on: boolean): void {
+    const instance = this.mustGet(name);
+    instance.record = { ...instance.record, protected: on };
+    writeRecord(instance.dir, instance.record);
+  }
+
+  has(name: string): boolean {
+    return this.instances.has(instanceId(name));
+  }
+
+  private mustGet(name: string): Instance {
+    const instance = this.instances.get(instanceId(name));
+    if (!instance) throw errors.branchMissing(name);
+    return instance;
+  }
+
   private async find(
     name: string,
     parent: string | undefined,
-    user: string,
+    /** Whose connect makes it (checked may create); undefined for the lifecycle's own. */
+    user: string | undefined,
     notify: ((message: string) => void) | undefined,
   ): Promise<{ instance: Instance; created: boolean }> {
     const id = instanceId(name);
@@ -207,15 +328,20 @@ export class InstanceBranches implements BranchResolver {
     }
   }
 
+  /**
+   * Copies the parent into a staging directory and, when `install`, renames it into place and
+   * registers the instance; otherwise leaves it staged for reset() to swap in.
+   */
   private async create(
     id: string,
     name: string,
     parentName: string | undefined,
-    user: string,
+    user: string | undefined,
     progress: (message: string) => void,
+    install = true,
   ): Promise<Instance> {
     const { log } = this.options;
-    if (!(await this.options.mayCreate(user))) {
+    if (user !== undefined && !(await this.options.mayCreate(user))) {
       throw errors.mayNotCreateBranch(user, name, parentName ?? 'the root instance');
     }
     const parent =
@@ -277,9 +403,9 @@ export class InstanceBranches implements BranchResolver {
         createdAt: new Date().toISOString(),
         mode: copied.mode,
       };
-      fs.writeFileSync(path.join(staging, RECORD_FILE), `${JSON.stringify(record, null, 2)}\n`);
-      const dir = path.join(this.options.dir, id);
-      fs.renameSync(staging, dir);
+      writeRecord(staging, record);
+      const dir = install ? path.join(this.options.dir, id) : staging;
+      if (install) fs.renameSync(staging, dir);
       const instance: Instance = {
         id,
         dir,
@@ -290,7 +416,7 @@ export class InstanceBranches implements BranchResolver {
         lastUsed: Date.now(),
         suspendTimer: undefined,
       };
-      this.instances.set(id, instance);
+      if (install) this.instances.set(id, instance);
       log.info(
         {
           event: 'branch_created',
@@ -381,6 +507,10 @@ export class InstanceBranches implements BranchResolver {
   private left(instance: Instance): void {
     instance.clients--;
     instance.lastUsed = Date.now();
+    if (this.instances.get(instance.id) === instance) {
+      instance.record.lastConnectedAt = new Date(instance.lastUsed).toISOString();
+      writeRecord(instance.dir, instance.record);
+    }
     if (instance.clients > 0 || this.closed) return;
     clearTimeout(instance.suspendTimer);
     instance.suspendTimer = setTimeout(() => {
@@ -426,6 +556,26 @@ async function connectTo(instance: Instance, superuser: string): Promise<pg.Clie
   });
   await client.connect();
   return client;
+}
+
+function writeRecord(dir: string, record: InstanceRecord): void {
+  const file = path.join(dir, RECORD_FILE);
+  fs.writeFileSync(`${file}.tmp`, `${JSON.stringify(record, null, 2)}\n`);
+  fs.renameSync(`${file}.tmp`, file);
+}
+
+/** Bytes of disk the files under `dir` take (allocated blocks). */
+function diskUsage(dir: string): number {
+  let total = 0;
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (!entry.isFile()) continue;
+    try {
+      total += fs.statSync(path.join(entry.parentPath, entry.name)).blocks * 512;
+    } catch {
+      // Gone meanwhile (a running instance's temporary files).
+    }
+  }
+  return total;
 }
 
 function readRecord(dir: string): InstanceRecord | undefined {
