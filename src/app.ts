@@ -275,13 +275,28 @@ export async function startPgbranch(
     onOperation: metrics && ((operation, ok) => metrics.branchOperation(operation, ok)),
   });
   /** What the CLI, the API and the console work on: instance branches, or the service's. */
-  const branchLifecycle: Lifecycle = instances
-    ? new InstanceLifecycle(instances, {
+  const instanceLifecycle =
+    instances &&
+    new InstanceLifecycle(
+      instances,
+      {
         createdAt: null,
         diskBytes: () => directorySize(embedded!.pgDataDir),
         clients: () => [...registry.all()].filter((c) => !c.requested.includes('@')).length,
-      })
-    : lifecycle;
+        withSession: async (database, work) => {
+          const client = connectTo(database);
+          await client.connect();
+          try {
+            return await work(client);
+          } finally {
+            await client.end().catch(() => undefined);
+          }
+        },
+      },
+      () => lifecycle.settings.policy,
+      log,
+    );
+  const branchLifecycle: Lifecycle = instanceLifecycle ?? lifecycle;
   branches =
     instances ??
     new BranchManager({
@@ -428,6 +443,9 @@ export async function startPgbranch(
   function startSweeper(intervalMs: number): NodeJS.Timeout {
     const timer = setInterval(() => {
       lifecycle.sweep().catch((error: unknown) => log.warn({ err: error }, 'branch sweep failed'));
+      instanceLifecycle
+        ?.sweep()
+        .catch((error: unknown) => log.warn({ err: error }, 'instance branch sweep failed'));
     }, intervalMs);
     timer.unref();
     return timer;

@@ -48,6 +48,8 @@ beforeAll(async () => {
       String(MAX_RUNNING),
       '--branch-suspend-after',
       '2s',
+      '--branch-sweep-interval',
+      '1s',
     ],
   });
   expect(await psql(proxy.url('postgres'), 'create database app')).toMatchObject({ code: 0 });
@@ -376,8 +378,77 @@ describe('the lifecycle of instance branches, through the admin API', () => {
     });
   });
 
-  it('says plainly what instance branches cannot do yet (0A000)', async () => {
-    const point = await api('POST', branchPath('api-made', '/snapshots'), { name: 'before' });
-    expect(point).toMatchObject({ status: 400, body: { error: { code: '0A000' } } });
+  it('takes a restore point, restores to it (a migration rolled back), branches from it, deletes it', async () => {
+    const client = await connect('app@migrating');
+    await client.query("insert into notes (body) values ('kept')");
+    const point = await api('POST', branchPath('app@migrating', '/snapshots'), { name: 'before' });
+    expect(point).toMatchObject({ status: 201, body: { name: 'before', of: 'migrating' } });
+    await client.query('alter table notes add column extra int');
+    await client.query("insert into notes (body) values ('after the point')");
+    const gone = new Promise<unknown>((resolve) => client.once('error', resolve));
+    const restored = await api('POST', branchPath('migrating', '/restore'), { snapshot: 'before' });
+    expect(restored).toMatchObject({ status: 200, body: { restoredFrom: 'before' } });
+    expect(await gone).toMatchObject({ code: '57P01' });
+    const again = await connect('app@migrating');
+    const notes = await again.query<{ body: string }>('select body from notes where id > 0');
+    expect(notes.rows.map((r) => r.body)).toContain('kept');
+    expect(notes.rows.map((r) => r.body)).not.toContain('after the point');
+    expect(notes.fields.map((f) => f.name)).not.toContain('extra');
+    const fromPoint = await api('POST', '/v1/branches', {
+      name: 'from-point',
+      parent: 'migrating',
+      snapshot: 'before',
+    });
+    expect(fromPoint).toMatchObject({ status: 201, body: { branch: { fromSnapshot: 'before' } } });
+    const child = await connect('app@from-point');
+    expect(
+      (await child.query("select count(*)::int as n from notes where body = 'kept'")).rows,
+    ).toEqual([{ n: 1 }]);
+    expect(
+      (await api('DELETE', branchPath('migrating', '/snapshots/before'))).body.deleted,
+    ).toEqual(['migrating:before']);
+    expect((await api('GET', branchPath('migrating'))).body.snapshots).toEqual([]);
+  });
+
+  it('shows the schema difference of a database between the root and a branch', async () => {
+    const branch = await connect('app@diffed');
+    await branch.query('create table only_here (id int primary key)');
+    const { status, body } = await api(
+      'GET',
+      `/v1/diff?from=app&to=${encodeURIComponent('app@diffed')}`,
+    );
+    expect(status).toBe(200);
+    expect(body.text).toContain('only_here');
+  });
+
+  it('deletes an expired branch with the sweeper, and gc deletes branches no git branch has', async () => {
+    await leave(await connect('app@short-lived'));
+    await api('PATCH', branchPath('short-lived'), {
+      expiresAt: new Date(Date.now() - 1000).toISOString(),
+    });
+    while (!proxy.events('branch_expired').some((e) => e.branch === 'short-lived')) {
+      await sleep(100);
+    }
+    expect((await api('GET', branchPath('short-lived'))).status).toBe(404);
+
+    await leave(await connect('app@gc-live'));
+    await leave(await connect('app@gc-dead'));
+    const dry = await api('POST', '/v1/gc', { keep: ['gc-live'], patterns: ['gc-*'] });
+    expect(dry.body).toMatchObject({ deleted: ['gc-dead'], applied: false });
+    const applied = await api('POST', '/v1/gc', {
+      keep: ['gc-live'],
+      patterns: ['gc-*'],
+      apply: true,
+    });
+    expect(applied.body).toMatchObject({ deleted: ['gc-dead'], applied: true });
+    expect((await api('GET', branchPath('gc-dead'))).status).toBe(404);
+    expect((await api('GET', branchPath('gc-live'))).status).toBe(200);
+  });
+  it('says plainly what instance branches cannot do yet (0A000): a diff with a restore point', async () => {
+    const { body } = await api(
+      'GET',
+      `/v1/diff?from=${encodeURIComponent('app@diffed:x')}&to=${encodeURIComponent('app@diffed')}`,
+    );
+    expect(body).toMatchObject({ error: { code: '0A000' } });
   });
 });

@@ -165,6 +165,10 @@ describe('loadConfig', () => {
       'branch.root_snapshot_interval',
       'branch.root_snapshot_copies',
       'branch.use_root_snapshot',
+      'branch.provider',
+      'branch.suspend_after',
+      'branch.max_running',
+      'branch.instance_settings',
       'admin.enabled',
       'admin.host',
       'admin.port',
@@ -460,6 +464,10 @@ describe('config/pgbranch.example.yaml', () => {
       embedded: { ...defaults.embedded, password: 'change-me' },
       admin: { ...defaults.admin, token: 'change-me' },
       redis: { url: 'redis://127.0.0.1:6379' },
+      branch: {
+        ...defaults.branch,
+        instance_settings: 'shared_buffers=32MB, max_connections=50',
+      },
     });
   });
 });

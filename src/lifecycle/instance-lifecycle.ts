@@ -1,10 +1,21 @@
 // The lifecycle of instance branches (branch.provider: instance), behind the same CLI, HTTP API and
 // SQL console as database branches. A branch is a whole instance: `app@feature-x` and
 // `billing@feature-x` name the same branch `feature-x`, and it is listed once, by its branch name.
-// What instances can't do yet is refused with 0A000 and says so.
+// Restore points are stopped copies of an instance; a diff reads database `app` of both sides.
+import path from 'node:path';
+import type pg from 'pg';
+import type { Logger } from 'pino';
 import type { InstanceBranches, InstanceView } from '../branch/instance/instances.js';
-import { ROOT_BRANCH, SEPARATOR, validateBranchName } from '../branch/names.js';
+import {
+  ROOT_BRANCH,
+  SEPARATOR,
+  SNAPSHOT_SEPARATOR,
+  splitRestorePoint,
+  validateBranchName,
+} from '../branch/names.js';
 import { errors, PgError } from '../errors.js';
+import { diffSchemas, readSchema } from './diff.js';
+import { formatDiff } from './diff-format.js';
 import type {
   BranchInfo,
   CreateRequest,
@@ -12,22 +23,29 @@ import type {
   DeleteResult,
   DiffResult,
   ExpiryChange,
+  GcRequest,
   GcResult,
   Lifecycle,
   SnapshotInfo,
 } from './model.js';
+import { patternsMatcher, type Policy } from './policy.js';
+import { liveBranchNames } from './service.js';
 
 /** The root instance (the embedded server), as it is listed. */
 export interface RootInstance {
   createdAt: string | null;
   diskBytes: () => number;
   clients: () => number;
+  withSession<T>(database: string, work: (client: pg.Client) => Promise<T>): Promise<T>;
 }
 
 export class InstanceLifecycle implements Lifecycle {
   constructor(
     private readonly instances: InstanceBranches,
     private readonly root: RootInstance,
+    /** The configured policy (idle expiry by pattern), as it is after a RELOAD. */
+    private readonly policy: () => Policy,
+    private readonly log: Logger,
   ) {}
 
   list(): Promise<BranchInfo[]> {
@@ -43,7 +61,9 @@ export class InstanceLifecycle implements Lifecycle {
     };
     return Promise.resolve([
       rootInfo,
-      ...views.map((view) => info(view)).sort((a, b) => a.name.localeCompare(b.name)),
+      ...views
+        .map((view) => info(view, this.policy().defaultTtl('', view.record.name)))
+        .sort((a, b) => a.name.localeCompare(b.name)),
     ]);
   }
 
@@ -55,8 +75,6 @@ export class InstanceLifecycle implements Lifecycle {
   }
 
   async create(request: CreateRequest): Promise<CreateResult> {
-    if (request.snapshot !== undefined) throw notYet('branches from restore points');
-    if (request.expiresAt !== undefined || request.ttlMs !== undefined) throw notYet('expiry');
     const branch = branchOf(request.name);
     if (branch === ROOT_BRANCH) throw errors.rootImmutable(request.name, 'create');
     validateBranchName(branch);
@@ -66,7 +84,10 @@ export class InstanceLifecycle implements Lifecycle {
       throw errors.branchMissing(request.parent!);
     }
     const started = Date.now();
-    const created = await this.instances.make(branch, fromParent);
+    const created = await this.instances.make(branch, fromParent, request.snapshot);
+    if (created && (request.expiresAt !== undefined || request.ttlMs !== undefined)) {
+      this.instances.setExpiry(branch, { expiresAt: request.expiresAt, ttlMs: request.ttlMs });
+    }
     return { branch: await this.get(branch), created, ms: Date.now() - started };
   }
 
@@ -104,28 +125,126 @@ export class InstanceLifecycle implements Lifecycle {
     return this.get(branch);
   }
 
-  snapshot(): Promise<SnapshotInfo> {
-    return Promise.reject(notYet('restore points'));
+  async snapshot(name: string, snapshot: string): Promise<SnapshotInfo> {
+    const branch = this.changeable(name, 'take a restore point of');
+    validateBranchName(snapshot);
+    await this.instances.snapshot(branch, snapshot);
+    return (await this.get(branch)).snapshots.find((s) => s.name === snapshot)!;
   }
 
-  restore(): Promise<BranchInfo> {
-    return Promise.reject(notYet('restore points'));
+  async restore(name: string, snapshot: string): Promise<BranchInfo> {
+    const branch = this.changeable(name, 'restore');
+    await this.refuseProtected(name, branch, 'restore');
+    await this.instances.restore(branch, snapshot);
+    return this.get(branch);
   }
 
-  deleteSnapshot(): Promise<DeleteResult> {
-    return Promise.reject(notYet('restore points'));
+  async deleteSnapshot(name: string, snapshot: string): Promise<DeleteResult> {
+    const branch = this.changeable(name, 'delete a restore point of');
+    await this.instances.deleteSnapshot(branch, snapshot);
+    return { deleted: [`${branch}${SNAPSHOT_SEPARATOR}${snapshot}`] };
   }
 
-  expire(_name: string, _change: ExpiryChange): Promise<BranchInfo> {
-    return Promise.reject(notYet('expiry'));
+  async expire(name: string, change: ExpiryChange): Promise<BranchInfo> {
+    const branch = this.changeable(name, 'set the expiry of');
+    if (change.expiresAt && Number.isNaN(Date.parse(change.expiresAt))) {
+      throw new PgError(
+        '22007',
+        `invalid date "${change.expiresAt}"`,
+        undefined,
+        undefined,
+        'ERROR',
+      );
+    }
+    this.instances.setExpiry(branch, change);
+    return this.get(branch);
   }
 
-  gc(): Promise<GcResult> {
-    return Promise.reject(notYet('gc'));
+  gc(request: GcRequest): Promise<GcResult> {
+    return this.collect(request);
   }
 
-  diff(): Promise<DiffResult> {
-    return Promise.reject(notYet('diff'));
+  private async collect(request: GcRequest): Promise<GcResult> {
+    const keep = new Set(liveBranchNames(request.keep));
+    const matches = patternsMatcher(request.patterns?.length ? request.patterns : ['*']);
+    const all = this.instances.list();
+    const candidates = new Set(
+      all.map((v) => v.record.name).filter((branch) => !keep.has(branch) && matches('', branch)),
+    );
+    const kept: GcResult['kept'] = [];
+    const chosen: string[] = [];
+    for (const view of all) {
+      const branch = view.record.name;
+      if (!candidates.has(branch)) continue;
+      if (view.record.protected) {
+        kept.push({ name: branch, reason: 'protected' });
+        continue;
+      }
+      const staying = descendants(branch, all).filter(
+        (child) =>
+          !candidates.has(child) || all.find((v) => v.record.name === child)?.record.protected,
+      );
+      if (staying.length > 0) {
+        kept.push({ name: branch, reason: `branches made from it stay: ${staying.join(', ')}` });
+        continue;
+      }
+      chosen.push(branch);
+    }
+    // Children before their parents.
+    chosen.sort((a, b) => depthOf(b, all) - depthOf(a, all) || a.localeCompare(b));
+    if (request.apply) {
+      for (const branch of chosen) {
+        if (this.instances.has(branch)) await this.instances.remove(branch);
+      }
+    }
+    kept.sort((a, b) => a.name.localeCompare(b.name));
+    return { deleted: chosen, kept, applied: request.apply === true };
+  }
+
+  /**
+   * The schema difference of one database (`app@x`: database app of instance x; `app` alone: of
+   * the root instance) between two branches. Restore points can't be read (nobody connects to a
+   * stopped copy): 0A000.
+   */
+  async diff(from: string, to: string): Promise<DiffResult> {
+    const sides = [from, to].map((name) => {
+      if (splitRestorePoint(name)) throw notYet('a diff with a restore point');
+      const at = name.indexOf(SEPARATOR);
+      const database = at < 0 ? name : name.slice(0, at);
+      // A diff names databases: `app` alone is database app of the root instance.
+      const branch = at < 0 ? ROOT_BRANCH : branchOf(name);
+      if (branch !== ROOT_BRANCH && !this.instances.has(branch)) throw errors.branchMissing(name);
+      return { database, branch };
+    });
+    const [before, after] = await Promise.all(
+      sides.map((side) =>
+        side.branch === ROOT_BRANCH
+          ? this.root.withSession(side.database, readSchema)
+          : this.instances.withSession(side.branch, side.database, readSchema),
+      ),
+    );
+    const diff = diffSchemas(before!, after!);
+    return { from, to, diff, text: formatDiff(diff, from, to) };
+  }
+
+  /** Deletes instance branches past their expiry with no clients and no children; their names. */
+  async sweep(now = Date.now()): Promise<string[]> {
+    const deleted: string[] = [];
+    const all = this.instances.list();
+    for (const view of all) {
+      const branch = info(view, this.policy().defaultTtl('', view.record.name));
+      if (branch.expiresBy === null || Date.parse(branch.expiresBy) > now) continue;
+      if (branch.protected || branch.clients > 0 || descendants(branch.name, all).length > 0) {
+        continue;
+      }
+      await this.instances.remove(branch.name);
+      this.log.info(
+        { event: 'branch_expired', branch: branch.name, provider: 'instance' },
+        `deleted expired branch instance ${branch.name}`,
+      );
+      deleted.push(branch.name);
+    }
+    return deleted;
   }
 
   /** The branch `name` names, which must exist and not be the root instance. */
@@ -160,21 +279,52 @@ function descendants(branch: string, all: InstanceView[]): string[] {
   return found;
 }
 
-function info(view: InstanceView): BranchInfo {
+function info(view: InstanceView, defaultTtl: number | undefined): BranchInfo {
   const { record } = view;
+  const expiresAt = record.expiresAt ?? null;
+  const ttlMs = record.ttlMs === undefined ? (defaultTtl ?? null) : record.ttlMs;
+  const since = Date.parse(record.lastConnectedAt ?? record.createdAt);
+  const times = [
+    ...(expiresAt ? [Date.parse(expiresAt)] : []),
+    ...(ttlMs !== null ? [since + ttlMs] : []),
+  ];
   return {
     ...blank(record.name),
     physical: view.dir,
     parent: record.parent ?? ROOT_BRANCH,
+    fromSnapshot: record.fromSnapshot ?? null,
+    restoredFrom: record.restoredFrom ?? null,
     createdAt: record.createdAt,
     lastConnectedAt: record.lastConnectedAt ?? null,
     sizeBytes: view.diskBytes,
     clone: record.mode === 'clone',
     clients: view.clients,
     protected: record.protected === true,
+    expiresAt,
+    ttlMs,
+    expiresBy: times.length > 0 ? new Date(Math.min(...times)).toISOString() : null,
     origin: 'pgbranch',
     state: view.running ? 'running' : 'suspended',
+    snapshots: view.points.map((p) => ({
+      name: p.name,
+      of: record.name,
+      physical: path.join(path.dirname(view.dir), 'points'),
+      createdAt: p.createdAt,
+      sizeBytes: p.diskBytes,
+      auto: false,
+    })),
   };
+}
+
+/** How many parents up to the root instance. */
+function depthOf(branch: string, all: InstanceView[]): number {
+  let depth = 0;
+  let parent = all.find((v) => v.record.name === branch)?.record.parent ?? null;
+  while (parent !== null && depth < 1000) {
+    depth++;
+    parent = all.find((v) => v.record.name === parent)?.record.parent ?? null;
+  }
+  return depth;
 }
 
 function blank(name: string): BranchInfo {
@@ -206,7 +356,7 @@ function notYet(what: string): PgError {
     '0A000',
     `${what}: not supported for instance branches yet`,
     undefined,
-    'Use branch.provider database for them, or connect to a branch to make it and delete it to start again.',
+    'Use branch.provider database for it.',
     'ERROR',
   );
 }

@@ -24,6 +24,9 @@ const PROGRESS_EVERY_MS = 1_000;
 const CREATING_PREFIX = '.creating-';
 /** An instance's directory while a reset swaps in its new copy: put back at start if left alone. */
 const OLD_PREFIX = '.old-';
+/** Restore points live apart from their instance's directory (a reset replaces that). */
+const POINTS_DIR = 'points';
+const POINT_FILE = 'point.json';
 
 export interface InstanceRecord {
   name: string;
@@ -33,6 +36,21 @@ export interface InstanceRecord {
   mode: 'clone' | 'copy';
   protected?: boolean;
   lastConnectedAt?: string;
+  /** The restore point of its parent it was made from. */
+  fromSnapshot?: string;
+  /** Its own restore point it was last restored to (until the next reset). */
+  restoredFrom?: string;
+  /** Absolute expiry (ISO), and idle expiry after the last connection. */
+  expiresAt?: string;
+  ttlMs?: number | null;
+}
+
+/** A restore point of an instance branch: a stopped copy of it, nobody connects to. */
+export interface PointRecord {
+  name: string;
+  of: string;
+  createdAt: string;
+  mode: 'clone' | 'copy';
 }
 
 /** An instance branch as the lifecycle sees it. */
@@ -44,6 +62,7 @@ export interface InstanceView {
   dir: string;
   /** Disk its files take (blocks allocated; a clone's shared blocks counted in full). */
   diskBytes: number;
+  points: (PointRecord & { diskBytes: number })[];
 }
 
 export interface InstanceBranchesOptions {
@@ -108,6 +127,17 @@ export class InstanceBranches implements BranchResolver {
   static async open(options: InstanceBranchesOptions): Promise<InstanceBranches> {
     fs.mkdirSync(options.dir, { recursive: true, mode: 0o755 });
     const branches = new InstanceBranches(options);
+    // Restore points half taken by a pgbranch that was killed.
+    const points = path.join(options.dir, POINTS_DIR);
+    if (fs.existsSync(points)) {
+      for (const of of fs.readdirSync(points)) {
+        for (const entry of fs.readdirSync(path.join(points, of))) {
+          if (entry.startsWith(CREATING_PREFIX)) {
+            fs.rmSync(path.join(points, of, entry), { recursive: true, force: true });
+          }
+        }
+      }
+    }
     // A reset killed between its two renames: the branch is its old copy again.
     for (const name of fs.readdirSync(options.dir)) {
       if (!name.startsWith(OLD_PREFIX)) continue;
@@ -211,7 +241,99 @@ export class InstanceBranches implements BranchResolver {
       clients: instance.clients,
       dir: path.join(path.basename(this.options.dir), instance.id),
       diskBytes: diskUsage(instance.dir),
+      points: this.pointsOf(instance.record.name),
     }));
+  }
+
+  /**
+   * Saves instance `name` as it is now as restore point `point`: a copy (under the backup API
+   * while it runs) that nobody connects to. 42710 when it has one of that name.
+   */
+  async snapshot(name: string, point: string): Promise<PointRecord> {
+    const instance = this.mustGet(name);
+    const dir = this.pointDir(name, point);
+    if (fs.existsSync(dir)) {
+      throw new PgError(
+        '42710',
+        `branch "${name}" already has a restore point "${point}"`,
+        undefined,
+        `Delete it first (npx pgbranch branch snapshot-delete ${name} ${point}), or pick another name.`,
+        'ERROR',
+      );
+    }
+    while (instance.transition) await instance.transition;
+    const staging = `${path.dirname(dir)}/${CREATING_PREFIX}${randomBytes(4).toString('hex')}`;
+    fs.mkdirSync(staging, { recursive: true, mode: 0o755 });
+    try {
+      const copied = await copyCluster({
+        sourceDataDir: path.join(instance.dir, 'pg'),
+        target: path.join(staging, 'pg'),
+        running: instance.postmaster
+          ? { connect: () => connectTo(instance, this.options.superuser) }
+          : undefined,
+        owner: this.options.owner,
+      });
+      const record: PointRecord = {
+        name: point,
+        of: name,
+        createdAt: new Date().toISOString(),
+        mode: copied.mode,
+      };
+      fs.writeFileSync(path.join(staging, POINT_FILE), `${JSON.stringify(record, null, 2)}\n`);
+      fs.renameSync(staging, dir);
+      this.options.log.info(
+        { event: 'snapshot_taken', branch: name, snapshot: point, provider: 'instance' },
+        `took restore point ${point} of branch instance ${name} (${copied.mode}) in ${copied.ms} ms`,
+      );
+      return record;
+    } catch (error) {
+      fs.rmSync(staging, { recursive: true, force: true });
+      throw error;
+    }
+  }
+
+  /** Resets instance `name` to its restore point `point`, as reset() does to its parent. */
+  async restore(name: string, point: string): Promise<void> {
+    this.mustGetPoint(name, point);
+    await this.replaceWith(name, { of: name, name: point });
+    const instance = this.mustGet(name);
+    instance.record = { ...instance.record, restoredFrom: point };
+    writeRecord(instance.dir, instance.record);
+  }
+
+  async deleteSnapshot(name: string, point: string): Promise<void> {
+    this.mustGetPoint(name, point);
+    await fs.promises.rm(this.pointDir(name, point), { recursive: true, force: true });
+  }
+
+  /** Instance `name`'s restore points, oldest first. */
+  pointsOf(name: string): (PointRecord & { diskBytes: number })[] {
+    const dir = path.join(this.options.dir, POINTS_DIR, instanceId(name));
+    if (!fs.existsSync(dir)) return [];
+    const points: (PointRecord & { diskBytes: number })[] = [];
+    for (const entry of fs.readdirSync(dir)) {
+      if (entry.startsWith('.')) continue;
+      try {
+        const record = JSON.parse(
+          fs.readFileSync(path.join(dir, entry, POINT_FILE), 'utf8'),
+        ) as PointRecord;
+        points.push({ ...record, diskBytes: diskUsage(path.join(dir, entry)) });
+      } catch {
+        // Not a restore point (half written by a pgbranch that was killed): removed at start.
+      }
+    }
+    return points.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+  }
+
+  private pointDir(name: string, point: string): string {
+    return path.join(this.options.dir, POINTS_DIR, instanceId(name), instanceId(point));
+  }
+
+  private mustGetPoint(name: string, point: string): void {
+    this.mustGet(name);
+    if (!fs.existsSync(path.join(this.pointDir(name, point), POINT_FILE))) {
+      throw errors.snapshotMissing(name, point);
+    }
   }
 
   /**
@@ -219,7 +341,7 @@ export class InstanceBranches implements BranchResolver {
    * the lifecycle's create does; false when it existed already with that parent. 42P04 when it
    * exists with another.
    */
-  async make(name: string, parent: string | undefined): Promise<boolean> {
+  async make(name: string, parent: string | undefined, snapshot?: string): Promise<boolean> {
     const existing = this.instances.get(instanceId(name));
     if (existing) {
       if (existing.record.parent !== (parent ?? null)) {
@@ -233,6 +355,24 @@ export class InstanceBranches implements BranchResolver {
       }
       return false;
     }
+    if (snapshot !== undefined) {
+      if (parent === undefined) {
+        throw new PgError(
+          '0A000',
+          'the root instance has no restore points',
+          undefined,
+          undefined,
+          'ERROR',
+        );
+      }
+      this.mustGetPoint(parent, snapshot);
+      const id = instanceId(name);
+      const instance = await this.create(id, name, parent, undefined, () => undefined, true, {
+        of: parent,
+        name: snapshot,
+      });
+      return instance !== undefined;
+    }
     const { created } = await this.find(name, parent, undefined, undefined);
     return created;
   }
@@ -243,6 +383,10 @@ export class InstanceBranches implements BranchResolver {
     await this.suspend(instance, 'stop');
     this.instances.delete(instance.id);
     await fs.promises.rm(instance.dir, { recursive: true, force: true });
+    await fs.promises.rm(path.join(this.options.dir, POINTS_DIR, instance.id), {
+      recursive: true,
+      force: true,
+    });
     this.options.log.info(
       { event: 'branch_deleted', branch: name, provider: 'instance' },
       `deleted branch instance ${name}`,
@@ -255,6 +399,27 @@ export class InstanceBranches implements BranchResolver {
    * instance is stopped (its clients get 57P01) and the new copy swapped in.
    */
   async reset(name: string): Promise<void> {
+    await this.replaceWith(name, undefined);
+    const instance = this.mustGet(name);
+    if (instance.record.restoredFrom !== undefined) {
+      instance.record = { ...instance.record, restoredFrom: undefined };
+      writeRecord(instance.dir, instance.record);
+    }
+    this.options.log.info(
+      { event: 'branch_reset', branch: name, provider: 'instance' },
+      `reset branch instance ${name} to a new copy of ${instance.record.parent ?? 'the root instance'}`,
+    );
+  }
+
+  /**
+   * Swaps in a new copy of instance `name`'s parent (or of `point`): made aside first, so a
+   * failure leaves the branch as it was; then the instance is stopped (its clients get 57P01) and
+   * the copy renamed into place through .old-<id>, which a start after a kill puts back.
+   */
+  private async replaceWith(
+    name: string,
+    point: { of: string; name: string } | undefined,
+  ): Promise<void> {
     const instance = this.mustGet(name);
     const replacement = await this.create(
       instance.id,
@@ -263,23 +428,62 @@ export class InstanceBranches implements BranchResolver {
       undefined,
       () => undefined,
       false,
+      point,
     );
     const swap = (async () => {
       await this.suspend(instance, 'stop');
       const old = path.join(this.options.dir, `${OLD_PREFIX}${instance.id}`);
       fs.renameSync(instance.dir, old);
       fs.renameSync(replacement.dir, instance.dir);
-      instance.record = { ...replacement.record, protected: instance.record.protected };
+      instance.record = {
+        ...replacement.record,
+        createdAt: instance.record.createdAt,
+        protected: instance.record.protected,
+        expiresAt: instance.record.expiresAt,
+        ttlMs: instance.record.ttlMs,
+        fromSnapshot: instance.record.fromSnapshot,
+      };
       writeRecord(instance.dir, instance.record);
       await fs.promises.rm(old, { recursive: true, force: true });
     })();
     while (instance.transition) await instance.transition;
     instance.transition = swap.finally(() => (instance.transition = undefined));
     await instance.transition;
-    this.options.log.info(
-      { event: 'branch_reset', branch: name, provider: 'instance' },
-      `reset branch instance ${name} to a new copy of ${instance.record.parent ?? 'the root instance'}`,
-    );
+  }
+
+  /** Sets (or, with null, clears) an instance's absolute or idle expiry; absent leaves it. */
+  setExpiry(name: string, change: { expiresAt?: string | null; ttlMs?: number | null }): void {
+    const instance = this.mustGet(name);
+    const record = { ...instance.record };
+    if (change.expiresAt !== undefined) record.expiresAt = change.expiresAt ?? undefined;
+    if (change.ttlMs !== undefined) record.ttlMs = change.ttlMs;
+    instance.record = record;
+    writeRecord(instance.dir, record);
+  }
+
+  /**
+   * Runs `work` on a superuser session of database `database` of instance `name` (started if
+   * suspended, and kept from suspending meanwhile), as the lifecycle's diff does.
+   */
+  async withSession<T>(
+    name: string,
+    database: string,
+    work: (client: pg.Client) => Promise<T>,
+  ): Promise<T> {
+    const instance = this.mustGet(name);
+    instance.clients++;
+    clearTimeout(instance.suspendTimer);
+    try {
+      await this.running(instance);
+      const client = await connectTo(instance, this.options.superuser, database);
+      try {
+        return await work(client);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    } finally {
+      this.left(instance);
+    }
   }
 
   setProtected(name: string, on: boolean): void {
@@ -339,6 +543,8 @@ export class InstanceBranches implements BranchResolver {
     user: string | undefined,
     progress: (message: string) => void,
     install = true,
+    /** A restore point of the parent (or, for restore(), of the branch) to copy instead. */
+    point?: { of: string; name: string },
   ): Promise<Instance> {
     const { log } = this.options;
     if (user !== undefined && !(await this.options.mayCreate(user))) {
@@ -376,7 +582,14 @@ export class InstanceBranches implements BranchResolver {
     };
     try {
       let copied: Awaited<ReturnType<typeof copyCluster>>;
-      if (parent) {
+      if (point) {
+        copied = await copyCluster({
+          sourceDataDir: path.join(this.pointDir(point.of, point.name), 'pg'),
+          target: path.join(staging, 'pg'),
+          owner: this.options.owner,
+          onProgress,
+        });
+      } else if (parent) {
         // A running parent is copied under the backup API; a suspended one as it lies.
         await parent.transition;
         copied = await copyCluster({
@@ -402,6 +615,7 @@ export class InstanceBranches implements BranchResolver {
         parent: parentName ?? null,
         createdAt: new Date().toISOString(),
         mode: copied.mode,
+        ...(point && point.of !== name ? { fromSnapshot: point.name } : {}),
       };
       writeRecord(staging, record);
       const dir = install ? path.join(this.options.dir, id) : staging;
@@ -545,13 +759,17 @@ function endpointOf(instance: Instance): Endpoint {
   return instance.postmaster!.endpoint;
 }
 
-async function connectTo(instance: Instance, superuser: string): Promise<pg.Client> {
+async function connectTo(
+  instance: Instance,
+  superuser: string,
+  database = 'postgres',
+): Promise<pg.Client> {
   const endpoint = instance.postmaster!.endpoint;
   const client = new pg.Client({
     host: endpoint.socketDir,
     port: endpoint.port,
     user: superuser,
-    database: 'postgres',
+    database,
     application_name: 'pgbranch',
   });
   await client.connect();
