@@ -252,6 +252,8 @@ export async function startPgbranch(
         root: { pgDataDir: embedded.pgDataDir, endpoint, superuser: embedded.superuser },
         admin,
         onStopping: closePoolsOf,
+        // Read when a branch is made, by when the lifecycle below exists.
+        policy: () => lifecycle.settings.policy,
         log,
       });
     } catch (error) {

@@ -39,9 +39,16 @@ afterEach(async () => {
   opened.clear();
 });
 
+/** branch.scripts of the main pgbranch: masking for app@masked-*, a failing one for app@broken-*. */
+const scripts = tempDir('instance-scripts');
+fs.writeFileSync(path.join(scripts, 'mask.sql'), "update notes set body = 'masked'");
+fs.writeFileSync(path.join(scripts, 'broken.sql'), 'select 1 / 0');
+
 beforeAll(async () => {
   proxy = await startPgbranch({
     args: [
+      '--branch-scripts',
+      `app@masked-*=${path.join(scripts, 'mask.sql')}, app@broken-*=${path.join(scripts, 'broken.sql')}`,
       '--branch-provider',
       'instance',
       '--branch-max-running',
@@ -69,6 +76,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await direct?.end();
   await proxy?.stop();
+  fs.rmSync(scripts, { recursive: true, force: true });
 });
 
 /** Running instances' postmasters: processes whose data directory is under instances/. */
@@ -221,6 +229,32 @@ describe('branching a busy parent', () => {
     expect(
       (await child.query("select count(*)::int as n from notes where body = 'on develop'")).rows,
     ).toEqual([{ n: 1 }]);
+  });
+});
+
+describe('branch.scripts', () => {
+  it('runs a masking script in the new instance before any client sees it', async () => {
+    const root = await connect('app');
+    await root.query("insert into notes (body) values ('alice@example.com')");
+    const branch = await connect('app@masked-1');
+    const bodies = (await branch.query<{ body: string }>('select distinct body from notes')).rows;
+    expect(bodies).toEqual([{ body: 'masked' }]);
+    expect(
+      (await root.query("select count(*)::int as n from notes where body = 'alice@example.com'"))
+        .rows,
+    ).toEqual([{ n: 1 }]);
+  });
+
+  it('fails the creation with the script’s SQLSTATE and name, leaving nothing behind', async () => {
+    await expect(connect('app@broken-1')).rejects.toMatchObject({
+      code: '22012',
+      message: expect.stringContaining('broken.sql'),
+    });
+    const staging = fs
+      .readdirSync(path.join(proxy.dataDir, 'instances'))
+      .filter((d) => d.startsWith('.'));
+    expect(staging).toEqual([]);
+    await expect(connect('app@broken-1')).rejects.toMatchObject({ code: '22012' });
   });
 });
 

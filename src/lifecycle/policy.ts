@@ -52,7 +52,7 @@ export class Policy {
   readonly mayCreateOnConnect: Matcher;
   readonly maxPerDatabase: number;
   private readonly ttls: { match: Matcher; ms: number }[];
-  private readonly scripts: { match: Matcher; file: string }[];
+  private readonly scripts: { match: Matcher; file: string; branchPattern: RegExp }[];
 
   constructor(
     settings: PolicySettings,
@@ -62,12 +62,24 @@ export class Policy {
     this.mayCreateOnConnect = patternsMatcher(settings.create_on_connect);
     this.maxPerDatabase = settings.max_per_database;
     this.ttls = pairs(settings.ttl).map((p) => ({ match: p.match, ms: duration.parse(p.value) }));
-    this.scripts = pairs(settings.scripts).map((p) => ({ match: p.match, file: p.value }));
+    this.scripts = pairs(settings.scripts).map((p) => ({
+      match: p.match,
+      file: p.value,
+      branchPattern: globRegExp(p.pattern.slice(p.pattern.indexOf('@') + 1)),
+    }));
   }
 
   /** The idle expiry a branch gets when nobody set one for it: the first matching pattern's. */
   defaultTtl(root: string, branch: string): number | undefined {
     return this.ttls.find((t) => t.match(root, branch))?.ms;
+  }
+
+  /**
+   * Whether a script may apply to branch `branch` of some database: an instance branch holds every
+   * database, and is started to run them only when one may.
+   */
+  mayHaveScripts(branch: string): boolean {
+    return this.scripts.some((s) => s.branchPattern.test(branch));
   }
 
   /** The scripts that prepare a new branch, read now so that an edited file takes effect at once. */

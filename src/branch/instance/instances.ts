@@ -82,6 +82,14 @@ export interface InstanceBranchesOptions {
   settings: Record<string, string>;
   suspendAfterMs: number;
   maxRunning: number;
+  /**
+   * branch.scripts: SQL run in a new instance before any client sees it (the masking of personal
+   * data), by database; `mayHave` says whether to start the copy for them at all.
+   */
+  scripts: {
+    mayHave: (branch: string) => boolean;
+    for: (database: string, branch: string) => { name: string; sql: string }[];
+  };
   /** Whether a role may cause a branch to be made (as for CREATE DATABASE). */
   mayCreate: (user: string) => Promise<boolean>;
   /** An instance stops: pgbranch's pools of it must go first. */
@@ -617,6 +625,8 @@ export class InstanceBranches implements BranchResolver {
         mode: copied.mode,
         ...(point && point.of !== name ? { fromSnapshot: point.name } : {}),
       };
+      // A restore point's copy was prepared when its branch was made.
+      if (!point && this.options.scripts.mayHave(name)) await this.runScripts(name, staging);
       writeRecord(staging, record);
       const dir = install ? path.join(this.options.dir, id) : staging;
       if (install) fs.renameSync(staging, dir);
@@ -649,6 +659,73 @@ export class InstanceBranches implements BranchResolver {
       fs.rmSync(staging, { recursive: true, force: true });
       if (error instanceof PgError) throw error;
       throw errors.branchCreationFailed(name, (error as Error).message);
+    }
+  }
+
+  /**
+   * Runs branch.scripts in every database of the copy in `staging` that they name, on a postmaster
+   * of its own there, stopped again before the copy is put in place: no client can see the data
+   * before, and a pgbranch killed meanwhile leaves a staging directory, removed at start. A script
+   * that fails fails the creation with its SQLSTATE and name.
+   */
+  private async runScripts(branch: string, staging: string): Promise<void> {
+    const postmaster = await startPostmaster({
+      binary: this.options.binary,
+      pgDataDir: path.join(staging, 'pg'),
+      socketDir: path.join(staging, 'run'),
+      port: INSTANCE_PORT,
+      settings: this.options.settings,
+      owner: this.options.owner,
+      log: this.options.log,
+    });
+    const session = async (database: string) => {
+      const client = new pg.Client({
+        host: postmaster.endpoint.socketDir,
+        port: postmaster.endpoint.port,
+        user: this.options.superuser,
+        database,
+        application_name: 'pgbranch',
+      });
+      await client.connect();
+      return client;
+    };
+    try {
+      const admin = await session('postgres');
+      let databases: string[];
+      try {
+        databases = (
+          await admin.query<{ datname: string }>(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> 'postgres' ORDER BY 1",
+          )
+        ).rows.map((r) => r.datname);
+      } finally {
+        await admin.end();
+      }
+      for (const database of databases) {
+        for (const script of this.options.scripts.for(database, branch)) {
+          const client = await session(database);
+          try {
+            await client.query(script.sql);
+          } catch (error) {
+            const e = error as { code?: string; message?: string };
+            throw new PgError(
+              e.code ?? '58000',
+              `could not create branch "${branch}": script ${script.name} failed in database ${database}: ${e.message ?? String(error)}`,
+              'The branch was not created.',
+              'Fix the script (branch.scripts), then connect or create again.',
+            );
+          } finally {
+            await client.end().catch(() => undefined);
+          }
+          this.options.log.info(
+            { event: 'branch_script_ran', branch, database, script: script.name },
+            `ran ${script.name} in database ${database} of new branch instance ${branch}`,
+          );
+        }
+      }
+    } finally {
+      await postmaster.stop('fast');
+      fs.rmSync(path.join(staging, 'run'), { recursive: true, force: true });
     }
   }
 

@@ -7,6 +7,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/schema.js';
 import { detectCloneSupport } from '../copy-on-write.js';
+import type { Policy } from '../../lifecycle/policy.js';
 import type { CopyMethod } from '../provider.js';
 import type { Endpoint } from '../../upstream/endpoint.js';
 import { InstanceBranches } from './instances.js';
@@ -63,6 +64,8 @@ export interface InstanceSetup {
   root: { pgDataDir: string; endpoint: Endpoint; superuser: string };
   admin: pg.Pool;
   onStopping: (endpoint: Endpoint) => void;
+  /** The configured policy as it is now (after a RELOAD too): branch.scripts. */
+  policy: () => Policy;
   log: Logger;
 }
 
@@ -99,6 +102,10 @@ export async function openInstanceBranches(setup: InstanceSetup): Promise<Instan
         )
       ).rowCount === 1,
     onStopping: setup.onStopping,
+    scripts: {
+      mayHave: (branch) => setup.policy().mayHaveScripts(branch),
+      for: (database, branch) => setup.policy().scriptsFor(database, branch),
+    },
     log,
   });
 }
