@@ -386,6 +386,36 @@ describe('the lifecycle of instance branches, through the admin API', () => {
     ).toEqual([{ n: 0 }]);
   });
 
+  it('resets, restores and deletes a suspended branch as well', async () => {
+    const client = await connect('app@asleep');
+    await client.query("insert into notes (body) values ('asleep')");
+    await leave(client);
+    const suspended = async () => {
+      while ((await api('GET', branchPath('asleep'))).body.state !== 'suspended') await sleep(100);
+    };
+    await suspended();
+    expect((await api('POST', branchPath('asleep', '/snapshots'), { name: 'p' })).status).toBe(201);
+    expect((await api('POST', branchPath('asleep', '/reset'))).status).toBe(200);
+    const again = await connect('app@asleep');
+    expect(
+      (await again.query("select count(*)::int as n from notes where body = 'asleep'")).rows,
+    ).toEqual([{ n: 0 }]);
+    await leave(again);
+    await suspended();
+    expect(
+      (await api('POST', branchPath('asleep', '/restore'), { snapshot: 'p' })).body,
+    ).toMatchObject({ restoredFrom: 'p' });
+    const restored = await connect('app@asleep');
+    expect(
+      (await restored.query("select count(*)::int as n from notes where body = 'asleep'")).rows,
+    ).toEqual([{ n: 1 }]);
+    await leave(restored);
+    await suspended();
+    expect((await api('DELETE', branchPath('asleep'))).body).toMatchObject({
+      deleted: ['asleep'],
+    });
+  });
+
   it('protects, refuses to delete a protected branch or one with children, deletes with cascade', async () => {
     await leave(await connect('app@family'));
     await leave(await connect('app@family-child', '-c pgbranch.parent=family'));
