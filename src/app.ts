@@ -10,7 +10,7 @@ import { DatabaseProvider } from './branch/database-provider.js';
 import { Cloner } from './branch/cloner.js';
 import { BranchManager, type BranchResolver } from './branch/manager.js';
 import type { InstanceBranches } from './branch/instance/instances.js';
-import { directorySize, openInstanceBranches } from './branch/instance/setup.js';
+import { directorySize, localUpstream, openInstanceBranches } from './branch/instance/setup.js';
 import { InstanceLifecycle } from './lifecycle/instance-lifecycle.js';
 import type { Lifecycle } from './lifecycle/model.js';
 import type { CopyMethod } from './branch/provider.js';
@@ -240,16 +240,18 @@ export async function startPgbranch(
   };
   let instances: InstanceBranches | undefined;
   if (config.branch.provider === 'instance') {
-    if (!embedded) {
-      await abandon();
-      throw new Error(
-        "branch.provider instance copies the parent instance's data directory, which pgbranch has only for its embedded server: drop --upstream, or use branch.provider database with it",
-      );
-    }
     try {
+      const connectRoot = async () => {
+        const client = connectTo(MAINTENANCE_DATABASE);
+        await client.connect();
+        return client;
+      };
+      const root = embedded
+        ? { pgDataDir: embedded.pgDataDir, connect: connectRoot, superuser: embedded.superuser }
+        : await localUpstream(admin, String(adminConfig.user), connectRoot);
       instances = await openInstanceBranches({
         config,
-        root: { pgDataDir: embedded.pgDataDir, endpoint, superuser: embedded.superuser },
+        root,
         admin,
         onStopping: closePoolsOf,
         // Read when a branch is made, by when the lifecycle below exists.
@@ -283,7 +285,7 @@ export async function startPgbranch(
       instances,
       {
         createdAt: null,
-        diskBytes: () => directorySize(embedded!.pgDataDir),
+        diskBytes: () => (embedded ? directorySize(embedded.pgDataDir) : 0),
         clients: () => [...registry.all()].filter((c) => !c.requested.includes('@')).length,
         withSession: async (database, work) => {
           const client = connectTo(database);

@@ -186,6 +186,42 @@ describe('with PostgreSQL 15 upstream', () => {
   });
 });
 
+describe('instance branches of a PostgreSQL 15 upstream on this host', () => {
+  it('copies the running server with its own major version, and keeps branch and server apart', async (ctx) => {
+    requireUpstream(ctx);
+    const instances = await startPgbranch({
+      args: ['--upstream', UPSTREAM, '--branch-provider', 'instance'],
+    });
+    try {
+      expect(instances.ready).toMatchObject({ provider: 'instance' });
+      // A session held on the parent, through pgbranch, does not stand in the way.
+      const held = new pg.Client({ ...asRole(DB), port: instances.port });
+      await held.connect();
+      await held.query('begin');
+      await held.query('select count(*) from items');
+      const branch = new pg.Client({ ...asRole(`${DB}@inst-1`), port: instances.port });
+      await branch.connect();
+      const { rows } = await branch.query<{ n: number; version: string }>(
+        "select count(*)::int as n, current_setting('server_version_num') as version from items",
+      );
+      expect(rows[0]).toMatchObject({ n: 1000, version: expect.stringMatching(/^15/) });
+      await branch.query("insert into items values (5000, 'only in the branch')");
+      await branch.end();
+      await held.query('commit');
+      await held.end();
+      // The server itself, through the first pgbranch (database provider): not there.
+      const direct = new pg.Client(asRole(DB));
+      await direct.connect();
+      expect(
+        (await direct.query('select count(*)::int as n from items where id = 5000')).rows,
+      ).toEqual([{ n: 0 }]);
+      await direct.end();
+    } finally {
+      await instances.stop();
+    }
+  });
+});
+
 describe('pg_dump through transaction mode', () => {
   it('dumps the same database twice in a row: the statements it prepares with SQL stay its own', async (ctx) => {
     requireUpstream(ctx);

@@ -78,6 +78,8 @@ export interface InstanceBranchesOptions {
   binary: string;
   /** As root, instances run as this OS account, like the embedded server. */
   owner?: { uid: number; gid: number } | undefined;
+  /** Called on each new copy before it starts (a root whose configuration lives elsewhere). */
+  prepareCopy?: ((pgDataDir: string) => void) | undefined;
   /** Settings of every instance (`-c name=value`). */
   settings: Record<string, string>;
   suspendAfterMs: number;
@@ -625,6 +627,7 @@ export class InstanceBranches implements BranchResolver {
         mode: copied.mode,
         ...(point && point.of !== name ? { fromSnapshot: point.name } : {}),
       };
+      this.options.prepareCopy?.(path.join(staging, 'pg'));
       // A restore point's copy was prepared when its branch was made.
       if (!point && this.options.scripts.mayHave(name)) await this.runScripts(name, staging);
       writeRecord(staging, record);

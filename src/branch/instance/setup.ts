@@ -58,10 +58,25 @@ export function instanceSettings(text: string): Record<string, string> {
   return settings;
 }
 
+/** The root instance: the embedded server, or an upstream whose data directory is on this host. */
+export interface RootInstanceSetup {
+  pgDataDir: string;
+  /** A superuser session on it (for the backup API). */
+  connect: () => Promise<pg.Client>;
+  /** The role instances are reached as, with trust on their private sockets. */
+  superuser: string;
+  /** The postgres binary of its major version; the embedded one's when undefined. */
+  binary?: string;
+  /**
+   * Its postgresql.conf and pg_hba.conf live outside its data directory (Debian's layout): a
+   * copy gets its own, minimal ones.
+   */
+  configOutside?: boolean;
+}
+
 export interface InstanceSetup {
   config: Config;
-  /** The root instance: where its data lives and how pgbranch reaches it as the superuser. */
-  root: { pgDataDir: string; endpoint: Endpoint; superuser: string };
+  root: RootInstanceSetup;
   admin: pg.Pool;
   onStopping: (endpoint: Endpoint) => void;
   /** The configured policy as it is now (after a RELOAD too): branch.scripts. */
@@ -71,26 +86,16 @@ export interface InstanceSetup {
 
 export async function openInstanceBranches(setup: InstanceSetup): Promise<InstanceBranches> {
   const { config, root, admin, log } = setup;
-  const { postgres } = await serverBinaries();
-  const connectRoot = async () => {
-    const client = new pg.Client({
-      ...('socketDir' in root.endpoint
-        ? { host: root.endpoint.socketDir, port: root.endpoint.port }
-        : root.endpoint),
-      user: root.superuser,
-      database: 'postgres',
-      application_name: 'pgbranch',
-    });
-    await client.connect();
-    return client;
-  };
+  const binary = root.binary ?? (await serverBinaries()).postgres;
+  const owner = serverOwner();
   return InstanceBranches.open({
     copyMethod: copyMethodFor(root.pgDataDir),
-    root: { pgDataDir: root.pgDataDir, connect: connectRoot },
+    root: { pgDataDir: root.pgDataDir, connect: root.connect },
     superuser: root.superuser,
     dir: path.join(path.resolve(config.data_dir), 'instances'),
-    binary: postgres,
-    owner: serverOwner(),
+    binary,
+    owner,
+    prepareCopy: root.configOutside ? (pgDataDir) => ownConfig(pgDataDir, owner) : undefined,
     settings: instanceSettings(config.branch.instance_settings),
     suspendAfterMs: config.branch.suspend_after,
     maxRunning: maxRunning(config.branch.max_running),
@@ -135,4 +140,77 @@ function megabytes(bytes: number): string {
   return bytes >= 1024 ** 3
     ? `${(bytes / 1024 ** 3).toFixed(1)} GB`
     : `${Math.round(bytes / 1024 ** 2)} MB`;
+}
+
+/**
+ * An upstream as the root instance: only where its data directory can be read here (the same
+ * host), with the postgres binary of its major version. Throws, saying what to do, otherwise.
+ */
+export async function localUpstream(
+  admin: pg.Pool,
+  superuser: string,
+  connect: () => Promise<pg.Client>,
+): Promise<RootInstanceSetup> {
+  const { rows } = await admin.query<{ data: string; version: number; conf: string; hba: string }>(
+    `SELECT current_setting('data_directory') AS data,
+            current_setting('server_version_num')::int AS version,
+            current_setting('config_file') AS conf, current_setting('hba_file') AS hba`,
+  );
+  const { data, version, conf, hba } = rows[0]!;
+  try {
+    fs.accessSync(path.join(data, 'PG_VERSION'), fs.constants.R_OK);
+  } catch {
+    throw new Error(
+      `branch.provider instance copies the parent's data directory, and the upstream's (${data}) can't be read here: ` +
+        "run pgbranch on the server's host (as root or its owner), or use branch.provider database; " +
+        'branches of a remote server will come as sources',
+    );
+  }
+  const major = Math.floor(version / 10_000);
+  if (major < 15) {
+    throw new Error(
+      `branch.provider instance needs PostgreSQL 15 or newer (the backup API as pg_backup_start); the upstream is ${major}`,
+    );
+  }
+  const binary =
+    major === 18 ? undefined : path.join('/usr/lib/postgresql', String(major), 'bin', 'postgres');
+  if (binary !== undefined && !fs.existsSync(binary)) {
+    throw new Error(
+      `branch.provider instance runs branches with the upstream's own major version, and no PostgreSQL ${major} server binary is at ${binary}: install it (Debian: apt-get install postgresql-${major})`,
+    );
+  }
+  return {
+    pgDataDir: data,
+    connect,
+    superuser,
+    binary,
+    configOutside:
+      path.dirname(path.resolve(conf)) !== path.resolve(data) ||
+      path.dirname(path.resolve(hba)) !== path.resolve(data),
+  };
+}
+
+/**
+ * A copy of a cluster whose configuration lives elsewhere gets its own: an empty postgresql.conf
+ * (pgbranch sets what instances need on the command line) and a pg_hba.conf that lets pgbranch in
+ * on the instance's private socket only.
+ */
+function ownConfig(pgDataDir: string, owner: { uid: number; gid: number } | undefined): void {
+  const files: [string, string][] = [
+    [
+      'postgresql.conf',
+      "# Written by pgbranch: the parent's configuration lives outside its data directory.\n",
+    ],
+    [
+      'pg_hba.conf',
+      '# Written by pgbranch: only pgbranch reaches an instance, on its private socket.\nlocal all all trust\n',
+    ],
+    ['pg_ident.conf', ''],
+  ];
+  for (const [name, text] of files) {
+    const file = path.join(pgDataDir, name);
+    if (fs.existsSync(file)) continue;
+    fs.writeFileSync(file, text, { mode: 0o600 });
+    if (owner) fs.chownSync(file, owner.uid, owner.gid);
+  }
 }
