@@ -5,6 +5,7 @@ import net from 'node:net';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { passwordCensus, PasswordlessHint, passwordWarning } from './auth/passwordless.js';
+import { LoginFailures } from './auth/failures.js';
 import { CatalogRoleSource } from './auth/roles.js';
 import { DatabaseProvider } from './branch/database-provider.js';
 import { Cloner } from './branch/cloner.js';
@@ -41,7 +42,7 @@ export interface ReloadResult {
 
 /** Keys whose new value is used at once after a reload. */
 const RELOADABLE =
-  /^(branch\.(?!copy_method)|pool\.(mode|transaction_mode_for|idle_in_transaction_timeout|max_prepared_statements|max_client_connections)$|log\.level$|admin\.users$)/;
+  /^(auth_max_failures$|branch\.(?!copy_method)|pool\.(mode|transaction_mode_for|idle_in_transaction_timeout|max_prepared_statements|max_client_connections)$|log\.level$|admin\.users$)/;
 
 export interface Running {
   /** Where clients connect. */
@@ -308,10 +309,13 @@ export async function startPgbranch(
       create: lifecycle.createOnConnect,
       onConnect: (database) => lifecycle.touch(database),
     });
+  let maxLoginFailures = config.auth_max_failures;
   const ctx: ProxyContext = {
     log,
     onRefused: metrics && ((code) => metrics.clientRefused(code)),
     auth: config.auth,
+    loginTimeoutMs: config.auth_timeout,
+    loginFailures: new LoginFailures(() => maxLoginFailures, log),
     roles: new CatalogRoleSource(admin),
     loginHint: config.auth === 'trust' ? undefined : () => passwordlessHint.hint(),
     branches,
@@ -468,6 +472,7 @@ export async function startPgbranch(
     ctx.idleInTransactionTimeoutMs = next.pool.idle_in_transaction_timeout;
     ctx.maxPreparedStatements = next.pool.max_prepared_statements;
     ctx.maxClients = next.pool.max_client_connections;
+    maxLoginFailures = next.auth_max_failures;
     log.level = next.log.level;
     consoleUsers = roleSet(next.admin.users);
     current = next;

@@ -183,6 +183,13 @@ export const errors = {
       'FATAL',
       `role "${user}" does not exist`,
     ),
+  tooManyLoginFailures: (address: string, seconds: number) =>
+    new PgError(
+      '28000',
+      `too many failed logins from ${address}; try again in ${seconds} s`,
+      undefined,
+      'pgbranch refuses logins from an address that failed auth_max_failures times in a minute.',
+    ),
   tooManyClients: (max: number) =>
     new PgError(
       '53300',

@@ -14,6 +14,10 @@ export const descriptions: Record<ConfigPath, string> = {
   upstream:
     'postgres:// URL of an existing server to use instead of the embedded one (role with CREATEDB).',
   auth: 'How clients authenticate; trust is refused unless listen.host is a loopback address.',
+  auth_max_failures:
+    'Failed logins a client address may have in a minute; past it, its logins are refused (28000) until the oldest is a minute old. Unix socket clients count as one address; 0 for no limit.',
+  auth_timeout:
+    'Time a client has to log in, from its first byte to the end of authentication; then it is cut off.',
   'embedded.password':
     'Superuser password of the embedded server; generated and kept in data_dir when unset.',
   'embedded.port': 'TCP port of the embedded server on 127.0.0.1; 0 picks a free one.',

@@ -138,6 +138,8 @@ describe('loadConfig', () => {
       'data_dir',
       'upstream',
       'auth',
+      'auth_max_failures',
+      'auth_timeout',
       'embedded.password',
       'embedded.port',
       'pool.mode',

@@ -92,6 +92,13 @@ export const configSchema = z
       .optional(),
     /** How clients authenticate to the proxy. `trust` is refused unless listen.host is loopback. */
     auth: z.enum(['scram-sha-256', 'md5', 'trust']).default('scram-sha-256'),
+    /**
+     * Failed logins a client address may have in a minute before its logins are refused (28000)
+     * until the oldest is a minute old; Unix socket clients are one address. 0: no limit.
+     */
+    auth_max_failures: count(1_000_000).default(20),
+    /** Like PostgreSQL's authentication_timeout: a client must finish logging in within this. */
+    auth_timeout: duration.default(60_000),
     embedded: z
       .object({
         /** Superuser password of the embedded server; generated and kept in data_dir when unset. */

@@ -4,6 +4,7 @@ import type net from 'node:net';
 import type { Logger } from 'pino';
 import { CONSOLE_DATABASE, serveConsole, type ConsoleDeps } from '../admin/console.js';
 import { authenticateClient, type AuthMethod } from '../auth/authenticate.js';
+import { clientAddress, type LoginFailures } from '../auth/failures.js';
 import type { RoleSource } from '../auth/roles.js';
 import type { BranchResolver } from '../branch/manager.js';
 import type { Endpoint } from '../upstream/endpoint.js';
@@ -39,8 +40,6 @@ import { SessionRelay } from './relay.js';
 import { ClientState, serverState } from './client-state.js';
 import { prepareServer, TransactionRelay } from './transaction-relay.js';
 
-/** Like PostgreSQL's authentication_timeout: a client must finish logging in within this. */
-const STARTUP_TIMEOUT_MS = 60_000;
 /** How long a departed client's leftovers (open transaction, COPY) may take to clean up. */
 const RESET_TIMEOUT_MS = 5_000;
 /** How long a refused client has to read its error and close before it is cut off. */
@@ -49,6 +48,10 @@ const LINGER_MS = 5_000;
 export interface ProxyContext {
   log: Logger;
   auth: AuthMethod;
+  /** Like PostgreSQL's authentication_timeout (auth_timeout): the whole login must fit in it. */
+  loginTimeoutMs: number;
+  /** Failed logins by client address (auth_max_failures). */
+  loginFailures: LoginFailures;
   roles: RoleSource;
   /** A hint for clients whose password was refused (28P01): the same for every role name. */
   loginHint?: (() => Promise<string | undefined>) | undefined;
@@ -107,7 +110,7 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
   const loginTimer = setTimeout(() => {
     timedOut = true;
     socket.destroy();
-  }, STARTUP_TIMEOUT_MS);
+  }, ctx.loginTimeoutMs);
   let label: { user?: string; database?: string } = {};
   let conn: ServerConnection | undefined;
   try {
@@ -128,13 +131,26 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
       requested,
       packet.parameters.get('options'),
     );
+    // Refused without a word in the log: LoginFailures logs a blocked address once a minute.
+    const address = clientAddress(socket.remoteAddress);
+    const blocked = ctx.loginFailures.blocked(address);
+    if (blocked) {
+      refuse(socket, blocked);
+      ctx.onRefused?.(blocked.code);
+      return;
+    }
     const login = await authenticateClient({
       socket,
       reader,
       user,
       method: ctx.auth,
       roles: ctx.roles,
-      timeoutMs: STARTUP_TIMEOUT_MS,
+      timeoutMs: ctx.loginTimeoutMs,
+    }).catch((error: unknown) => {
+      if (error instanceof PgError && error.code.startsWith('28')) {
+        ctx.loginFailures.failed(address);
+      }
+      throw error;
     });
     socket.write(authenticationOk());
     clearTimeout(loginTimer);
@@ -447,7 +463,7 @@ async function readStartup(socket: net.Socket, reader: MessageReader, ctx: Proxy
   for (;;) {
     let bytes: Buffer;
     try {
-      bytes = await reader.nextStartupPacket(STARTUP_TIMEOUT_MS);
+      bytes = await reader.nextStartupPacket(ctx.loginTimeoutMs);
     } catch (error) {
       // A client that leaves without a byte is not worth a line in the log (monitors and port
       // scanners do it), nor one that leaves inside a length word after an encryption request

@@ -1,0 +1,156 @@
+// Limits that keep a client from abusing pgbranch: failed logins per client address
+// (auth_max_failures), the time to log in (auth_timeout) and the size of what a client may send
+// while logging in. Real pgbranch processes, real clients: node-postgres (from other loopback
+// addresses, 127.0.0.2 and up, to count as other clients), psql through the Unix socket, and a
+// raw wire client for what no driver sends.
+import net from 'node:net';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connectError, psql } from './support/clients.js';
+import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
+import { fieldsOf, PROTOCOL_3_0, startupPacket, WireClient } from './support/wire-client.js';
+
+const MAX_FAILURES = 3;
+let proxy: PgbranchProcess;
+let socketDir: string;
+
+beforeAll(async () => {
+  socketDir = tempDir('abuse-socket');
+  proxy = await startPgbranch({
+    args: [
+      '--auth-max-failures',
+      String(MAX_FAILURES),
+      '--auth-timeout',
+      '1s',
+      '--socket-dir',
+      socketDir,
+    ],
+  });
+});
+
+afterAll(async () => {
+  await proxy?.stop();
+});
+
+/** node-postgres settings for a client whose connection comes from `from` (a loopback address). */
+function from(address: string, password: string): pg.ClientConfig {
+  return {
+    ...proxy.config('postgres', 'postgres', password),
+    // pg connects with stream.connect(port, host); bind the socket to `address` first.
+    stream: () => {
+      const socket = new net.Socket();
+      const connect = socket.connect.bind(socket) as (options: net.TcpNetConnectOpts) => net.Socket;
+      socket.connect = ((port: number, host: string) =>
+        connect({ port, host, localAddress: address })) as unknown as typeof socket.connect;
+      return socket;
+    },
+  };
+}
+
+/** psql through pgbranch's Unix socket, with this password. */
+const overSocket = (password: string) =>
+  psql(
+    `postgres://postgres@/postgres?host=${encodeURIComponent(socketDir)}&port=${proxy.port}`,
+    'select 1',
+    { args: ['-w'], env: { PGPASSWORD: password, PGPASSFILE: '/dev/null' } },
+  );
+
+describe('auth_max_failures', () => {
+  it('refuses every login from an address that failed too often in a minute, the right password too, with 28000 and when to try again', async () => {
+    for (let i = 0; i < MAX_FAILURES; i++) {
+      expect(await connectError(from('127.0.0.2', 'wrong'))).toMatchObject({ code: '28P01' });
+    }
+    const blocked = await connectError(from('127.0.0.2', proxy.password));
+    expect(blocked?.code).toBe('28000');
+    expect(blocked?.message).toMatch(
+      /^too many failed logins from 127\.0\.0\.2; try again in ([1-9]|[1-5]\d|60) s$/,
+    );
+  });
+
+  it('lets other addresses in meanwhile, and lets them fail without being blocked below the limit', async () => {
+    expect(await connectError(from('127.0.0.3', 'wrong'))).toMatchObject({ code: '28P01' });
+    expect(await connectError(from('127.0.0.3', proxy.password))).toBeUndefined();
+    expect(await connectError(from('127.0.0.1', proxy.password))).toBeUndefined();
+  });
+
+  it('logs a blocked address once a minute, not once per refused attempt', async () => {
+    for (let i = 0; i < MAX_FAILURES; i++) {
+      expect(await connectError(from('127.0.0.4', 'wrong'))).toMatchObject({ code: '28P01' });
+    }
+    for (let i = 0; i < 5; i++) {
+      expect(await connectError(from('127.0.0.4', proxy.password))).toMatchObject({
+        code: '28000',
+      });
+    }
+    const lines = proxy.events('logins_blocked').filter((line) => line.address === '127.0.0.4');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ level: 40, failures: MAX_FAILURES });
+    const refusedLines = proxy
+      .events('client_refused')
+      .filter((line) => String(line.reason).includes('too many failed logins'));
+    expect(refusedLines).toEqual([]);
+  });
+
+  it('counts every Unix socket client as one address, apart from TCP clients', async () => {
+    for (let i = 0; i < MAX_FAILURES; i++) {
+      const failed = await overSocket('wrong');
+      expect(failed.code).not.toBe(0);
+      expect(failed.stderr).toContain('password authentication failed');
+    }
+    const blocked = await overSocket(proxy.password);
+    expect(blocked.stderr).toMatch(/too many failed logins from \[local\]; try again in \d+ s/);
+    expect(await connectError(from('127.0.0.5', proxy.password))).toBeUndefined();
+  });
+});
+
+describe('the login is bounded', () => {
+  /** A raw client that has sent its startup packet and got the SASL challenge. */
+  async function challenged(): Promise<WireClient> {
+    const wire = await WireClient.open(proxy.port);
+    wire.write(startupPacket(PROTOCOL_3_0, { user: 'postgres', database: 'postgres' }));
+    const challenge = await wire.next();
+    expect(challenge?.type).toBe('R');
+    expect(challenge!.body.readInt32BE(0)).toBe(10);
+    return wire;
+  }
+
+  it('refuses an oversized SASLInitialResponse with 08P01 before reading it, and closes', async () => {
+    const wire = await challenged();
+    const header = Buffer.alloc(5);
+    header.write('p', 0, 'latin1');
+    header.writeInt32BE(20_004, 1);
+    wire.write(Buffer.concat([header, Buffer.from('SCRAM-SHA-256\0'), Buffer.alloc(1000)]));
+    const error = await wire.next();
+    expect(error?.type).toBe('E');
+    expect(fieldsOf(error!)).toMatchObject({ C: '08P01', M: 'invalid message length 20004' });
+    await wire.closed;
+  });
+
+  it('cuts off, without a word, a client that never sends its SASL response, at auth_timeout', async () => {
+    const wire = await challenged();
+    await wire.closed;
+    expect(await wire.rest()).toHaveLength(0);
+  }, 20_000);
+
+  it('cuts off a client that stops halfway through SCRAM, at auth_timeout', async () => {
+    const wire = await challenged();
+    const response = Buffer.from('n,,n=,r=abcdefghijklmnopqrstuvwx');
+    const mechanism = Buffer.from('SCRAM-SHA-256\0');
+    const message = Buffer.alloc(5 + mechanism.length + 4 + response.length);
+    message.write('p', 0, 'latin1');
+    message.writeInt32BE(message.length - 1, 1);
+    mechanism.copy(message, 5);
+    message.writeInt32BE(response.length, 5 + mechanism.length);
+    response.copy(message, 9 + mechanism.length);
+    wire.write(message);
+    const serverFirst = await wire.next();
+    expect(serverFirst?.type).toBe('R');
+    expect(serverFirst!.body.readInt32BE(0)).toBe(11);
+    await wire.closed;
+    expect(await wire.rest()).toHaveLength(0);
+  }, 20_000);
+
+  it('still serves a client that logs in promptly', async () => {
+    expect(await connectError(proxy.config('postgres'))).toBeUndefined();
+  });
+});
