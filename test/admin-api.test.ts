@@ -86,6 +86,13 @@ describe('the admin API', () => {
     });
   });
 
+  it('answers copying: null for a database branch, whose copies report no progress', async () => {
+    expect(await api('GET', branchPath('app@anything', '/copy'))).toEqual({
+      status: 200,
+      body: { copying: null },
+    });
+  });
+
   it('serves an OpenAPI 3.1 document that lists every route, with the bearer scheme', async () => {
     const { body: document } = await api('GET', '/openapi.json', undefined, null);
     expect(document.openapi).toBe('3.1.0');
@@ -102,6 +109,7 @@ describe('the admin API', () => {
         'GET /v1/branches/{name}',
         'PATCH /v1/branches/{name}',
         'DELETE /v1/branches/{name}',
+        'GET /v1/branches/{name}/copy',
         'POST /v1/branches/{name}/reset',
         'POST /v1/branches/{name}/snapshots',
         'DELETE /v1/branches/{name}/snapshots/{snapshot}',

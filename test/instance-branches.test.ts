@@ -364,13 +364,19 @@ describe('the lifecycle of instance branches, through the admin API', () => {
     expect((await api('POST', '/v1/branches', { name: 'billing@api-made' })).body).toMatchObject({
       created: false,
     });
-    const other = await api('POST', '/v1/branches', { name: 'api-made', parent: 'listed' });
+    await leave(await connect('app@api-parent'));
+    const other = await api('POST', '/v1/branches', { name: 'api-made', parent: 'api-parent' });
     expect(other).toMatchObject({ status: 409, body: { error: { code: '42P04' } } });
     const client = await connect('app@api-made');
     expect((await client.query('select count(*)::int as n from counter')).rows[0].n).toEqual(
       expect.any(Number),
     );
     expect(proxy.events('branch_created').filter((e) => e.branch === 'api-made')).toHaveLength(1);
+    // No copy runs for it now: the CLI's progress bar asks this while one does.
+    expect(await api('GET', branchPath('api-made', '/copy'))).toMatchObject({
+      status: 200,
+      body: { copying: null },
+    });
   });
 
   it('resets a branch to a new copy of its parent: its writes are gone, its clients told 57P01', async () => {

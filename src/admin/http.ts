@@ -303,6 +303,33 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
     async (request) => lifecycle.delete(request.params.name, { cascade: request.query.cascade }),
   );
 
+  app.get<{ Params: NameParams }>(
+    '/v1/branches/:name/copy',
+    {
+      schema: {
+        summary: 'How far the copy that makes, resets or restores a branch is',
+        description:
+          'copying is null when no copy runs, or where copies do not report progress (database branches).',
+        params: nameParams,
+        response: {
+          200: {
+            type: 'object',
+            required: ['copying'],
+            properties: {
+              copying: {
+                type: ['object', 'null'],
+                required: ['bytes', 'totalBytes'],
+                properties: { bytes: { type: 'integer' }, totalBytes: { type: 'integer' } },
+              },
+            },
+          },
+          ...errors(401),
+        },
+      },
+    },
+    async (request) => ({ copying: lifecycle.copying?.(request.params.name) ?? null }),
+  );
+
   app.post<{ Params: NameParams }>(
     '/v1/branches/:name/reset',
     {

@@ -31,7 +31,7 @@ import {
   gcReport,
 } from './format.js';
 import { branchHelp, gcHelp } from './help.js';
-import { withProgress } from './progress.js';
+import { withProgress, type CopyProgress } from './progress.js';
 import { clientFor, explainUnreachable } from './reach.js';
 
 const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, notFound: 4 } as const;
@@ -121,6 +121,15 @@ async function branch(
   const [name = '', second = ''] = words;
   const step = <T>(label: string, method: string, url: string, body?: unknown) =>
     withProgress(process.stderr, label, client.request<T>(method, url, body));
+  /** As step, with a progress bar of the copy that makes, resets or restores branch `of`. */
+  const copyStep = <T>(of: string, label: string, method: string, url: string, body?: unknown) =>
+    withProgress(process.stderr, label, client.request<T>(method, url, body), async () => {
+      const { copying } = await client.request<{ copying: CopyProgress | null }>(
+        'GET',
+        path(of, '/copy'),
+      );
+      return copying ?? undefined;
+    });
   switch (command) {
     case 'list': {
       const database = one(options, '--database');
@@ -140,15 +149,21 @@ async function branch(
     case 'create': {
       const from = one(options, '--from');
       const ttl = one(options, '--ttl');
-      const result = await step<CreateResult>(`creating ${name}`, 'POST', '/v1/branches', {
+      const result = await copyStep<CreateResult>(
         name,
-        ...(from === undefined
-          ? {}
-          : { parent: parentWithin(parseConnectTarget(name).target.root, from) }),
-        ...optional('snapshot', one(options, '--snapshot')),
-        ...optional('expiresAt', one(options, '--expires')),
-        ...optional('ttl', ttl),
-      });
+        `creating ${name}`,
+        'POST',
+        '/v1/branches',
+        {
+          name,
+          ...(from === undefined
+            ? {}
+            : { parent: parentWithin(parseConnectTarget(name).target.root, from) }),
+          ...optional('snapshot', one(options, '--snapshot')),
+          ...optional('expiresAt', one(options, '--expires')),
+          ...optional('ttl', ttl),
+        },
+      );
       const b = result.branch;
       const parent = describeParent(b);
       const text = result.created
@@ -157,7 +172,7 @@ async function branch(
       return { json: result, text };
     }
     case 'reset': {
-      const b = await step<BranchInfo>(`resetting ${name}`, 'POST', path(name, '/reset'));
+      const b = await copyStep<BranchInfo>(name, `resetting ${name}`, 'POST', path(name, '/reset'));
       return { json: b, text: `reset ${b.name} to the current state of ${describeParent(b)}\n` };
     }
     case 'snapshot': {
@@ -170,7 +185,8 @@ async function branch(
       return { json: s, text: `saved restore point ${s.name} of ${s.of}\n` };
     }
     case 'restore': {
-      const b = await step<BranchInfo>(
+      const b = await copyStep<BranchInfo>(
+        name,
         `restoring ${name} to ${second}`,
         'POST',
         path(name, '/restore'),

@@ -67,6 +67,10 @@ export class InstanceLifecycle implements Lifecycle {
     ]);
   }
 
+  copying(name: string): { bytes: number; totalBytes: number } | undefined {
+    return this.instances.copying(branchOf(name));
+  }
+
   async get(name: string): Promise<BranchInfo> {
     const branch = branchOf(name);
     const found = (await this.list()).find((b) => b.name === branch);

@@ -132,6 +132,11 @@ export interface DiffResult {
  */
 export interface Lifecycle {
   list(database?: string): Promise<BranchInfo[]>;
+  /**
+   * How far the copy that makes (or resets, or restores) a branch is, while one runs; only where
+   * copies report it (instance branches).
+   */
+  copying?(name: string): { bytes: number; totalBytes: number } | undefined;
   get(name: string): Promise<BranchInfo>;
   create(request: CreateRequest): Promise<CreateResult>;
   /** Drains the branch's clients and makes it a fresh clone of its parent's current state. */

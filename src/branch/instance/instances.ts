@@ -123,6 +123,8 @@ export class InstanceBranches implements BranchResolver {
     { done: Promise<Instance>; listeners: Set<(message: string) => void> }
   >();
   private closed = false;
+  /** Copies under way, by branch name: how far each is (for the CLI's progress bar). */
+  private readonly copies = new Map<string, { bytes: number; totalBytes: number }>();
 
   private constructor(private readonly options: InstanceBranchesOptions) {}
 
@@ -502,6 +504,11 @@ export class InstanceBranches implements BranchResolver {
     writeRecord(instance.dir, instance.record);
   }
 
+  /** How far the copy making (or resetting, restoring) branch `name` is, while one runs. */
+  copying(name: string): { bytes: number; totalBytes: number } | undefined {
+    return this.copies.get(name);
+  }
+
   has(name: string): boolean {
     return this.instances.has(instanceId(name));
   }
@@ -578,6 +585,7 @@ export class InstanceBranches implements BranchResolver {
     fs.mkdirSync(staging, { mode: 0o755 });
     let nextReport = started + PROGRESS_EVERY_MS;
     const onProgress = ({ bytes, totalBytes }: { bytes: number; totalBytes: number }) => {
+      this.copies.set(name, { bytes, totalBytes });
       const now = Date.now();
       if (now < nextReport) return;
       nextReport = now + PROGRESS_EVERY_MS;
@@ -662,6 +670,8 @@ export class InstanceBranches implements BranchResolver {
       fs.rmSync(staging, { recursive: true, force: true });
       if (error instanceof PgError) throw error;
       throw errors.branchCreationFailed(name, (error as Error).message);
+    } finally {
+      this.copies.delete(name);
     }
   }
 
