@@ -480,15 +480,25 @@ describe('the lifecycle of instance branches, through the admin API', () => {
     expect((await api('GET', branchPath('migrating'))).body.snapshots).toEqual([]);
   });
 
-  it('shows the schema difference of a database between the root and a branch', async () => {
+  it('shows the schema difference of a database between the root, a branch and its restore point', async () => {
     const branch = await connect('app@diffed');
-    await branch.query('create table only_here (id int primary key)');
-    const { status, body } = await api(
-      'GET',
-      `/v1/diff?from=app&to=${encodeURIComponent('app@diffed')}`,
+    expect((await api('POST', branchPath('diffed', '/snapshots'), { name: 'p0' })).status).toBe(
+      201,
     );
-    expect(status).toBe(200);
-    expect(body.text).toContain('only_here');
+    await branch.query('create table only_here (id int primary key)');
+    const diff = (from: string, to: string) =>
+      api('GET', `/v1/diff?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`);
+    const fromRoot = await diff('app', 'app@diffed');
+    expect(fromRoot.status).toBe(200);
+    expect(fromRoot.body.text).toContain('only_here');
+    const fromPoint = await diff('app@diffed:p0', 'app@diffed');
+    expect(fromPoint.status).toBe(200);
+    expect(fromPoint.body.text).toContain('only_here');
+    expect((await diff('app', 'app@diffed:p0')).body.text).not.toContain('only_here');
+    expect(await diff('app@diffed:nope', 'app@diffed')).toMatchObject({
+      status: 404,
+      body: { error: { code: '42704' } },
+    });
   });
 
   it('deletes an expired branch with the sweeper, and gc deletes branches no git branch has', async () => {
@@ -513,12 +523,5 @@ describe('the lifecycle of instance branches, through the admin API', () => {
     expect(applied.body).toMatchObject({ deleted: ['gc-dead'], applied: true });
     expect((await api('GET', branchPath('gc-dead'))).status).toBe(404);
     expect((await api('GET', branchPath('gc-live'))).status).toBe(200);
-  });
-  it('says plainly what instance branches cannot do yet (0A000): a diff with a restore point', async () => {
-    const { body } = await api(
-      'GET',
-      `/v1/diff?from=${encodeURIComponent('app@diffed:x')}&to=${encodeURIComponent('app@diffed')}`,
-    );
-    expect(body).toMatchObject({ error: { code: '0A000' } });
   });
 });

@@ -207,24 +207,28 @@ export class InstanceLifecycle implements Lifecycle {
 
   /**
    * The schema difference of one database (`app@x`: database app of instance x; `app` alone: of
-   * the root instance) between two branches. Restore points can't be read (nobody connects to a
-   * stopped copy): 0A000.
+   * the root instance) between two branches; either may be a restore point (`app@x:before`),
+   * read from a scratch copy of it.
    */
   async diff(from: string, to: string): Promise<DiffResult> {
     const sides = [from, to].map((name) => {
-      if (splitRestorePoint(name)) throw notYet('a diff with a restore point');
-      const at = name.indexOf(SEPARATOR);
-      const database = at < 0 ? name : name.slice(0, at);
+      const split = splitRestorePoint(name);
+      const branchPart = split ? split.branch : name;
+      const at = branchPart.indexOf(SEPARATOR);
+      const database = at < 0 ? branchPart : branchPart.slice(0, at);
       // A diff names databases: `app` alone is database app of the root instance.
-      const branch = at < 0 ? ROOT_BRANCH : branchOf(name);
+      const branch = at < 0 ? ROOT_BRANCH : branchOf(branchPart);
       if (branch !== ROOT_BRANCH && !this.instances.has(branch)) throw errors.branchMissing(name);
-      return { database, branch };
+      if (split && branch === ROOT_BRANCH) throw notYet('restore points of the root instance');
+      return { database, branch, point: split?.point };
     });
     const [before, after] = await Promise.all(
       sides.map((side) =>
-        side.branch === ROOT_BRANCH
-          ? this.root.withSession(side.database, readSchema)
-          : this.instances.withSession(side.branch, side.database, readSchema),
+        side.point !== undefined
+          ? this.instances.withPointSession(side.branch, side.point, side.database, readSchema)
+          : side.branch === ROOT_BRANCH
+            ? this.root.withSession(side.database, readSchema)
+            : this.instances.withSession(side.branch, side.database, readSchema),
       ),
     );
     const diff = diffSchemas(before!, after!);

@@ -43,6 +43,8 @@ export interface InstanceRecord {
   /** Absolute expiry (ISO), and idle expiry after the last connection. */
   expiresAt?: string;
   ttlMs?: number | null;
+  /** The role whose connect made it (branch.max_per_role); absent when made otherwise. */
+  createdBy?: string;
 }
 
 /** A restore point of an instance branch: a stopped copy of it, nobody connects to. */
@@ -94,6 +96,11 @@ export interface InstanceBranchesOptions {
   };
   /** Whether a role may cause a branch to be made (as for CREATE DATABASE). */
   mayCreate: (user: string) => Promise<boolean>;
+  /**
+   * Throws when a role may not make another branch now (the creation quota); `made` counts the
+   * branches it made that exist.
+   */
+  admitCreation: (user: string, made: () => number) => void;
   /** An instance stops: pgbranch's pools of it must go first. */
   onStopping: (endpoint: Endpoint) => void;
   log: Logger;
@@ -498,6 +505,59 @@ export class InstanceBranches implements BranchResolver {
     }
   }
 
+  /**
+   * As withSession, on restore point `point` of instance `name`: nobody connects to a restore
+   * point itself, so a scratch copy of it is started, read and removed.
+   */
+  async withPointSession<T>(
+    name: string,
+    point: string,
+    database: string,
+    work: (client: pg.Client) => Promise<T>,
+  ): Promise<T> {
+    this.mustGetPoint(name, point);
+    const scratch = path.join(
+      this.options.dir,
+      `${CREATING_PREFIX}read-${randomBytes(4).toString('hex')}`,
+    );
+    fs.mkdirSync(scratch, { mode: 0o755 });
+    try {
+      await copyCluster({
+        sourceDataDir: path.join(this.pointDir(name, point), 'pg'),
+        target: path.join(scratch, 'pg'),
+        owner: this.options.owner,
+      });
+      const postmaster = await startPostmaster({
+        binary: this.options.binary,
+        pgDataDir: path.join(scratch, 'pg'),
+        socketDir: path.join(scratch, 'run'),
+        port: INSTANCE_PORT,
+        settings: this.options.settings,
+        owner: this.options.owner,
+        log: this.options.log,
+      });
+      try {
+        const client = new pg.Client({
+          host: postmaster.endpoint.socketDir,
+          port: postmaster.endpoint.port,
+          user: this.options.superuser,
+          database,
+          application_name: 'pgbranch',
+        });
+        await client.connect();
+        try {
+          return await work(client);
+        } finally {
+          await client.end().catch(() => undefined);
+        }
+      } finally {
+        await postmaster.stop('fast');
+      }
+    } finally {
+      await fs.promises.rm(scratch, { recursive: true, force: true });
+    }
+  }
+
   setProtected(name: string, on: boolean): void {
     const instance = this.mustGet(name);
     instance.record = { ...instance.record, protected: on };
@@ -567,6 +627,12 @@ export class InstanceBranches implements BranchResolver {
     if (user !== undefined && !(await this.options.mayCreate(user))) {
       throw errors.mayNotCreateBranch(user, name, parentName ?? 'the root instance');
     }
+    if (user !== undefined) {
+      this.options.admitCreation(
+        user,
+        () => [...this.instances.values()].filter((i) => i.record.createdBy === user).length,
+      );
+    }
     const parent =
       parentName === undefined ? undefined : this.instances.get(instanceId(parentName));
     if (parentName !== undefined && !parent) {
@@ -634,6 +700,7 @@ export class InstanceBranches implements BranchResolver {
         createdAt: new Date().toISOString(),
         mode: copied.mode,
         ...(point && point.of !== name ? { fromSnapshot: point.name } : {}),
+        ...(user !== undefined ? { createdBy: user } : {}),
       };
       this.options.prepareCopy?.(path.join(staging, 'pg'));
       // A restore point's copy was prepared when its branch was made.
