@@ -18,6 +18,7 @@ import type { CopyMethod } from './branch/provider.js';
 import { hostInUrl, reachableHost } from './config/load.js';
 import { commaList, type Config } from './config/schema.js';
 import { serveAdminApi, type AdminApi } from './admin/http.js';
+import { CreationQuota } from './lifecycle/creation-quota.js';
 import { anyOf, Policy } from './lifecycle/policy.js';
 import { LifecycleService, type LifecycleSettings } from './lifecycle/service.js';
 import { PgError } from './errors.js';
@@ -239,6 +240,8 @@ export async function startPgbranch(
     await admin.end().catch(() => undefined);
     await embedded?.stop();
   };
+  // Read when a branch is made, by when the lifecycle below exists.
+  const creationQuota = new CreationQuota((): Policy => lifecycle.settings.policy);
   let instances: InstanceBranches | undefined;
   if (config.branch.provider === 'instance') {
     try {
@@ -257,6 +260,7 @@ export async function startPgbranch(
         onStopping: closePoolsOf,
         // Read when a branch is made, by when the lifecycle below exists.
         policy: () => lifecycle.settings.policy,
+        creationQuota,
         log,
       });
     } catch (error) {
@@ -275,6 +279,7 @@ export async function startPgbranch(
     maintenanceDatabase,
     forget: (database) => branches.forget(database),
     settings: lifecycleSettings(config),
+    creationQuota,
     log,
     onCreated: metrics && ((mode, ms, ok) => metrics.branchCreated(mode, ms, ok)),
     onOperation: metrics && ((operation, ok) => metrics.branchOperation(operation, ok)),

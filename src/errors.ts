@@ -267,6 +267,20 @@ export const errors = {
       undefined,
       'Delete branches that are no longer used (npx pgbranch gc, npx pgbranch branch delete), or raise branch.max_per_database.',
     ),
+  roleBranchLimit: (role: string, max: number) =>
+    new PgError(
+      '53400',
+      `role "${role}" may not create another branch: it has made ${max}, the most branch.max_per_role allows`,
+      undefined,
+      'Delete branches it no longer uses (npx pgbranch branch delete), or raise branch.max_per_role.',
+    ),
+  creationRateLimit: (role: string, max: number, seconds: number) =>
+    new PgError(
+      '53400',
+      `role "${role}" may not create another branch for ${seconds} s: it created ${max} in the last minute, the most branch.max_creations_per_minute allows`,
+      undefined,
+      'Connect to branches that exist, wait, or raise branch.max_creations_per_minute.',
+    ),
   branchTerminated: (name: string, verb: 'reset' | 'restored' | 'deleted') =>
     new PgError(
       '57P01',

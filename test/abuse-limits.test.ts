@@ -11,26 +11,64 @@ import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch
 import { fieldsOf, PROTOCOL_3_0, startupPacket, WireClient } from './support/wire-client.js';
 
 const MAX_FAILURES = 3;
+/** Logins and their bounds. */
 let proxy: PgbranchProcess;
 let socketDir: string;
+/** Branch creations and client connections, database provider. */
+let quotas: PgbranchProcess;
+/** Branch creations, instance provider. */
+let instances: PgbranchProcess;
 
 beforeAll(async () => {
   socketDir = tempDir('abuse-socket');
-  proxy = await startPgbranch({
-    args: [
-      '--auth-max-failures',
-      String(MAX_FAILURES),
-      '--auth-timeout',
-      '1s',
-      '--socket-dir',
-      socketDir,
-    ],
-  });
+  // Most of a start is the embedded server's initdb: start them side by side.
+  const starts = [
+    startPgbranch({
+      args: [
+        '--auth-max-failures',
+        String(MAX_FAILURES),
+        '--auth-timeout',
+        '1s',
+        '--socket-dir',
+        socketDir,
+      ],
+    }).then((started) => (proxy = started)),
+    startPgbranch({
+      args: ['--branch-max-creations-per-minute', '3', '--branch-max-per-role', '2'],
+    }).then(async (started) => {
+      quotas = started;
+      await makeRoles(started, 'create database app');
+    }),
+    startPgbranch({
+      args: ['--branch-provider', 'instance', '--branch-max-creations-per-minute', '1'],
+    }).then(async (started) => {
+      instances = started;
+      await makeRoles(started, 'create database app');
+    }),
+  ];
+  const results = await Promise.allSettled(starts);
+  for (const result of results) if (result.status === 'rejected') throw result.reason;
 });
 
 afterAll(async () => {
-  await proxy?.stop();
+  await Promise.all([proxy?.stop(), quotas?.stop(), instances?.stop()]);
 });
+
+/** alice and bob, who may create databases (and so branches), and what else `sql` makes. */
+async function makeRoles(target: PgbranchProcess, ...sql: string[]): Promise<void> {
+  const statements = [
+    "create role alice login createdb password 'alice-pw'",
+    "create role bob login createdb password 'bob-pw'",
+    ...sql,
+  ];
+  for (const statement of statements) {
+    expect(await psql(target.url('postgres'), statement)).toMatchObject({ code: 0 });
+  }
+}
+
+/** Connects as `role` (its password is `<role>-pw`) and leaves at once: undefined, or the error. */
+const visit = (target: PgbranchProcess, database: string, role: string) =>
+  connectError(target.config(database, role, `${role}-pw`));
 
 /** node-postgres settings for a client whose connection comes from `from` (a loopback address). */
 function from(address: string, password: string): pg.ClientConfig {
@@ -152,5 +190,59 @@ describe('the login is bounded', () => {
 
   it('still serves a client that logs in promptly', async () => {
     expect(await connectError(proxy.config('postgres'))).toBeUndefined();
+  });
+});
+
+describe('branch.max_creations_per_minute and branch.max_per_role (database provider)', () => {
+  it('refuses a role a branch beyond branch.max_per_role with 53400 naming it, and lets it make one once it deleted one', async () => {
+    expect(await visit(quotas, 'app@alice-1', 'alice')).toBeUndefined();
+    expect(await visit(quotas, 'app@alice-2', 'alice')).toBeUndefined();
+    const refused = await visit(quotas, 'app@alice-3', 'alice');
+    expect(refused).toEqual({
+      code: '53400',
+      message:
+        'role "alice" may not create another branch: it has made 2, the most branch.max_per_role allows',
+    });
+    // Connecting to a branch it made is no creation.
+    expect(await visit(quotas, 'app@alice-1', 'alice')).toBeUndefined();
+    // Nor does a refused one exist.
+    const exists = await psql(
+      quotas.url('postgres'),
+      `select count(*) from pg_database where datname = 'app@alice-3'`,
+    );
+    expect(exists.stdout).toBe('0');
+    expect(
+      await psql(quotas.url('postgres'), 'drop database "app@alice-1" with (force)'),
+    ).toMatchObject({ code: 0 });
+    expect(await visit(quotas, 'app@alice-3', 'alice')).toBeUndefined();
+  });
+
+  it('refuses a role its creations beyond branch.max_creations_per_minute with 53400 naming it, deleted branches counted', async () => {
+    // alice made three in this minute (one of them deleted since).
+    expect(
+      await psql(quotas.url('postgres'), 'drop database "app@alice-2" with (force)'),
+    ).toMatchObject({ code: 0 });
+    const refused = await visit(quotas, 'app@alice-4', 'alice');
+    expect(refused?.code).toBe('53400');
+    expect(refused?.message).toMatch(
+      /^role "alice" may not create another branch for \d+ s: it created 3 in the last minute, the most branch.max_creations_per_minute allows$/,
+    );
+  });
+
+  it('leaves other roles alone', async () => {
+    expect(await visit(quotas, 'app@bob-1', 'bob')).toBeUndefined();
+    expect(await visit(quotas, 'app@bob-2', 'bob')).toBeUndefined();
+  });
+});
+
+describe('branch.max_creations_per_minute (instance provider)', () => {
+  it('refuses a role a second instance branch in a minute with 53400 naming the limit, and makes no instance', async () => {
+    expect(await visit(instances, 'app@alice-1', 'alice')).toBeUndefined();
+    const refused = await visit(instances, 'app@alice-2', 'alice');
+    expect(refused?.code).toBe('53400');
+    expect(refused?.message).toMatch(/the most branch\.max_creations_per_minute allows$/);
+    const created = instances.events('branch_created').map((line) => line.branch);
+    expect(created).not.toContain('alice-2');
+    expect(await visit(instances, 'app@bob-1', 'bob')).toBeUndefined();
   });
 });

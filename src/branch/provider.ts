@@ -33,6 +33,8 @@ export interface BranchRecord {
   /** Idle expiry; null means never, even where a pattern default applies. */
   ttlMs?: number | null;
   lastConnectedAt?: string;
+  /** The role whose connect made it (branch.max_per_role); absent when made otherwise. */
+  createdBy?: string;
 }
 
 /** A database on the server as the lifecycle sees it. */

@@ -18,6 +18,8 @@ export const descriptions: Record<ConfigPath, string> = {
     'Failed logins a client address may have in a minute; past it, its logins are refused (28000) until the oldest is a minute old. Unix socket clients count as one address; 0 for no limit.',
   auth_timeout:
     'Time a client has to log in, from its first byte to the end of authentication; then it is cut off.',
+  shutdown_timeout:
+    'On SIGTERM: time clients have to finish their transactions (each is closed with 57P01 when its transaction ends); then the rest are closed and pgbranch exits.',
   'embedded.password':
     'Superuser password of the embedded server; generated and kept in data_dir when unset.',
   'embedded.port': 'TCP port of the embedded server on 127.0.0.1; 0 picks a free one.',
@@ -54,6 +56,10 @@ export const descriptions: Record<ConfigPath, string> = {
     "Comma-separated branch name patterns (* matches anything) that connecting may create; '' lets only the CLI, API and console create branches.",
   'branch.max_per_database':
     'Branches one root database may have, restore points not counted; 0 for no limit.',
+  'branch.max_per_role':
+    'Branches one role may have made by connecting and not yet deleted (53400 past it); 0 for no limit.',
+  'branch.max_creations_per_minute':
+    'Branches one role may make by connecting in a minute (53400 past it); 0 for no limit.',
   'branch.ttl':
     'Idle expiry by branch name pattern, e.g. "ci-*=2h, pr-*=14d": such a branch is deleted that long after its last connection.',
   'branch.scripts':

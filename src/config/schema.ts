@@ -99,6 +99,11 @@ export const configSchema = z
     auth_max_failures: count(1_000_000).default(20),
     /** Like PostgreSQL's authentication_timeout: a client must finish logging in within this. */
     auth_timeout: duration.default(60_000),
+    /**
+     * On SIGTERM, how long clients may go on: each is closed (57P01) at the end of its transaction,
+     * and whoever is left after this is closed too.
+     */
+    shutdown_timeout: duration.default(30_000),
     embedded: z
       .object({
         /** Superuser password of the embedded server; generated and kept in data_dir when unset. */
@@ -178,6 +183,10 @@ export const configSchema = z
         create_on_connect: z.string().default('*'),
         /** Branches one root database may have (restore points not counted); 0 for no limit. */
         max_per_database: count(1_000_000).default(0),
+        /** Branches one role may have made by connecting (and not yet deleted); 0 for no limit. */
+        max_per_role: count(1_000_000).default(0),
+        /** Branches one role may make by connecting in a minute; 0 for no limit. */
+        max_creations_per_minute: count(1_000_000).default(60),
         /** Idle expiry by branch name pattern: `ci-*=2h, pr-*=14d`. */
         ttl: patternList('duration').default(''),
         /** SQL files run in a new branch before any client sees it, by pattern: `pr-*=mask.sql`. */
@@ -221,6 +230,8 @@ export const configSchema = z
         copy_method: 'auto',
         create_on_connect: '*',
         max_per_database: 0,
+        max_per_role: 0,
+        max_creations_per_minute: 60,
         ttl: '',
         scripts: '',
         sweep_interval: 60_000,

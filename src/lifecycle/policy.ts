@@ -9,6 +9,8 @@ import { PgError } from '../errors.js';
 export interface PolicySettings {
   create_on_connect: string;
   max_per_database: number;
+  max_per_role: number;
+  max_creations_per_minute: number;
   ttl: string;
   scripts: string;
 }
@@ -51,6 +53,8 @@ function pairs(text: string): { match: Matcher; pattern: string; value: string }
 export class Policy {
   readonly mayCreateOnConnect: Matcher;
   readonly maxPerDatabase: number;
+  readonly maxPerRole: number;
+  readonly maxCreationsPerMinute: number;
   private readonly ttls: { match: Matcher; ms: number }[];
   private readonly scripts: { match: Matcher; file: string; branchPattern: RegExp }[];
 
@@ -61,6 +65,8 @@ export class Policy {
   ) {
     this.mayCreateOnConnect = patternsMatcher(settings.create_on_connect);
     this.maxPerDatabase = settings.max_per_database;
+    this.maxPerRole = settings.max_per_role;
+    this.maxCreationsPerMinute = settings.max_creations_per_minute;
     this.ttls = pairs(settings.ttl).map((p) => ({ match: p.match, ms: duration.parse(p.value) }));
     this.scripts = pairs(settings.scripts).map((p) => ({
       match: p.match,

@@ -38,6 +38,7 @@ import type {
   Lifecycle,
   SnapshotInfo,
 } from './model.js';
+import type { CreationQuota } from './creation-quota.js';
 import { patternsMatcher, type Policy } from './policy.js';
 
 /** What a branch's connections are held by: the pools. */
@@ -85,6 +86,8 @@ export interface LifecycleOptions {
   /** A database was dropped: connecting to it must look it up again. */
   forget: (database: string) => void;
   settings: LifecycleSettings;
+  /** How many branches a role may make by connecting (per minute, in all). */
+  creationQuota: CreationQuota;
   log: Logger;
   /** Called once per creation attempted (for metrics), whether it succeeded or not. */
   onCreated?: (mode: 'clone' | 'copy', ms: number, ok: boolean) => void;
@@ -98,6 +101,13 @@ export interface LifecycleOptions {
 
 export type Operation =
   'reset' | 'restore' | 'snapshot' | 'auto_snapshot' | 'delete' | 'expire' | 'gc';
+
+/** The branches (of every root) that a role's connects made and that exist. */
+function madeBy(catalog: Catalog, role: string): number {
+  let count = 0;
+  for (const entry of catalog.branches.values()) if (entry.record?.createdBy === role) count++;
+  return count;
+}
 
 /** Copies made aside during a reset or restore are named this, then a hash of the branch. */
 const ASIDE_PREFIX = 'pgbranch_aside_';
@@ -257,6 +267,7 @@ export class LifecycleService implements Lifecycle {
       const catalog = await this.catalog();
       if (catalog.branches.has(name)) return {};
       this.checkLimit(catalog, target.root);
+      this.options.creationQuota.admit(user, () => madeBy(catalog, user));
       const record: BranchRecord = {
         kind: 'branch',
         root: target.root,
@@ -264,6 +275,7 @@ export class LifecycleService implements Lifecycle {
         parent: parentName,
         createdAt: new Date(this.now()).toISOString(),
         mode: provider.copyMethod.mode,
+        createdBy: user,
       };
       try {
         await this.make(parent, database, record, true, user);

@@ -7,6 +7,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/schema.js';
 import { detectCloneSupport } from '../copy-on-write.js';
+import type { CreationQuota } from '../../lifecycle/creation-quota.js';
 import type { Policy } from '../../lifecycle/policy.js';
 import type { CopyMethod } from '../provider.js';
 import type { Endpoint } from '../../upstream/endpoint.js';
@@ -81,6 +82,8 @@ export interface InstanceSetup {
   onStopping: (endpoint: Endpoint) => void;
   /** The configured policy as it is now (after a RELOAD too): branch.scripts. */
   policy: () => Policy;
+  /** How many branches a role may make by connecting. */
+  creationQuota: CreationQuota;
   log: Logger;
 }
 
@@ -106,6 +109,7 @@ export async function openInstanceBranches(setup: InstanceSetup): Promise<Instan
           [user],
         )
       ).rowCount === 1,
+    admitCreation: (user, made) => setup.creationQuota.admit(user, made),
     onStopping: setup.onStopping,
     scripts: {
       mayHave: (branch) => setup.policy().mayHaveScripts(branch),
