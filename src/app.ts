@@ -26,6 +26,7 @@ import { Metrics, serveMetrics, type MetricsServer } from './metrics.js';
 import { PoolManager } from './pool/pool.js';
 import { CannotStart, checkBeforeStart, listenProblem } from './preflight.js';
 import { CancelRegistry } from './proxy/cancel.js';
+import { ClientQuotas, type ClientLimits } from './proxy/client-quotas.js';
 import { ClientRegistry } from './proxy/clients.js';
 import { Peers } from './coordination/peers.js';
 import { SharedDrain } from './coordination/shared-drain.js';
@@ -43,7 +44,7 @@ export interface ReloadResult {
 
 /** Keys whose new value is used at once after a reload. */
 const RELOADABLE =
-  /^(auth_max_failures$|branch\.(?!copy_method)|pool\.(mode|transaction_mode_for|idle_in_transaction_timeout|max_prepared_statements|max_client_connections)$|log\.level$|admin\.users$)/;
+  /^(auth_max_failures$|branch\.(?!copy_method)|pool\.(mode|transaction_mode_for|idle_in_transaction_timeout|max_prepared_statements|max_client_connections(_per_branch|_per_role)?)$|log\.level$|admin\.users$)/;
 
 export interface Running {
   /** Where clients connect. */
@@ -315,6 +316,7 @@ export async function startPgbranch(
       onConnect: (database) => lifecycle.touch(database),
     });
   let maxLoginFailures = config.auth_max_failures;
+  let clientLimits = clientLimitsOf(config);
   const ctx: ProxyContext = {
     log,
     onRefused: metrics && ((code) => metrics.clientRefused(code)),
@@ -328,6 +330,7 @@ export async function startPgbranch(
     poolsFor,
     cancels: new CancelRegistry(endpoint),
     maxClients: config.pool.max_client_connections,
+    clientQuotas: new ClientQuotas(() => clientLimits),
     clients,
     registry,
     sessions,
@@ -478,6 +481,7 @@ export async function startPgbranch(
     ctx.maxPreparedStatements = next.pool.max_prepared_statements;
     ctx.maxClients = next.pool.max_client_connections;
     maxLoginFailures = next.auth_max_failures;
+    clientLimits = clientLimitsOf(next);
     log.level = next.log.level;
     consoleUsers = roleSet(next.admin.users);
     current = next;
@@ -558,6 +562,13 @@ function flatten(value: unknown, prefix = '', into = new Map<string, unknown>())
     }
   } else into.set(prefix, value);
   return into;
+}
+
+function clientLimitsOf(config: Config): ClientLimits {
+  return {
+    perBranch: config.pool.max_client_connections_per_branch,
+    perRole: config.pool.max_client_connections_per_role,
+  };
 }
 
 function lifecycleSettings(config: Config): LifecycleSettings {

@@ -197,6 +197,20 @@ export const errors = {
       undefined,
       'Raise pool.max_client_connections, or close idle connections.',
     ),
+  tooManyBranchClients: (branch: string, max: number) =>
+    new PgError(
+      '53300',
+      `too many connections to branch "${printable(branch)}": pool.max_client_connections_per_branch is ${max}`,
+      undefined,
+      'Close idle connections to the branch, or raise pool.max_client_connections_per_branch.',
+    ),
+  tooManyRoleClients: (role: string, max: number) =>
+    new PgError(
+      '53300',
+      `too many connections for role "${role}": pool.max_client_connections_per_role is ${max}`,
+      undefined,
+      'Close idle connections of the role, or raise pool.max_client_connections_per_role.',
+    ),
   poolTimeout: (pool: string, waitedMs: number) =>
     new PgError(
       '53300',

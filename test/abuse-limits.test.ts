@@ -5,18 +5,20 @@
 // raw wire client for what no driver sends.
 import net from 'node:net';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectError, psql } from './support/clients.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { connectEndedAfterEachTest, connectError, psql } from './support/clients.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 import { fieldsOf, PROTOCOL_3_0, startupPacket, WireClient } from './support/wire-client.js';
 
 const MAX_FAILURES = 3;
+/** Clients a test holds open are ended after it, whatever happened. */
+const hold = connectEndedAfterEachTest();
 /** Logins and their bounds. */
 let proxy: PgbranchProcess;
 let socketDir: string;
 /** Branch creations and client connections, database provider. */
 let quotas: PgbranchProcess;
-/** Branch creations, instance provider. */
+/** Branch creations (instance provider), and client connections per branch and role. */
 let instances: PgbranchProcess;
 
 beforeAll(async () => {
@@ -40,10 +42,24 @@ beforeAll(async () => {
       await makeRoles(started, 'create database app');
     }),
     startPgbranch({
-      args: ['--branch-provider', 'instance', '--branch-max-creations-per-minute', '1'],
+      args: [
+        '--branch-provider',
+        'instance',
+        '--branch-max-creations-per-minute',
+        '1',
+        '--pool-max-client-connections-per-branch',
+        '2',
+        '--pool-max-client-connections-per-role',
+        '3',
+      ],
     }).then(async (started) => {
       instances = started;
-      await makeRoles(started, 'create database app');
+      await makeRoles(
+        started,
+        'create database app',
+        "create role carol login password 'carol-pw'",
+        "create role dave login password 'dave-pw'",
+      );
     }),
   ];
   const results = await Promise.allSettled(starts);
@@ -244,5 +260,39 @@ describe('branch.max_creations_per_minute (instance provider)', () => {
     const created = instances.events('branch_created').map((line) => line.branch);
     expect(created).not.toContain('alice-2');
     expect(await visit(instances, 'app@bob-1', 'bob')).toBeUndefined();
+  });
+});
+
+describe('pool.max_client_connections_per_branch and pool.max_client_connections_per_role', () => {
+  const as = (database: string, role: string) =>
+    instances.config(database, role, `${role}-pw`) as pg.ClientConfig;
+
+  it('refuse a client beyond either limit with 53300 naming it, and admit again once a client left', async () => {
+    const first = await hold(as('app', 'carol'));
+    await hold(as('app', 'carol'));
+    expect(await connectError(as('app', 'dave'))).toEqual({
+      code: '53300',
+      message: 'too many connections to branch "app": pool.max_client_connections_per_branch is 2',
+    });
+    await hold(as('postgres', 'carol'));
+    expect(await connectError(as('postgres', 'carol'))).toEqual({
+      code: '53300',
+      message: 'too many connections for role "carol": pool.max_client_connections_per_role is 3',
+    });
+    // Another role on another branch is let in.
+    expect(await connectError(as('postgres', 'dave'))).toBeUndefined();
+    await first.end();
+    // Wait until pgbranch is done with carol's client, not any other.
+    await vi.waitFor(
+      () =>
+        expect(
+          instances
+            .events('client_disconnected')
+            .filter((line) => line.user === 'carol' && line.database === 'app'),
+        ).toHaveLength(1),
+      { timeout: 10_000, interval: 20 },
+    );
+    const dave = await hold(as('app', 'dave'));
+    expect((await dave.query('select current_user as who')).rows).toEqual([{ who: 'dave' }]);
   });
 });

@@ -36,6 +36,10 @@ export const descriptions: Record<ConfigPath, string> = {
   'pool.reserve_timeout': 'How long a client waits before its pool may use pool.reserve_size.',
   'pool.max_server_connections': 'Server connections across all pools.',
   'pool.max_client_connections': 'Client connections open at once.',
+  'pool.max_client_connections_per_branch':
+    'Client connections to one branch (database@branch) at once; past it, 53300. 0 for no limit.',
+  'pool.max_client_connections_per_role':
+    'Client connections of one role at once; past it, 53300. 0 for no limit.',
   'pool.idle_timeout': 'Idle pooled server connections are closed after this long.',
   'pool.server_lifetime':
     'Server connections older than this are closed when given back or idle; 0 keeps them.',

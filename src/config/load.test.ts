@@ -151,6 +151,8 @@ describe('loadConfig', () => {
       'pool.reserve_timeout',
       'pool.max_server_connections',
       'pool.max_client_connections',
+      'pool.max_client_connections_per_branch',
+      'pool.max_client_connections_per_role',
       'pool.idle_timeout',
       'pool.server_lifetime',
       'pool.wait_timeout',

@@ -131,6 +131,10 @@ export const configSchema = z
         reserve_timeout: duration.default(5_000),
         max_server_connections: positiveInt.default(200),
         max_client_connections: positiveInt.default(5000),
+        /** Client connections to one branch at once (53300 past it); 0 for no limit. */
+        max_client_connections_per_branch: count(1_000_000).default(0),
+        /** Client connections of one role at once (53300 past it); 0 for no limit. */
+        max_client_connections_per_role: count(1_000_000).default(0),
         /** Idle pooled server connections are closed after this long. */
         idle_timeout: duration.default(600_000),
         /** Server connections older than this are closed when given back or idle; 0 keeps them. */
@@ -162,6 +166,8 @@ export const configSchema = z
         reserve_timeout: 5_000,
         max_server_connections: 200,
         max_client_connections: 5000,
+        max_client_connections_per_branch: 0,
+        max_client_connections_per_role: 0,
         idle_timeout: 600_000,
         server_lifetime: 3_600_000,
         wait_timeout: 30_000,

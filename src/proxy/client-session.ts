@@ -35,6 +35,7 @@ import {
   type EncryptionRequest,
 } from '../wire/startup.js';
 import { secretLengthFor, type CancelRegistry, type ServerKey } from './cancel.js';
+import type { ClientQuotas } from './client-quotas.js';
 import type { ClientRegistry } from './clients.js';
 import { SessionRelay } from './relay.js';
 import { ClientState, serverState } from './client-state.js';
@@ -62,6 +63,8 @@ export interface ProxyContext {
   poolsFor: (endpoint: Endpoint | undefined) => PoolManager;
   cancels: CancelRegistry;
   maxClients: number;
+  /** Clients per branch and per role (pool.max_client_connections_per_branch, _per_role). */
+  clientQuotas: ClientQuotas;
   /** Clients connected now (all of them, in any phase). */
   clients: Set<net.Socket>;
   /** Clients past login, for the admin side and for draining a branch. */
@@ -172,13 +175,21 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
       ? 'session'
       : (poolMode ?? ctx.poolModeFor(requested));
     const run = mode === 'transaction' ? serveTransactions : serveSession;
-    await run(
-      ctx,
-      socket,
-      reader,
-      { target, user, requested, parameters, login, secretLength: secretLengthFor(minor) },
-      (c) => (conn = c),
+    const release = ctx.clientQuotas.admit(
+      branchName(target.root, target.branch ?? ROOT_BRANCH),
+      user,
     );
+    try {
+      await run(
+        ctx,
+        socket,
+        reader,
+        { target, user, requested, parameters, login, secretLength: secretLengthFor(minor) },
+        (c) => (conn = c),
+      );
+    } finally {
+      release();
+    }
     conn = undefined;
   } catch (error) {
     if (conn) conn.pool.manager.release(conn, false);
