@@ -2,6 +2,7 @@
 // and the listeners. The only file that knows all of them.
 import fs from 'node:fs';
 import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { passwordCensus, PasswordlessHint, passwordWarning } from './auth/passwordless.js';
@@ -21,8 +22,9 @@ import { serveAdminApi, type AdminApi } from './admin/http.js';
 import { CreationQuota } from './lifecycle/creation-quota.js';
 import { anyOf, Policy } from './lifecycle/policy.js';
 import { LifecycleService, type LifecycleSettings } from './lifecycle/service.js';
-import { PgError } from './errors.js';
+import { errors, PgError } from './errors.js';
 import { Metrics, serveMetrics, type MetricsServer } from './metrics.js';
+import { serverBudget, type ServerBudget } from './pool/budget.js';
 import { PoolManager } from './pool/pool.js';
 import { CannotStart, checkBeforeStart, listenProblem } from './preflight.js';
 import { CancelRegistry } from './proxy/cancel.js';
@@ -44,7 +46,7 @@ export interface ReloadResult {
 
 /** Keys whose new value is used at once after a reload. */
 const RELOADABLE =
-  /^(auth_max_failures$|branch\.(?!copy_method)|pool\.(mode|transaction_mode_for|idle_in_transaction_timeout|max_prepared_statements|max_client_connections(_per_branch|_per_role)?)$|log\.level$|admin\.users$)/;
+  /^(auth_max_failures$|shutdown_timeout$|branch\.(?!copy_method)|pool\.(mode|transaction_mode_for|idle_in_transaction_timeout|max_prepared_statements|max_client_connections(_per_branch|_per_role)?)$|log\.level$|admin\.users$)/;
 
 export interface Running {
   /** Where clients connect. */
@@ -78,10 +80,23 @@ export interface Running {
   reload(next: Config): ReloadResult;
   /** Roles besides superusers that may use the SQL console. */
   consoleUsers(): ReadonlySet<string>;
-  stop(): Promise<void>;
+  /**
+   * Stops pgbranch and its embedded server. `graceful` (SIGTERM) first lets clients finish their
+   * transactions within shutdown_timeout; otherwise (SIGINT) clients are cut at once.
+   */
+  stop(graceful?: boolean): Promise<void>;
 }
 
 const MAINTENANCE_DATABASE = 'postgres';
+/** Budget keys apply on reload, which reads the server's budget again whether they changed or not. */
+const BUDGET_KEYS = /^pool\.(max_server_connections|server_margin)$/;
+/** The administrative pg.Pool's size (roles, catalogs, branch operations). */
+const ADMIN_CONNECTIONS = 4;
+/**
+ * pgbranch's own server sessions besides its pools, taken from the budget: the administrative
+ * pool, and one made for a branch script, a schema diff or a console session on an instance.
+ */
+const OWN_CONNECTIONS = ADMIN_CONNECTIONS + 1;
 
 export async function startPgbranch(
   config: Config,
@@ -107,7 +122,7 @@ export async function startPgbranch(
       dataDir: config.data_dir,
       password: config.embedded.password,
       port: config.embedded.port,
-      maxConnections: config.pool.max_server_connections + 20,
+      maxConnections: embeddedMaxConnections(config),
       log,
     });
     endpoint = embedded.endpoint;
@@ -119,7 +134,7 @@ export async function startPgbranch(
   }
   const admin = new pg.Pool({
     ...adminConfig,
-    max: 4,
+    max: ADMIN_CONNECTIONS,
     idleTimeoutMillis: 10_000,
     application_name: 'pgbranch',
   });
@@ -129,6 +144,7 @@ export async function startPgbranch(
   const connectTo = (database: string) =>
     new pg.Client({ ...adminConfig, database, application_name: 'pgbranch' });
   let provider: DatabaseProvider;
+  let budget: ServerBudget;
   try {
     provider = await DatabaseProvider.open(
       admin,
@@ -137,6 +153,7 @@ export async function startPgbranch(
       embedded?.pgDataDir,
       config.branch.copy_method,
     );
+    budget = await budgetOf(config, admin);
   } catch (error) {
     await admin.end().catch(() => undefined);
     await embedded?.stop();
@@ -151,14 +168,15 @@ export async function startPgbranch(
     minIdle: config.pool.min_idle,
     reserveSize: config.pool.reserve_size,
     reserveTimeoutMs: config.pool.reserve_timeout,
-    maxServerConnections: config.pool.max_server_connections,
+    maxServerConnections: budget.max,
     idleTimeoutMs: config.pool.idle_timeout,
     serverLifetimeMs: config.pool.server_lifetime,
     waitTimeoutMs: config.pool.wait_timeout,
     connectRetries: config.pool.connect_retries,
+    connectTimeoutMs: config.pool.connect_timeout,
   };
-  const poolsAt = (at: Endpoint) =>
-    new PoolManager(poolLimits, (request) =>
+  const poolsAt = (at: Endpoint) => {
+    const manager = new PoolManager(poolLimits, (request) =>
       openServerSession({
         endpoint: at,
         user: request.user,
@@ -168,7 +186,29 @@ export async function startPgbranch(
         timeoutMs: config.pool.connect_timeout,
       }),
     );
+    // Instance branches share the root's budget until they have one of their own (issue 12).
+    manager.setBudget(budget);
+    return manager;
+  };
   const pools = poolsAt(endpoint);
+  log.info(
+    { event: 'server_budget', max: budget.max, derivation: budget.derivation },
+    `server connection budget: ${budget.derivation}`,
+  );
+  /** Reads the budget again on RELOAD: the server may have been restarted with other settings. */
+  let budgetRead: Promise<void> = Promise.resolve();
+  const rereadBudget = async (next: Config) => {
+    try {
+      budget = await budgetOf(next, admin);
+      pools.setBudget(budget);
+      log.info(
+        { event: 'server_budget', max: budget.max, derivation: budget.derivation },
+        `server connection budget: ${budget.derivation}`,
+      );
+    } catch (error) {
+      log.warn({ err: error }, `could not read the server connection budget; kept ${budget.max}`);
+    }
+  };
   /** Pools of branch instances, by endpoint; an instance's go when it stops. */
   const instancePools = new Map<string, PoolManager>();
   const poolsFor = (at: Endpoint | undefined): PoolManager => {
@@ -361,7 +401,9 @@ export async function startPgbranch(
           // A bad file or variable leaves the running configuration as it is.
           throw new PgError('F0000', `configuration not reloaded: ${(error as Error).message}`);
         }
-        return reload(next);
+        const result = reload(next);
+        await budgetRead;
+        return result;
       },
       serverVersion: provider.serverVersion,
       pauseTimeoutMs: () => lifecycle.settings.drainTimeoutMs,
@@ -469,9 +511,11 @@ export async function startPgbranch(
   const reload = (next: Config): ReloadResult => {
     const before = flatten(current);
     const changed = [...flatten(next)].filter(([key, value]) => before.get(key) !== value);
-    const applied = changed.map(([key]) => key).filter((key) => RELOADABLE.test(key));
-    const needRestart = changed.map(([key]) => key).filter((key) => !RELOADABLE.test(key));
+    const reloadable = (key: string) => RELOADABLE.test(key) || BUDGET_KEYS.test(key);
+    const applied = changed.map(([key]) => key).filter(reloadable);
+    const needRestart = changed.map(([key]) => key).filter((key) => !reloadable(key));
     lifecycle.settings = lifecycleSettings(next);
+    budgetRead = rereadBudget(next);
     if (next.branch.sweep_interval !== current.branch.sweep_interval) {
       clearInterval(sweeper);
       sweeper = startSweeper(next.branch.sweep_interval);
@@ -492,9 +536,44 @@ export async function startPgbranch(
     return { applied, needRestart };
   };
 
+  /**
+   * Refuses new clients (57P01) and closes each connected one, with 57P01, once its transaction
+   * has ended; those still in one after `graceMs` are closed then. Resolves when all are gone.
+   */
+  const drainClients = async (graceMs: number) => {
+    ctx.shuttingDown = true;
+    const shuttingDown = errors.shuttingDown();
+    log.info(
+      { event: 'draining', clients: ctx.clients.size, timeoutMs: graceMs },
+      `stopping: no new clients; ${ctx.clients.size} connected may finish their transactions within ${graceMs / 1000} s`,
+    );
+    const told = new Set<number>();
+    const deadline = Date.now() + graceMs;
+    // Clients still logging in join the registry later, and are told then.
+    while (ctx.clients.size > 0 && Date.now() < deadline) {
+      for (const client of registry.all()) {
+        if (told.has(client.id)) continue;
+        told.add(client.id);
+        if (client.terminateWhenIdle) client.terminateWhenIdle(shuttingDown);
+        else client.terminate(shuttingDown);
+      }
+      await sleep(Math.min(50, Math.max(1, deadline - Date.now())));
+    }
+    if (ctx.clients.size === 0) return;
+    log.warn(
+      { event: 'shutdown_timeout', clients: ctx.clients.size },
+      `closing ${ctx.clients.size} client${ctx.clients.size === 1 ? '' : 's'} still busy after shutdown_timeout`,
+    );
+    for (const client of registry.all()) client.terminate(shuttingDown);
+    // Long enough for the 57P01 to go out; stop() cuts whatever is left.
+    const flushed = Date.now() + 1000;
+    while (ctx.clients.size > 0 && Date.now() < flushed) await sleep(20);
+  };
+
   let stopping: Promise<void> | undefined;
-  const stop = () =>
+  const stop = (graceful = false) =>
     (stopping ??= (async () => {
+      if (graceful) await drainClients(current.shutdown_timeout);
       ctx.shuttingDown = true;
       clearInterval(sweeper);
       const closed = closeListeners();
@@ -533,6 +612,26 @@ export async function startPgbranch(
     consoleUsers: () => consoleUsers,
     stop,
   };
+}
+
+/** The server connection budget: pool.max_server_connections, or with auto read from the server. */
+function budgetOf(config: Config, admin: pg.Pool): Promise<ServerBudget> {
+  return serverBudget(
+    config.pool.max_server_connections,
+    config.pool.server_margin,
+    OWN_CONNECTIONS,
+    (sql) => admin.query<{ name: string; setting: string }>(sql),
+  );
+}
+
+/**
+ * The embedded server's max_connections: embedded.max_connections; else PostgreSQL's default with
+ * an auto budget (which is then taken from it), or room for a fixed budget and pgbranch's own.
+ */
+function embeddedMaxConnections(config: Config): number {
+  if (config.embedded.max_connections !== undefined) return config.embedded.max_connections;
+  const fixed = config.pool.max_server_connections;
+  return fixed === 'auto' ? 100 : fixed + 20;
 }
 
 /**

@@ -1,5 +1,6 @@
 // `pgbranch`: reads the configuration, starts the proxy (and the embedded server unless an
-// upstream is set), prints how to connect, and stops both cleanly on Ctrl-C.
+// upstream is set), prints how to connect, and stops both cleanly on Ctrl-C (at once) or SIGTERM
+// (once transactions end); SIGHUP reloads the configuration.
 import path from 'node:path';
 import { commandWord } from './cli/args.js';
 import { ConfigError, loadConfig, reachableHost } from './config/load.js';
@@ -75,6 +76,10 @@ async function main(): Promise<number> {
   };
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
+  // SIGHUP reloads, as the console's RELOAD; until pgbranch runs there is nothing to reload, and
+  // the default (exit) must not apply.
+  let onHangup = () => undefined as void;
+  process.on('SIGHUP', () => onHangup());
   let running;
   const { CannotStart } = await import('./preflight.js');
   try {
@@ -95,6 +100,19 @@ async function main(): Promise<number> {
     await running.stop();
     return 0;
   }
+  const started = running;
+  onHangup = () => {
+    log.info({ event: 'reloading', signal: 'SIGHUP' }, 'SIGHUP: reading the configuration again');
+    try {
+      started.reload(loadConfig(argv, process.env).config);
+    } catch (error) {
+      // A bad file leaves the running configuration as it is, as RELOAD does.
+      log.error(
+        { event: 'reload_failed', err: error },
+        `configuration not reloaded: ${(error as Error).message}`,
+      );
+    }
+  };
   // The banner shows the password only to a person at a terminal: elsewhere (docker logs, CI) it is
   // kept like a log line, and says where the password is.
   const atTerminal = process.stderr.isTTY === true;
@@ -158,8 +176,10 @@ async function main(): Promise<number> {
     onSignal = (signal: string) => {
       signalled = signal;
       stopRequestedAt = Date.now();
+      // SIGTERM (a service manager, docker stop) lets transactions finish; Ctrl-C stops at once.
+      const graceful = signal === 'SIGTERM';
       log.info({ event: 'stopping', signal }, `stopping on ${signal} (again to force)`);
-      running.stop().then(resolve, (error) => {
+      running.stop(graceful).then(resolve, (error) => {
         log.error({ err: error }, 'error while stopping');
         resolve();
       });

@@ -270,6 +270,7 @@ async function serveSession(
     secretLength,
   );
   let terminated: PgError | undefined;
+  let relay: SessionRelay | undefined;
   const client = ctx.registry.add(socket, {
     user,
     requested,
@@ -284,6 +285,8 @@ async function serveSession(
       // The relay ends as if the server left; what the client is told is decided below.
       session.socket.destroy();
     },
+    terminateWhenIdle: (error) =>
+      relay ? relay.whenIdle(() => client.terminate(error)) : client.terminate(error),
   });
   try {
     socket.write(greeting(target, opened, session.parameters, cancelKey));
@@ -297,7 +300,7 @@ async function serveSession(
       },
       `client ${user} connected to ${requested}`,
     );
-    const relay = new SessionRelay(socket, session.socket, reader.detach(), (database) =>
+    relay = new SessionRelay(socket, session.socket, reader.detach(), (database) =>
       keepOff(ctx, opened.pools, database),
     );
     ctx.sessions.session++;
@@ -382,6 +385,8 @@ async function serveTransactions(
     serverOpenedAt: () => current?.openedAt,
     waiting: () => relay?.waiting() ?? false,
     terminate: (error) => relay?.terminate(error),
+    terminateWhenIdle: (error) =>
+      relay ? relay.terminateWhenIdle(error) : client.terminate(error),
   });
   try {
     socket.write(greeting(target, opened, reported, cancelKey));

@@ -27,6 +27,11 @@ export interface ConnectedClient {
   waiting(): boolean;
   /** Disconnects the client with this error (FATAL), and leaves its server connection unpooled. */
   terminate(error: PgError): void;
+  /**
+   * Disconnects the client with this error once it is outside a transaction with nothing on its
+   * way (at once if it is now), for a shutdown that lets transactions finish. Without it: at once.
+   */
+  terminateWhenIdle?(error: PgError): void;
 }
 
 export class ClientRegistry {

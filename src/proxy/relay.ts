@@ -100,6 +100,9 @@ export class SessionRelay {
   private resolveEnd!: (end: RelayEnd) => void;
   readonly ended: Promise<RelayEnd> = new Promise((resolve) => (this.resolveEnd = resolve));
 
+  /** Called once the client is idle outside a transaction (see whenIdle). */
+  private onIdle: (() => void) | undefined;
+
   /** Databases kept free of pgbranch's connections until query `until` is answered. */
   private readonly databaseHolds: { until: number; end: () => void }[] = [];
 
@@ -150,7 +153,33 @@ export class SessionRelay {
     if (this.finished) return;
     this.serverFrames.scan(chunk);
     if (!this.client.write(chunk)) this.server.pause();
+    if (this.onIdle) this.checkIdle();
   };
+
+  /**
+   * Calls `then` once the client is outside a transaction with nothing on its way: at once if it
+   * is now, else after the ReadyForQuery that ends its transaction has reached it.
+   */
+  whenIdle(then: () => void): void {
+    this.onIdle = then;
+    this.checkIdle();
+  }
+
+  private checkIdle(): void {
+    const client = this.clientFrames;
+    const server = this.serverFrames;
+    const idle =
+      client.pending === 0 &&
+      !client.unsynced &&
+      client.atBoundary &&
+      server.atBoundary &&
+      !server.copyIn &&
+      (server.readyStatus === STATUS_IDLE || server.readyStatus === 0);
+    if (!idle || this.finished || !this.onIdle) return;
+    const then = this.onIdle;
+    this.onIdle = undefined;
+    then();
+  }
 
   private readonly resumeServer = (): void => {
     if (!this.finished) this.server.resume();

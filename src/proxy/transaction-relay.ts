@@ -175,6 +175,8 @@ export class TransactionRelay implements ServerSink {
   private conn: ServerConnection | undefined;
   private server: ServerState | undefined;
   private acquiring = false;
+  /** Set by terminateWhenIdle: the error the client gets when its transaction ends. */
+  private closing: PgError | undefined;
   /** Client bytes that arrived while the client had no server connection, and their length. */
   private readonly raw: Buffer[] = [];
   private rawBytes = 0;
@@ -1116,6 +1118,7 @@ export class TransactionRelay implements ServerSink {
     const conn = this.unbind();
     if (!conn) return;
     this.options.pools.release(conn, true);
+    if (this.closing) return this.fail(this.closing);
     this.options.client.resume();
   }
 
@@ -1182,6 +1185,7 @@ export class TransactionRelay implements ServerSink {
     }
     this.options.pools.release(conn, clean);
     if (this.finished) return;
+    if (this.closing) return this.fail(this.closing);
     this.options.client.resume();
     this.sendWaiting();
   }
@@ -1228,6 +1232,15 @@ export class TransactionRelay implements ServerSink {
   /** Disconnects the client with `error` (its branch was reset or deleted under it). */
   terminate(error: PgError): void {
     this.fail(error);
+  }
+
+  /**
+   * Disconnects the client with `error` once its transaction has ended: at once when it holds no
+   * server connection and waits for none, else when it gives its connection back.
+   */
+  terminateWhenIdle(error: PgError): void {
+    if (this.conn === undefined && !this.acquiring) this.fail(error);
+    else this.closing = error;
   }
 
   private fail(error: PgError): void {
