@@ -6,7 +6,7 @@
 import net from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { connectEndedAfterEachTest, connectError, psql } from './support/clients.js';
+import { connect, connectEndedAfterEachTest, connectError, psql } from './support/clients.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 import { fieldsOf, PROTOCOL_3_0, startupPacket, WireClient } from './support/wire-client.js';
 
@@ -72,13 +72,14 @@ afterAll(async () => {
 
 /** alice and bob, who may create databases (and so branches), and what else `sql` makes. */
 async function makeRoles(target: PgbranchProcess, ...sql: string[]): Promise<void> {
-  const statements = [
-    "create role alice login createdb password 'alice-pw'",
-    "create role bob login createdb password 'bob-pw'",
-    ...sql,
-  ];
-  for (const statement of statements) {
-    expect(await psql(target.url('postgres'), statement)).toMatchObject({ code: 0 });
+  // One session for all, so that no connection limit counts a session that is still leaving.
+  const admin = await connect(target.url('postgres'));
+  try {
+    await admin.query("create role alice login createdb password 'alice-pw'");
+    await admin.query("create role bob login createdb password 'bob-pw'");
+    for (const statement of sql) await admin.query(statement);
+  } finally {
+    await admin.end();
   }
 }
 
