@@ -19,6 +19,7 @@ import type { CopyMethod } from './branch/provider.js';
 import { hostInUrl, reachableHost } from './config/load.js';
 import { commaList, type Config } from './config/schema.js';
 import { serveAdminApi, type AdminApi } from './admin/http.js';
+import { readinessCheck } from './admin/readiness.js';
 import { CreationQuota } from './lifecycle/creation-quota.js';
 import { anyOf, Policy } from './lifecycle/policy.js';
 import { LifecycleService, type LifecycleSettings } from './lifecycle/service.js';
@@ -444,6 +445,11 @@ export async function startPgbranch(
         port: config.admin.port,
         token: config.admin.token,
         log,
+        ready: readinessCheck({
+          stopping: () => ctx.shuttingDown,
+          listening: () => listener.listening,
+          admin,
+        }),
       });
     } catch (error) {
       await metricsServer?.close();

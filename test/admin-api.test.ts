@@ -104,6 +104,7 @@ describe('the admin API', () => {
     expect(routes.sort()).toEqual(
       [
         'GET /healthz',
+        'GET /readyz',
         'GET /v1/branches',
         'POST /v1/branches',
         'GET /v1/branches/{name}',

@@ -12,13 +12,14 @@ import { hostInUrl, isLoopback, reachableHost } from '../config/load.js';
 import type { ExpiryChange, Lifecycle } from '../lifecycle/model.js';
 import { version } from '../version.js';
 import { bearerCheck } from './auth.js';
+import type { Readiness } from './readiness.js';
 import { errorBody, errorReply } from './error-status.js';
 import { sharedSchemas, ttlValue } from './schemas.js';
 import { ttlMs } from './ttl.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
-    /** Served without the token: liveness and the API's description hold nothing to protect. */
+    /** Served without the token: liveness, readiness and the API's description hold nothing to protect. */
     public?: boolean;
   }
 }
@@ -27,9 +28,11 @@ export interface AdminApiOptions {
   lifecycle: Lifecycle;
   host: string;
   port: number;
-  /** Required on every route but /healthz and /openapi.json when set. */
+  /** Required on every route but /healthz, /readyz and /openapi.json when set. */
   token?: string;
   log: Logger;
+  /** For /readyz: whether pgbranch takes clients and its server answers. */
+  ready?: () => Promise<Readiness>;
 }
 
 export interface AdminApi {
@@ -168,6 +171,31 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
     },
     async () => ({ status: 'ok' }),
   );
+  const ready = options.ready;
+  if (ready) {
+    app.get(
+      '/readyz',
+      {
+        config: { public: true },
+        schema: {
+          summary: 'Readiness: 200 when pgbranch takes clients and its server answers',
+          description: '503 with the reason otherwise. Answers without a token.',
+          response: {
+            200: { type: 'object', properties: { status: { type: 'string' } } },
+            503: {
+              type: 'object',
+              properties: { status: { type: 'string' }, reason: { type: 'string' } },
+            },
+          },
+        },
+      },
+      async (_request, reply) => {
+        const readiness = await ready();
+        if (readiness.ready) return { status: 'ready' };
+        return reply.code(503).send({ status: 'not ready', reason: readiness.reason });
+      },
+    );
+  }
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () =>
     app.swagger(),
   );
