@@ -140,7 +140,16 @@ async function serveCommands(
       } else if (skipToSync) {
         continue;
       } else if (letter === 'Q') {
-        await session.query(body.toString('utf8', 0, Math.max(0, body.length - 1)));
+        // As PostgreSQL reads a Query (pq_getmsgstring, pq_getmsgend): the text ends at its first
+        // zero byte, which must be the message's last. Bytes after it would end up quoted in a
+        // syntax error, whose zero bytes would cut the ErrorResponse's fields apart.
+        const end = body.indexOf(0);
+        if (end === body.length - 1) {
+          await session.query(body.toString('utf8', 0, end));
+        } else {
+          const why = end < 0 ? 'invalid string in message' : 'invalid message format';
+          session.write(errorResponse(statementError(errors.protocolViolation(why))));
+        }
         session.write(readyForQuery('I'));
       } else if ('PBDECH'.includes(letter)) {
         if (letter === 'H') continue;

@@ -1,0 +1,84 @@
+// Inputs the protocol fuzzer (test/fuzz-protocol.test.ts, npm run fuzz) found mishandled, replayed
+// byte for byte, each named by the seed and case that found it.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
+import { fieldsOf, WireClient, type Message } from './support/wire-client.js';
+
+let proxy: PgbranchProcess;
+
+/** 'Q', length 9: "S" and four zero bytes. */
+const QUERY_WITH_ZEROS = Buffer.from('51000000095300000000', 'hex');
+const SYNC = Buffer.from('5300000004', 'hex');
+
+beforeAll(async () => {
+  proxy = await startPgbranch();
+});
+
+afterAll(async () => {
+  await proxy?.stop();
+});
+
+/** Logs in to `database` with SCRAM, sends `input`, and returns what came up to ReadyForQuery. */
+async function answerTo(
+  database: string,
+  input: Buffer,
+): Promise<{ client: WireClient; messages: Message[] }> {
+  const { client } = await WireClient.connect(proxy.port, {
+    user: 'postgres',
+    password: proxy.password,
+    database,
+  });
+  client.write(input);
+  return { client, messages: await client.until('Z') };
+}
+
+/** Checks an ErrorResponse's fields as a client reads them: each a code byte and one string. */
+function wellFormed(message: Message): boolean {
+  const body = message.body;
+  let at = 0;
+  while (at < body.length && body[at] !== 0) {
+    if (!/[SVCMDHPpqWstcdnFLR]/.test(String.fromCharCode(body[at]!))) return false;
+    const end = body.indexOf(0, at + 1);
+    if (end < 0) return false;
+    at = end + 1;
+  }
+  return at === body.length - 1;
+}
+
+describe('the SQL console under bad input', () => {
+  // FUZZ_SEED=1920593447 FUZZ_CASE=27 (and 12 more cases of that run): a Query cut short after
+  // "S", which the fuzzer completes with zero bytes to the length it claims. The console took the
+  // whole body as the text and quoted "S\0\0\0" in its syntax error, whose zero bytes cut the
+  // ErrorResponse's message field apart: a client read the rest as garbage fields.
+  it('answers a Query with bytes after its terminator as PostgreSQL does: 08P01 invalid message format, and serves on', async () => {
+    const input = Buffer.concat([QUERY_WITH_ZEROS, SYNC]);
+    const { client, messages } = await answerTo('pgbranch', input);
+    const error = messages.find((m) => m.type === 'E')!;
+    expect(wellFormed(error)).toBe(true);
+    expect(fieldsOf(error)).toMatchObject({ S: 'ERROR', C: '08P01', M: 'invalid message format' });
+    // The Sync that followed in the same input gets its own ReadyForQuery.
+    expect((await client.until('Z')).map((m) => m.type)).toEqual(['Z']);
+    client.write(Buffer.from('510000001153484f572056455253494f4e00', 'hex')); // SHOW VERSION
+    const version = await client.until('Z');
+    expect(version.map((m) => m.type)).toEqual(['T', 'D', 'C', 'Z']);
+    client.destroy();
+  });
+
+  it('answers a Query without a terminator with 08P01 invalid string in message', async () => {
+    const input = Buffer.from('510000000853484f57', 'hex'); // 'Q', length 8: "SHOW" and no zero
+    const { client, messages } = await answerTo('pgbranch', input);
+    const error = messages.find((m) => m.type === 'E')!;
+    expect(wellFormed(error)).toBe(true);
+    expect(fieldsOf(error)).toMatchObject({ C: '08P01', M: 'invalid string in message' });
+    client.destroy();
+  });
+
+  it('says what PostgreSQL says to the first', async () => {
+    const { client, messages } = await answerTo('postgres', QUERY_WITH_ZEROS);
+    expect(fieldsOf(messages.find((m) => m.type === 'E')!)).toMatchObject({
+      C: '08P01',
+      M: 'invalid message format',
+    });
+    client.destroy();
+  });
+});
