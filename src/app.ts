@@ -16,7 +16,7 @@ import { directorySize, localUpstream, openInstanceBranches } from './branch/ins
 import { InstanceLifecycle } from './lifecycle/instance-lifecycle.js';
 import type { Lifecycle } from './lifecycle/model.js';
 import type { CopyMethod } from './branch/provider.js';
-import { hostInUrl, reachableHost } from './config/load.js';
+import { hostInUrl, isLoopback, reachableHost } from './config/load.js';
 import { commaList, type Config } from './config/schema.js';
 import { serveAdminApi, type AdminApi } from './admin/http.js';
 import { readinessCheck } from './admin/readiness.js';
@@ -33,6 +33,13 @@ import { ClientRegistry } from './proxy/clients.js';
 import { Peers } from './coordination/peers.js';
 import { SharedDrain } from './coordination/shared-drain.js';
 import { serveClient, type ProxyContext } from './proxy/client-session.js';
+import {
+  describeCertificate,
+  loadServerTls,
+  TlsFileError,
+  type ServerTls,
+  type TlsMode,
+} from './proxy/tls.js';
 import { listenOnSocket } from './proxy/unix-socket.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
@@ -46,7 +53,7 @@ export interface ReloadResult {
 
 /** Keys whose new value is used at once after a reload. */
 const RELOADABLE =
-  /^(auth_max_failures$|shutdown_timeout$|branch\.(?!copy_method)|pool\.(mode|transaction_mode_for|idle_in_transaction_timeout|max_prepared_statements|max_client_connections(_per_branch|_per_role)?)$|log\.level$|admin\.users$)/;
+  /^(tls\.|auth_max_failures$|shutdown_timeout$|branch\.(?!copy_method)|pool\.(mode|transaction_mode_for|idle_in_transaction_timeout|max_prepared_statements|max_client_connections(_per_branch|_per_role)?)$|log\.level$|admin\.users$)/;
 
 export interface Running {
   /** Where clients connect. */
@@ -54,6 +61,8 @@ export interface Running {
   port: number;
   /** The Unix socket clients may connect through too (listen.socket_dir); undefined without one. */
   socketPath?: string;
+  /** TLS on the proxy port: its mode and the certificate in use now; undefined without one. */
+  tls(): (ReturnType<typeof describeCertificate> & { mode: TlsMode }) | undefined;
   /** A connection string for the superuser (embedded) or a template without password (upstream). */
   connectionString: string;
   copyMethod: CopyMethod;
@@ -96,6 +105,13 @@ export async function startPgbranch(
   rereadConfig?: () => Config,
 ): Promise<Running> {
   await checkBeforeStart(config);
+  let serverTls: ServerTls | undefined;
+  try {
+    serverTls = tlsOf(config);
+  } catch (error) {
+    if (error instanceof TlsFileError) throw new CannotStart(error.message, { cause: error });
+    throw error;
+  }
   let embedded: EmbeddedServer | undefined;
   let endpoint: Endpoint;
   let adminConfig: pg.PoolConfig;
@@ -327,6 +343,7 @@ export async function startPgbranch(
     log,
     onRefused: metrics && ((code) => metrics.clientRefused(code)),
     auth: config.auth,
+    tls: serverTls,
     loginTimeoutMs: config.auth_timeout,
     loginFailures: new LoginFailures(() => maxLoginFailures, log),
     roles: new CatalogRoleSource(admin),
@@ -375,14 +392,18 @@ export async function startPgbranch(
   };
 
   // TCP and the Unix socket serve clients alike. Socket clients are local, so what pgbranch allows
-  // only on loopback (auth trust, checked against listen.host at start) is as safe for them.
-  const onClient = (socket: net.Socket) => {
+  // only on loopback (auth trust, checked against listen.host at start; plain text under tls.mode
+  // require) is as safe for them.
+  const onClient = (socket: net.Socket, local: boolean) => {
     metrics?.clientConnected();
     ctx.clients.add(socket);
     socket.once('close', () => ctx.clients.delete(socket));
-    void serveClient(socket, ctx);
+    void serveClient(socket, ctx, { local });
   };
-  const listener = net.createServer(onClient);
+  const listener = net.createServer((socket) =>
+    // A listener on :: sees IPv4 clients as ::ffff:a.b.c.d.
+    onClient(socket, isLoopback((socket.remoteAddress ?? '').replace(/^::ffff:/, ''))),
+  );
   try {
     await new Promise<void>((resolve, reject) => {
       listener.once('error', reject);
@@ -400,7 +421,7 @@ export async function startPgbranch(
   let socketListener: net.Server | undefined;
   let socketPath: string | undefined;
   if (config.listen.socket_dir !== undefined) {
-    socketListener = net.createServer(onClient);
+    socketListener = net.createServer((socket) => onClient(socket, true));
     try {
       // Named after the TCP port, as PostgreSQL names its socket, so -h DIR -p PORT finds it.
       socketPath = await listenOnSocket(socketListener, config.listen.socket_dir, port);
@@ -478,6 +499,25 @@ export async function startPgbranch(
     return timer;
   }
   const reload = (next: Config): ReloadResult => {
+    // The certificate files are read again even when their names did not change (a renewed
+    // certificate): new handshakes use them, sessions already on TLS keep theirs.
+    let nextTls: ServerTls | undefined;
+    try {
+      nextTls = tlsOf(next);
+    } catch (error) {
+      if (error instanceof TlsFileError) {
+        throw new PgError('F0000', `configuration not reloaded: ${error.message}`);
+      }
+      throw error;
+    }
+    ctx.tls = nextTls;
+    if (nextTls) {
+      const certificate = describeCertificate(nextTls);
+      log.info(
+        { event: 'tls_loaded', mode: nextTls.mode, ...certificate },
+        `TLS certificate ${certificate.certFile} loaded (${certificate.subject}, valid to ${certificate.validTo})`,
+      );
+    }
     const before = flatten(current);
     const changed = [...flatten(next)].filter(([key, value]) => before.get(key) !== value);
     const applied = changed.map(([key]) => key).filter((key) => RELOADABLE.test(key));
@@ -563,6 +603,7 @@ export async function startPgbranch(
     host,
     port,
     socketPath,
+    tls: () => ctx.tls && { mode: ctx.tls.mode, ...describeCertificate(ctx.tls) },
     connectionString,
     copyMethod: instances ? instances.copyMethod : provider.copyMethod,
     provider: config.branch.provider,
@@ -594,6 +635,12 @@ async function serverIdentity(admin: pg.Pool, endpoint: Endpoint): Promise<strin
   } catch {
     return describeEndpoint(endpoint);
   }
+}
+
+/** TLS as configured (its files read now), or undefined without a certificate. */
+function tlsOf(config: Config): ServerTls | undefined {
+  const { cert, key, mode } = config.tls;
+  return cert && key ? loadServerTls({ cert, key, mode }) : undefined;
 }
 
 function roleSet(list: string): Set<string> {

@@ -101,6 +101,19 @@ export const errors = {
       undefined,
       'Valid values are: "false", 0, "true", 1, "database".',
     ),
+  tlsRequired: (address: string) =>
+    new PgError(
+      '28000',
+      `connection from ${address} without TLS refused: pgbranch requires TLS from clients not on this machine; use sslmode=require`,
+    ),
+  /** As PostgreSQL 17+: direct TLS is only for clients that name the protocol. */
+  directTlsWithoutAlpn: () =>
+    new CommError(
+      'direct TLS without ALPN',
+      'received direct SSL connection request without ALPN protocol negotiation extension',
+    ),
+  tlsHandshakeFailed: (reason: string) =>
+    new CommError('TLS handshake failed', `TLS handshake failed: ${reason}`),
   unencryptedDataAfter: (request: 'SSL request' | 'GSSAPI encryption request') =>
     new PgError(
       '08P01',

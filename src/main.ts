@@ -120,6 +120,7 @@ async function main(): Promise<number> {
   const branchExample = connect.replace(/\/postgres$/, '/app@feature-x');
   const passwordAt =
     !atTerminal && running.embedded ? `   (password in ${running.embedded.passwordFile})` : '';
+  const tls = running.tls();
   const lines = [
     '',
     `pgbranch ${version} is ready on ${running.host}:${running.port}`,
@@ -144,6 +145,11 @@ async function main(): Promise<number> {
           `  socket:    ${running.socketPath}   (psql -h ${path.dirname(running.socketPath)} -p ${running.port})`,
         ]
       : []),
+    ...(tls
+      ? [
+          `  tls:       on (${tls.mode === 'require' ? 'required from clients not on this machine' : 'for clients that ask: sslmode=require, verify-full'}), certificate ${tls.certFile}   (${tls.subject}, valid to ${tls.validTo.slice(0, 10)})`,
+        ]
+      : []),
     `  server:    ${running.upstream}`,
     ...(running.embedded ? [`  data:      ${running.embedded.pgDataDir}`] : []),
     `  branches:  ${running.provider === 'instance' ? 'instances of their own, ' : ''}${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
@@ -160,6 +166,7 @@ async function main(): Promise<number> {
       host: running.host,
       port: running.port,
       socketPath: running.socketPath,
+      tls: tls && { mode: tls.mode, certFile: tls.certFile, fingerprint256: tls.fingerprint256 },
       connectionString: withoutPassword(running.connectionString),
       dataDir: running.embedded?.pgDataDir,
       upstream: running.upstream,

@@ -10,6 +10,11 @@ export const descriptions: Record<ConfigPath, string> = {
   'listen.port': 'TCP port to accept client connections on.',
   'listen.socket_dir':
     'Directory to accept local clients in too, on the Unix socket .s.PGSQL.<port> (psql -h DIR).',
+  'tls.cert':
+    'PEM certificate file (then any intermediates) for TLS on the proxy port; unset: no TLS. Read again on SIGHUP and RELOAD.',
+  'tls.key': 'PEM private key file of tls.cert.',
+  'tls.mode':
+    'allow: TLS for clients that ask; require: every client not on loopback or the Unix socket must use TLS (28000 otherwise).',
   data_dir: "Directory for the embedded PostgreSQL and pgbranch's own state.",
   upstream:
     'postgres:// URL of an existing server to use instead of the embedded one (role with CREATEDB).',

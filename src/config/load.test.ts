@@ -135,6 +135,9 @@ describe('loadConfig', () => {
       'listen.host',
       'listen.port',
       'listen.socket_dir',
+      'tls.cert',
+      'tls.key',
+      'tls.mode',
       'data_dir',
       'upstream',
       'auth',
@@ -188,6 +191,26 @@ describe('loadConfig', () => {
       'log.level',
       'log.format',
     ]);
+  });
+
+  it('reads tls.cert and tls.key from --tls-cert/--tls-key or PGBRANCH_TLS_CERT/KEY, and wants both', () => {
+    expect(load(['--tls-cert', 'a.crt', '--tls-key', 'a.key']).config.tls).toEqual({
+      cert: 'a.crt',
+      key: 'a.key',
+      mode: 'allow',
+    });
+    const env = {
+      PGBRANCH_TLS_CERT: 'b.crt',
+      PGBRANCH_TLS_KEY: 'b.key',
+      PGBRANCH_TLS_MODE: 'require',
+    };
+    expect(load([], env).config.tls).toEqual({ cert: 'b.crt', key: 'b.key', mode: 'require' });
+    expect(errorOf(() => load(['--tls-cert', 'a.crt'])).message).toMatch(
+      /^tls\.cert \(from --tls-cert\) needs tls\.key too/,
+    );
+    expect(errorOf(() => load(['--tls-mode', 'require'])).message).toMatch(
+      /^tls\.mode \(from --tls-mode\) needs tls\.cert too/,
+    );
   });
 
   it('keeps the short names scripts use: --port, --host, --password, --log-level', () => {
@@ -467,6 +490,7 @@ describe('config/pgbranch.example.yaml', () => {
     expect(config).toEqual({
       ...defaults,
       listen: { ...defaults.listen, socket_dir: '/var/run/postgresql' },
+      tls: { ...defaults.tls, cert: '/etc/pgbranch/server.crt', key: '/etc/pgbranch/server.key' },
       upstream: 'postgres://pgbranch:secret@db.internal:5432/postgres',
       embedded: { ...defaults.embedded, password: 'change-me' },
       admin: { ...defaults.admin, token: 'change-me' },

@@ -429,6 +429,16 @@ export function loadConfig(
     throw new ConfigError(result.error.issues.map((issue) => explain(issue, settings)).join('\n'));
   }
   const config = result.data;
+  const { cert, key, mode } = config.tls;
+  if ((cert === undefined) !== (key === undefined) || (mode === 'require' && !cert)) {
+    const sourceOf = (dotted: string) => settings.get(dotted)?.source ?? 'default';
+    const missing = cert === undefined ? 'tls.cert' : 'tls.key';
+    const given = cert === undefined ? (key === undefined ? 'tls.mode' : 'tls.key') : 'tls.cert';
+    throw new ConfigError(
+      `${given} (from ${sourceOf(given)}) needs ${missing} too (${missing === 'tls.cert' ? '--tls-cert, PGBRANCH_TLS_CERT' : '--tls-key, PGBRANCH_TLS_KEY'}): ` +
+        `TLS takes a certificate and its key; npx pgbranch tls init makes both for development.`,
+    );
+  }
   if (config.auth === 'trust' && !isLoopback(config.listen.host)) {
     const sourceOf = (dotted: string) => settings.get(dotted)?.source ?? 'default';
     throw new ConfigError(

@@ -79,6 +79,21 @@ export const configSchema = z
       })
       .strict()
       .default({ host: '127.0.0.1', port: 6432 }),
+    /** TLS on the proxy port: SSLRequest is answered yes, and direct TLS accepted. */
+    tls: z
+      .object({
+        /** PEM certificate (the server's first, then any intermediates); unset: no TLS. */
+        cert: z.string().min(1).optional(),
+        /** PEM private key of the certificate. */
+        key: z.string().min(1).optional(),
+        /**
+         * `allow`: TLS for clients that ask; `require`: every client not on loopback or the Unix
+         * socket must use TLS.
+         */
+        mode: z.enum(['allow', 'require']).default('allow'),
+      })
+      .strict()
+      .default({ mode: 'allow' }),
     /** Where pgbranch keeps its embedded PostgreSQL and its own state. */
     data_dir: z.string().min(1).default('.pgbranch'),
     /**

@@ -1,6 +1,7 @@
 // One client connection from first byte to last: startup packet, authentication, finding (or
 // creating) its branch, a server connection from the pool, then the relay until either side leaves.
 import type net from 'node:net';
+import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { CONSOLE_DATABASE, serveConsole, type ConsoleDeps } from '../admin/console.js';
 import { authenticateClient, type AuthMethod } from '../auth/authenticate.js';
@@ -40,6 +41,7 @@ import type { ClientRegistry } from './clients.js';
 import { SessionRelay } from './relay.js';
 import { ClientState, serverState } from './client-state.js';
 import { prepareServer, TransactionRelay } from './transaction-relay.js';
+import { ALPN_POSTGRESQL, startTls, TLS_HANDSHAKE_BYTE, type ServerTls } from './tls.js';
 
 /** How long a departed client's leftovers (open transaction, COPY) may take to clean up. */
 const RESET_TIMEOUT_MS = 5_000;
@@ -49,6 +51,8 @@ const LINGER_MS = 5_000;
 export interface ProxyContext {
   log: Logger;
   auth: AuthMethod;
+  /** TLS on the proxy port (replaced on reload); undefined without a certificate. */
+  tls: ServerTls | undefined;
   /** Like PostgreSQL's authentication_timeout (auth_timeout): the whole login must fit in it. */
   loginTimeoutMs: number;
   /** Failed logins by client address (auth_max_failures). */
@@ -84,6 +88,20 @@ export interface ProxyContext {
   maxPreparedStatements: number;
 }
 
+/** Where a client connects from, as tls.mode judges it. */
+export interface ClientOrigin {
+  /** On loopback or the Unix socket: tls.mode require lets it in without TLS. */
+  local: boolean;
+}
+
+/** The client's connection: its socket and reader are replaced when it starts TLS. */
+interface ClientLink {
+  socket: net.Socket;
+  reader: MessageReader;
+  /** Set once TLS is on: SSLRequest was answered 'S', or the client started with TLS. */
+  tls: 'requested' | 'direct' | undefined;
+}
+
 /**
  * Sends the error and closes. The socket is cut off only after LINGER_MS, or when the client has
  * closed it: closing a socket with unread bytes makes the kernel send a reset, and a client that
@@ -102,23 +120,30 @@ function refuse(socket: net.Socket, error: PgError): void {
   );
 }
 
-export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promise<void> {
-  socket.setNoDelay(true);
-  socket.on('error', () => socket.destroy());
-  const reader = new MessageReader(socket);
+export async function serveClient(
+  raw: net.Socket,
+  ctx: ProxyContext,
+  origin: ClientOrigin,
+): Promise<void> {
+  raw.setNoDelay(true);
+  raw.on('error', () => raw.destroy());
+  const link: ClientLink = { socket: raw, reader: new MessageReader(raw), tls: undefined };
   const started = Date.now();
   // The whole login, however many packets it takes, as PostgreSQL's authentication_timeout: the
   // connection is cut without a word, and (as PostgreSQL) without a line in the log either.
   let timedOut = false;
   const loginTimer = setTimeout(() => {
     timedOut = true;
-    socket.destroy();
+    link.socket.destroy();
+    raw.destroy();
   }, ctx.loginTimeoutMs);
   let label: { user?: string; database?: string } = {};
   let conn: ServerConnection | undefined;
   try {
-    const packet = await readStartup(socket, reader, ctx);
+    const packet = await readStartup(link, ctx, origin);
     if (!packet) return;
+    // From here on the session runs on the TLS socket if the client started TLS.
+    const { socket, reader } = link;
     const user = packet.parameters.get('user')!;
     const requested = packet.parameters.get('database') || user;
     label = { user, database: requested };
@@ -193,6 +218,7 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     conn = undefined;
   } catch (error) {
     if (conn) conn.pool.manager.release(conn, false);
+    const socket = link.socket;
     if (error instanceof ClientGone) {
       socket.destroy();
       return;
@@ -229,7 +255,7 @@ export async function serveClient(socket: net.Socket, ctx: ProxyContext): Promis
     return;
   } finally {
     clearTimeout(loginTimer);
-    reader.detach();
+    link.reader.detach();
   }
   ctx.log.info(
     { event: 'client_disconnected', ...label, durationMs: Date.now() - started },
@@ -471,12 +497,22 @@ function greeting(
 }
 
 /**
- * Reads until a StartupMessage, answering encryption requests and forwarding cancels on the way,
- * as PostgreSQL's ProcessStartupPacket does.
+ * Reads until a StartupMessage, answering encryption requests (starting TLS where it is on) and
+ * forwarding cancels on the way, as PostgreSQL's ProcessStartupPacket does.
  */
-async function readStartup(socket: net.Socket, reader: MessageReader, ctx: ProxyContext) {
+async function readStartup(link: ClientLink, ctx: ProxyContext, origin: ClientOrigin) {
   const answered = new Set<EncryptionRequest>();
+  const tls = ctx.tls;
+  if (tls && (await link.reader.peekByte(ctx.loginTimeoutMs)) === TLS_HANDSHAKE_BYTE) {
+    // Direct TLS: no SSLRequest, the ClientHello comes first (already read, so handed over).
+    await upgrade(link, tls, 'direct', ctx.loginTimeoutMs);
+    if (link.socket instanceof TLSSocket && link.socket.alpnProtocol !== ALPN_POSTGRESQL) {
+      throw errors.directTlsWithoutAlpn();
+    }
+    answered.add('ssl');
+  }
   for (;;) {
+    const { socket, reader } = link;
     let bytes: Buffer;
     try {
       bytes = await reader.nextStartupPacket(ctx.loginTimeoutMs);
@@ -493,11 +529,12 @@ async function readStartup(socket: net.Socket, reader: MessageReader, ctx: Proxy
     const packet = parseStartupPacket(bytes, answered);
     switch (packet.kind) {
       case 'ssl':
-      case 'gssenc':
+      case 'gssenc': {
         answered.add(packet.kind);
-        // TLS and GSS encryption are not offered yet; clients fall back to plain text (or stop,
-        // if they require encryption).
-        socket.write('N');
+        // GSS encryption is not offered: clients fall back to TLS or plain text (or stop, if
+        // they require it).
+        const yes = packet.kind === 'ssl' && tls !== undefined;
+        socket.write(yes ? 'S' : 'N');
         // Bytes sent before the answer would have been taken as encrypted had it been yes: a
         // client bug, or someone in the middle. PostgreSQL refuses them either way.
         if (reader.buffered > 0) {
@@ -505,7 +542,9 @@ async function readStartup(socket: net.Socket, reader: MessageReader, ctx: Proxy
             packet.kind === 'ssl' ? 'SSL request' : 'GSSAPI encryption request',
           );
         }
+        if (yes) await upgrade(link, tls, 'requested', ctx.loginTimeoutMs);
         continue;
+      }
       case 'cancel':
         // Answered once the server has the cancel, as PostgreSQL does: a query the client sends
         // after that must not be the one canceled.
@@ -513,9 +552,29 @@ async function readStartup(socket: net.Socket, reader: MessageReader, ctx: Proxy
         socket.end();
         return undefined;
       case 'startup':
+        if (tls?.mode === 'require' && !link.tls && !origin.local) {
+          throw errors.tlsRequired(socket.remoteAddress ?? 'the client');
+        }
         return packet;
     }
   }
+}
+
+/** Moves the client onto TLS: the TLS socket and a reader on it replace the plain ones. */
+async function upgrade(
+  link: ClientLink,
+  tls: ServerTls,
+  how: 'requested' | 'direct',
+  timeoutMs: number,
+): Promise<void> {
+  const pending = link.reader.detach();
+  try {
+    link.socket = await startTls(link.socket, tls, pending, timeoutMs);
+  } catch (error) {
+    throw errors.tlsHandshakeFailed((error as Error).message);
+  }
+  link.reader = new MessageReader(link.socket);
+  link.tls = how;
 }
 
 async function connectToBranch(

@@ -104,6 +104,16 @@ export class MessageReader {
     }
   }
 
+  /**
+   * The first unread byte, left unread: waits up to timeoutMs for it. Tells a TLS handshake (direct
+   * TLS) from a startup packet.
+   */
+  async peekByte(timeoutMs: number): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.buffer.length === 0) await this.more(deadline, timeoutMs);
+    return this.buffer[0]!;
+  }
+
   /** Bytes that arrived beyond the last packet taken. */
   get buffered(): number {
     return this.buffer.length;

@@ -114,6 +114,11 @@ export class WireClient {
     );
   }
 
+  /** A client on a socket the caller connected (a TLS socket, say). */
+  static over(socket: net.Socket): WireClient {
+    return new WireClient(socket);
+  }
+
   static open(port: number): Promise<WireClient> {
     return new Promise((resolve, reject) => {
       const socket = net.connect({ host: '127.0.0.1', port });
