@@ -1,0 +1,698 @@
+// Runs the protocol fuzzer's cases (fuzz-cases.ts) against a running pgbranch and judges what it
+// did with each input: answered (with or without an ErrorResponse), closed, or waited for the rest
+// of an input that was cut short and closed once the client left. Anything else is a failure: no
+// answer within the deadline to an input that was whole (a hang), a connection still open after
+// the client left (stuck), a malformed or unexpected message, or one of pgbranch's internal errors.
+// Alongside it samples pgbranch's RSS and keeps well-behaved clients running `select 1`.
+import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import pg from 'pg';
+import {
+  generateCase,
+  KINDS,
+  MD5_USER,
+  SCRAM_USER,
+  type FuzzCase,
+  type Kind,
+  type Mode,
+} from './fuzz-cases.js';
+import { framing, msg, startupPacket } from './fuzz-messages.js';
+
+/** How long a whole input may go unanswered before it counts as a hang. */
+export const ANSWER_DEADLINE_MS = Number(process.env.FUZZ_DEADLINE_MS ?? 10_000);
+/** An input cut short may rightly be waited on: how long the client waits before leaving. */
+const QUIET_MS = 200;
+/** How soon pgbranch must close a connection after the client has half-closed it. */
+const CLOSE_DEADLINE_MS = 5_000;
+/** A short input whose last message claims at most this many more bytes is completed with zeros. */
+const PAD_LIMIT = 256 * 1024;
+/** Failures kept for the report (all are counted in the outcomes). */
+const MAX_FAILURES_KEPT = 1_000;
+
+export type Outcome =
+  | 'answered'
+  | 'error'
+  | 'error, closed'
+  | 'closed'
+  | 'logged in'
+  | 'SASL continued, closed when the client left'
+  | 'waited, closed when the client left';
+
+export interface Failure {
+  case: number;
+  kind: Kind;
+  mode: Mode;
+  input: string;
+  what: string;
+  bytes: string;
+}
+
+export interface Tally {
+  cases: number;
+  inputs: number;
+  byKind: Record<Kind, number>;
+  byMode: Record<Mode, number>;
+  /** Milliseconds spent on each kind's connections, summed over the workers. */
+  timeMs: Record<Kind, number>;
+  outcomes: Record<string, number>;
+  /** SQLSTATEs of the ErrorResponses the inputs got. */
+  codes: Record<string, number>;
+  failures: Failure[];
+}
+
+export function emptyTally(): Tally {
+  return {
+    cases: 0,
+    inputs: 0,
+    byKind: Object.fromEntries(KINDS.map((k) => [k, 0])) as Record<Kind, number>,
+    byMode: { session: 0, transaction: 0 },
+    timeMs: Object.fromEntries(KINDS.map((k) => [k, 0])) as Record<Kind, number>,
+    outcomes: {},
+    codes: {},
+    failures: [],
+  };
+}
+
+export interface RunOptions {
+  port: number;
+  password: string;
+  seed: number;
+  /** Stop starting cases once this many inputs have been sent. */
+  inputs: number;
+  /** Connections in flight. */
+  concurrency: number;
+  /** Only this case (replay). */
+  onlyCase?: number;
+  onProgress?: (tally: Tally) => void;
+}
+
+/** Runs cases 0, 1, 2... until `inputs` inputs have been sent; returns what happened. */
+export async function runFuzz(options: RunOptions): Promise<Tally> {
+  const tally = emptyTally();
+  const keys = new LiveKeys();
+  const login = new ScramCache(options.password);
+  let next = options.onlyCase ?? 0;
+  const last = options.onlyCase ?? Infinity;
+  let lastProgress = Date.now();
+  const worker = async () => {
+    while (tally.inputs < options.inputs && next <= last) {
+      const c = generateCase(options.seed, next++);
+      const started = Date.now();
+      await runCase(options.port, c, tally, keys, login);
+      tally.timeMs[c.kind] += Date.now() - started;
+      tally.cases++;
+      if (options.onProgress && Date.now() - lastProgress > 10_000) {
+        lastProgress = Date.now();
+        options.onProgress(tally);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: options.concurrency }, worker));
+  return tally;
+}
+
+// --- One case -----------------------------------------------------------------------------------
+
+async function runCase(
+  port: number,
+  c: FuzzCase,
+  tally: Tally,
+  keys: LiveKeys,
+  scram: ScramCache,
+): Promise<void> {
+  let conn: Connection;
+  try {
+    conn = await Connection.open(port);
+  } catch (error) {
+    tally.failures.push({
+      case: c.index,
+      kind: c.kind,
+      mode: c.mode,
+      input: c.name,
+      what: `connect: ${(error as Error).message}`,
+      bytes: '',
+    });
+    return;
+  }
+  const outcome = (input: string, what: Outcome) => {
+    tally.inputs++;
+    tally.byKind[c.kind]++;
+    tally.byMode[c.mode]++;
+    tally.outcomes[what] = (tally.outcomes[what] ?? 0) + 1;
+    for (const code of conn.takeCodes()) tally.codes[code] = (tally.codes[code] ?? 0) + 1;
+    void input;
+  };
+  const fail = (input: string, what: string, bytes: Buffer) => {
+    tally.inputs++;
+    tally.byKind[c.kind]++;
+    tally.byMode[c.mode]++;
+    tally.outcomes.failure = (tally.outcomes.failure ?? 0) + 1;
+    if (tally.failures.length < MAX_FAILURES_KEPT) {
+      tally.failures.push({
+        case: c.index,
+        kind: c.kind,
+        mode: c.mode,
+        input,
+        what,
+        bytes: hex(bytes),
+      });
+    }
+  };
+  try {
+    if (c.cancel) {
+      let bytes = c.cancel.bytes;
+      const key = c.cancel.liveKey ? keys.any() : undefined;
+      if (key) bytes = Buffer.concat([bytes.subarray(0, 8), key]);
+      // A CancelRequest must be answered by a close. Mutated into something else (a packet
+      // shorter than its length word says, an SSLRequest, a startup packet), it may rightly be
+      // waited on: then pgbranch must close once the client leaves.
+      const cancel =
+        bytes.length === 16 && bytes.readInt32BE(0) === 16 && bytes.readInt32BE(4) === 80877102;
+      conn.startupPhase = true;
+      await conn.finish(c.name, bytes, !cancel, outcome, fail);
+    } else if (c.auth) {
+      await runAuth(conn, c, outcome, fail);
+    } else {
+      await conn.login(c, scram);
+      const key = conn.key;
+      if (key) keys.add(key);
+      try {
+        for (const [i, input] of c.inputs.entries()) {
+          const more = await conn.send(input.name, input.bytes, i, outcome, fail);
+          if (!more) break;
+        }
+      } finally {
+        if (key) keys.remove(key);
+      }
+    }
+  } catch (error) {
+    fail(c.name, `harness: ${(error as Error).message}`, Buffer.alloc(0));
+  } finally {
+    conn.destroy();
+  }
+  const problems = conn.problems();
+  for (const problem of problems) fail(c.name, problem, Buffer.alloc(0));
+}
+
+async function runAuth(
+  conn: Connection,
+  c: FuzzCase,
+  outcome: (input: string, what: Outcome) => void,
+  fail: (input: string, what: string, bytes: Buffer) => void,
+): Promise<void> {
+  const auth = c.auth!;
+  const user = auth.method === 'md5' ? MD5_USER : SCRAM_USER;
+  conn.write(startupPacket({ user, database: 'postgres' }));
+  const request = await conn.authRequest();
+  if (!request)
+    return fail(c.name, 'no authentication request after the startup packet', Buffer.alloc(0));
+  let bytes: Buffer;
+  if (auth.method === 'md5') {
+    if (request.code !== 5)
+      return fail(
+        c.name,
+        `expected AuthenticationMD5Password, got ${request.code}`,
+        Buffer.alloc(0),
+      );
+    bytes = auth.response(request.data.subarray(0, 4));
+  } else {
+    if (request.code !== 10)
+      return fail(c.name, `expected AuthenticationSASL, got ${request.code}`, Buffer.alloc(0));
+    if (auth.initial !== 'valid') {
+      bytes = auth.initial;
+    } else {
+      const clientFirstBare = `n=,r=${randomBytes(18).toString('base64')}`;
+      conn.write(msg.saslInitial('SCRAM-SHA-256', Buffer.from(`n,,${clientFirstBare}`)));
+      const challenge = await conn.authRequest();
+      if (challenge?.code !== 11)
+        return fail(
+          c.name,
+          `expected AuthenticationSASLContinue, got ${challenge?.code}`,
+          Buffer.alloc(0),
+        );
+      bytes = auth.final!(challenge.data.toString('utf8'));
+    }
+  }
+  await conn.finish(c.name, bytes, framing(bytes).state === 'short', outcome, fail);
+}
+
+// --- A connection -------------------------------------------------------------------------------
+
+/** Backend message types pgbranch may send. */
+const BACKEND_TYPES = new Set([...'RKSZTDCENA123nstIGHWdcVv']);
+
+class Connection {
+  private buffer: Buffer = Buffer.alloc(0);
+  private wake: (() => void) | undefined;
+  private closed = false;
+  private readonly errors: string[] = [];
+  private codes: string[] = [];
+  key: Buffer | undefined;
+  /** Before a startup packet: an SSLRequest or GSSENCRequest is answered with one byte, 'N'. */
+  startupPhase = false;
+
+  private constructor(private readonly socket: net.Socket) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => {
+      this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+      this.wake?.();
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      this.closed = true;
+      this.wake?.();
+    });
+  }
+
+  static open(port: number): Promise<Connection> {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: '127.0.0.1', port });
+      socket.once('error', reject);
+      socket.once('connect', () => {
+        socket.removeListener('error', reject);
+        resolve(new Connection(socket));
+      });
+    });
+  }
+
+  write(bytes: Buffer): void {
+    if (!this.socket.destroyed) this.socket.write(bytes);
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  takeCodes(): string[] {
+    const codes = this.codes;
+    this.codes = [];
+    return codes;
+  }
+
+  problems(): string[] {
+    return this.errors;
+  }
+
+  /** Logs in as the superuser with SCRAM, in the case's pool mode. */
+  async login(c: FuzzCase, scram: ScramCache): Promise<void> {
+    const options = `-c statement_timeout=5000${c.mode === 'transaction' ? ' -c pgbranch.pool_mode=transaction' : ''}`;
+    this.write(startupPacket({ user: SCRAM_USER, database: c.database, options }));
+    const sasl = await this.authRequest();
+    if (sasl?.code !== 10) throw new Error(`login: expected AuthenticationSASL, got ${sasl?.code}`);
+    const clientFirstBare = `n=,r=${randomBytes(18).toString('base64')}`;
+    this.write(msg.saslInitial('SCRAM-SHA-256', Buffer.from(`n,,${clientFirstBare}`)));
+    const challenge = await this.authRequest();
+    if (challenge?.code !== 11)
+      throw new Error(`login: expected AuthenticationSASLContinue, got ${challenge?.code}`);
+    this.write(
+      msg.saslResponse(scram.clientFinal(clientFirstBare, challenge.data.toString('utf8'))),
+    );
+    for (;;) {
+      const message = await this.message(ANSWER_DEADLINE_MS);
+      if (!message) throw new Error('login: closed or timed out');
+      if (message.type === 'E') throw new Error(`login: ${errorFields(message.body)?.M}`);
+      if (message.type === 'K') this.key = Buffer.from(message.body);
+      if (message.type === 'Z') return;
+    }
+  }
+
+  /** The next Authentication request (code and data), or undefined on an error or a close. */
+  async authRequest(): Promise<{ code: number; data: Buffer } | undefined> {
+    const message = await this.message(ANSWER_DEADLINE_MS);
+    if (message?.type !== 'R' || message.body.length < 4) {
+      if (message) this.errors.push(`expected an Authentication request, got '${message.type}'`);
+      return undefined;
+    }
+    return { code: message.body.readInt32BE(0), data: message.body.subarray(4) };
+  }
+
+  /**
+   * Sends one input after login, then a probe that ends whatever state the input left (CopyFail
+   * ends a COPY IN and is ignored elsewhere, Sync ends an extended batch) and sends a token; the
+   * input is answered once the error naming the token has come, followed by ReadyForQuery. Returns whether the
+   * connection can take another input.
+   */
+  async send(
+    name: string,
+    input: Buffer,
+    n: number,
+    outcome: (input: string, what: Outcome) => void,
+    fail: (input: string, what: string, bytes: Buffer) => void,
+  ): Promise<boolean> {
+    let bytes = input;
+    const frames = framing(bytes);
+    let mayWait = frames.state === 'short';
+    if (frames.state === 'short' && frames.missing > 0 && frames.missing <= PAD_LIMIT) {
+      bytes = Buffer.concat([bytes, Buffer.alloc(frames.missing)]);
+      mayWait = false;
+    }
+    const tag = `fuzzprobe${n}x${randomBytes(4).toString('hex')}`;
+    const [first, token] = [`${tag}a`, `${tag}b`];
+    // A word that is no command: PostgreSQL (even in a failed transaction, since it parses
+    // first) and the console both answer it with a syntax error that names it. Twice, because
+    // PostgreSQL 18 answers the first Query after some broken batches with an XX000 instead
+    // ("StartTransactionCommand: unexpected state STARTED"), on its own as through pgbranch.
+    const probe = Buffer.concat([
+      msg.copyFail('probe'),
+      msg.sync(),
+      msg.query(first),
+      msg.query(token),
+    ]);
+    await this.writeInPieces(bytes);
+    this.write(probe);
+    const deadline = Date.now() + (mayWait ? QUIET_MS : ANSWER_DEADLINE_MS);
+    let errors = 0;
+    let tokenSeen = false;
+    for (;;) {
+      const message = await this.message(deadline - Date.now());
+      if (!message) {
+        if (this.closed) {
+          outcome(name, errors > 0 ? 'error, closed' : 'closed');
+          return false;
+        }
+        if (mayWait) {
+          await this.leave(name, input, outcome, fail);
+          return false;
+        }
+        fail(name, `no answer within ${ANSWER_DEADLINE_MS} ms`, input);
+        return false;
+      }
+      if (message.type === 'E' && message.body.includes(token)) tokenSeen = true;
+      else if (message.type === 'E' && !message.body.includes(first)) errors++;
+      if (message.type === 'Z' && tokenSeen) {
+        outcome(name, errors > 0 ? 'error' : 'answered');
+        return true;
+      }
+    }
+  }
+
+  /**
+   * For inputs without a login after them (authentication, cancel requests): sends `bytes` and
+   * waits for pgbranch to close (with or without an error) or to log the client in.
+   */
+  async finish(
+    name: string,
+    bytes: Buffer,
+    mayWait: boolean,
+    outcome: (input: string, what: Outcome) => void,
+    fail: (input: string, what: string, bytes: Buffer) => void,
+  ): Promise<void> {
+    await this.writeInPieces(bytes);
+    const deadline = Date.now() + (mayWait ? QUIET_MS : ANSWER_DEADLINE_MS);
+    let errors = 0;
+    for (;;) {
+      const message = await this.message(deadline - Date.now());
+      if (!message) {
+        if (this.closed) return outcome(name, errors > 0 ? 'error, closed' : 'closed');
+        if (errors > 0) return this.leave(name, bytes, outcome, fail, 'error, closed');
+        if (mayWait) return this.leave(name, bytes, outcome, fail);
+        return fail(name, `no answer within ${ANSWER_DEADLINE_MS} ms`, bytes);
+      }
+      if (message.type === 'E') errors++;
+      if (message.type === 'Z') return outcome(name, 'logged in');
+      // A client-first-message pgbranch took (extensions are ignored, as PostgreSQL does): it now
+      // waits for the client-final-message, and must close once the client leaves instead.
+      if (message.type === 'R' && message.body.readInt32BE(0) === 11) {
+        return this.leave(
+          name,
+          bytes,
+          outcome,
+          fail,
+          'SASL continued, closed when the client left',
+        );
+      }
+    }
+  }
+
+  /** The client half-closes after a quiet spell; pgbranch must close within CLOSE_DEADLINE_MS. */
+  private async leave(
+    name: string,
+    bytes: Buffer,
+    outcome: (input: string, what: Outcome) => void,
+    fail: (input: string, what: string, bytes: Buffer) => void,
+    then: Outcome = 'waited, closed when the client left',
+  ): Promise<void> {
+    this.socket.end();
+    const deadline = Date.now() + CLOSE_DEADLINE_MS;
+    while (!this.closed && Date.now() < deadline) await this.message(deadline - Date.now());
+    if (!this.closed)
+      return fail(name, `still open ${CLOSE_DEADLINE_MS} ms after the client left`, bytes);
+    outcome(name, then);
+  }
+
+  /** Writes in up to three pieces (chosen from the bytes, so a seed replays it). */
+  private async writeInPieces(bytes: Buffer): Promise<void> {
+    const pieces = bytes.length < 2 ? 1 : 1 + (bytes[bytes.length >> 1]! % 3);
+    const size = Math.ceil(bytes.length / pieces);
+    for (let at = 0; at < bytes.length; at += size) {
+      this.write(bytes.subarray(at, at + size));
+      if (at + size < bytes.length) await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  /** The next message within `timeoutMs`; undefined on a close or a timeout. Checks its form. */
+  private async message(timeoutMs: number): Promise<{ type: string; body: Buffer } | undefined> {
+    const deadline = Date.now() + Math.max(0, timeoutMs);
+    for (;;) {
+      while (this.startupPhase && this.buffer[0] === 0x4e) this.buffer = this.buffer.subarray(1);
+      if (this.buffer.length >= 5) {
+        const type = String.fromCharCode(this.buffer[0]!);
+        const length = this.buffer.readInt32BE(1);
+        if (length < 4 || !BACKEND_TYPES.has(type)) {
+          this.errors.push(`malformed message from pgbranch: ${hex(this.buffer.subarray(0, 64))}`);
+          this.buffer = Buffer.alloc(0);
+          this.socket.destroy();
+          return undefined;
+        }
+        if (this.buffer.length >= length + 1) {
+          const body = this.buffer.subarray(5, length + 1);
+          this.buffer = this.buffer.subarray(length + 1);
+          if (type === 'E') this.checkError(body);
+          return { type, body };
+        }
+      }
+      if (this.closed || Date.now() >= deadline) {
+        if (this.closed && this.buffer.length > 0) {
+          this.errors.push(
+            `closed in the middle of a message: ${hex(this.buffer.subarray(0, 64))}`,
+          );
+          this.buffer = Buffer.alloc(0);
+        }
+        return undefined;
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          this.wake = undefined;
+          resolve();
+        }, deadline - Date.now());
+        this.wake = () => {
+          clearTimeout(timer);
+          this.wake = undefined;
+          resolve();
+        };
+      });
+    }
+  }
+
+  private checkError(body: Buffer): void {
+    const fields = errorFields(body);
+    if (!fields) return void this.errors.push(`malformed ErrorResponse ${hex(body)}`);
+    if (!/^[0-9A-Z]{5}$/.test(fields.C ?? '')) this.errors.push(`bad SQLSTATE "${fields.C}"`);
+    if (!fields.M) this.errors.push('ErrorResponse without a message');
+    if (fields.M?.startsWith('pgbranch internal error'))
+      this.errors.push(`internal error: ${fields.M}`);
+    this.codes.push(fields.C ?? '?');
+  }
+}
+
+export function errorFields(body: Buffer): Record<string, string> | undefined {
+  const fields: Record<string, string> = {};
+  let at = 0;
+  for (;;) {
+    if (at >= body.length) return undefined;
+    const code = body[at]!;
+    if (code === 0) return at === body.length - 1 ? fields : undefined;
+    const end = body.indexOf(0, at + 1);
+    if (end < 0) return undefined;
+    fields[String.fromCharCode(code)] = body.toString('utf8', at + 1, end);
+    at = end + 1;
+  }
+}
+
+function hex(bytes: Buffer): string {
+  const text = bytes.subarray(0, 300).toString('hex');
+  return bytes.length > 300 ? `${text}... (${bytes.length} bytes)` : text;
+}
+
+/** Cancel keys of the fuzzer's own sessions that are open now (never the good clients'). */
+class LiveKeys {
+  private readonly keys = new Map<string, Buffer>();
+  add(key: Buffer): void {
+    this.keys.set(key.toString('hex'), key);
+  }
+  remove(key: Buffer): void {
+    this.keys.delete(key.toString('hex'));
+  }
+  any(): Buffer | undefined {
+    const all = [...this.keys.values()];
+    return all[Math.floor(Math.random() * all.length)];
+  }
+}
+
+/** SCRAM-SHA-256 with the salted password kept, so that a login costs two HMACs, not PBKDF2. */
+class ScramCache {
+  private readonly salted = new Map<string, Buffer>();
+  constructor(private readonly password: string) {}
+
+  clientFinal(clientFirstBare: string, serverFirst: string): string {
+    const attrs = Object.fromEntries(serverFirst.split(',').map((a) => [a[0], a.slice(2)]));
+    const cacheKey = `${attrs.s}:${attrs.i}`;
+    let salted = this.salted.get(cacheKey);
+    if (!salted) {
+      salted = pbkdf2Sync(
+        this.password,
+        Buffer.from(attrs.s!, 'base64'),
+        Number(attrs.i),
+        32,
+        'sha256',
+      );
+      this.salted.set(cacheKey, salted);
+    }
+    const clientKey = createHmac('sha256', salted).update('Client Key').digest();
+    const storedKey = createHash('sha256').update(clientKey).digest();
+    const withoutProof = `c=biws,r=${attrs.r}`;
+    const authMessage = `${clientFirstBare},${serverFirst},${withoutProof}`;
+    const signature = createHmac('sha256', storedKey).update(authMessage).digest();
+    const proof = Buffer.alloc(32);
+    for (let i = 0; i < 32; i++) proof[i] = clientKey[i]! ^ signature[i]!;
+    return `${withoutProof},p=${proof.toString('base64')}`;
+  }
+}
+
+// --- The oracles around a run -------------------------------------------------------------------
+
+/** pgbranch's resident memory, sampled every 250 ms: the first sample, the peak, the last. */
+export interface ProcessSample {
+  firstMb: number;
+  peakMb: number;
+  lastMb: number;
+  /** CPU time (user and system) the process used meanwhile. */
+  cpuSeconds: number;
+}
+
+export function sampleRss(pid: number): { stop(): ProcessSample } {
+  const cpu = () => {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  };
+  const cpuBefore = cpu();
+  const read = () => {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) / 1024;
+  };
+  const first = read();
+  let peak = first;
+  let last = first;
+  const timer = setInterval(() => {
+    try {
+      last = read();
+      peak = Math.max(peak, last);
+    } catch {
+      // The process is gone; the crash oracle reports it.
+    }
+  }, 250);
+  return {
+    stop() {
+      clearInterval(timer);
+      let cpuSeconds = NaN;
+      try {
+        cpuSeconds = cpu() - cpuBefore;
+      } catch {
+        // Gone, as above.
+      }
+      return {
+        firstMb: Math.round(first),
+        peakMb: Math.round(peak),
+        lastMb: Math.round(last),
+        cpuSeconds,
+      };
+    },
+  };
+}
+
+export interface GoodClientResult {
+  queries: Record<Mode, number>;
+  failures: string[];
+  slowestMs: number;
+}
+
+/** One node-postgres client per pool mode running `select 1` in a loop; every query must succeed. */
+export function startGoodClients(config: pg.ClientConfig): { stop(): Promise<GoodClientResult> } {
+  const result: GoodClientResult = {
+    queries: { session: 0, transaction: 0 },
+    failures: [],
+    slowestMs: 0,
+  };
+  let running = true;
+  const loop = async (mode: Mode) => {
+    const client = new pg.Client({
+      ...config,
+      options: mode === 'transaction' ? '-c pgbranch.pool_mode=transaction' : undefined,
+    });
+    client.on('error', (error) => result.failures.push(`${mode} client: ${error.message}`));
+    try {
+      await client.connect();
+      while (running) {
+        const started = Date.now();
+        const { rows } = await client.query<{ one: number }>('select 1 as one');
+        result.slowestMs = Math.max(result.slowestMs, Date.now() - started);
+        if (rows[0]?.one !== 1) result.failures.push(`${mode} client: got ${JSON.stringify(rows)}`);
+        result.queries[mode]++;
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    } catch (error) {
+      result.failures.push(`${mode} client: ${(error as Error).message}`);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  };
+  const loops = [loop('session'), loop('transaction')];
+  return {
+    async stop() {
+      running = false;
+      await Promise.all(loops);
+      return result;
+    },
+  };
+}
+
+/** Makes what the cases need: the md5 role and the table (on the server directly). */
+export async function prepareServer(directUrl: string): Promise<void> {
+  const client = new pg.Client({ connectionString: directUrl });
+  await client.connect();
+  try {
+    await client.query("set password_encryption = 'md5'");
+    await client.query(`drop role if exists ${MD5_USER}`);
+    await client.query(`create role ${MD5_USER} login password 'fuzz-md5-password'`);
+    await client.query('create table if not exists fuzz_t (a int, b text)');
+  } finally {
+    await client.end();
+  }
+}
+
+export function formatTally(tally: Tally, elapsedMs: number): string {
+  const list = (record: Record<string, number>) =>
+    Object.entries(record)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, n]) => `${k} ${n}`)
+      .join(', ');
+  return [
+    `${tally.inputs} inputs on ${tally.cases} connections in ${(elapsedMs / 1000).toFixed(1)} s (${Math.round(tally.inputs / (elapsedMs / 1000))}/s)`,
+    `  kinds:    ${list(tally.byKind)}`,
+    `  modes:    ${list(tally.byMode)}`,
+    `  ms per input by kind (per connection in flight): ${KINDS.map((k) => `${k} ${(tally.timeMs[k] / Math.max(1, tally.byKind[k])).toFixed(1)}`).join(', ')}`,
+    `  outcomes: ${list(tally.outcomes)}`,
+    `  SQLSTATEs: ${list(tally.codes)}`,
+  ].join('\n');
+}
