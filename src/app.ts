@@ -25,6 +25,7 @@ import { anyOf, Policy } from './lifecycle/policy.js';
 import { LifecycleService, type LifecycleSettings } from './lifecycle/service.js';
 import { errors, PgError } from './errors.js';
 import { Metrics, serveMetrics, type MetricsServer } from './metrics.js';
+import { serverBudget, type ServerBudget } from './pool/budget.js';
 import { PoolManager } from './pool/pool.js';
 import { CannotStart, checkBeforeStart, listenProblem } from './preflight.js';
 import { CancelRegistry } from './proxy/cancel.js';
@@ -97,6 +98,15 @@ export interface Running {
 }
 
 const MAINTENANCE_DATABASE = 'postgres';
+/** Budget keys apply on reload, which reads the server's budget again whether they changed or not. */
+const BUDGET_KEYS = /^pool\.(max_server_connections|server_margin)$/;
+/** The administrative pg.Pool's size (roles, catalogs, branch operations). */
+const ADMIN_CONNECTIONS = 4;
+/**
+ * pgbranch's own server sessions besides its pools, taken from the budget: the administrative
+ * pool, and one made for a branch script, a schema diff or a console session on an instance.
+ */
+const OWN_CONNECTIONS = ADMIN_CONNECTIONS + 1;
 
 export async function startPgbranch(
   config: Config,
@@ -129,7 +139,7 @@ export async function startPgbranch(
       dataDir: config.data_dir,
       password: config.embedded.password,
       port: config.embedded.port,
-      maxConnections: config.pool.max_server_connections + 20,
+      maxConnections: embeddedMaxConnections(config),
       log,
     });
     endpoint = embedded.endpoint;
@@ -141,7 +151,7 @@ export async function startPgbranch(
   }
   const admin = new pg.Pool({
     ...adminConfig,
-    max: 4,
+    max: ADMIN_CONNECTIONS,
     idleTimeoutMillis: 10_000,
     application_name: 'pgbranch',
   });
@@ -151,6 +161,7 @@ export async function startPgbranch(
   const connectTo = (database: string) =>
     new pg.Client({ ...adminConfig, database, application_name: 'pgbranch' });
   let provider: DatabaseProvider;
+  let budget: ServerBudget;
   try {
     provider = await DatabaseProvider.open(
       admin,
@@ -159,6 +170,7 @@ export async function startPgbranch(
       embedded?.pgDataDir,
       config.branch.copy_method,
     );
+    budget = await budgetOf(config, admin);
   } catch (error) {
     await admin.end().catch(() => undefined);
     await embedded?.stop();
@@ -180,14 +192,15 @@ export async function startPgbranch(
     minIdle: config.pool.min_idle,
     reserveSize: config.pool.reserve_size,
     reserveTimeoutMs: config.pool.reserve_timeout,
-    maxServerConnections: config.pool.max_server_connections,
+    maxServerConnections: budget.max,
     idleTimeoutMs: config.pool.idle_timeout,
     serverLifetimeMs: config.pool.server_lifetime,
     waitTimeoutMs: config.pool.wait_timeout,
     connectRetries: config.pool.connect_retries,
+    connectTimeoutMs: config.pool.connect_timeout,
   };
-  const poolsAt = (at: Endpoint) =>
-    new PoolManager(poolLimits, (request) =>
+  const poolsAt = (at: Endpoint) => {
+    const manager = new PoolManager(poolLimits, (request) =>
       openSession({
         endpoint: at,
         user: request.user,
@@ -197,7 +210,29 @@ export async function startPgbranch(
         timeoutMs: config.pool.connect_timeout,
       }),
     );
+    // Instance branches share the root's budget until they have one of their own (issue 12).
+    manager.setBudget(budget);
+    return manager;
+  };
   const pools = poolsAt(endpoint);
+  log.info(
+    { event: 'server_budget', max: budget.max, derivation: budget.derivation },
+    `server connection budget: ${budget.derivation}`,
+  );
+  /** Reads the budget again on RELOAD: the server may have been restarted with other settings. */
+  let budgetRead: Promise<void> = Promise.resolve();
+  const rereadBudget = async (next: Config) => {
+    try {
+      budget = await budgetOf(next, admin);
+      pools.setBudget(budget);
+      log.info(
+        { event: 'server_budget', max: budget.max, derivation: budget.derivation },
+        `server connection budget: ${budget.derivation}`,
+      );
+    } catch (error) {
+      log.warn({ err: error }, `could not read the server connection budget; kept ${budget.max}`);
+    }
+  };
   /** Pools of branch instances, by endpoint; an instance's go when it stops. */
   const instancePools = new Map<string, PoolManager>();
   const poolsFor = (at: Endpoint | undefined): PoolManager => {
@@ -394,7 +429,9 @@ export async function startPgbranch(
           // A bad file or variable leaves the running configuration as it is.
           throw new PgError('F0000', `configuration not reloaded: ${(error as Error).message}`);
         }
-        return reload(next);
+        const result = reload(next);
+        await budgetRead;
+        return result;
       },
       serverVersion: provider.serverVersion,
       pauseTimeoutMs: () => lifecycle.settings.drainTimeoutMs,
@@ -530,9 +567,11 @@ export async function startPgbranch(
     }
     const before = flatten(current);
     const changed = [...flatten(next)].filter(([key, value]) => before.get(key) !== value);
-    const applied = changed.map(([key]) => key).filter((key) => RELOADABLE.test(key));
-    const needRestart = changed.map(([key]) => key).filter((key) => !RELOADABLE.test(key));
+    const reloadable = (key: string) => RELOADABLE.test(key) || BUDGET_KEYS.test(key);
+    const applied = changed.map(([key]) => key).filter(reloadable);
+    const needRestart = changed.map(([key]) => key).filter((key) => !reloadable(key));
     lifecycle.settings = lifecycleSettings(next);
+    budgetRead = rereadBudget(next);
     if (next.branch.sweep_interval !== current.branch.sweep_interval) {
       clearInterval(sweeper);
       sweeper = startSweeper(next.branch.sweep_interval);
@@ -630,6 +669,26 @@ export async function startPgbranch(
     consoleUsers: () => consoleUsers,
     stop,
   };
+}
+
+/** The server connection budget: pool.max_server_connections, or with auto read from the server. */
+function budgetOf(config: Config, admin: pg.Pool): Promise<ServerBudget> {
+  return serverBudget(
+    config.pool.max_server_connections,
+    config.pool.server_margin,
+    OWN_CONNECTIONS,
+    (sql) => admin.query<{ name: string; setting: string }>(sql),
+  );
+}
+
+/**
+ * The embedded server's max_connections: embedded.max_connections; else PostgreSQL's default with
+ * an auto budget (which is then taken from it), or room for a fixed budget and pgbranch's own.
+ */
+function embeddedMaxConnections(config: Config): number {
+  if (config.embedded.max_connections !== undefined) return config.embedded.max_connections;
+  const fixed = config.pool.max_server_connections;
+  return fixed === 'auto' ? 100 : fixed + 20;
 }
 
 /**

@@ -231,6 +231,30 @@ export const errors = {
       undefined,
       'Raise pool.size or pool.max_server_connections, or pool.wait_timeout, or close idle sessions.',
     ),
+  budgetSpent: (
+    pool: string,
+    waitedMs: number,
+    budget: { max: number; derivation: string },
+    holders: string,
+  ) =>
+    new PgError(
+      '53300',
+      `no server connection for pool ${pool} became free within ${waitedMs} ms: all ${budget.max} server connections of pgbranch's budget (${budget.derivation}) are in use, by ${holders}`,
+      undefined,
+      "Close idle sessions, raise the server's max_connections, or lower pool.server_margin; with pool.max_server_connections: auto, RELOAD reads the server again.",
+    ),
+  serverFull: (
+    triedMs: number,
+    reason: string,
+    budget: { max: number; derivation: string },
+    holders: string,
+  ) =>
+    new PgError(
+      '53300',
+      `the PostgreSQL server refused connections for lack of slots for ${triedMs} ms (${reason}), with no idle connection of pgbranch's left to close; pgbranch holds ${holders || 'none'} of its budget of ${budget.max} (${budget.derivation})`,
+      undefined,
+      "Sessions that bypass pgbranch hold the rest: close some, raise pool.server_margin, or raise the server's max_connections.",
+    ),
   upstreamUnavailable: (reason: string) =>
     new PgError(
       '08006',

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Metrics, serveMetrics, type MetricsServer, type PoolStats } from './metrics.js';
 
-const pools: PoolStats = { pools: 2, open: 5, idle: 3, active: 2, waiting: 1 };
+const pools: PoolStats = { pools: 2, open: 5, idle: 3, active: 2, waiting: 1, budget: 19 };
 const servers: MetricsServer[] = [];
 afterEach(async () => {
   for (const server of servers.splice(0)) await server.close();
@@ -31,6 +31,7 @@ describe('Metrics', () => {
       { clients: () => 0, pools: () => pools },
       'copy',
     ).registry.metrics();
+    expect(text).toContain('pgbranch_server_connections_budget 19\n');
     expect(text).toContain('pgbranch_server_connections_open 5\n');
     expect(text).toContain('pgbranch_server_connections_idle 3\n');
     expect(text).toContain('pgbranch_server_connections_active 2\n');

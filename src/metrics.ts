@@ -23,6 +23,8 @@ export interface PoolStats {
   idle: number;
   active: number;
   waiting: number;
+  /** Server connections the pools may hold together (pool.max_server_connections, or auto). */
+  budget: number;
 }
 
 export interface MetricsSources {
@@ -103,6 +105,11 @@ export class Metrics {
           this.set(read(sources.pools()));
         },
       });
+    fromPools(
+      'server_connections_budget',
+      "Server connections pgbranch's pools may hold together: pool.max_server_connections, or with auto the server's max_connections less reserved slots, pgbranch's own and pool.server_margin.",
+      (s) => s.budget,
+    );
     fromPools(
       'server_connections_open',
       'Server connections open or being opened, in all pools.',

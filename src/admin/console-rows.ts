@@ -1,6 +1,7 @@
 // What each SHOW of the SQL console answers: its columns and rows, built from the lifecycle's
 // branches, the pools and the connected clients. Times are timestamptz in UTC, counts int8.
 import type { BranchInfo, SnapshotInfo } from '../lifecycle/model.js';
+import type { ServerBudget } from '../pool/budget.js';
 import type { Pool } from '../pool/pool.js';
 import type { ConnectedClient } from '../proxy/clients.js';
 import { version } from '../version.js';
@@ -72,8 +73,18 @@ export function snapshotsTable(snapshots: readonly SnapshotInfo[]): Table {
  * One row per pool: a database, a role, a pool mode and (session mode) a set of startup parameters;
  * and one for each paused database that has no pool (yet, or any more), so that a pause shows.
  */
-export function poolsTable(pools: Iterable<Pool>, paused: ReadonlySet<string>): Table {
+/**
+ * One row per pool, then one for the server connection budget (`mode` budget): what all pools hold
+ * together, and in `parameters` the budget and how it was derived.
+ */
+export function poolsTable(
+  pools: Iterable<Pool>,
+  paused: ReadonlySet<string>,
+  budget: ServerBudget,
+): Table {
   const listed = [...pools];
+  const sum = (count: (pool: Pool) => number) =>
+    String(listed.reduce((n, pool) => n + count(pool), 0));
   const pooled = new Set(listed.map((pool) => pool.database));
   const pausedOnly = [...paused].filter((database) => !pooled.has(database));
   return {
@@ -101,6 +112,17 @@ export function poolsTable(pools: Iterable<Pool>, paused: ReadonlySet<string>): 
         [...pool.request.parameters].map(([k, v]) => `${k}=${v}`).join(' '),
       ]),
       ...pausedOnly.map((database) => [database, null, null, '0', '0', '0', '0', 't', null]),
+      [
+        null,
+        null,
+        'budget',
+        sum((pool) => pool.active),
+        sum((pool) => pool.idle.length),
+        sum((pool) => pool.opening),
+        sum((pool) => pool.waiters.length),
+        null,
+        `${budget.max}: ${budget.derivation}`,
+      ],
     ],
   };
 }

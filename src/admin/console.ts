@@ -345,7 +345,7 @@ class ConsoleSession {
       case 'snapshots':
         return snapshotsTable(await this.snapshots(command.of));
       case 'pools':
-        return poolsTable(pools.list(), new Set(pools.pausedDatabases()));
+        return poolsTable(pools.list(), new Set(pools.pausedDatabases()), pools.serverBudget());
       case 'clients':
         return clientsTable(clients.all());
       case 'servers':

@@ -2,7 +2,7 @@
 // flag, variable and default it really has; only the one-line descriptions are written here.
 import { z } from 'zod';
 import { configKeys, type ConfigKey, type ConfigPath } from './load.js';
-import { boolean, duration } from './schema.js';
+import { autoOrCount, boolean, connectionMargin, duration } from './schema.js';
 
 /** One line per schema key; the type makes a key without a description a compile error. */
 export const descriptions: Record<ConfigPath, string> = {
@@ -28,6 +28,8 @@ export const descriptions: Record<ConfigPath, string> = {
   'embedded.password':
     'Superuser password of the embedded server; generated and kept in data_dir when unset.',
   'embedded.port': 'TCP port of the embedded server on 127.0.0.1; 0 picks a free one.',
+  'embedded.max_connections':
+    "The embedded server's max_connections; unset: 100 with pool.max_server_connections auto, else that number plus 20.",
   'pool.size':
     'Server connections per pool; there is a pool per branch, user and startup parameters.',
   'pool.mode':
@@ -39,7 +41,10 @@ export const descriptions: Record<ConfigPath, string> = {
   'pool.reserve_size':
     'Extra server connections a pool may open for a client that has waited pool.reserve_timeout.',
   'pool.reserve_timeout': 'How long a client waits before its pool may use pool.reserve_size.',
-  'pool.max_server_connections': 'Server connections across all pools.',
+  'pool.max_server_connections':
+    "Server connections across all pools; auto: the server's max_connections less its reserved slots, pgbranch's own connections and pool.server_margin, read at start and on RELOAD.",
+  'pool.server_margin':
+    'With pool.max_server_connections auto: server slots left for sessions that bypass pgbranch, a number or a percentage of max_connections (10%).',
   'pool.max_client_connections': 'Client connections open at once.',
   'pool.max_client_connections_per_branch':
     'Client connections to one branch (database@branch) at once; past it, 53300. 0 for no limit.',
@@ -122,6 +127,8 @@ function placeholder(key: ConfigKey): string {
   if (key.schema === boolean) return 'true|false';
   if (key.schema instanceof z.ZodEnum) return key.schema.options.join('|');
   if (key.schema instanceof z.ZodNumber) return 'N';
+  if (key.schema === autoOrCount) return 'auto|N';
+  if (key.schema === connectionMargin) return 'N|N%';
   return key.path.slice(key.path.lastIndexOf('.') + 1).toUpperCase();
 }
 

@@ -62,6 +62,30 @@ const patternList = (value: 'duration' | 'file') =>
     }
   });
 const positiveInt = z.coerce.number().int().positive();
+
+/** `auto` (taken from the server's max_connections) or a positive number of connections. */
+export const autoOrCount = z.union([z.number(), z.string()]).transform((value, ctx) => {
+  if (value === 'auto') return 'auto' as const;
+  const n = Number(value);
+  if (Number.isInteger(n) && n > 0) return n;
+  ctx.addIssue({ code: 'custom', message: `"${value}" is not auto or a positive integer` });
+  return z.NEVER;
+});
+
+/** A number of connections, or a percentage of the server's max_connections: `5`, `10%`. */
+export const connectionMargin = z.union([z.number(), z.string()]).transform((value, ctx) => {
+  const text = String(value).trim();
+  if (/^\d+(\.\d+)?%$/.test(text) && Number(text.slice(0, -1)) <= 100) {
+    return text as `${number}%`;
+  }
+  const n = Number(text);
+  if (text !== '' && Number.isInteger(n) && n >= 0) return n;
+  ctx.addIssue({
+    code: 'custom',
+    message: `"${value}" is not a number of connections or a percentage: write e.g. 5 or 10%`,
+  });
+  return z.NEVER;
+});
 /** A number of connections or attempts, where 0 turns the feature off. */
 const count = (max: number) => z.coerce.number().int().min(0).max(max);
 
@@ -125,6 +149,11 @@ export const configSchema = z
         password: z.string().min(1).optional(),
         /** TCP port of the embedded server on 127.0.0.1 (0 picks a free one). */
         port: port.default(0),
+        /**
+         * The embedded server's max_connections; unset: 100 with pool.max_server_connections
+         * auto, else that number plus 20.
+         */
+        max_connections: positiveInt.optional(),
       })
       .strict()
       .default({ port: 0 }),
@@ -144,7 +173,16 @@ export const configSchema = z
         /** Extra server connections a pool may open for a client that waited reserve_timeout. */
         reserve_size: count(10_000).default(0),
         reserve_timeout: duration.default(5_000),
-        max_server_connections: positiveInt.default(200),
+        /**
+         * Server connections in all pools together. `auto`: the server's max_connections less its
+         * reserved slots, pgbranch's own administrative connections and server_margin.
+         */
+        max_server_connections: autoOrCount.default('auto'),
+        /**
+         * With max_server_connections auto: slots left for sessions that bypass pgbranch (an
+         * operator's psql, migrations, monitoring), as a number or a percentage of max_connections.
+         */
+        server_margin: connectionMargin.default('10%'),
         max_client_connections: positiveInt.default(5000),
         /** Client connections to one branch at once (53300 past it); 0 for no limit. */
         max_client_connections_per_branch: count(1_000_000).default(0),
@@ -179,7 +217,8 @@ export const configSchema = z
         min_idle: 0,
         reserve_size: 0,
         reserve_timeout: 5_000,
-        max_server_connections: 200,
+        max_server_connections: 'auto',
+        server_margin: '10%',
         max_client_connections: 5000,
         max_client_connections_per_branch: 0,
         max_client_connections_per_role: 0,

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { startEmbedded, type EmbeddedServer } from '../upstream/embedded.js';
 import { pgClientConfig } from '../upstream/endpoint.js';
 import { openServerSession } from '../upstream/server-connection.js';
+import { deriveBudget, readServerSlots } from './budget.js';
 import { PoolManager, type PoolLimits, type PoolRequest, type ServerConnection } from './pool.js';
 
 let server: EmbeddedServer;
@@ -46,6 +47,7 @@ const limits: PoolLimits = {
   serverLifetimeMs: 0,
   waitTimeoutMs: 5000,
   connectRetries: 0,
+  connectTimeoutMs: 10_000,
 };
 
 /** Pools on the embedded server, over its trusted socket; `delayMs` holds each connect back. */
@@ -63,8 +65,14 @@ function pools(delayMs = () => 0, overrides: Partial<PoolLimits> = {}): PoolMana
   });
 }
 
-function request(database: string): PoolRequest {
-  return { database, user: server.superuser, parameters: new Map(), login: { method: 'none' } };
+/** A request; each `application_name` is a pool of its own. */
+function request(database: string, applicationName?: string): PoolRequest {
+  return {
+    database,
+    user: server.superuser,
+    parameters: new Map(applicationName ? [['application_name', applicationName]] : []),
+    login: { method: 'none' },
+  };
 }
 
 async function serverSessions(database: string): Promise<number> {
@@ -137,6 +145,153 @@ describe('PoolManager.acquireThen', () => {
       manager.release(held, true);
     } finally {
       manager.close();
+    }
+  });
+});
+
+/** Connects to the server until it refuses for lack of slots, keeping the connections in `into`. */
+async function fillServer(into: pg.Client[]): Promise<void> {
+  for (;;) {
+    const outsider = new pg.Client({ ...pgClientConfig(server.endpoint), user: server.superuser });
+    outsider.on('error', () => undefined);
+    const failed = await outsider.connect().then(
+      () => undefined,
+      (error: { code?: string }) => error,
+    );
+    if (failed) {
+      expect(failed.code).toBe('53300');
+      return;
+    }
+    into.push(outsider);
+  }
+}
+
+describe('the server connection budget', () => {
+  test("is max_connections less the reserved slots, pgbranch's own connections and the margin", () => {
+    const slots = { maxConnections: 30, superuserReserved: 3, reserved: 0 };
+    expect(deriveBudget(slots, 5, '10%')).toEqual({
+      max: 19,
+      derivation: "max_connections 30 - 3 reserved - 5 pgbranch's own - 3 margin = 19",
+    });
+    // PostgreSQL 16's reserved_connections count as reserved too; a margin may be a number.
+    expect(deriveBudget({ maxConnections: 100, superuserReserved: 3, reserved: 2 }, 5, 7).max).toBe(
+      83,
+    );
+    // A percentage is rounded up: 10% of 101 leaves 11.
+    expect(
+      deriveBudget({ maxConnections: 101, superuserReserved: 3, reserved: 0 }, 5, '10%').max,
+    ).toBe(82);
+    // A server too small for the rest still gets one connection, and says so.
+    expect(deriveBudget({ maxConnections: 8, superuserReserved: 3, reserved: 0 }, 5, 2)).toEqual({
+      max: 1,
+      derivation: "max_connections 8 - 3 reserved - 5 pgbranch's own - 2 margin = -2, raised to 1",
+    });
+  });
+
+  test('reads its slots from PostgreSQL 18, and from PostgreSQL 15 which has no reserved_connections', async () => {
+    expect(await readServerSlots((sql) => admin.query(sql))).toEqual({
+      maxConnections: 30,
+      superuserReserved: 3,
+      reserved: 0,
+    });
+    const pg15 = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres' });
+    await pg15.connect();
+    try {
+      const { rows } = await pg15.query<{ v: string }>(
+        "select current_setting('server_version_num') as v",
+      );
+      expect(rows[0]!.v.slice(0, 2)).toBe('15');
+      const settings = await pg15.query<{ n: string }>(
+        "select current_setting('max_connections') as n",
+      );
+      expect(await readServerSlots((sql) => pg15.query(sql))).toEqual({
+        maxConnections: Number(settings.rows[0]!.n),
+        superuserReserved: 3,
+        reserved: 0,
+      });
+    } finally {
+      await pg15.end();
+    }
+  });
+
+  test('when spent, closes the idle connection of another pool given back longest ago', async () => {
+    const manager = pools(() => 0, { minIdle: 0, maxServerConnections: 3 });
+    try {
+      const [a, b, c] = await Promise.all(
+        ['a', 'b', 'c'].map((name) => manager.acquire(request('other', name))),
+      );
+      for (const conn of [b!, a!, c!]) manager.release(conn, true);
+      expect(manager.stats()).toMatchObject({ open: 3, idle: 3 });
+
+      const d = await manager.acquire(request('other', 'd'));
+      expect([a, b, c].map((conn) => conn!.session.socket.destroyed)).toEqual([false, true, false]);
+      const e = await manager.acquire(request('other', 'e'));
+      expect([a, c].map((conn) => conn!.session.socket.destroyed)).toEqual([true, false]);
+      expect(manager.stats()).toMatchObject({ open: 3, idle: 1, active: 2 });
+
+      // A budget lowered (a RELOAD) closes idle connections beyond it at once, busy ones not.
+      manager.setBudget({ max: 1, derivation: 'test' });
+      expect(c!.session.socket.destroyed).toBe(true);
+      expect(manager.stats()).toMatchObject({ open: 2, idle: 0, active: 2, budget: 1 });
+      for (const conn of [d, e]) manager.release(conn, true);
+    } finally {
+      manager.close();
+    }
+  });
+
+  test('a client that waits past the wait timeout with every slot busy gets 53300 naming the budget and who holds it', async () => {
+    const manager = pools(() => 0, { minIdle: 0, waitTimeoutMs: 200 });
+    try {
+      manager.setBudget(
+        deriveBudget({ maxConnections: 10, superuserReserved: 3, reserved: 0 }, 4, 1),
+      );
+      const held = await Promise.all([
+        manager.acquire(request('other', 'x')),
+        manager.acquire(request('other', 'y')),
+      ]);
+      const refusal = await manager.acquire(request('other', 'z')).catch((error: Error) => error);
+      expect(refusal).toMatchObject({ code: '53300' });
+      expect((refusal as Error).message).toBe(
+        `no server connection for pool other/${server.superuser} became free within 200 ms: all 2 server connections of pgbranch's budget (max_connections 10 - 3 reserved - 4 pgbranch's own - 1 margin = 2) are in use, by other/${server.superuser} 1, other/${server.superuser} 1`,
+      );
+      for (const conn of held) manager.release(conn, false);
+    } finally {
+      manager.close();
+    }
+  });
+
+  test('when the server itself is out of slots, closes idle connections of its own and connects again', async () => {
+    const manager = pools(() => 0, {
+      minIdle: 0,
+      maxServerConnections: 100,
+      connectTimeoutMs: 2000,
+    });
+    const outsiders: pg.Client[] = [];
+    try {
+      const idle = await Promise.all(
+        ['p', 'q'].map((name) => manager.acquire(request('other', name))),
+      );
+      for (const conn of idle) manager.release(conn, true);
+      // Something outside pgbranch takes every slot that is left.
+      await fillServer(outsiders);
+      const conn = await manager.acquire(request('other', 'r'));
+      // The least recently used first (a second too, if the server was slow to free the slot).
+      expect(idle[0]!.session.socket.destroyed).toBe(true);
+
+      // With nothing idle left to close, the refusal reaches the client after connectTimeoutMs,
+      // saying who holds what.
+      manager.closeDatabase('other');
+      await vi.waitFor(async () => expect(await serverSessions('other')).toBe(1));
+      await fillServer(outsiders);
+      const refusal = await manager.acquire(request('other', 't')).catch((error: Error) => error);
+      expect(refusal).toMatchObject({ code: '53300' });
+      expect((refusal as Error).message).toContain(
+        'the PostgreSQL server refused connections for lack of slots for 2000 ms',
+      );
+      manager.release(conn, false);
+    } finally {
+      manager.close();
+      await Promise.all(outsiders.map((client) => client.end()));
     }
   });
 });

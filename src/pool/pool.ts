@@ -1,9 +1,10 @@
-// Pools of server connections, one per (database, user, startup parameters), under a global cap,
-// and the janitor that keeps them within their limits: idle and lifetime timeouts, min_idle.
+// Pools of server connections, one per (database, user, startup parameters), under a global cap
+// (the server connection budget), and the janitor that keeps them within their limits: idle and lifetime timeouts, min_idle.
 // Knows server connections and database names, nothing of branches or clients' sockets.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ServerLogin, ServerSession } from '../upstream/server-connection.js';
 import { errors } from '../errors.js';
+import { fixedBudget, type ServerBudget } from './budget.js';
 
 export interface PoolRequest {
   database: string;
@@ -28,7 +29,7 @@ export interface PoolLimits {
   /** Connections beyond size a pool may open for a client that has waited reserveTimeoutMs. */
   reserveSize: number;
   reserveTimeoutMs: number;
-  /** Server connections in all pools together. */
+  /** Server connections in all pools together, until setBudget() says otherwise. */
   maxServerConnections: number;
   idleTimeoutMs: number;
   /** Connections older than this are closed when given back, and while idle; 0 keeps them. */
@@ -36,11 +37,19 @@ export interface PoolLimits {
   waitTimeoutMs: number;
   /** How many times a connect that failed for a passing reason is tried again, with backoff. */
   connectRetries: number;
+  /**
+   * How long a connect the server refuses for lack of slots (53300) keeps being tried, while idle
+   * connections of every pool are closed to make room.
+   */
+  connectTimeoutMs: number;
 }
 
 /** The first wait before a connect is tried again; it doubles each time, up to RETRY_MAX_DELAY_MS. */
 const RETRY_FIRST_DELAY_MS = 200;
 const RETRY_MAX_DELAY_MS = 5_000;
+/** After the server refused for lack of slots: a closed backend frees its slot within milliseconds. */
+const FULL_FIRST_DELAY_MS = 20;
+const FULL_MAX_DELAY_MS = 500;
 
 export type Connector = (request: PoolRequest) => Promise<ServerSession>;
 
@@ -59,6 +68,8 @@ export interface ServerSink {
 /** A server connection and the pool it belongs to. */
 export class ServerConnection {
   idleSince = 0;
+  /** When it was last given back, as an order across all pools: clocks can tie. */
+  idleOrder = 0;
   readonly openedAt = Date.now();
   sink: ServerSink | undefined;
   constructor(
@@ -137,6 +148,8 @@ export class Pool {
 
 /** Failed connects in a row after which the janitor stops keeping a pool warm. */
 const WARM_ATTEMPTS = 3;
+/** Pools named in a 53300 that says who holds the budget. */
+const HOLDERS_SHOWN = 5;
 
 export class PoolManager {
   private readonly pools = new Map<string, Pool>();
@@ -148,6 +161,9 @@ export class PoolManager {
   /** Databases paused by an operator (console PAUSE), at most one hold each. */
   private readonly pausedByOperator = new Set<string>();
   private totalOpen = 0;
+  /** Connections given back so far: the next one's idleOrder. */
+  private givenBack = 0;
+  private budget: ServerBudget;
   private readonly janitor: NodeJS.Timeout;
   /** Called when anything that a waiter waits for may have changed. */
   private readonly drainWatchers = new Set<() => void>();
@@ -157,8 +173,23 @@ export class PoolManager {
     private readonly limits: PoolLimits,
     private readonly connect: Connector,
   ) {
+    this.budget = fixedBudget(limits.maxServerConnections);
     this.janitor = setInterval(() => this.tidy(), 1000);
     this.janitor.unref();
+  }
+
+  /**
+   * A new budget (read from the server at start and on RELOAD): idle connections beyond it are
+   * closed, least recently used first; busy ones count against it until given back.
+   */
+  setBudget(budget: ServerBudget): void {
+    this.budget = budget;
+    while (this.totalOpen > budget.max && this.closeLeastRecentlyUsed());
+    this.serveWaiters();
+  }
+
+  serverBudget(): ServerBudget {
+    return this.budget;
   }
 
   /** A server connection for this request: idle, new, or the next one released, within the wait timeout. */
@@ -243,9 +274,7 @@ export class PoolManager {
       i++;
     }
     if (next < Infinity) this.armWaitTimer(pool, next);
-    for (const waiter of expired ?? []) {
-      waiter.done(errors.poolTimeout(pool.name, this.limits.waitTimeoutMs), undefined);
-    }
+    for (const waiter of expired ?? []) waiter.done(this.timedOut(pool), undefined);
     if (reserved) this.serveWaiters();
   }
 
@@ -273,13 +302,14 @@ export class PoolManager {
       // Beyond size, it was a reserve connection: nobody waits for it any more.
       if (pool.total < this.limits.size) {
         conn.idleSince = Date.now();
+        conn.idleOrder = ++this.givenBack;
         this.watchIdle(conn);
         pool.idle.push(conn);
         this.notifyDrainWatchers();
         // Nobody of this pool waits (it would have had the connection). Another pool's waiters
         // can use it only by closing it, which they need only at max_server_connections: the
         // usual release, once per transaction, does not look at every pool.
-        if (this.totalOpen >= this.limits.maxServerConnections) this.serveWaiters();
+        if (this.totalOpen >= this.budget.max) this.serveWaiters();
         return;
       }
     }
@@ -371,7 +401,14 @@ export class PoolManager {
     return this.pausedByOperator;
   }
 
-  stats(): { pools: number; open: number; idle: number; active: number; waiting: number } {
+  stats(): {
+    pools: number;
+    open: number;
+    idle: number;
+    active: number;
+    waiting: number;
+    budget: number;
+  } {
     let idle = 0;
     let active = 0;
     let waiting = 0;
@@ -380,7 +417,14 @@ export class PoolManager {
       active += pool.active;
       waiting += pool.waiters.length;
     }
-    return { pools: this.pools.size, open: this.totalOpen, idle, active, waiting };
+    return {
+      pools: this.pools.size,
+      open: this.totalOpen,
+      idle,
+      active,
+      waiting,
+      budget: this.budget.max,
+    };
   }
 
   close(): void {
@@ -441,18 +485,47 @@ export class PoolManager {
     return conn;
   }
 
-  /** True when one more server connection fits under the global cap, closing an idle one if needed. */
+  /** True when one more server connection fits in the budget, closing an idle one if needed. */
   private makeRoom(): boolean {
-    if (this.totalOpen < this.limits.maxServerConnections) return true;
+    if (this.totalOpen < this.budget.max) return true;
+    return this.closeLeastRecentlyUsed() && this.totalOpen < this.budget.max;
+  }
+
+  /**
+   * Closes the idle connection, of any pool, given back longest ago; false when none is idle.
+   * A pool's idle list is in the order its connections were given back.
+   */
+  private closeLeastRecentlyUsed(): boolean {
     let oldest: ServerConnection | undefined;
     for (const pool of this.pools.values()) {
       const candidate = pool.idle[0];
-      if (candidate && (!oldest || candidate.idleSince < oldest.idleSince)) oldest = candidate;
+      if (candidate && (!oldest || candidate.idleOrder < oldest.idleOrder)) oldest = candidate;
     }
     if (!oldest) return false;
     oldest.pool.idle.shift();
     this.destroy(oldest);
-    return this.totalOpen < this.limits.maxServerConnections;
+    return true;
+  }
+
+  /**
+   * Why a waiter of `pool` got nothing within the wait timeout: the budget is spent (every slot
+   * busy), or its own pool is full.
+   */
+  private timedOut(pool: Pool): Error {
+    if (this.totalOpen < this.budget.max) {
+      return errors.poolTimeout(pool.name, this.limits.waitTimeoutMs);
+    }
+    return errors.budgetSpent(pool.name, this.limits.waitTimeoutMs, this.budget, this.holders());
+  }
+
+  /** The pools that hold server connections, most first: `app/alice 5, app@x/bob 3`. */
+  private holders(): string {
+    const held = [...this.pools.values()]
+      .filter((pool) => pool.total > 0)
+      .sort((a, b) => b.total - a.total);
+    const shown = held.slice(0, HOLDERS_SHOWN).map((pool) => `${pool.name} ${pool.total}`);
+    if (held.length > HOLDERS_SHOWN) shown.push(`${held.length - HOLDERS_SHOWN} more pools`);
+    return shown.join(', ');
   }
 
   /** Opens a connection for a client, trying again after failures that may pass. */
@@ -475,17 +548,36 @@ export class PoolManager {
   }
 
   /**
-   * Connects, and after a failure that may pass (the server starting up or shutting down, out of
-   * connection slots, or not answering) tries again up to connectRetries times, waiting 200 ms,
-   * 400 ms, 800 ms, ... in between. Other failures (authentication, a missing database) are final.
+   * Connects, and after a failure that may pass (the server starting up or shutting down, or not
+   * answering) tries again up to connectRetries times, waiting 200 ms, 400 ms, 800 ms, ... in
+   * between. Other failures (authentication, a missing database) are final. A server out of
+   * connection slots (53300: something outside pgbranch took them) is asked again until
+   * connectTimeoutMs has passed, after closing an idle connection of any pool each time.
    */
   private async connectRetrying(request: PoolRequest): Promise<ServerSession> {
-    for (let attempt = 0; ; attempt++) {
+    const fullUntil = Date.now() + this.limits.connectTimeoutMs;
+    let refusals = 0;
+    for (let attempt = 0; ;) {
       try {
         return await this.connect(request);
       } catch (error) {
-        if (attempt >= this.limits.connectRetries || this.closed || !mayPass(error)) throw error;
-        await sleep(Math.min(RETRY_MAX_DELAY_MS, RETRY_FIRST_DELAY_MS * 2 ** attempt));
+        if (this.closed) throw error;
+        if (codeOf(error) === '53300') {
+          this.closeLeastRecentlyUsed();
+          const delay = Math.min(FULL_MAX_DELAY_MS, FULL_FIRST_DELAY_MS * 2 ** refusals++);
+          if (Date.now() + delay > fullUntil) {
+            throw errors.serverFull(
+              this.limits.connectTimeoutMs,
+              (error as Error).message,
+              this.budget,
+              this.holders(),
+            );
+          }
+          await sleep(delay);
+          continue;
+        }
+        if (attempt >= this.limits.connectRetries || !mayPass(error)) throw error;
+        await sleep(Math.min(RETRY_MAX_DELAY_MS, RETRY_FIRST_DELAY_MS * 2 ** attempt++));
       }
     }
   }
@@ -587,7 +679,7 @@ export class PoolManager {
     while (
       pool.idle.length + pool.opening < this.limits.minIdle &&
       pool.total < this.limits.size &&
-      this.totalOpen < this.limits.maxServerConnections
+      this.totalOpen < this.budget.max
     ) {
       const generation = pool.generation;
       pool.opening++;
@@ -625,9 +717,14 @@ function poolKey(request: PoolRequest): string {
   return [request.mode ?? 'session', request.database, request.user, ...params.flat()].join('\0');
 }
 
-/** Server refusals that may pass: starting up or shutting down, out of slots, no answer. */
-function mayPass(error: unknown): boolean {
+function codeOf(error: unknown): string | undefined {
   const code = (error as { code?: unknown }).code;
-  if (typeof code !== 'string') return false;
-  return code === '57P03' || code === '53300' || (code.startsWith('08') && code !== '08P01');
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** Server refusals that may pass: starting up or shutting down, no answer. */
+function mayPass(error: unknown): boolean {
+  const code = codeOf(error);
+  if (code === undefined) return false;
+  return code === '57P03' || (code.startsWith('08') && code !== '08P01');
 }
