@@ -63,7 +63,8 @@ async function until<T>(
 describe.each(['session', 'transaction'] as const)(
   '%s mode: a client that stops reading a large result',
   (mode) => {
-    const options = mode === 'transaction' ? { options: '-c pgbranch.pool_mode=transaction' } : {};
+    const options: Record<string, string> =
+      mode === 'transaction' ? { options: '-c pgbranch.pool_mode=transaction' } : {};
 
     it('holds pgbranch to bounded memory by pausing the server, while another client is served throughout; destroying it cleans up', async () => {
       const pid = proxy.child.pid!;
@@ -76,7 +77,7 @@ describe.each(['session', 'transaction'] as const)(
         user: 'postgres',
         password: proxy.password,
         database: 'postgres',
-        ...(mode === 'transaction' ? { parameters: options } : {}),
+        parameters: options,
       });
       slow.socket.pause();
       slow.write(
