@@ -21,6 +21,10 @@ async function main(): Promise<number> {
     const { runCli } = await import('./cli/commands.js');
     return runCli(argv, process.env);
   }
+  if (word === 'tls') {
+    const { runTlsCommand } = await import('./cli/tls-init.js');
+    return runTlsCommand(argv);
+  }
   let loaded;
   try {
     loaded = loadConfig(argv, process.env);

@@ -2,14 +2,16 @@
 // pgbranch's certificate against a CA as they would verify PostgreSQL's. Real clients: psql,
 // pgbench, node-postgres, postgres.js, and a raw TLS client for direct TLS (PostgreSQL 17+
 // sslnegotiation=direct, which the machine's psql 15 can't do).
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
+import { promisify } from 'node:util';
 import pg from 'pg';
 import postgres from 'postgres';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { connectError, psql } from './support/clients.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 import { codePacket, PROTOCOL_3_0, startupPacket, WireClient } from './support/wire-client.js';
@@ -24,25 +26,20 @@ interface Certificates {
   key: string;
 }
 
-/** A CA, and a server certificate it signed for localhost and 127.0.0.1. */
-function makeCertificates(dir: string): Certificates {
+const ROOT = path.resolve(import.meta.dirname, '..');
+
+/** `npx pgbranch tls init --dir DIR`, as a user runs it: a CA (kept if there is one) and a server certificate. */
+async function tlsInit(dir: string, ...hosts: string[]): Promise<Certificates & { out: string }> {
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    [
+      ...['--import', 'tsx', path.join(ROOT, 'src/main.ts'), 'tls', 'init', '--dir', dir],
+      ...hosts.flatMap((host) => ['--host', host]),
+    ],
+    { cwd: ROOT },
+  );
   const at = (name: string) => path.join(dir, name);
-  const run = (...args: string[]) => execFileSync('openssl', args, { stdio: 'pipe' });
-  fs.mkdirSync(dir, { recursive: true });
-  run(
-    ...['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'],
-    ...['-keyout', at('ca.key'), '-out', at('ca.crt'), '-days', '2', '-subj', '/CN=test CA'],
-  );
-  run(
-    ...['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'],
-    ...['-keyout', at('server.key'), '-out', at('server.csr'), '-subj', '/CN=localhost'],
-  );
-  fs.writeFileSync(at('san.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
-  run(
-    ...['x509', '-req', '-in', at('server.csr'), '-CA', at('ca.crt'), '-CAkey', at('ca.key')],
-    ...['-CAcreateserial', '-days', '2', '-extfile', at('san.ext'), '-out', at('server.crt')],
-  );
-  return { dir, ca: at('ca.crt'), cert: at('server.crt'), key: at('server.key') };
+  return { dir, ca: at('ca.crt'), cert: at('server.crt'), key: at('server.key'), out: stdout };
 }
 
 /** psql's own account of its connection: "SSL connection (protocol: TLSv1.3, ...)" or none. */
@@ -56,8 +53,10 @@ let proxy: PgbranchProcess;
 
 beforeAll(async () => {
   const dir = tempDir('tls');
-  certs = makeCertificates(path.join(dir, 'good'));
-  otherCa = makeCertificates(path.join(dir, 'other'));
+  [certs, otherCa] = await Promise.all([
+    tlsInit(path.join(dir, 'good')),
+    tlsInit(path.join(dir, 'other')),
+  ]);
   proxy = await startPgbranch({ args: ['--tls-cert', certs.cert, '--tls-key', certs.key] });
   expect(await psql(proxy.url('postgres'), 'create database app')).toMatchObject({ code: 0 });
 });
@@ -212,6 +211,109 @@ describe('a pgbranch with tls.cert and tls.key', () => {
 
   it('fails the handshake of a direct TLS client that offers another protocol', async () => {
     await expect(directTls(['http/1.1'])).rejects.toThrow(/no application protocol/);
+  });
+});
+
+describe('pgbranch tls init', () => {
+  it('writes a CA and a server certificate for localhost, 127.0.0.1, ::1 and each --host, and prints how to use them', async () => {
+    const dir = path.join(path.dirname(certs.dir), 'init');
+    const made = await tlsInit(dir, 'db.example.test', '10.1.2.3');
+    const ca = new X509Certificate(fs.readFileSync(made.ca));
+    const cert = new X509Certificate(fs.readFileSync(made.cert));
+    expect(cert.checkIssued(ca) && cert.verify(ca.publicKey)).toBe(true);
+    expect(ca.ca).toBe(true);
+    expect(cert.ca).toBe(false);
+    for (const host of ['localhost', 'db.example.test']) expect(cert.checkHost(host)).toBe(host);
+    for (const ip of ['127.0.0.1', '::1', '10.1.2.3']) expect(cert.checkIP(ip)).toBe(ip);
+    for (const key of [made.key, path.join(dir, 'ca.key')]) {
+      expect(fs.statSync(key).mode & 0o777).toBe(0o600);
+    }
+    expect(made.out).toContain(`--tls-cert ${made.cert} --tls-key ${made.key}`);
+    expect(made.out).toContain(`tls:\n    cert: ${made.cert}\n    key: ${made.key}\n`);
+    expect(made.out).toContain(
+      `psql "postgres://postgres@localhost:6432/postgres?sslmode=verify-full&sslrootcert=${made.ca}"`,
+    );
+    expect(fs.readdirSync(dir).sort()).toEqual(['ca.crt', 'ca.key', 'server.crt', 'server.key']);
+
+    // Again: the same CA signs a new certificate.
+    const again = await tlsInit(dir);
+    expect(again.out).toMatch(/^Kept the CA/);
+    const renewed = new X509Certificate(fs.readFileSync(again.cert));
+    expect(renewed.fingerprint256).not.toBe(cert.fingerprint256);
+    expect(renewed.checkIssued(ca)).toBe(true);
+    expect(new X509Certificate(fs.readFileSync(again.ca)).fingerprint256).toBe(ca.fingerprint256);
+  });
+});
+
+describe('a new certificate, read again on RELOAD and SIGHUP', () => {
+  /** The certificate a new client sees: node-postgres over SSLRequest, checked against the CA. */
+  async function servedCertificate(): Promise<{ fingerprint: string; client: pg.Client }> {
+    const client = new pg.Client({
+      ...proxy.config('app'),
+      ssl: { ca: fs.readFileSync(certs.ca, 'utf8'), servername: 'localhost' },
+    });
+    await client.connect();
+    const stream = (client as unknown as { connection: { stream: tls.TLSSocket } }).connection
+      .stream;
+    return { fingerprint: stream.getPeerCertificate().fingerprint256, client };
+  }
+
+  const fingerprintOf = (file: string) => new X509Certificate(fs.readFileSync(file)).fingerprint256;
+
+  it('serves new handshakes with the new certificate, and sessions already open keep working', async () => {
+    const first = await servedCertificate();
+    expect(first.fingerprint).toBe(fingerprintOf(certs.cert));
+    const opened: pg.Client[] = [first.client];
+    try {
+      // RELOAD in the console.
+      await tlsInit(certs.dir);
+      const second = fingerprintOf(certs.cert);
+      expect(second).not.toBe(first.fingerprint);
+      const reload = await psql(proxy.url('pgbranch'), 'RELOAD');
+      expect(reload).toMatchObject({ code: 0 });
+      const afterReload = await servedCertificate();
+      opened.push(afterReload.client);
+      expect(afterReload.fingerprint).toBe(second);
+
+      // SIGHUP.
+      const loaded = proxy.events('tls_loaded').length;
+      await tlsInit(certs.dir);
+      const third = fingerprintOf(certs.cert);
+      proxy.child.kill('SIGHUP');
+      await vi.waitFor(() => expect(proxy.events('tls_loaded').length).toBe(loaded + 1), {
+        timeout: 10_000,
+      });
+      expect(proxy.events('tls_loaded').at(-1)).toMatchObject({
+        certFile: certs.cert,
+        fingerprint256: third,
+      });
+      const afterHangup = await servedCertificate();
+      opened.push(afterHangup.client);
+      expect(afterHangup.fingerprint).toBe(third);
+
+      // The first session, on the first certificate all along, still works.
+      expect((await first.client.query('select 1 as one')).rows).toEqual([{ one: 1 }]);
+      expect((await afterReload.client.query('select 2 as two')).rows).toEqual([{ two: 2 }]);
+    } finally {
+      await Promise.all(opened.map((client) => client.end().catch(() => undefined)));
+    }
+  });
+
+  it('keeps the certificate it has when the new files are broken, and says why', async () => {
+    const good = fs.readFileSync(certs.cert);
+    fs.writeFileSync(certs.cert, 'not a certificate\n');
+    try {
+      const reload = await psql(proxy.url('pgbranch'), 'RELOAD');
+      expect(reload.code).not.toBe(0);
+      expect(reload.stderr).toContain(
+        `configuration not reloaded: tls.cert: ${certs.cert} is not a PEM certificate`,
+      );
+    } finally {
+      fs.writeFileSync(certs.cert, good);
+    }
+    const still = await servedCertificate();
+    await still.client.end();
+    expect(still.fingerprint).toBe(fingerprintOf(certs.cert));
   });
 });
 

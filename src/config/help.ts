@@ -155,6 +155,9 @@ export function helpText(): string {
                                  ask a running pgbranch through its admin API; see
                                  npx pgbranch branch --help and npx pgbranch gc --help (exit codes:
                                  0 done, 1 refused or failed, 2 usage, 3 unreachable, 4 not found)
+       npx pgbranch tls init [--dir DIR] [--host NAME]...
+                                 write a development CA and server certificate for tls.cert and
+                                 tls.key; see npx pgbranch tls --help
 
 pgbranch is a PostgreSQL proxy that gives every branch of your code its own database. Clients
 connect to it as to PostgreSQL, and asking for database app@feature-x gets a copy-on-write branch
