@@ -1,10 +1,12 @@
 // The server connection budget: pgbranch takes its cap from the server's max_connections, and
 // never passes the server's "too many clients" on while it can make room by closing idle
 // connections of its own, even when sessions that bypass it take more than its margin.
+import fs from 'node:fs';
+import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { connect, psql, queryOnce } from './support/clients.js';
-import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
+import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 
 const ROLES = Array.from({ length: 15 }, (_, i) => `budget_role_${i + 1}`);
 const ROOTS = ['shop', 'blog', 'crm'];
@@ -20,9 +22,12 @@ const password = (role: string) => `pw-${role}`;
 
 let proxy: PgbranchProcess;
 let admin: pg.Client;
+/** The configuration file, which the RELOAD test changes. */
+const configFile = path.join(tempDir('budget-config'), 'pgbranch.yaml');
 
 beforeAll(async () => {
-  proxy = await startPgbranch({ args: ['--embedded-max-connections', '30'] });
+  fs.writeFileSync(configFile, 'embedded:\n  max_connections: 30\n');
+  proxy = await startPgbranch({ args: ['--config', configFile] });
   admin = await connect(proxy.directUrl('postgres'));
   for (const role of [...ROLES, 'outsider']) {
     await admin.query(`create role ${role} login password '${password(role)}'`);
@@ -37,6 +42,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await admin?.end();
   await proxy?.stop();
+  fs.rmSync(path.dirname(configFile), { recursive: true, force: true });
 });
 
 /** The console's SHOW POOLS row for the budget. */
@@ -115,4 +121,23 @@ describe('pool.max_server_connections: auto', () => {
     expect(Math.min(...served)).toBeGreaterThan(0);
     expect(mostHeld).toBe(19);
   }, 90_000);
+
+  it('reads the server again on RELOAD, with a margin changed in the file', async () => {
+    fs.writeFileSync(configFile, 'embedded:\n  max_connections: 30\npool:\n  server_margin: 5\n');
+    const session = new pg.Client({ connectionString: proxy.url('pgbranch') });
+    const notices: string[] = [];
+    session.on('notice', (notice) => notices.push(notice.message ?? ''));
+    await session.connect();
+    try {
+      await session.query('RELOAD');
+    } finally {
+      await session.end();
+    }
+    expect(notices).toContain('pgbranch: configuration reloaded: applied pool.server_margin');
+    expect((await budgetRow()).parameters).toBe(
+      "17: max_connections 30 - 3 reserved - 5 pgbranch's own - 5 margin = 17",
+    );
+    const metrics = await (await fetch(`${proxy.ready.metricsUrl}`)).text();
+    expect(metrics).toContain('pgbranch_server_connections_budget 17\n');
+  });
 });
