@@ -9,6 +9,7 @@ import {
   runFuzz,
   sampleRss,
   startGoodClients,
+  type Failure,
   type GoodClientResult,
   type ProcessSample,
   type Tally,
@@ -60,6 +61,7 @@ export async function fuzzRun(options: {
     const good = startGoodClients(proxy.config('postgres'));
     const rss = sampleRss(pid);
     const started = Date.now();
+    let reported = 0;
     const tally = await runFuzz({
       port: proxy.port,
       password: proxy.password,
@@ -67,7 +69,12 @@ export async function fuzzRun(options: {
       inputs: options.inputs,
       concurrency: options.concurrency ?? Number(process.env.FUZZ_CONCURRENCY ?? 24),
       onlyCase,
-      onProgress: (t) => log(`fuzz: ${formatTally(t, Date.now() - started)}`),
+      onProgress: (t) => {
+        log(`fuzz: ${formatTally(t, Date.now() - started)}`);
+        // Failures as they come, so that a long run shows them before it ends.
+        for (const f of t.failures.slice(reported)) log(`fuzz: failure: ${describeFailure(f)}`);
+        reported = t.failures.length;
+      },
     });
     const elapsedMs = Date.now() - started;
     const memory = rss.stop();
@@ -94,12 +101,7 @@ export async function fuzzRun(options: {
       `  good clients: ${goodResult.queries.session} queries in session mode, ${goodResult.queries.transaction} in transaction mode, slowest ${goodResult.slowestMs} ms, ${goodResult.failures.length} failures`,
       `  pgbranch: ${exited ?? 'still running'}, ${servingAfter ? 'serving' : 'NOT serving'} after the run; error log lines: ${JSON.stringify(errorLogs)}`,
       `  failures: ${tally.failures.length}`,
-      ...tally.failures
-        .slice(0, 20)
-        .map(
-          (f) =>
-            `    case ${f.case} (${f.kind}, ${f.mode}, FUZZ_SEED=${SEED} FUZZ_CASE=${f.case}): ${f.what}; input ${f.input}; bytes ${f.bytes}`,
-        ),
+      ...tally.failures.slice(0, 20).map((f) => `    ${describeFailure(f)}`),
       ...goodResult.failures.slice(0, 5).map((f) => `    good client: ${f}`),
     ].join('\n');
     log(report);
@@ -117,4 +119,8 @@ export async function fuzzRun(options: {
   } finally {
     await proxy.stop();
   }
+}
+
+function describeFailure(f: Failure): string {
+  return `case ${f.case} (${f.kind}, ${f.mode}, FUZZ_SEED=${SEED} FUZZ_CASE=${f.case}): ${f.what}; input ${f.input}; bytes ${f.bytes}`;
 }

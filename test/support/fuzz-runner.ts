@@ -234,7 +234,9 @@ async function runAuth(
       bytes = auth.final!(challenge.data.toString('utf8'));
     }
   }
-  await conn.finish(c.name, bytes, framing(bytes).state === 'short', outcome, fail);
+  // Nothing at all (a mutation may cut everything) or a message cut short may be waited on.
+  const mayWait = bytes.length === 0 || framing(bytes).state === 'short';
+  await conn.finish(c.name, bytes, mayWait, outcome, fail);
 }
 
 // --- A connection -------------------------------------------------------------------------------
@@ -502,7 +504,8 @@ class Connection {
     if (!fields.M) this.errors.push('ErrorResponse without a message');
     if (fields.M?.startsWith('pgbranch internal error'))
       this.errors.push(`internal error: ${fields.M}`);
-    this.codes.push(fields.C ?? '?');
+    // XX000 is an internal error: which one goes into the report (PostgreSQL has a few of its own).
+    this.codes.push(fields.C === 'XX000' ? `XX000 (${fields.M})` : (fields.C ?? '?'));
   }
 }
 
