@@ -31,6 +31,7 @@ import { CannotStart, checkBeforeStart, listenProblem } from './preflight.js';
 import { CancelRegistry } from './proxy/cancel.js';
 import { ClientQuotas, type ClientLimits } from './proxy/client-quotas.js';
 import { ClientRegistry } from './proxy/clients.js';
+import { SharedCancelKeys } from './coordination/cancel-keys.js';
 import { Peers } from './coordination/peers.js';
 import { SharedDrain } from './coordination/shared-drain.js';
 import { serveClient, type ProxyContext } from './proxy/client-session.js';
@@ -278,9 +279,18 @@ export async function startPgbranch(
     : undefined;
   const registry = new ClientRegistry();
   let peers: Peers | undefined;
+  const cancels = new CancelRegistry(endpoint);
+  let sharedCancels: SharedCancelKeys | undefined;
   if (config.redis.url) {
     try {
       peers = await Peers.join(config.redis.url, await serverIdentity(admin, endpoint), log);
+      // A cancel that reaches another proxy than the one running the query is sent on to it.
+      sharedCancels = await SharedCancelKeys.open(
+        peers,
+        (processId, secret) => cancels.cancelHere(processId, secret),
+        log,
+      );
+      cancels.share(sharedCancels);
     } catch (error) {
       pools.close();
       await admin.end().catch(() => undefined);
@@ -396,7 +406,7 @@ export async function startPgbranch(
     branches,
     pools,
     poolsFor,
-    cancels: new CancelRegistry(endpoint),
+    cancels,
     maxClients: config.pool.max_client_connections,
     clientQuotas: new ClientQuotas(() => clientLimits),
     clients,
@@ -636,6 +646,7 @@ export async function startPgbranch(
       pools.close();
       for (const instance of instancePools.values()) instance.close();
       drain.close();
+      sharedCancels?.close();
       for (const socket of ctx.clients) socket.destroy();
       await closed;
       await metricsServer?.close();

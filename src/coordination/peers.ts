@@ -122,6 +122,23 @@ export class Peers {
     }
   }
 
+  /** Redis commands, for state the proxies share besides messages (cancel keys). */
+  get redis(): Redis {
+    return this.publisher;
+  }
+
+  /**
+   * Subscribes to `<channel>:<topic>`, a channel of this server's proxies for something else than
+   * pauses; `handler` gets the text of each message.
+   */
+  async subscribe(topic: string, handler: (text: string) => void): Promise<void> {
+    const name = `${this.channel}:${topic}`;
+    await this.subscriber.subscribe(name);
+    this.subscriber.on('message', (channel: string, text: string) => {
+      if (channel === name) handler(text);
+    });
+  }
+
   /** Calls `handler` for the pauses other proxies hold, each ended once: on resume or lease end. */
   listen(handler: RemotePauseHandler): void {
     const remote = (this.remote = new RemotePauses(handler, this.log));

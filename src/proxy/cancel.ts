@@ -4,7 +4,8 @@
 // runs the client's query at that moment. The secret is as long as the client's protocol version
 // allows: 4 bytes in 3.0, 32 in 3.2 (as PostgreSQL 18 makes them); the server's own key, whatever
 // its length, never leaves pgbranch. Console sessions, which pgbranch answers itself, get one of the
-// proxy's ids too, and their cancel reaches the console instead of a server.
+// proxy's ids too, and their cancel reaches the console instead of a server. With several proxies
+// (Redis), a key this proxy does not know is asked of the others (SharedCancels).
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { connectSocket, type Endpoint } from '../upstream/endpoint.js';
 import { cancelRequest } from '../wire/frontend.js';
@@ -23,6 +24,19 @@ interface Target {
   cancel: () => Promise<boolean>;
 }
 
+/**
+ * Cancel keys this proxy handed out, known to the other proxies of the same server, so that a
+ * CancelRequest that reaches another proxy is sent on to this one (coordination/cancel-keys.ts).
+ */
+export interface SharedCancels {
+  /** A key was handed to a client of this proxy. */
+  add(processId: number, secret: Buffer): void;
+  /** Its client left. */
+  remove(processId: number, secret: Buffer): void;
+  /** A key this proxy does not know: another proxy's, if any has it, cancels. */
+  cancel(processId: number, secret: Buffer): Promise<boolean>;
+}
+
 /** Process ids the proxy makes up for transaction-mode clients: above any Linux pid (2^22). */
 const FIRST_OWN_ID = 1 << 23;
 
@@ -34,8 +48,15 @@ export function secretLengthFor(minor: number): number {
 export class CancelRegistry {
   private readonly targets = new Map<number, Target>();
   private nextId = FIRST_OWN_ID;
+  private shared: SharedCancels | undefined;
 
   constructor(private readonly endpoint: Endpoint) {}
+
+  /** Shares this proxy's keys with other proxies, and asks them about keys it does not know. */
+  share(shared: SharedCancels): void {
+    this.shared = shared;
+    for (const [processId, { secret }] of this.targets) shared.add(processId, secret);
+  }
 
   /**
    * Registers a client under a process id: its server connection's real one (session mode), or
@@ -60,7 +81,9 @@ export class CancelRegistry {
   }
 
   unregister(key: ServerKey): void {
-    if (this.targets.get(key.processId)?.secret === key.secret) this.targets.delete(key.processId);
+    if (this.targets.get(key.processId)?.secret !== key.secret) return;
+    this.targets.delete(key.processId);
+    this.shared?.remove(key.processId, key.secret);
   }
 
   /**
@@ -71,15 +94,24 @@ export class CancelRegistry {
    * cancel connection closes, and that query must not be the one canceled.
    */
   async cancel(processId: number, secret: Buffer): Promise<boolean> {
+    const here = this.cancelHere(processId, secret);
+    if (here) return here;
+    // Not a key of this proxy's (another proxy's ids can be the same, with another secret).
+    return this.shared ? this.shared.cancel(processId, secret) : false;
+  }
+
+  /** Cancels with a key of this proxy's; undefined when the key is not one of its own. */
+  cancelHere(processId: number, secret: Buffer): Promise<boolean> | undefined {
     const target = this.targets.get(processId);
-    if (!target || target.secret.length !== secret.length) return false;
-    if (!timingSafeEqual(target.secret, secret)) return false;
+    if (!target || target.secret.length !== secret.length) return undefined;
+    if (!timingSafeEqual(target.secret, secret)) return undefined;
     return target.cancel();
   }
 
   private add(processId: number, secretLength: number, cancel: Target['cancel']): ServerKey {
     const secret = randomBytes(secretLength);
     this.targets.set(processId, { secret, cancel });
+    this.shared?.add(processId, secret);
     return { processId, secret };
   }
 
