@@ -182,6 +182,38 @@ describe('a pgbranch with tls.cert and tls.key', () => {
     expect(run.code).toBe(0);
   });
 
+  it('offers SCRAM-SHA-256-PLUS over TLS, so psql with channel_binding=require logs in (and the login still passes through to the server)', async () => {
+    const result = await psql(
+      url(`sslmode=verify-full&sslrootcert=${certs.ca}&channel_binding=require`),
+      'select current_user',
+    );
+    expect(result).toMatchObject({ code: 0, stdout: 'postgres' });
+    // Without TLS there is no channel to bind to: libpq itself refuses to go on.
+    const plain = await psql(url('sslmode=disable&channel_binding=require'), 'select 1');
+    expect(plain.code).not.toBe(0);
+    expect(plain.stderr).toMatch(/channel binding/);
+  });
+
+  it('serves node-postgres with enableChannelBinding over TLS', async () => {
+    const client = new pg.Client({
+      ...proxy.config('app'),
+      host: 'localhost',
+      ssl: { ca: fs.readFileSync(certs.ca, 'utf8') },
+      enableChannelBinding: true,
+    });
+    const mechanisms: string[] = [];
+    client.connection.on('authenticationSASL', (message: { mechanisms: string[] }) =>
+      mechanisms.push(...message.mechanisms),
+    );
+    await client.connect();
+    try {
+      expect(mechanisms).toEqual(['SCRAM-SHA-256-PLUS', 'SCRAM-SHA-256']);
+      expect((await client.query('select 1 as one')).rows).toEqual([{ one: 1 }]);
+    } finally {
+      await client.end();
+    }
+  });
+
   it('serves direct TLS (no SSLRequest) to a client that offers ALPN postgresql', async () => {
     const socket = await directTls(['postgresql']);
     expect(socket.alpnProtocol).toBe('postgresql');

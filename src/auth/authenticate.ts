@@ -13,6 +13,8 @@ import type { MessageReader } from '../wire/message-reader.js';
 import type { ServerLogin } from '../upstream/server-connection.js';
 import {
   parseScramVerifier,
+  SCRAM_MECHANISM,
+  SCRAM_PLUS_MECHANISM,
   ScramProtocolError,
   ScramServerExchange,
   type ScramVerifier,
@@ -29,6 +31,11 @@ export interface AuthContext {
   method: AuthMethod;
   roles: RoleSource;
   timeoutMs: number;
+  /**
+   * tls-server-end-point data of the client's TLS connection: SCRAM-SHA-256-PLUS is offered with
+   * it; undefined without TLS.
+   */
+  channelBinding?: Buffer | undefined;
 }
 
 export async function authenticateClient(ctx: AuthContext): Promise<ServerLogin> {
@@ -70,14 +77,20 @@ async function md5Exchange(ctx: AuthContext, storedHash: string): Promise<boolea
 }
 
 async function scramExchange(ctx: AuthContext, verifier: ScramVerifier) {
-  ctx.socket.write(authenticationSasl(['SCRAM-SHA-256']));
+  // As PostgreSQL: the bound mechanism first where the connection can bind.
+  ctx.socket.write(
+    authenticationSasl(
+      ctx.channelBinding ? [SCRAM_PLUS_MECHANISM, SCRAM_MECHANISM] : [SCRAM_MECHANISM],
+    ),
+  );
   const initial = await ctx.reader.nextMessage(ctx.timeoutMs, 'p');
   const nameEnd = initial.body.indexOf(0);
   if (nameEnd < 0 || initial.body.length < nameEnd + 5) {
     throw errors.protocolViolation('malformed SASLInitialResponse message');
   }
   const mechanism = initial.body.subarray(0, nameEnd).toString('utf8');
-  if (mechanism !== 'SCRAM-SHA-256') {
+  const plus = mechanism === SCRAM_PLUS_MECHANISM && ctx.channelBinding !== undefined;
+  if (mechanism !== SCRAM_MECHANISM && !plus) {
     throw errors.protocolViolation(
       `client selected an invalid SASL authentication mechanism "${mechanism}"`,
     );
@@ -86,7 +99,10 @@ async function scramExchange(ctx: AuthContext, verifier: ScramVerifier) {
   const data = initial.body.subarray(nameEnd + 5);
   if (length !== data.length)
     throw errors.protocolViolation('malformed SASLInitialResponse message');
-  const exchange = new ScramServerExchange(verifier);
+  const exchange = new ScramServerExchange(verifier, undefined, {
+    binding: ctx.channelBinding,
+    plus,
+  });
   try {
     ctx.socket.write(authenticationSaslContinue(exchange.first(data)));
     const response = await ctx.reader.nextMessage(ctx.timeoutMs, 'p');

@@ -1,5 +1,5 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, chmod, rm } from 'node:fs/promises';
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import { mkdtemp, chmod, readFile, rm } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -13,16 +13,21 @@ import {
   keysFromPassword,
   parseScramVerifier,
   SCRAM_MECHANISM,
+  SCRAM_PLUS_MECHANISM,
   ScramClientExchange,
   ScramProtocolError,
   ScramServerExchange,
   ScramStaleKeysError,
   type ScramKeys,
+  verifierFromPassword,
   type ScramVerifier,
 } from './scram.js';
+import { tlsServerEndPoint } from './channel-binding.js';
+import { writeDevCertificates } from '../cli/tls-init.js';
 
 // node-postgres's own client side of SCRAM: an implementation independent of ours.
 interface PgSaslSession {
+  mechanism: string;
   response: string;
 }
 const pgSasl = createRequire(import.meta.url)('pg/lib/crypto/sasl.js') as {
@@ -211,6 +216,70 @@ describe('ScramServerExchange', () => {
     const { session } = await pgClientAgainst(exchange, password);
     expect(() => exchange.final(Buffer.from(session.response))).toThrow(ScramProtocolError);
     expect(() => exchange.first(Buffer.from('n,,n=,r=abc'))).toThrow(ScramProtocolError);
+  });
+});
+
+describe('ScramServerExchange with channel binding (SCRAM-SHA-256-PLUS)', () => {
+  const password = 'correct horse battery staple';
+  const verifier = verifierFromPassword(password);
+  let certDir: string;
+  /** Two TLS streams as node-postgres sees them: the server's certificate, and another. */
+  let server: { getPeerCertificate: () => { raw: Buffer } };
+  let other: { getPeerCertificate: () => { raw: Buffer } };
+
+  beforeAll(async () => {
+    certDir = await mkdtemp(join(tmpdir(), 'pgbranch-scram-plus-'));
+    const der = async (name: string) => {
+      const made = await writeDevCertificates(join(certDir, name), []);
+      const raw = new X509Certificate(await readFile(made.cert)).raw;
+      return { getPeerCertificate: () => ({ raw }) };
+    };
+    [server, other] = await Promise.all([der('a'), der('b')]);
+  });
+  afterAll(async () => {
+    if (certDir) await rm(certDir, { recursive: true, force: true });
+  });
+
+  const bound = (binding: Buffer | undefined, plus: boolean) =>
+    new ScramServerExchange(verifier, undefined, { binding, plus });
+  const endPoint = (stream: typeof server) => tlsServerEndPoint(stream.getPeerCertificate().raw);
+
+  test('accepts node-postgres bound to the certificate (tls-server-end-point), and still yields the keys for pass-through', async () => {
+    const exchange = bound(endPoint(server), true);
+    const session = pgSasl.startSession([SCRAM_PLUS_MECHANISM, SCRAM_MECHANISM], server);
+    expect(session.mechanism).toBe(SCRAM_PLUS_MECHANISM);
+    const serverFirst = exchange.first(Buffer.from(session.response));
+    await pgSasl.continueSession(session, password, serverFirst.toString(), server);
+    const result = exchange.final(Buffer.from(session.response));
+    expect(result.ok).toBe(true);
+    if (result.ok) {
+      expect(result.keys).toEqual(keysFromPassword(password, verifier.salt, verifier.iterations));
+    }
+  });
+
+  test('refuses a client bound to another certificate (someone in the middle)', async () => {
+    const exchange = bound(endPoint(server), true);
+    const session = pgSasl.startSession([SCRAM_PLUS_MECHANISM], other);
+    const serverFirst = exchange.first(Buffer.from(session.response));
+    await pgSasl.continueSession(session, password, serverFirst.toString(), other);
+    expect(() => exchange.final(Buffer.from(session.response))).toThrow(
+      /channel-binding data .* does not match/,
+    );
+  });
+
+  test.each([
+    ['flag "y" where SCRAM-SHA-256-PLUS was offered (a downgrade)', false, 'y,,n=,r=abc'],
+    ['SCRAM-SHA-256-PLUS selected without binding', true, 'n,,n=,r=abc'],
+    ['another channel-binding type', true, 'p=tls-unique,,n=,r=abc'],
+  ])('refuses %s', (_label, plus, message) => {
+    const exchange = bound(endPoint(server), plus);
+    expect(() => exchange.first(Buffer.from(message))).toThrow(ScramProtocolError);
+  });
+
+  test('binds with the hash of the certificate, SHA-256 for an ECDSA-SHA256 one', () => {
+    const raw = server.getPeerCertificate().raw;
+    expect(endPoint(server)).toEqual(createHash('sha256').update(raw).digest());
+    expect(tlsServerEndPoint(Buffer.from('not a certificate'))).toBeUndefined();
   });
 });
 

@@ -5,8 +5,20 @@
 
 import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
 
-/** The only SASL mechanism offered: no channel binding (SCRAM-SHA-256-PLUS). */
+/** SCRAM without channel binding, offered always. */
 export const SCRAM_MECHANISM = 'SCRAM-SHA-256';
+/** SCRAM bound to the TLS channel (tls-server-end-point), offered first on TLS connections. */
+export const SCRAM_PLUS_MECHANISM = 'SCRAM-SHA-256-PLUS';
+/** The one channel-binding type PostgreSQL offers (auth/channel-binding.ts computes its data). */
+const CHANNEL_BINDING_TYPE = 'tls-server-end-point';
+
+/** The channel an exchange runs on, as the server sees it. */
+export interface ScramChannel {
+  /** tls-server-end-point data of this connection; undefined where none is offered (no TLS). */
+  binding: Buffer | undefined;
+  /** The client selected SCRAM-SHA-256-PLUS. */
+  plus: boolean;
+}
 
 const KEY_LENGTH = 32;
 /** PostgreSQL and libpq both draw 18 random bytes for their half of the nonce. */
@@ -79,7 +91,10 @@ export function verifierFromPassword(
   return { iterations, salt, storedKey: sha256(keys.clientKey), serverKey: keys.serverKey };
 }
 
-/** Server side of SCRAM-SHA-256 as PostgreSQL speaks it (mechanism "SCRAM-SHA-256", no channel binding offered). */
+/**
+ * Server side of SCRAM-SHA-256 as PostgreSQL speaks it: "SCRAM-SHA-256", or "SCRAM-SHA-256-PLUS"
+ * with channel binding tls-server-end-point where the connection offers it.
+ */
 export class ScramServerExchange {
   private step: 'first' | 'final' | 'done' = 'first';
   private readonly serverNonce: string;
@@ -91,6 +106,7 @@ export class ScramServerExchange {
   constructor(
     private readonly verifier: ScramVerifier,
     nonceBytes = NONCE_BYTES,
+    private readonly channel: ScramChannel = { binding: undefined, plus: false },
   ) {
     this.serverNonce = randomBytes(nonceBytes).toString('base64');
   }
@@ -105,14 +121,27 @@ export class ScramServerExchange {
     if (parts.length < 4) throw malformed('client-first-message', 'it has too few attributes');
     const [flag, authzid] = parts as [string, string];
     if (flag.startsWith('p=')) {
+      if (!this.channel.plus || !this.channel.binding) {
+        throw new ScramProtocolError(
+          'the client requested channel binding, but SCRAM-SHA-256 without channel binding was selected',
+        );
+      }
+      if (flag !== `p=${CHANNEL_BINDING_TYPE}`) {
+        throw new ScramProtocolError(`unsupported SCRAM channel-binding type "${flag.slice(2)}"`);
+      }
+    } else if (this.channel.plus) {
       throw new ScramProtocolError(
-        'the client requested channel binding, but SCRAM-SHA-256 without channel binding was selected',
+        'the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data',
+      );
+    } else if (flag !== 'n' && flag !== 'y') {
+      throw malformed('client-first-message', `unexpected channel-binding flag "${flag}"`);
+    } else if (flag === 'y' && this.channel.binding) {
+      // The client could bind but believes we can't, although SCRAM-SHA-256-PLUS was offered:
+      // someone in the middle removed it from the list (PostgreSQL refuses this too).
+      throw new ScramProtocolError(
+        'channel binding negotiation error: the client supports channel binding and thinks the server does not, but this server offered it',
       );
     }
-    if (flag !== 'n' && flag !== 'y') {
-      throw malformed('client-first-message', `unexpected channel-binding flag "${flag}"`);
-    }
-    // 'y' means the client could bind but believes we cannot: true, since none is offered.
     if (authzid.startsWith('a=')) {
       throw new ScramProtocolError(
         'the client uses an authorization identity, which is not supported',
@@ -156,7 +185,11 @@ export class ScramServerExchange {
       throw malformed('client-final-message', 'there is garbage after the proof');
     }
     const binding = expectAttribute(parts[0]!, 'c', 'client-final-message');
-    if (binding !== Buffer.from(this.gs2Header, 'latin1').toString('base64')) {
+    const expected = Buffer.concat([
+      Buffer.from(this.gs2Header, 'latin1'),
+      ...(this.channel.plus && this.channel.binding ? [this.channel.binding] : []),
+    ]);
+    if (binding !== expected.toString('base64')) {
       throw new ScramProtocolError(
         'the channel-binding data of the client-final-message does not match the client-first-message',
       );

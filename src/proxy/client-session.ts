@@ -5,6 +5,7 @@ import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { CONSOLE_DATABASE, serveConsole, type ConsoleDeps } from '../admin/console.js';
 import { authenticateClient, type AuthMethod } from '../auth/authenticate.js';
+import { tlsServerEndPoint } from '../auth/channel-binding.js';
 import { clientAddress, type LoginFailures } from '../auth/failures.js';
 import type { RoleSource } from '../auth/roles.js';
 import type { BranchResolver } from '../branch/manager.js';
@@ -173,6 +174,7 @@ export async function serveClient(
       user,
       method: ctx.auth,
       roles: ctx.roles,
+      channelBinding: channelBindingOf(socket),
       timeoutMs: ctx.loginTimeoutMs,
     }).catch((error: unknown) => {
       if (error instanceof PgError && error.code.startsWith('28')) {
@@ -558,6 +560,13 @@ async function readStartup(link: ClientLink, ctx: ProxyContext, origin: ClientOr
         return packet;
     }
   }
+}
+
+/** tls-server-end-point data for SCRAM-SHA-256-PLUS: of the certificate this client's TLS uses. */
+function channelBindingOf(socket: net.Socket): Buffer | undefined {
+  if (!(socket instanceof TLSSocket)) return undefined;
+  const own = socket.getCertificate();
+  return own && 'raw' in own ? tlsServerEndPoint(own.raw) : undefined;
 }
 
 /** Moves the client onto TLS: the TLS socket and a reader on it replace the plain ones. */
