@@ -37,6 +37,7 @@ import {
   tps,
 } from './support/pool-report.js';
 import {
+  RECONNECT_WARMUP_SECONDS,
   runRounds,
   THREADS,
   WORKLOADS,
@@ -431,7 +432,7 @@ function report(results: Results, command: string): string {
     `- (A) direct to the server; (B) ${results.pgbouncer}, \`pool_mode = transaction\`, \`default_pool_size = ${options.poolSize}\`; (C) pgbranch, \`--pool-mode transaction --pool-size ${options.poolSize}\`. Both poolers reach the server through its private Unix socket`,
   );
   out.push(
-    `- ${options.rounds} round${options.rounds === 1 ? '' : 's'}, each running every workload on A, B and C back to back, after one uncounted 2 s warm-up per target. tps: pgbench's, without connection time, except with \`-C\`, where each transaction has a connection of its own (login with SCRAM, one SELECT, Terminate) and pgbench counts it in: there tps is connections per second and CPU µs/tx is the pooler's CPU per connection. Latency: from pgbench's per-transaction log (\`-l\`), every transaction of the run; mean and nearest-rank p99 per run. Cells: median over rounds (min–max); ratios: median of the per-round ratios`,
+    `- ${options.rounds} round${options.rounds === 1 ? '' : 's'}, each running every workload on A, B and C back to back, after one uncounted 2 s warm-up per target${options.workloads.some((w) => w.reconnects) ? ` and ${RECONNECT_WARMUP_SECONDS} s more of \`-C\`` : ''}. tps: pgbench's, without connection time, except with \`-C\`, where each transaction has a connection of its own (login with SCRAM, one SELECT, Terminate) and pgbench counts it in: there tps is connections per second and CPU µs/tx is the pooler's CPU per connection. Latency: from pgbench's per-transaction log (\`-l\`), every transaction of the run; mean and nearest-rank p99 per run. Cells: median over rounds (min–max); ratios: median of the per-round ratios`,
   );
   out.push(`- Command: \`${command}\``, '');
 

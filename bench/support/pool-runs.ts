@@ -123,6 +123,8 @@ export interface RoundsResult {
 }
 
 export const THREADS = 2;
+/** Warm-up of a workload of new connections, per target. */
+export const RECONNECT_WARMUP_SECONDS = 10;
 
 export async function runRounds(options: {
   targets: Target[];
@@ -159,10 +161,20 @@ export async function runRounds(options: {
     return result;
   };
   try {
-    // Not counted: fills both poolers' server connections and warms up pgbranch's JIT.
+    // Not counted: fills both poolers' server connections and warms up pgbranch's JIT. A login
+    // runs code that a transaction never does, and 2 s of logins leave much of it unoptimized
+    // (V8's compiler took a fifth of pgbranch's CPU in such a run): a workload of new
+    // connections gets a longer warm-up of its own.
+    const reconnecting = workloads.find((w) => w.reconnects);
     for (const target of targets) {
       progress(`warm-up: ${target.label}, ${workloads[0]!.label} for 2 s`);
       await run(target, workloads[0]!, 2);
+      if (reconnecting) {
+        progress(
+          `warm-up: ${target.label}, ${reconnecting.label} for ${RECONNECT_WARMUP_SECONDS} s`,
+        );
+        await run(target, reconnecting, RECONNECT_WARMUP_SECONDS);
+      }
     }
     for (let round = 1; round <= rounds; round++) {
       for (const entry of results) {
