@@ -644,6 +644,10 @@ function toPgError(error: unknown, log: Logger): PgError {
   if (typeof e.code === 'string' && e.code.startsWith('E')) {
     return errors.upstreamUnavailable(`${e.code}: ${e.message ?? ''}`);
   }
+  // node-postgres (pgbranch's administrative queries) when the server went away under a query.
+  if (e.message?.startsWith('Connection terminated')) {
+    return errors.upstreamUnavailable(e.message);
+  }
   log.error({ err: error }, 'unexpected error while serving a client');
   return errors.internal(error);
 }
