@@ -8,12 +8,16 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { connect as connectClient, psql } from './support/clients.js';
 import { connectDirect } from './support/observe.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 
 const MAX_RUNNING = 12;
+
+// Each test copies and starts PostgreSQL instances: on a loaded 2-core machine that takes a few
+// times what it takes on a quiet one, and a test must not fail for that.
+vi.setConfig({ testTimeout: 240_000 });
 
 let proxy: PgbranchProcess;
 let direct: pg.Client;
@@ -298,12 +302,21 @@ describe('a pgbranch killed mid-creation', () => {
     try {
       await psql(first.url('postgres'), 'create database app');
       await connectClient(first.config('app@kept')).then((c) => c.end());
-      // Kill it while a creation is under way.
+      // A parent large enough that its copy takes a while, so the kill lands in the middle.
+      expect(
+        await psql(
+          first.url('app'),
+          "create table bulk as select g, repeat('x', 500) as pad from generate_series(1, 400000) g",
+        ),
+      ).toMatchObject({ code: 0 });
       const creating = connectClient(first.config('app@half')).catch(() => undefined);
       const staging = path.join(dataDir, 'instances');
-      while (!fs.readdirSync(staging).some((d) => d.startsWith('.creating-'))) await sleep(5);
+      const copying = () => fs.readdirSync(staging).filter((d) => d.startsWith('.creating-'));
+      while (copying().length === 0) await sleep(5);
       first.child.kill('SIGKILL');
       await creating;
+      // Killed mid-copy: the half-made copy is still there for the next start to remove.
+      expect(copying().length).toBeGreaterThan(0);
     } finally {
       await first.stop();
     }
