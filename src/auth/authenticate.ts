@@ -1,10 +1,12 @@
 // Authenticates a client against its role's verifier before anything else happens, and returns
-// what the proxy needs to log in to the server as that role (SCRAM pass-through, or the md5 hash).
+// what the proxy needs to log in to the server as that role (SCRAM pass-through, or the md5 hash),
+// with the exchange's last words to the client, which the caller sends once the client is in.
 import type net from 'node:net';
-import { randomBytes, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { errors, PgError } from '../errors.js';
 import {
   authenticationMd5,
+  authenticationOk,
   authenticationSasl,
   authenticationSaslContinue,
   authenticationSaslFinal,
@@ -20,6 +22,7 @@ import {
   type ScramVerifier,
 } from './scram.js';
 import { isMd5Hash, md5Verify } from './md5.js';
+import { randomBytes } from './random.js';
 import type { RoleSource } from './roles.js';
 
 export type AuthMethod = 'scram-sha-256' | 'md5' | 'trust';
@@ -38,16 +41,26 @@ export interface AuthContext {
   channelBinding?: Buffer | undefined;
 }
 
-export async function authenticateClient(ctx: AuthContext): Promise<ServerLogin> {
+export interface Authenticated {
+  login: ServerLogin;
+  /**
+   * What ends the exchange for the client: SCRAM's server-final message (if SCRAM), then
+   * AuthenticationOk. Not sent yet: the caller sends it, with the greeting when it can.
+   */
+  answer: Buffer;
+}
+
+export async function authenticateClient(ctx: AuthContext): Promise<Authenticated> {
   if (ctx.method === 'trust') {
     const role = await ctx.roles.lookup(ctx.user);
     if (!role) throw new PgError('28000', `role "${ctx.user}" does not exist`);
     if (!role.canLogin) throw errors.cannotLogin(ctx.user);
-    return { method: 'none' };
+    return { login: { method: 'none' }, answer: authenticationOk() };
   }
   const role = await ctx.roles.lookup(ctx.user);
   const stored = role?.password ?? null;
   let login: ServerLogin | undefined;
+  let answer = authenticationOk();
   if (stored !== null && isMd5Hash(stored)) {
     login = (await md5Exchange(ctx, stored)) ? { method: 'md5', storedHash: stored } : undefined;
   } else if (ctx.method === 'md5' && (stored === null || !parseScramVerifier(stored))) {
@@ -57,15 +70,18 @@ export async function authenticateClient(ctx: AuthContext): Promise<ServerLogin>
     // Unknown roles and roles without a password go through the same exchange with a verifier
     // nobody knows, so that a failure does not tell an attacker which roles exist.
     const verifier = (stored !== null && parseScramVerifier(stored)) || mockVerifier(ctx.user);
-    const keys = await scramExchange(ctx, verifier);
-    login = keys && stored !== null ? { method: 'scram', keys } : undefined;
+    const result = await scramExchange(ctx, verifier);
+    if (result && stored !== null) {
+      login = { method: 'scram', keys: result.keys };
+      answer = Buffer.concat([authenticationSaslFinal(result.serverFinal), answer]);
+    }
   }
   if (!role) throw errors.roleMissing(ctx.user);
   if (stored === null) throw errors.noPassword(ctx.user);
   if (!login) throw errors.authFailed(ctx.user);
   if (role.expired) throw errors.authFailed(ctx.user);
   if (!role.canLogin) throw errors.cannotLogin(ctx.user);
-  return login;
+  return { login, answer };
 }
 
 async function md5Exchange(ctx: AuthContext, storedHash: string): Promise<boolean> {
@@ -107,9 +123,7 @@ async function scramExchange(ctx: AuthContext, verifier: ScramVerifier) {
     ctx.socket.write(authenticationSaslContinue(exchange.first(data)));
     const response = await ctx.reader.nextMessage(ctx.timeoutMs, 'p');
     const result = exchange.final(response.body);
-    if (!result.ok) return undefined;
-    ctx.socket.write(authenticationSaslFinal(result.serverFinal));
-    return result.keys;
+    return result.ok ? result : undefined;
   } catch (error) {
     if (error instanceof ScramProtocolError) {
       throw errors.protocolViolation(`malformed SCRAM message: ${error.message}`);

@@ -3,7 +3,8 @@
 // verifier's ServerKey the proxy logs in to the server as that role without ever knowing the
 // password (PgBouncer's "SCRAM pass-through").
 
-import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, pbkdf2Sync, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from './random.js';
 
 /** SCRAM without channel binding, offered always. */
 export const SCRAM_MECHANISM = 'SCRAM-SHA-256';

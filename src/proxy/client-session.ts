@@ -21,7 +21,6 @@ import { CommError, errors, PgError, sqlstateOf, UnsupportedProtocol } from '../
 import type { PoolManager, PoolRequest, ServerConnection } from '../pool/pool.js';
 import { ServerError, type ServerLogin } from '../upstream/server-connection.js';
 import {
-  authenticationOk,
   backendKeyData,
   errorResponse,
   legacyErrorResponse,
@@ -168,7 +167,7 @@ export async function serveClient(
       ctx.onRefused?.(blocked.code);
       return;
     }
-    const login = await authenticateClient({
+    const { login, answer } = await authenticateClient({
       socket,
       reader,
       user,
@@ -182,8 +181,14 @@ export async function serveClient(
       }
       throw error;
     });
-    socket.write(authenticationOk());
     clearTimeout(loginTimer);
+    // The exchange's end (server-final message, AuthenticationOk) waits for the end of this turn
+    // of the event loop: when a server connection is at hand, the greeting joins it in one write
+    // (each write is a system call and wakes the client up); a client that must wait for one (a
+    // full pool, a new branch) gets it alone, as before.
+    socket.cork();
+    socket.write(answer);
+    setImmediate(() => socket.uncork());
     if (requested === CONSOLE_DATABASE) {
       await serveConsole(socket, reader, user, ctx.console, {
         registry: ctx.cancels,

@@ -17,5 +17,9 @@ export function int32(value: number): Buffer {
 
 /** A zero-terminated UTF-8 string. */
 export function cstring(text: string): Buffer {
-  return Buffer.concat([Buffer.from(text, 'utf8'), Buffer.alloc(1)]);
+  const length = Buffer.byteLength(text, 'utf8');
+  const out = Buffer.allocUnsafe(length + 1);
+  out.write(text, 0, 'utf8');
+  out[length] = 0;
+  return out;
 }
