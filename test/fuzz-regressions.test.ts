@@ -1,5 +1,6 @@
 // Inputs the protocol fuzzer (test/fuzz-protocol.test.ts, npm run fuzz) found mishandled, replayed
 // byte for byte, each named by the seed and case that found it.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
 import { fieldsOf, WireClient, type Message } from './support/wire-client.js';
@@ -80,5 +81,34 @@ describe('the SQL console under bad input', () => {
       M: 'invalid message format',
     });
     client.destroy();
+  });
+});
+
+describe('transaction mode under bad input', () => {
+  // FUZZ_SEED=20261207 FUZZ_CASE=92977 (a race: it needs the result in flight): a message whose
+  // length word is over the limit, sent while the answer to an earlier query was half forwarded.
+  // pgbranch wrote its FATAL error into the middle of a DataRow and closed: the client read a
+  // truncated DataRow that swallowed the error.
+  it('refuses a message of impossible length sent while a result is half forwarded only after that result message, so the client reads whole messages then the error', async () => {
+    const { client } = await WireClient.connect(proxy.port, {
+      user: 'postgres',
+      password: proxy.password,
+      database: 'postgres',
+      parameters: { options: '-c pgbranch.pool_mode=transaction' },
+    });
+    const sql = Buffer.from("select repeat('x', 1000) from generate_series(1, 200000)\0");
+    const length = Buffer.alloc(4);
+    length.writeInt32BE(4 + sql.length, 0);
+    client.socket.pause();
+    client.write(Buffer.concat([Buffer.from('Q'), length, sql]));
+    // The result fills the socket buffers and pgbranch pauses the server in the middle of it.
+    await sleep(1_500);
+    client.write(Buffer.from([0x00, 0x66, 0, 0, 0])); // a message claiming 1.7 GB
+    await sleep(500);
+    client.socket.resume();
+    let last: Message | undefined;
+    for (let m = await client.next(); m; m = await client.next()) last = m;
+    expect(last && fieldsOf(last)).toMatchObject({ S: 'FATAL', C: '08P01' });
+    expect((await client.rest()).length).toBe(0);
   });
 });

@@ -238,6 +238,11 @@ export class TransactionRelay implements ServerSink {
 
   // Server-side frame scanning.
   private remaining = 0;
+  /**
+   * A client's protocol violation that came while a server message was half forwarded: its
+   * error waits for that message's end, so that the client reads whole messages, then the error.
+   */
+  private failing: PgError | undefined;
   private frameType = 0;
   private copyIn = false;
   /** Bytes of the ParameterStatus frame being collected. */
@@ -264,7 +269,7 @@ export class TransactionRelay implements ServerSink {
   }
 
   private readonly fromClient = (data: Buffer): void => {
-    if (this.finished) return;
+    if (this.finished || this.failing) return;
     this.idleTimer?.touch();
     if (this.verifying) {
       this.held!.push(data);
@@ -303,7 +308,7 @@ export class TransactionRelay implements ServerSink {
       const type = chunk[i]!;
       const length = chunk.readInt32BE(i + 1);
       if (length < 4 || length > MAX_MESSAGE) {
-        this.fail(new PgError('08P01', `invalid message length ${length} from client`));
+        this.failAtBoundary(new PgError('08P01', `invalid message length ${length} from client`));
         return;
       }
       const end = i + 1 + length;
@@ -913,6 +918,10 @@ export class TransactionRelay implements ServerSink {
             stop = i;
             break;
           }
+          if (this.failing) {
+            stop = i;
+            break;
+          }
         }
         continue;
       }
@@ -999,6 +1008,7 @@ export class TransactionRelay implements ServerSink {
       if (stop < end && !this.hold) client.write(chunk.subarray(stop));
       this.transactionEnded();
     } else if (!ok) this.conn?.session.socket.pause();
+    if (this.failing && (release || (this.remaining === 0 && !this.hold))) this.fail(this.failing);
   }
 
   /**
@@ -1243,6 +1253,13 @@ export class TransactionRelay implements ServerSink {
     else this.closing = error;
   }
 
+  private failAtBoundary(error: PgError): void {
+    if (this.conn && (this.remaining > 0 || this.hold !== undefined)) {
+      this.failing = error;
+      this.options.client.pause();
+    } else this.fail(error);
+  }
+
   private fail(error: PgError): void {
     const client = this.options.client;
     if (!client.destroyed) client.write(errorResponse(error));
@@ -1268,7 +1285,12 @@ export class TransactionRelay implements ServerSink {
   /** A client that left mid-transaction: roll back on its server connection, then pool it. */
   private async cleanUp(conn: ServerConnection): Promise<void> {
     const server = serverState(conn);
-    const midFrame = this.remaining > 0 || this.hold !== undefined || this.tail !== undefined;
+    // After a deferred failure the rest of the server's chunk was never scanned: close it.
+    const midFrame =
+      this.remaining > 0 ||
+      this.hold !== undefined ||
+      this.tail !== undefined ||
+      this.failing !== undefined;
     if (midFrame) {
       this.options.pools.release(conn, false);
       return;
