@@ -323,7 +323,11 @@ class Connection {
   async authRequest(): Promise<{ code: number; data: Buffer } | undefined> {
     const message = await this.message(ANSWER_DEADLINE_MS);
     if (message?.type !== 'R' || message.body.length < 4) {
-      if (message) this.errors.push(`expected an Authentication request, got '${message.type}'`);
+      if (message?.type === 'E') {
+        const fields = errorFields(message.body);
+        this.errors.push(`refused before authentication: ${fields?.C} ${fields?.M}`);
+      } else if (message)
+        this.errors.push(`expected an Authentication request, got '${message.type}'`);
       return undefined;
     }
     return { code: message.body.readInt32BE(0), data: message.body.subarray(4) };
