@@ -1,6 +1,10 @@
-// `npm run bench:branch`: how long a client waits for the first row on a NEW branch, by parent
-// size, cloned and copied, against pg_dump | pg_restore and against CREATE DATABASE run directly on
-// the server. Progress goes to stderr; the environment and a markdown table to stdout.
+// `npm run bench:branch`: how long a client waits for the first row on a NEW branch. Parts:
+// creation (database provider, quiet parent: by size, cloned and copied, against pg_dump |
+// pg_restore and against CREATE DATABASE run directly on the server); live (a new branch of a
+// running cluster under pgbench write load, database and instance provider side by side: time,
+// the parent's tps, disk); resume (of a suspended instance branch); memory (instances, idle and 100
+// made in a row). Progress goes to stderr; the environment and markdown tables to stdout.
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -19,6 +23,8 @@ import {
   type Parent,
 } from './support/branch-runs.js';
 import type { Cleanup } from './support/cleanup.js';
+import { liveReport } from './support/live-report.js';
+import { runLiveSize, type LiveParts, type LiveSizeResult } from './support/live-runs.js';
 import { runBenchmark } from './support/main.js';
 import { measureDumpRestore, type DumpRestoreResult } from './support/dump-restore.js';
 import { fillParent } from './support/parent-data.js';
@@ -33,15 +39,38 @@ import {
   summarize,
 } from './support/report.js';
 
-const HELP = `usage: npm run bench:branch -- [--sizes 100,1000] [--repeat 5]
+const HELP = `usage: npm run bench:branch -- [--provider both] [--parts creation,live,resume,memory]
+         [--sizes 100,1000] [--live-sizes 1] [--repeat 5] [--clients 4] [--branches 100]
+         [--max-running 10]
 
-  --sizes    parent sizes in MB, comma-separated (default 100,1000; e.g. 100,1000,5000)
-  --repeat   repetitions per cell, each on a new branch (default 5)
+  --provider     database, instance or both (default both): creation needs database; resume and
+                 memory need instance; live measures the providers given side by side
+  --parts        what to run, comma-separated (default all four):
+                   creation  database provider, quiet parent: clone and copy by parent size,
+                             against pg_dump | pg_restore and CREATE DATABASE on the server
+                   live      a new branch of a running cluster under pgbench write load (parent's
+                             tps during the creation, disk); the database provider with pgbench
+                             stopped, after one attempt under load
+                   resume    connect to first row on a suspended instance branch
+                   memory    RSS/PSS of idle instances; --branches made in a row with
+                             --branch-max-running --max-running, pgbranch and instances sampled
+  --sizes        creation: parent sizes in MB, comma-separated (default 100,1000; e.g. 100,1000,5000)
+  --live-sizes   live: cluster sizes in GB, comma-separated (default 1; e.g. 1,10); resume and
+                 memory run on the smallest
+  --repeat       repetitions per cell, each on a new branch (default 5)
+  --clients      live: pgbench clients writing to the parent (default 4)
+  --branches     memory: branches made in a row (default 100)
+  --max-running  memory: branch.max_running meanwhile (default 10)
 
 Runs as root to mount a reflink XFS for the clone runs; without one, only copy is measured.
-Needs the machine's PostgreSQL 15 on 127.0.0.1:5432 (trust, user postgres) for the
-pg_dump | pg_restore baseline.
+Needs pgbench and, for the pg_dump | pg_restore baseline, the machine's PostgreSQL 15 on
+127.0.0.1:5432 (trust, user postgres).
 `;
+
+const ROOT = path.resolve(import.meta.dirname, '..');
+
+const PARTS = ['creation', 'live', 'resume', 'memory'] as const;
+type Part = (typeof PARTS)[number];
 
 /** The goal this benchmark checks: on copy-on-write, under this at every size, flat as size grows. */
 const TARGET_MS = 200;
@@ -50,8 +79,14 @@ const FLAT_RATIO = 1.5;
 const FLAT_MS = 20;
 
 interface Options {
+  provider: 'database' | 'instance' | 'both';
+  parts: Set<Part>;
   sizes: number[];
+  liveSizes: number[];
   repeat: number;
+  clients: number;
+  branches: number;
+  maxRunning: number;
 }
 
 interface ModeRun {
@@ -60,7 +95,8 @@ interface ModeRun {
   samples: ModeSamples[];
 }
 
-interface Results {
+/** The creation part: the database provider's branches of a quiet parent, by size. */
+interface CreationResults {
   options: Options;
   serverVersion: string;
   filesystem: string;
@@ -73,12 +109,29 @@ interface Results {
   load: [number, number];
 }
 
+interface Results {
+  options: Options;
+  filesystem: string;
+  /** The commit the live parts' build came from (the tree may carry uncommitted changes). */
+  commit?: string;
+  creation?: CreationResults;
+  live: LiveSizeResult[];
+  /** 1-minute load average when the run started and when it ended. */
+  load: [number, number];
+}
+
 function parseOptions(argv: string[]): Options | undefined {
   const { values } = parseArgs({
     args: argv,
     options: {
+      provider: { type: 'string', default: 'both' },
+      parts: { type: 'string', default: PARTS.join(',') },
       sizes: { type: 'string', default: '100,1000' },
+      'live-sizes': { type: 'string', default: '1' },
       repeat: { type: 'string', default: '5' },
+      clients: { type: 'string', default: '4' },
+      branches: { type: 'string', default: '100' },
+      'max-running': { type: 'string', default: '10' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -88,16 +141,70 @@ function parseOptions(argv: string[]): Options | undefined {
   if (sizes.length === 0 || sizes.some((n) => !Number.isInteger(n) || n < 10)) {
     throw new Error(`--sizes "${values.sizes}": write whole MB of at least 10, e.g. 100,1000,5000`);
   }
-  const repeat = Number(values.repeat);
-  if (!Number.isInteger(repeat) || repeat < 1) {
-    throw new Error(`--repeat "${values.repeat}": write a positive whole number`);
+  const liveSizes = values['live-sizes'].split(',').map((word) => Number(word.trim()));
+  if (liveSizes.length === 0 || liveSizes.some((n) => !(n >= 0.1))) {
+    throw new Error(
+      `--live-sizes "${values['live-sizes']}": write GB of at least 0.1, e.g. 1 or 1,10`,
+    );
   }
-  return { sizes: [...new Set(sizes)].sort((a, b) => a - b), repeat };
+  const provider = values.provider;
+  if (provider !== 'database' && provider !== 'instance' && provider !== 'both') {
+    throw new Error(`--provider "${provider}": write database, instance or both`);
+  }
+  const parts = new Set<Part>();
+  for (const word of values.parts.split(',').map((w) => w.trim())) {
+    if (!(PARTS as readonly string[]).includes(word)) {
+      throw new Error(`--parts "${values.parts}": "${word}" is none of ${PARTS.join(', ')}`);
+    }
+    parts.add(word as Part);
+  }
+  const count = (name: string, text: string) => {
+    const n = Number(text);
+    if (!Number.isInteger(n) || n < 1)
+      throw new Error(`--${name} "${text}": write a positive whole number`);
+    return n;
+  };
+  return {
+    provider,
+    parts,
+    sizes: [...new Set(sizes)].sort((a, b) => a - b),
+    liveSizes: [...new Set(liveSizes)].sort((a, b) => a - b),
+    repeat: count('repeat', values.repeat),
+    clients: count('clients', values.clients),
+    branches: count('branches', values.branches),
+    maxRunning: count('max-running', values['max-running']),
+  };
 }
 
 async function run(options: Options, cleanup: Cleanup): Promise<Results> {
   const loadAtStart = os.loadavg()[0]!;
-  const imageMib = Math.max(4096, 3 * options.sizes.reduce((a, b) => a + b, 0) + 2048);
+  const database = options.provider !== 'instance';
+  const instance = options.provider !== 'database';
+  const parts = options.parts;
+  const creation = database && parts.has('creation');
+  const liveParts: LiveParts = {
+    database,
+    instance,
+    live: parts.has('live'),
+    resume: instance && parts.has('resume'),
+    memory: instance && parts.has('memory'),
+  };
+  const live = liveParts.live || liveParts.resume || liveParts.memory;
+  if (!creation && !live) {
+    throw new Error(
+      `nothing to run: --parts ${[...parts].join(',')} with --provider ${options.provider}`,
+    );
+  }
+  // Sparse: the image costs the host only what is written. Room for the creation part's parents
+  // (removed when it ends), then for the live clusters: each as generated and its working copy
+  // (with their WAL), the branches' own blocks and the parent's writes copied on write.
+  const creationMib = creation ? 3 * options.sizes.reduce((a, b) => a + b, 0) + 2048 : 0;
+  const liveMib = live
+    ? Math.ceil(2500 * options.liveSizes.reduce((a, b) => a + b, 0)) +
+      Math.ceil(1000 * Math.max(...options.liveSizes)) +
+      8192
+    : 0;
+  const imageMib = Math.max(4096, creationMib, liveMib);
   progress(`mounting a reflink XFS (${imageMib} MiB, sparse) for the clone runs`);
   const mount = await mountReflinkXfs(imageMib);
   let dataRoot: string;
@@ -116,9 +223,68 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     dataRoot = mount.dir;
     filesystem = `XFS (reflink=1, ${imageMib} MiB) on a loop-mounted sparse file on ${filesystemType(os.tmpdir())}`;
   }
-
-  const dataDir = path.join(dataRoot, 'pgbranch');
   const password = randomBytes(12).toString('base64url');
+
+  const results: Results = { options, filesystem, live: [], load: [loadAtStart, loadAtStart] };
+  if (creation) {
+    results.creation = await runCreation(options, cleanup, {
+      dataRoot,
+      filesystem,
+      noClone,
+      password,
+    });
+  }
+  if (live) {
+    progress(
+      'building pgbranch (npm run build): the live parts run the build, as production would',
+    );
+    execFileSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: ['ignore', 2, 2] });
+    results.commit = sourceCommit();
+    for (const [i, gb] of options.liveSizes.entries()) {
+      results.live.push(
+        await runLiveSize({
+          dataRoot,
+          gb,
+          password,
+          // Resume and memory do not depend on the parent's size: the smallest one serves.
+          parts: i === 0 ? liveParts : { ...liveParts, resume: false, memory: false },
+          repeat: options.repeat,
+          clients: options.clients,
+          branches: options.branches,
+          maxRunning: options.maxRunning,
+          cleanup,
+        }),
+      );
+    }
+  }
+  results.load[1] = os.loadavg()[0]!;
+  return results;
+}
+
+function sourceCommit(): string {
+  try {
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+async function runCreation(
+  options: Options,
+  cleanup: Cleanup,
+  where: { dataRoot: string; filesystem: string; noClone: string | undefined; password: string },
+): Promise<CreationResults> {
+  const loadAtStart = os.loadavg()[0]!;
+  const { filesystem, password } = where;
+  let noClone = where.noClone;
+  const dataDir = path.join(where.dataRoot, 'pgbranch');
+  const removeDataDir = cleanup.add(`remove ${dataDir}`, () =>
+    fs.rmSync(dataDir, { recursive: true, force: true }),
+  );
   const modes: Mode[] = noClone ? ['copy'] : ['clone', 'copy'];
   const runs: ModeRun[] = [];
   let parents: Parent[] = [];
@@ -147,8 +313,10 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     progress(`stopping pgbranch (${mode})`);
     await stopProxy();
   }
+  // The live part's clusters need the room.
+  await removeDataDir();
 
-  let dump: Results['dump'];
+  let dump: CreationResults['dump'];
   try {
     dump = await measureDumpRestore({ sizes: options.sizes, repeat: options.repeat, cleanup });
   } catch (error) {
@@ -185,6 +353,25 @@ function sizeLabel(mib: number): string {
 }
 
 function report(results: Results, command: string): string {
+  const sections: string[] = [];
+  if (results.creation) sections.push(creationReport(results.creation, command));
+  if (results.live.length > 0) {
+    sections.push(
+      liveReport({
+        sizes: results.live,
+        filesystem: results.filesystem,
+        commit: results.commit ?? 'unknown',
+        load: results.load,
+        repeat: results.options.repeat,
+        clients: results.options.clients,
+        command,
+      }),
+    );
+  }
+  return sections.join('\n');
+}
+
+function creationReport(results: CreationResults, command: string): string {
   const { options, parents, runs, dump } = results;
   const cpus = os.cpus();
   const dumpSamples = 'error' in dump ? undefined : dump.samples;
@@ -301,7 +488,7 @@ function report(results: Results, command: string): string {
   return `${out.join('\n')}\n`;
 }
 
-function verdict(results: Results): string {
+function verdict(results: CreationResults): string {
   const goal = `on a copy-on-write filesystem, under ${TARGET_MS} ms at every size, flat as size grows`;
   const clone = results.runs.find((r) => r.mode === 'clone');
   if (!clone) return `**Target** (${goal}): **not measured**, no clone run (${results.noClone}).`;
