@@ -84,6 +84,9 @@ export async function runLiveSize(options: {
       args: [
         '--log-level',
         'info',
+        // The memory run makes branches faster than the default 60 a minute a role may.
+        '--branch-max-creations-per-minute',
+        '0',
         ...(provider === 'instance' ? ['--branch-provider', 'instance'] : []),
         ...args,
       ],
