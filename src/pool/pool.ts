@@ -551,7 +551,7 @@ export class PoolManager {
    * Connects, and after a failure that may pass (the server starting up or shutting down, or not
    * answering) tries again up to connectRetries times, waiting 200 ms, 400 ms, 800 ms, ... in
    * between. Other failures (authentication, a missing database) are final. A server out of
-   * connection slots (53300: something outside pgbranch took them) is asked again until
+   * connection slots (something outside pgbranch took them) is asked again until
    * connectTimeoutMs has passed, after closing an idle connection of any pool each time.
    */
   private async connectRetrying(request: PoolRequest): Promise<ServerSession> {
@@ -562,7 +562,7 @@ export class PoolManager {
         return await this.connect(request);
       } catch (error) {
         if (this.closed) throw error;
-        if (codeOf(error) === '53300') {
+        if (outOfSlots(error)) {
           this.closeLeastRecentlyUsed();
           const delay = Math.min(FULL_MAX_DELAY_MS, FULL_FIRST_DELAY_MS * 2 ** refusals++);
           if (Date.now() + delay > fullUntil) {
@@ -722,9 +722,23 @@ function codeOf(error: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined;
 }
 
-/** Server refusals that may pass: starting up or shutting down, no answer. */
+/**
+ * The server has no slot left for anyone but superusers (or pg_use_reserved_connections): 53300
+ * with these messages. A role's or a database's connection limit is 53300 too, but closing idle
+ * connections of other pools does nothing for it.
+ */
+function outOfSlots(error: unknown): boolean {
+  return (
+    codeOf(error) === '53300' &&
+    /too many clients already|remaining connection slots are reserved/.test(
+      (error as Error).message,
+    )
+  );
+}
+
+/** Server refusals that may pass: starting up or shutting down, a connection limit, no answer. */
 function mayPass(error: unknown): boolean {
   const code = codeOf(error);
   if (code === undefined) return false;
-  return code === '57P03' || (code.startsWith('08') && code !== '08P01');
+  return code === '57P03' || code === '53300' || (code.startsWith('08') && code !== '08P01');
 }
