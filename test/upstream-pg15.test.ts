@@ -3,7 +3,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi, type TestContext } from 'vitest';
 import { connectError, psql, queryOnce } from './support/clients.js';
 import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
 
@@ -131,6 +131,12 @@ describe('with PostgreSQL 15 upstream', () => {
       'select current_database() as db, count(*)::int as n from items',
     );
     expect(rows).toEqual([{ db: `${DB}@feature-x`, n: 1000 }]);
+    // The log line is read from pgbranch's stdout, which may come after the client's answer.
+    await vi.waitFor(
+      () =>
+        expect(proxy!.events('branch_created').some((e) => e.branch === 'feature-x')).toBe(true),
+      { timeout: 10_000 },
+    );
     const event = proxy!.events('branch_created').find((e) => e.branch === 'feature-x');
     expect(event).toMatchObject({
       root: DB,
