@@ -15,6 +15,23 @@ export function freeBytes(dir: string): number {
   return stats.bavail * stats.bsize;
 }
 
+/**
+ * Free bytes once they stop changing (two reads 100 ms apart agree), or after `maxMs`. XFS frees
+ * the blocks of removed files in the background, after the unlink returned and syncfs does not
+ * wait for it: a database dropped just before would otherwise be given back in the middle of the
+ * next measurement and cancel out the next branch's cost.
+ */
+export async function settledFreeBytes(dir: string, maxMs = 3_000): Promise<number> {
+  const deadline = Date.now() + maxMs;
+  let last = freeBytes(dir);
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const now = freeBytes(dir);
+    if (now === last || Date.now() > deadline) return now;
+    last = now;
+  }
+}
+
 /** Files per filefrag run: well inside the argument list limit. */
 const FILES_PER_RUN = 500;
 

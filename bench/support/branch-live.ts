@@ -16,7 +16,13 @@ import { quoteIdent } from '../../src/branch/database-provider.js';
 import { copyCluster, type CopyClusterResult } from '../../src/branch/instance/cluster-copy.js';
 import { serverOwner } from '../../src/branch/instance/postmaster.js';
 import type { PgbranchProcess } from '../../test/support/pgbranch.js';
-import { extentCount, freeBytes, segmentFiles, unsharedBytes } from './branch-disk.js';
+import {
+  extentCount,
+  freeBytes,
+  segmentFiles,
+  settledFreeBytes,
+  unsharedBytes,
+} from './branch-disk.js';
 import { directConfig } from './branch-runs.js';
 import type { Cleanup } from './cleanup.js';
 import { connectToFirstRow } from './first-row.js';
@@ -70,6 +76,8 @@ export interface LiveCreation {
   totalMs?: number;
   /** Database: pgbench stopped, its sessions gone, the branch made, pgbench started again. */
   pausedMs?: number;
+  /** Database: when pgbench was stopped (epoch ms). */
+  stoppedAt?: number;
   /** The parent's checkpoints that ended meanwhile (pg_stat_checkpointer before and after). */
   checkpoint?: CheckpointWork;
   /** Extents of the parent's pgbench_accounts just after: a reflink copy walks every one. */
@@ -134,7 +142,7 @@ function loadTarget(proxy: PgbranchProcess): LoadTarget {
 /** Fills in the tps around each creation and the steady seconds, once the load has stopped. */
 function analyse(load: WriteLoad, creations: LiveCreation[], busy: [number, number][]) {
   for (const c of creations) {
-    const start = c.pausedMs === undefined ? c.window[0] : c.window[1] - c.pausedMs;
+    const start = c.stoppedAt ?? c.window[0];
     c.tpsBefore = meanTps(secondsOverlapping(load, start - BEFORE_MS, start));
     const during = secondsOverlapping(load, c.window[0], c.window[1]);
     if (c.pausedMs === undefined && during.length > 0) {
@@ -360,7 +368,10 @@ export async function measureLiveDatabase(options: {
       await load.stop();
       await quiet(admin, PARENT);
       const stats = await checkpointer(admin);
-      const before = freeBytes(dataRoot);
+      // Not part of the pause a user would see: taken off pausedMs below.
+      const settling = Date.now();
+      const before = await settledFreeBytes(dataRoot, 1_000);
+      const settledMs = Date.now() - settling;
       const loadAverage = os.loadavg()[0]!;
       const c0 = Date.now();
       const ms = await connectToFirstRow(proxy.config(`${PARENT}@${branch}`), FIRST_ROW_SQL);
@@ -368,7 +379,7 @@ export async function measureLiveDatabase(options: {
       const freed = before - freeBytes(dataRoot);
       load.restart();
       const checkpoint = checkpointWork(stats, await checkpointer(admin));
-      const pausedMs = Date.now() - stopped;
+      const pausedMs = Date.now() - stopped - settledMs;
       busy.push([stopped, c1 + AFTER_MS]);
       const created = await event(
         proxy,
@@ -394,6 +405,7 @@ export async function measureLiveDatabase(options: {
         totalMs: Number(created.totalMs),
         mode: String(created.mode),
         pausedMs,
+        stoppedAt: stopped,
         checkpoint,
       });
       progress(

@@ -7,6 +7,7 @@ import pg from 'pg';
 import { quoteIdent } from '../../src/branch/database-provider.js';
 import { physicalName } from '../../src/branch/names.js';
 import type { PgbranchProcess } from '../../test/support/pgbranch.js';
+import { freeBytes, settledFreeBytes } from './branch-disk.js';
 import { connectToFirstRow } from './first-row.js';
 import { progress } from './report.js';
 
@@ -66,14 +67,11 @@ export async function measureBranching(options: {
   await admin.connect();
   try {
     await admin.query(`SET file_copy_method = ${mode}`);
-    const free = () => {
-      const stats = fs.statfsSync(proxy.dataDir);
-      return stats.bavail * stats.bsize;
-    };
+    const free = () => freeBytes(proxy.dataDir);
     const viaProxy = async (parent: string) => {
       const database = physicalName(parent, `bench-${++branchNumber}`);
       await admin.query('CHECKPOINT');
-      const before = free();
+      const before = await settledFreeBytes(proxy.dataDir);
       const ms = await connectToFirstRow({ connectionString: proxy.url(database) });
       const used = before - free();
       const created = await branchCreated(proxy, database);
