@@ -164,6 +164,16 @@ function parseOptions(argv: string[]): Options | undefined {
       throw new Error(`--${name} "${text}": write a positive whole number`);
     return n;
   };
+  const instance = provider !== 'database';
+  const runs =
+    (provider !== 'instance' && parts.has('creation')) ||
+    parts.has('live') ||
+    (instance && (parts.has('resume') || parts.has('memory')));
+  if (!runs) {
+    throw new Error(
+      `nothing to run: --parts ${values.parts} with --provider ${provider} (creation needs database; resume and memory need instance)`,
+    );
+  }
   return {
     provider,
     parts,
@@ -190,11 +200,6 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     memory: instance && parts.has('memory'),
   };
   const live = liveParts.live || liveParts.resume || liveParts.memory;
-  if (!creation && !live) {
-    throw new Error(
-      `nothing to run: --parts ${[...parts].join(',')} with --provider ${options.provider}`,
-    );
-  }
   // Sparse: the image costs the host only what is written. Room for the creation part's parents
   // (removed when it ends), then for the live clusters: each as generated and its working copy
   // (with their WAL), the branches' own blocks and the parent's writes copied on write.
