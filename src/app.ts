@@ -11,8 +11,8 @@ import { CatalogRoleSource, type RoleSource } from './auth/roles.js';
 import { DatabaseProvider } from './branch/database-provider.js';
 import { Cloner } from './branch/cloner.js';
 import { BranchManager, type BranchResolver } from './branch/manager.js';
-import type { InstanceBranches } from './branch/instance/instances.js';
-import { directorySize, localUpstream, openInstanceBranches } from './branch/instance/setup.js';
+import { diskUsage, type InstanceBranches } from './branch/instance/instances.js';
+import { localUpstream, openInstanceBranches } from './branch/instance/setup.js';
 import { InstanceLifecycle } from './lifecycle/instance-lifecycle.js';
 import type { Lifecycle } from './lifecycle/model.js';
 import type { CopyMethod } from './branch/provider.js';
@@ -366,7 +366,7 @@ export async function startPgbranch(
       instances,
       {
         createdAt: null,
-        diskBytes: () => (embedded ? directorySize(embedded.pgDataDir) : 0),
+        diskBytes: () => diskUsage(instances!.rootDataDir),
         clients: () => [...registry.all()].filter((c) => !c.requested.includes('@')).length,
         withSession: async (database, work) => {
           const client = connectTo(database);

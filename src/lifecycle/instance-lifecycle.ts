@@ -29,7 +29,7 @@ import type {
   SnapshotInfo,
 } from './model.js';
 import { patternsMatcher, type Policy } from './policy.js';
-import { liveBranchNames } from './service.js';
+import { expiryOf, liveBranchNames } from './service.js';
 
 /** The root instance (the embedded server), as it is listed. */
 export interface RootInstance {
@@ -291,11 +291,7 @@ function info(view: InstanceView, defaultTtl: number | undefined): BranchInfo {
   const { record } = view;
   const expiresAt = record.expiresAt ?? null;
   const ttlMs = record.ttlMs === undefined ? (defaultTtl ?? null) : record.ttlMs;
-  const since = Date.parse(record.lastConnectedAt ?? record.createdAt);
-  const times = [
-    ...(expiresAt ? [Date.parse(expiresAt)] : []),
-    ...(ttlMs !== null ? [since + ttlMs] : []),
-  ];
+
   return {
     ...blank(record.name),
     physical: view.dir,
@@ -310,7 +306,7 @@ function info(view: InstanceView, defaultTtl: number | undefined): BranchInfo {
     protected: record.protected === true,
     expiresAt,
     ttlMs,
-    expiresBy: times.length > 0 ? new Date(Math.min(...times)).toISOString() : null,
+    expiresBy: expiryOf(expiresAt, ttlMs, Date.parse(record.lastConnectedAt ?? record.createdAt)),
     origin: 'pgbranch',
     state: view.running ? 'running' : 'suspended',
     snapshots: view.points.map((p) => ({

@@ -1159,7 +1159,12 @@ function timeOf(iso: string | undefined | null): number | undefined {
   return Number.isNaN(ms) ? undefined : ms;
 }
 
-function expiryOf(expiresAt: string | null, ttlMs: number | null, since: number | undefined) {
+/** When a branch expires: the earlier of its absolute expiry and `ttlMs` after `since`; null never. */
+export function expiryOf(
+  expiresAt: string | null,
+  ttlMs: number | null,
+  since: number | undefined,
+) {
   const times: number[] = [];
   if (expiresAt) times.push(Date.parse(expiresAt));
   if (ttlMs !== null && since !== undefined) times.push(since + ttlMs);

@@ -135,6 +135,11 @@ export class InstanceBranches implements BranchResolver {
 
   private constructor(private readonly options: InstanceBranchesOptions) {}
 
+  /** The root instance's data directory (the embedded server's, or a local upstream's). */
+  get rootDataDir(): string {
+    return this.options.root.pgDataDir;
+  }
+
   get copyMethod(): CopyMethod {
     return this.options.copyMethod;
   }
@@ -527,24 +532,9 @@ export class InstanceBranches implements BranchResolver {
         target: path.join(scratch, 'pg'),
         owner: this.options.owner,
       });
-      const postmaster = await startPostmaster({
-        binary: this.options.binary,
-        pgDataDir: path.join(scratch, 'pg'),
-        socketDir: path.join(scratch, 'run'),
-        port: INSTANCE_PORT,
-        settings: this.options.settings,
-        owner: this.options.owner,
-        log: this.options.log,
-      });
+      const postmaster = await this.startOn(scratch);
       try {
-        const client = new pg.Client({
-          host: postmaster.endpoint.socketDir,
-          port: postmaster.endpoint.port,
-          user: this.options.superuser,
-          database,
-          application_name: 'pgbranch',
-        });
-        await client.connect();
+        const client = await sessionOn(postmaster.endpoint, this.options.superuser, database);
         try {
           return await work(client);
         } finally {
@@ -749,26 +739,9 @@ export class InstanceBranches implements BranchResolver {
    * that fails fails the creation with its SQLSTATE and name.
    */
   private async runScripts(branch: string, staging: string): Promise<void> {
-    const postmaster = await startPostmaster({
-      binary: this.options.binary,
-      pgDataDir: path.join(staging, 'pg'),
-      socketDir: path.join(staging, 'run'),
-      port: INSTANCE_PORT,
-      settings: this.options.settings,
-      owner: this.options.owner,
-      log: this.options.log,
-    });
-    const session = async (database: string) => {
-      const client = new pg.Client({
-        host: postmaster.endpoint.socketDir,
-        port: postmaster.endpoint.port,
-        user: this.options.superuser,
-        database,
-        application_name: 'pgbranch',
-      });
-      await client.connect();
-      return client;
-    };
+    const postmaster = await this.startOn(staging);
+    const session = (database: string) =>
+      sessionOn(postmaster.endpoint, this.options.superuser, database);
     try {
       const admin = await session('postgres');
       let databases: string[];
@@ -821,21 +794,25 @@ export class InstanceBranches implements BranchResolver {
     await instance.transition;
   }
 
-  private async start(instance: Instance): Promise<void> {
-    const started = Date.now();
-    const runDir = path.join(instance.dir, 'run');
-    fs.mkdirSync(runDir, { recursive: true, mode: 0o700 });
-    if (this.options.owner) fs.chownSync(runDir, this.options.owner.uid, this.options.owner.gid);
-    const postmaster = await startPostmaster({
+  /**
+   * A postmaster on `<dir>/pg`, with its private socket in `<dir>/run` (made by startPostmaster,
+   * mode 0700, for the owner): an instance, or a scratch copy (scripts, a restore point read).
+   */
+  private startOn(dir: string): Promise<Postmaster> {
+    return startPostmaster({
       binary: this.options.binary,
-      pgDataDir: path.join(instance.dir, 'pg'),
-      socketDir: runDir,
+      pgDataDir: path.join(dir, 'pg'),
+      socketDir: path.join(dir, 'run'),
       port: INSTANCE_PORT,
-      listenTcp: '',
       settings: this.options.settings,
       owner: this.options.owner,
       log: this.options.log,
     });
+  }
+
+  private async start(instance: Instance): Promise<void> {
+    const started = Date.now();
+    const postmaster = await this.startOn(instance.dir);
     instance.postmaster = postmaster;
     void postmaster.exited.then(() => {
       if (instance.postmaster !== postmaster) return;
@@ -916,12 +893,16 @@ function endpointOf(instance: Instance): Endpoint {
   return instance.postmaster!.endpoint;
 }
 
-async function connectTo(
-  instance: Instance,
+function connectTo(instance: Instance, superuser: string, database = 'postgres') {
+  return sessionOn(instance.postmaster!.endpoint, superuser, database);
+}
+
+/** A session of pgbranch's on an instance's private socket (trust there). */
+async function sessionOn(
+  endpoint: { socketDir: string; port: number },
   superuser: string,
-  database = 'postgres',
+  database: string,
 ): Promise<pg.Client> {
-  const endpoint = instance.postmaster!.endpoint;
   const client = new pg.Client({
     host: endpoint.socketDir,
     port: endpoint.port,
@@ -940,7 +921,7 @@ function writeRecord(dir: string, record: InstanceRecord): void {
 }
 
 /** Bytes of disk the files under `dir` take (allocated blocks). */
-function diskUsage(dir: string): number {
+export function diskUsage(dir: string): number {
   let total = 0;
   for (const entry of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
     if (!entry.isFile()) continue;

@@ -132,7 +132,7 @@ function copyMethodFor(pgDataDir: string): CopyMethod {
 }
 
 /** Bytes of the files under `dir` (what a full copy of it costs). */
-export function directorySize(dir: string): number {
+function directorySize(dir: string): number {
   let total = 0;
   for (const entry of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
     if (entry.isFile()) total += fs.statSync(path.join(entry.parentPath, entry.name)).size;
