@@ -5,6 +5,7 @@ import {
   deallocateTarget,
   dropsAllStatements,
   NEEDS_CHECK,
+  READ_TEXT,
   RUNS_CODE,
   statementEffects,
 } from './statement-effects.js';
@@ -96,5 +97,24 @@ describe('databaseNeeded', () => {
     expect(databaseNeeded('alter database x set work_mem = 1')).toBeUndefined();
     expect(databaseNeeded('create database fresh')).toBeUndefined();
     expect(databaseNeeded('drop table database')).toBeUndefined();
+  });
+});
+
+describe('READ_TEXT', () => {
+  it('marks the texts whose words decide settings, pinning, DDL or DEALLOCATE, and no others', () => {
+    for (const sql of [
+      'SET search_path = a',
+      'select 1; reset all',
+      "select set_config('a.b', '1', false)",
+      'LISTEN jobs',
+      'select pg_advisory_lock(1)',
+      'declare c cursor with hold for select 1',
+      'drop database x',
+      'DEALLOCATE ALL',
+    ]) {
+      expect(effects(sql) & READ_TEXT, sql).toBe(READ_TEXT);
+    }
+    expect(effects('SELECT abalance FROM pgbench_accounts WHERE aid = 42;') & READ_TEXT).toBe(0);
+    expect(effects('insert into t values (1)') & READ_TEXT).toBe(0);
   });
 });

@@ -16,6 +16,11 @@
 export const NEEDS_CHECK = 1;
 /** As NEEDS_CHECK, but only where the database has functions that could make session state. */
 export const RUNS_CODE = 8;
+/**
+ * The text must be read as a string: it may change settings (SET, RESET, DISCARD, set_config) or
+ * pin the client (LISTEN, session advisory locks, WITH HOLD), or it holds DDL or DEALLOCATE.
+ */
+export const READ_TEXT = 16;
 /** DEALLOCATE or DISCARD: the server connection's prepared statements must be read back. */
 export const DEALLOCATES = 2;
 /** DROP, ALTER or CREATE: possibly one that needs a database without sessions (see below). */
@@ -83,6 +88,9 @@ const HARMLESS_CALLS = hashes(HARMLESS_BEFORE_PAREN);
 const DEALLOCATE = hashWord(Buffer.from('deallocate'), 0, 10);
 const DISCARD = hashWord(Buffer.from('discard'), 0, 7);
 const DDL = new Set(['drop', 'alter', 'create'].map((w) => hashWord(Buffer.from(w), 0, w.length)));
+const SET = hashWord(Buffer.from('set'), 0, 3);
+const RESET = hashWord(Buffer.from('reset'), 0, 5);
+const LISTEN = hashWord(Buffer.from('listen'), 0, 6);
 
 function isSpace(c: number): boolean {
   return c === 0x20 || c === 0x0a || c === 0x09 || c === 0x0d;
@@ -115,8 +123,9 @@ export function statementEffects(bytes: Buffer, start: number, end: number): num
       const word = hashWord(bytes, i, j);
       if (WRITES.has(word)) effects |= RUNS_CODE;
       else if (!HARMLESS_FIRST.has(word)) effects |= NEEDS_CHECK;
-      if (word === DEALLOCATE || word === DISCARD) effects |= DEALLOCATES;
-      else if (DDL.has(word)) effects |= MAY_NEED_DATABASE;
+      if (word === DEALLOCATE || word === DISCARD) effects |= DEALLOCATES | READ_TEXT;
+      else if (DDL.has(word)) effects |= MAY_NEED_DATABASE | READ_TEXT;
+      else if (word === SET || word === RESET || word === LISTEN) effects |= READ_TEXT;
       i = j;
       continue;
     }
@@ -133,10 +142,23 @@ export function statementEffects(bytes: Buffer, start: number, end: number): num
       ) {
         effects |= NEEDS_CHECK;
       }
+    } else if (i + 1 < end && mayPinOrSet(c, bytes[i + 1]!)) {
+      effects |= READ_TEXT;
     }
     i++;
   }
   return effects;
+}
+
+/**
+ * The letters of what pins a client or sets a setting without saying SET first: "_c" of
+ * set_config, "li" of listen, "ad" of advisory, "ho" of hold. A false positive costs a decode.
+ */
+function mayPinOrSet(c: number, next: number): boolean {
+  const n = next | 0x20;
+  if (c === 0x5f /* _ */) return n === 0x63;
+  const l = c | 0x20;
+  return (l === 0x6c && n === 0x69) || (l === 0x61 && n === 0x64) || (l === 0x68 && n === 0x6f);
 }
 
 /** Whether the "(" at `paren` follows nothing, or a word that calls no user code. */

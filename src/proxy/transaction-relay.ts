@@ -28,6 +28,7 @@ import {
   dropsAllStatements,
   MAY_NEED_DATABASE,
   NEEDS_CHECK,
+  READ_TEXT,
   RUNS_CODE,
   statementEffects,
 } from './statement-effects.js';
@@ -467,16 +468,8 @@ export class TransactionRelay implements ServerSink {
     const effects = statementEffects(chunk, start, end);
     if (effects & NEEDS_CHECK) this.check = true;
     if (effects & RUNS_CODE) this.runsCode = true;
-    // Cheap first look at the bytes; only candidates are decoded.
-    const several = hasSecondStatement(chunk, start, end);
-    if (
-      !(effects & MAY_NEED_DATABASE) &&
-      !startsLikeSetting(chunk, start, end) &&
-      !several &&
-      !mightMatter(chunk, start, end)
-    ) {
-      return undefined;
-    }
+    // Only texts the one scan of the bytes marked are decoded.
+    if (!(effects & READ_TEXT)) return undefined;
     const sql = chunk.toString('utf8', start, end);
     if (effects & MAY_NEED_DATABASE) this.needDatabase(sql, this.batchesSent);
     if (MAY_SET.test(sql)) this.settingsChanged = true;
@@ -725,6 +718,10 @@ export class TransactionRelay implements ServerSink {
     this.unnamedEffects = effects;
     if (effects & NEEDS_CHECK) this.check = true;
     if (effects & RUNS_CODE) this.runsCode = true;
+    if (!(effects & READ_TEXT)) {
+      this.expect({ type: PARSE_COMPLETE, swallow: false });
+      return undefined;
+    }
     const sql = definition.toString('utf8', 0, textEnd);
     if (MAY_SET.test(sql)) this.settingsChanged = true;
     this.checkPin(sql);
@@ -1439,54 +1436,4 @@ function withName(type: number, before: Buffer, serverName: string, after: Buffe
   out.write(serverName, 5 + before.length, 'utf8');
   after.copy(out, 5 + before.length + nameLength);
   return out;
-}
-
-/** Whether anything but spaces follows a semicolon (a trailing ';' is common and harmless). */
-function hasSecondStatement(chunk: Buffer, start: number, end: number): boolean {
-  let i = chunk.indexOf(0x3b /* ; */, start);
-  if (i < 0 || i >= end) return false;
-  for (i++; i < end; i++) {
-    const c = chunk[i]!;
-    if (c !== 0x20 && c !== 0x0a && c !== 0x09 && c !== 0x0d && c !== 0x3b) return true;
-  }
-  return false;
-}
-
-/** Whether a query starts with SET, RESET, DISCARD or DEALLOCATE (after spaces), by its bytes. */
-function startsLikeSetting(chunk: Buffer, start: number, end: number): boolean {
-  let i = start;
-  while (
-    i < end &&
-    (chunk[i] === 0x20 || chunk[i] === 0x0a || chunk[i] === 0x09 || chunk[i] === 0x0d)
-  )
-    i++;
-  if (end - i < 3) return false;
-  const a = chunk[i]! | 0x20;
-  const b = chunk[i + 1]! | 0x20;
-  const c = chunk[i + 2]! | 0x20;
-  return (
-    (a === 0x73 && b === 0x65 && c === 0x74) || // set
-    (a === 0x72 && b === 0x65 && c === 0x73) || // res(et)
-    (a === 0x64 && b === 0x69 && c === 0x73) || // dis(card)
-    (a === 0x64 && b === 0x65 && c === 0x61) // dea(llocate)
-  );
-}
-
-/**
- * Whether a query's bytes could contain a pinning statement or a set_config() call: looks for
- * their letters cheaply; a false positive only costs decoding the text.
- */
-function mightMatter(chunk: Buffer, start: number, end: number): boolean {
-  for (let i = start; i < end - 3; i++) {
-    // '_c' of set_config
-    if (chunk[i] === 0x5f && (chunk[i + 1]! | 0x20) === 0x63) return true;
-    const c = chunk[i]! | 0x20;
-    // 'listen', 'advisory', 'hold'
-    if (c === 0x6c /* l */ || c === 0x61 /* a */ || c === 0x68 /* h */) {
-      const n = chunk[i + 1]! | 0x20;
-      if ((c === 0x6c && n === 0x69) || (c === 0x61 && n === 0x64) || (c === 0x68 && n === 0x6f))
-        return true;
-    }
-  }
-  return false;
 }
