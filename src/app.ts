@@ -13,6 +13,7 @@ import { Cloner } from './branch/cloner.js';
 import { BranchManager, type BranchResolver } from './branch/manager.js';
 import { diskUsage, type InstanceBranches } from './branch/instance/instances.js';
 import { localUpstream, openInstanceBranches } from './branch/instance/setup.js';
+import { socketConninfo } from './branch/instance/spares.js';
 import { InstanceLifecycle } from './lifecycle/instance-lifecycle.js';
 import type { Lifecycle } from './lifecycle/model.js';
 import type { CopyMethod } from './branch/provider.js';
@@ -70,6 +71,8 @@ export interface Running {
   copyMethod: CopyMethod;
   /** How branches are made: databases in one cluster, or instances of their own. */
   provider: 'database' | 'instance';
+  /** Instance branches are warm standbys of their parent, promoted (branch.warm_spare). */
+  warmSpare: boolean;
   serverVersion: string;
   embedded?: EmbeddedServer;
   upstream: string;
@@ -326,7 +329,19 @@ export async function startPgbranch(
         return client;
       };
       const root = embedded
-        ? { pgDataDir: embedded.pgDataDir, connect: connectRoot, superuser: embedded.superuser }
+        ? {
+            pgDataDir: embedded.pgDataDir,
+            connect: connectRoot,
+            superuser: embedded.superuser,
+            replicationConninfo:
+              'socketDir' in embedded.endpoint
+                ? socketConninfo(
+                    embedded.endpoint.socketDir,
+                    embedded.endpoint.port,
+                    embedded.superuser,
+                  )
+                : undefined,
+          }
         : await localUpstream(admin, String(adminConfig.user), connectRoot);
       instances = await openInstanceBranches({
         config,
@@ -667,6 +682,7 @@ export async function startPgbranch(
     connectionString,
     copyMethod: instances ? instances.copyMethod : provider.copyMethod,
     provider: config.branch.provider,
+    warmSpare: instances?.spares !== undefined,
     serverVersion: provider.serverVersion,
     embedded,
     upstream: embedded

@@ -156,7 +156,7 @@ async function main(): Promise<number> {
       : []),
     `  server:    ${running.upstream}`,
     ...(running.embedded ? [`  data:      ${running.embedded.pgDataDir}`] : []),
-    `  branches:  ${running.provider === 'instance' ? 'instances of their own, ' : ''}${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
+    `  branches:  ${running.provider === 'instance' ? `instances of their own${running.warmSpare ? ' (a warm standby of the parent, promoted)' : ''}, ` : ''}${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
     ...(running.metricsUrl ? [`  metrics:   ${running.metricsUrl}`] : []),
     ...(running.adminUrl
       ? [`  admin:     ${running.adminUrl}   (npx pgbranch branch --help)`]

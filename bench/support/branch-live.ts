@@ -65,7 +65,13 @@ export interface LiveCreation {
   freed: number;
   /** The branch's blocks that no other file shares, just after the first row. */
   unshared: number | undefined;
-  /** Instance: branch_created's copyMs (backup API and the copy) and ms, instance_started's ms. */
+  /**
+   * Instance: where the branch came from: its parent's warm standby promoted, or a copy under the
+   * backup API (then branch_created's copyMs and ms, and instance_started's ms).
+   */
+  from?: 'warm_spare' | 'copy';
+  /** Instance from a warm standby: the wait for it to replay the parent's position, and the promotion. */
+  promoteMs?: number;
   copyMs?: number;
   createMs?: number;
   startMs?: number;
@@ -224,6 +230,8 @@ export async function measureLiveInstance(options: {
   clients: number;
   cleanup: Cleanup;
   label: string;
+  /** branch.warm_spare is on (pgbranch's default where instances are clones). */
+  warmSpare: boolean;
 }): Promise<LivePhase> {
   const { proxy, repeat, clients, cleanup, label } = options;
   const dataRoot = proxy.dataDir;
@@ -239,6 +247,13 @@ export async function measureLiveInstance(options: {
   try {
     progress(`${label} instance: pgbench -c ${clients} on ${PARENT}, warming up`);
     await sleep(WARM_UP_MS);
+    if (options.warmSpare) {
+      // The root's warm standby is made at pgbranch's start; the first branch waits for nothing else.
+      const ready = await event(proxy, 'spare_ready', (e) => e.parent === null, 300_000);
+      progress(
+        `${label} instance: the root's warm standby was ready in ${duration(Number(ready.ms))}`,
+      );
+    }
     for (let i = 1; i <= repeat; i++) {
       await sleep(GAP_MS);
       const branch = `live-${i}`;
@@ -252,7 +267,10 @@ export async function measureLiveInstance(options: {
       const checkpoint = checkpointWork(stats, await checkpointer(admin));
       busy.push([t0, t1 + AFTER_MS]);
       const created = await event(proxy, 'branch_created', (e) => e.branch === branch);
-      const started = await event(proxy, 'instance_started', (e) => e.branch === branch);
+      const fromSpare = created.from === 'warm_spare';
+      const started = fromSpare
+        ? { ms: 0 }
+        : await event(proxy, 'instance_started', (e) => e.branch === branch);
       const dir = instanceDir(proxy, branch);
       const unshared = dir ? await unsharedBytes(path.join(dir, 'pg')) : undefined;
       const parentExtents = await extentCount(accounts());
@@ -263,10 +281,12 @@ export async function measureLiveInstance(options: {
         window: [t0, t1],
         freed,
         unshared,
-        copyMs: Number(created.copyMs),
+        from: fromSpare ? 'warm_spare' : 'copy',
+        promoteMs: fromSpare ? Number(created.promoteMs) : 0,
+        copyMs: fromSpare ? 0 : Number(created.copyMs),
         createMs: Number(created.ms),
         startMs: Number(started.ms),
-        copiedBytes: Number(created.bytes),
+        copiedBytes: fromSpare ? 0 : Number(created.bytes),
         mode: String(created.mode),
         checkpoint,
         parentExtents,
@@ -274,7 +294,7 @@ export async function measureLiveInstance(options: {
       creations.push(creation);
       const tps = secondsOverlapping(load, t0 - 1000, t0).at(-1)?.tps;
       progress(
-        `${label} instance, ${branch} (${i} of ${repeat}): connect → first row ${duration(ms)} (copy ${duration(creation.copyMs!)}${checkpoint ? `, of which the parent's checkpoint ${duration(checkpoint.ms)} for ${checkpoint.buffers} buffers` : ''}, start ${duration(creation.startMs!)}), ${bytes(creation.copiedBytes!)} ${creation.mode}d, free space ${freed >= 0 ? '−' : '+'}${bytes(Math.abs(freed))}, unshared ${unshared === undefined ? '?' : bytes(unshared)}, parent's pgbench_accounts in ${parentExtents ?? '?'} extents; parent ${tps === undefined ? '?' : Math.round(tps)} tps the second before`,
+        `${label} instance, ${branch} (${i} of ${repeat}): connect → first row ${duration(ms)} (${fromSpare ? `from the warm standby: catch-up and promotion ${duration(creation.promoteMs!)}; ` : ''}copy ${duration(creation.copyMs!)}${checkpoint ? `, of which the parent's checkpoint ${duration(checkpoint.ms)} for ${checkpoint.buffers} buffers` : ''}, start ${duration(creation.startMs!)}), ${bytes(creation.copiedBytes!)} ${creation.mode}d, free space ${freed >= 0 ? '−' : '+'}${bytes(Math.abs(freed))}, unshared ${unshared === undefined ? '?' : bytes(unshared)}, parent's pgbench_accounts in ${parentExtents ?? '?'} extents; parent ${tps === undefined ? '?' : Math.round(tps)} tps the second before`,
       );
     }
     for (let i = 1; i <= ANATOMY_COPIES; i++) {

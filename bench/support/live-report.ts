@@ -124,14 +124,18 @@ function liveTables(sizes: LiveSizeResult[], clients: number): string[] {
       label = '';
       return value;
     };
-    const instance = size.instance;
-    if (instance) {
+    for (const [instance, how] of [
+      [size.instance, 'warm standby promoted'],
+      [size.instanceCopy, 'warm_spare off: copy under the backup API'],
+    ] as const) {
+      if (!instance) continue;
       const c = instance.creations;
       const steady = instance.steady;
       const r = ratios(instance);
+      const spared = c.filter((x) => x.from === 'warm_spare').length;
       rows.push([
         take(),
-        `instance, pgbench writing (${clients} clients)`,
+        `instance, pgbench writing (${clients} clients); ${how}${spared ? ` (${spared} of ${c.length} from it)` : ''}`,
         cell(c.map((x) => x.ms)),
         tpsCell(steady),
         `${tpsCell(c.map((x) => x.tpsBefore!).filter(Number.isFinite))} → ${tpsCell(c.map((x) => x.tpsDuring!).filter(Number.isFinite))}${r.length ? `; change ${percent(median(r))} (worst ${percent(Math.min(...r))})` : ''}`,
@@ -140,7 +144,7 @@ function liveTables(sizes: LiveSizeResult[], clients: number): string[] {
         bytesCell(c.map((x) => x.freed)),
         bytesCell(c.map((x) => x.unshared)),
       ]);
-      times.push(instanceTimes(size.gb, c));
+      times.push(instanceTimes(size.gb, c, how));
     }
     const database = size.database;
     if (database) {
@@ -209,7 +213,7 @@ function liveTables(sizes: LiveSizeResult[], clients: number): string[] {
         'cluster',
         'provider',
         'connect → first row',
-        'copy or clone',
+        'copy or clone (warm standby: catch-up and promotion)',
         "… of which the parent's checkpoints ⁴",
         'pgbranch around it',
         'postmaster start',
@@ -220,7 +224,7 @@ function liveTables(sizes: LiveSizeResult[], clients: number): string[] {
     '',
     "⁴ pg_stat_checkpointer of the parent before the connect and after the first row: write and sync time of the checkpoints that ended meanwhile, and what they wrote (8 KiB buffers), medians. Instance: pg_backup_start's fast checkpoint; database: CREATE DATABASE's two. A timed checkpoint under way when the creation asks for one is finished at once and counts with its whole write time, spread over minutes before; the median keeps such an outlier out.",
     '',
-    "⁵ Connect → first row less what pgbranch logged: the client's connect and SCRAM login to pgbranch, pgbranch's login to the new branch, and the first query (its first read of the branch's tables). Instance: copy is branch_created's copyMs (pg_backup_start with its fast checkpoint, the reflink copy of every file, pg_backup_stop, the WAL); pgbranch around it is the rest of branch_created's ms (checks, record, rename); postmaster start is instance_started's ms (start, recovery from backup_label to consistency, ready). Database: CREATE DATABASE ... STRATEGY FILE_COPY (branch_created's cloneMs, with its two checkpoints); pgbranch around it is totalMs − cloneMs (checks, drain).",
+    "⁵ Connect → first row less what pgbranch logged: the client's connect and SCRAM login to pgbranch, pgbranch's login to the new branch, and the first query (its first read of the branch's tables). Instance from a warm standby: catch-up and promotion is branch_created's promoteMs (the parent's insert position read, the standby's replay waited for, pg_promote), and there is no postmaster start (it ran already); pgbranch around it is the rest of branch_created's ms. Instance by copy: copy is branch_created's copyMs (pg_backup_start with its fast checkpoint, the reflink copy of every file, pg_backup_stop, the WAL); pgbranch around it is the rest of branch_created's ms (checks, record, rename); postmaster start is instance_started's ms (start, recovery from backup_label to consistency, ready). Database: CREATE DATABASE ... STRATEGY FILE_COPY (branch_created's cloneMs, with its two checkpoints); pgbranch around it is totalMs − cloneMs (checks, drain).",
     '',
     ...anatomyTable(sizes),
   );
@@ -285,13 +289,13 @@ function anatomyTable(sizes: LiveSizeResult[]): string[] {
   ];
 }
 
-function instanceTimes(gb: number, c: LiveCreation[]): string[] {
+function instanceTimes(gb: number, c: LiveCreation[], how: string): string[] {
   const rest = c.map((x) => x.ms - x.createMs! - x.startMs!);
   return [
     `${gb} GB`,
-    'instance, under load',
+    `instance, under load; ${how}`,
     duration(median(c.map((x) => x.ms))),
-    duration(median(c.map((x) => x.copyMs!))),
+    duration(median(c.map((x) => (x.from === 'warm_spare' ? x.promoteMs! : x.copyMs!)))),
     checkpoints(c),
     duration(median(c.map((x) => x.createMs! - x.copyMs!))),
     duration(median(c.map((x) => x.startMs!))),

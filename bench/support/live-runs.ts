@@ -45,6 +45,8 @@ export interface LiveSizeResult {
   reasons: Partial<Record<'database' | 'instance', string>>;
   database?: LivePhase;
   instance?: LivePhase;
+  /** The instance provider with branch.warm_spare off: every branch a copy under the backup API. */
+  instanceCopy?: LivePhase;
   resume?: ResumeSample[];
   memory?: MemorySamples | { skipped: string };
   serverVersion: string;
@@ -133,7 +135,14 @@ export async function runLiveSize(options: {
         ['--branch-suspend-after', RESUME_SUSPEND_AFTER],
         async (proxy) => {
           if (parts.live) {
-            result.instance = await measureLiveInstance({ proxy, repeat, clients, cleanup, label });
+            result.instance = await measureLiveInstance({
+              proxy,
+              repeat,
+              clients,
+              cleanup,
+              label,
+              warmSpare: true,
+            });
           }
           if (parts.resume) {
             let branches = result.instance?.creations.map((c) => c.branch);
@@ -145,6 +154,22 @@ export async function runLiveSize(options: {
             result.resume = await measureResume({ proxy, branches, repeat, label });
           }
         },
+      );
+    }
+    if (parts.instance && parts.live) {
+      await restore();
+      result.instanceCopy = await withPgbranch(
+        'instance',
+        ['--branch-warm-spare', 'off'],
+        (proxy) =>
+          measureLiveInstance({
+            proxy,
+            repeat,
+            clients,
+            cleanup,
+            label: `${label} (warm_spare off)`,
+            warmSpare: false,
+          }),
       );
     }
     if (parts.instance && parts.memory) {

@@ -12,6 +12,7 @@ import type {
   DatabaseEntry,
 } from './provider.js';
 import { detectCloneSupport } from './copy-on-write.js';
+import { withCopyMethodSetting } from './provider.js';
 import { TEMPLATE_DATABASES } from './names.js';
 
 /** Comments on branch databases start with this, followed by the branch's record as JSON. */
@@ -73,17 +74,7 @@ export class DatabaseProvider implements BranchProvider {
           }
         : { mode: 'copy', reason: support.detail };
     }
-    if (wanted === 'clone' && copyMethod.mode !== 'clone') {
-      throw new Error(
-        `branch.copy_method is clone, but branches can't be cloned here: ${copyMethod.reason}. Use copy_method auto or copy, or move the data directory to XFS (reflink=1), btrfs or ZFS 2.2+.`,
-      );
-    }
-    if (wanted === 'copy' && copyMethod.mode === 'clone') {
-      copyMethod = {
-        mode: 'copy',
-        reason: 'branch.copy_method is copy (cloning would be possible here)',
-      };
-    }
+    copyMethod = withCopyMethodSetting(copyMethod, wanted);
     return new DatabaseProvider(admin, connectTo, maintenanceDatabase, copyMethod, row.version);
   }
 

@@ -12,6 +12,25 @@ export interface CopyMethod {
  * so that it survives restarts and travels with the server. Records from before restore points
  * existed have no `kind` and are branches.
  */
+/**
+ * What branch.copy_method makes of what was detected: `clone` refuses to start where cloning is
+ * impossible, saying why; `copy` copies even where cloning would work.
+ */
+export function withCopyMethodSetting(
+  detected: CopyMethod,
+  wanted: 'auto' | 'clone' | 'copy',
+): CopyMethod {
+  if (wanted === 'clone' && detected.mode !== 'clone') {
+    throw new Error(
+      `branch.copy_method is clone, but branches can't be cloned here: ${detected.reason}. Use copy_method auto or copy, or move the data directory to XFS (reflink=1), btrfs or ZFS 2.2+.`,
+    );
+  }
+  if (wanted === 'copy' && detected.mode === 'clone') {
+    return { mode: 'copy', reason: 'branch.copy_method is copy (cloning would be possible here)' };
+  }
+  return detected;
+}
+
 export interface BranchRecord {
   kind?: 'branch' | 'snapshot';
   root: string;

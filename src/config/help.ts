@@ -93,6 +93,8 @@ export const descriptions: Record<ConfigPath, string> = {
     'Instance branches that may run at once (the least recently used idle one is suspended for a new one); 0 sizes it from the memory: a quarter of it at 64 MB per instance, 2 to 64.',
   'branch.instance_settings':
     'Instance branches: PostgreSQL settings of every instance over pgbranch\'s small defaults, e.g. "shared_buffers=32MB, max_connections=50".',
+  'branch.warm_spare':
+    'Instance branches: auto, on or off. Keep a standby of each parent being branched (the root always) replayed and ready, so a new branch is a promotion in tenths of a second with no checkpoint on the parent; off: every branch is a copy under the backup API. auto: on where instances are reflink clones, off where each would be a full copy.',
   'admin.enabled': 'Serve the HTTP admin API (JSON, OpenAPI at /openapi.json) that the CLI uses.',
   'admin.host': 'Address of the admin API; anything but loopback needs admin.token.',
   'admin.port': 'TCP port of the admin API; 0 picks a free one.',

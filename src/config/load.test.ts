@@ -181,6 +181,7 @@ describe('loadConfig', () => {
       'branch.suspend_after',
       'branch.max_running',
       'branch.instance_settings',
+      'branch.warm_spare',
       'admin.enabled',
       'admin.host',
       'admin.port',

@@ -283,6 +283,15 @@ export const configSchema = z
          * `shared_buffers=32MB, max_connections=50`.
          */
         instance_settings: z.string().default(''),
+        /**
+         * Instance branches: keep a standby of each parent being branched (the root always)
+         * streaming and replayed, so that a new branch is that standby promoted (tenths of a
+         * second, no checkpoint or copy on the parent meanwhile) and a new standby is made behind
+         * it. Off: every branch is a copy under the backup API, as the first one of a branch is.
+         * auto: on where instances are reflink clones (a spare costs no disk), off where every
+         * copy is a full one (a spare would hold a whole copy of its parent's data).
+         */
+        warm_spare: z.enum(['auto', 'on', 'off']).default('auto'),
       })
       .strict()
       .default({
@@ -302,6 +311,7 @@ export const configSchema = z
         suspend_after: 300_000,
         max_running: 0,
         instance_settings: '',
+        warm_spare: 'auto',
       }),
     /** The HTTP admin API (JSON, with an OpenAPI description) that the CLI talks to. */
     admin: z

@@ -21,11 +21,22 @@ export interface CopyClusterOptions {
   /** Must not exist; created, with its parent if need be. */
   target: string;
   /** A running source: how to open a superuser session on it (copyCluster ends the session). */
-  running?: { connect: () => Promise<pg.Client> };
+  running?: {
+    connect: () => Promise<pg.Client>;
+    /**
+     * The copy is for a standby of the source, which replays and streams what it lacks: no backup
+     * API (no checkpoint on the source), pg_control first and the WAL last (see copyForStandby).
+     * The source must keep the WAL from its last checkpoint until the standby streams: a physical
+     * slot, made before the copy.
+     */
+    forStandby?: boolean;
+  };
   /** Whom the copy belongs to (files and directories are chowned as they are made). */
   owner?: OsUser;
   onProgress?: (progress: CopyProgress) => void;
   signal?: AbortSignal;
+  /** false: copy every file byte by byte even where the filesystem could clone it. */
+  clone?: boolean;
 }
 
 export interface CopyClusterResult {
@@ -78,6 +89,8 @@ const EMPTIED_DIRS = new Set([
  * copy of a 1 GB segment, seconds): two leave the proxy's own file and crypto work room.
  */
 const COPY_CONCURRENCY = 2;
+/** A byte copy's chunk: large enough that the system calls cost nothing beside the bytes. */
+const COPY_CHUNK = 4 * 1024 * 1024;
 
 /** One thing to make in the copy, by its path relative to the data directory. */
 interface Entry {
@@ -108,9 +121,11 @@ export async function copyCluster(options: CopyClusterOptions): Promise<CopyClus
   try {
     const copier = new Copier(source, target, options);
     await copier.claimTarget();
-    const lsns = options.running
-      ? await copyRunning(copier, options.running)
-      : await copyStopped(copier);
+    const lsns = !options.running
+      ? await copyStopped(copier)
+      : options.running.forStandby
+        ? await copyForStandby(copier, options.running)
+        : await copyRunning(copier, options.running);
     return { ...copier.result(), ...lsns, ms: Date.now() - started };
   } catch (error) {
     await fsp.rm(target, { recursive: true, force: true });
@@ -213,6 +228,130 @@ async function copyRunning(
 }
 
 /**
+ * A copy of a running cluster for a standby of it, taken without the backup API: pg_control
+ * first, then every file but the WAL, then the WAL as it is by then. The standby starts from the
+ * checkpoint in the pg_control it got, whose redo point is no later than anything the files were
+ * copied after; every change to a page after that redo point is in the WAL from it (full_page_writes
+ * puts the whole page in the first), and WAL goes to disk before the pages it describes, so the
+ * WAL copied last covers every page copied before it. Crash recovery of the copy replays to the
+ * end of that WAL, and the standby then streams on from the source: the same reasoning as a
+ * crash-consistent snapshot, with pg_control taken first so that a checkpoint finishing during
+ * the copy can't have the standby start from a redo point after some file's copy. The caller's
+ * slot (made before) keeps the WAL from that redo point on the source meanwhile.
+ */
+async function copyForStandby(
+  copier: Copier,
+  running: NonNullable<CopyClusterOptions['running']>,
+): Promise<Record<string, never>> {
+  const session = await running.connect();
+  session.on('error', () => undefined);
+  try {
+    const { rows } = await session.query<{ fpw: string; dir: string; segment: string }>(
+      `select current_setting('full_page_writes') as fpw, current_setting('data_directory') as dir,
+              (select setting from pg_settings where name = 'wal_segment_size') as segment`,
+    );
+    const segmentSize = Number(rows[0]!.segment);
+    if (rows[0]!.fpw !== 'on') {
+      throw new Error(
+        'full_page_writes is off on the source: a copy for a standby needs it (a torn page is mended from its full image in the WAL)',
+      );
+    }
+    if (fs.realpathSync(rows[0]!.dir) !== copier.source) {
+      throw new Error(
+        `the running server's data directory is ${rows[0]!.dir}, not ${copier.source}: nothing was copied`,
+      );
+    }
+    const control = path.join('global', 'pg_control');
+    const controlStat = await fsp.stat(path.join(copier.source, control));
+    await copier.copyAll([
+      { rel: 'global', kind: 'dir', size: 0, mode: 0o700 },
+      { rel: control, kind: 'file', size: controlStat.size, mode: controlStat.mode & 0o7777 },
+    ]);
+    const redo = await redoPoint(copier.target);
+    const entries = await listTree(copier.source, '', { running: true });
+    await copier.copyAll(entries.filter((e) => e.rel !== control && e.rel !== 'global'));
+    // Where the WAL is written to now: every page copied is described before it. Segments past it
+    // are recycled ones waiting for use; the standby streams what comes next.
+    const { rows: now } = await session.query<{ lsn: string }>(
+      `select (case when pg_is_in_recovery() then pg_last_wal_replay_lsn()
+                    else pg_current_wal_insert_lsn() end)::text as lsn`,
+    );
+    const first = Number(redo / BigInt(segmentSize));
+    const last = segmentOf(now[0]!.lsn, segmentSize, true);
+    await copier.copyAll(await walFiles(copier.source, first, last, segmentSize), 0, false);
+    await everySegment(copier.target, first, last, segmentSize);
+    return {};
+  } finally {
+    await session.end().catch(() => undefined);
+  }
+}
+
+/** The redo point of the checkpoint in a data directory's pg_control. */
+async function redoPoint(pgDataDir: string): Promise<bigint> {
+  const control = await fsp.readFile(path.join(pgDataDir, 'global', 'pg_control'));
+  // ControlFileData: system_identifier, version, catalog version, state, time, checkPoint, then
+  // checkPointCopy whose first field is the redo point (the layout of every release since 9.x).
+  return control.readBigUInt64LE(40);
+}
+
+/** The source's WAL segments numbered `first` to `last` (any timeline), and history files. */
+async function walFiles(
+  source: string,
+  first: number,
+  last: number,
+  segmentSize: number,
+): Promise<Entry[]> {
+  const perLogId = 0x1_0000_0000 / segmentSize;
+  const wal: Entry[] = [];
+  for (const name of await fsp.readdir(path.join(source, 'pg_wal'))) {
+    const segment = /^[0-9A-F]{8}([0-9A-F]{8})([0-9A-F]{8})$/.exec(name);
+    if (segment) {
+      const number = parseInt(segment[1]!, 16) * perLogId + parseInt(segment[2]!, 16);
+      if (number < first || number > last) continue;
+    } else if (!/^[0-9A-F]{8}\.history$/.test(name)) continue;
+    const rel = path.join('pg_wal', name);
+    try {
+      const stat = await fsp.stat(path.join(source, rel));
+      wal.push({ rel, kind: 'file', size: stat.size, mode: stat.mode & 0o7777 });
+    } catch (error) {
+      // Recycled meanwhile: everySegment says whether the copy needed it.
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+  }
+  return wal;
+}
+
+/**
+ * Checks that the copy holds every WAL segment from its redo point to the source's position. A
+ * checkpoint that ended during the copy may have recycled one older than the slot's start (the
+ * slot reserves from the redo point of the checkpoint under way, pg_control names the one
+ * before): the copy is then refused with StandbyCopyRaced, and a new one succeeds.
+ */
+async function everySegment(
+  target: string,
+  first: number,
+  last: number,
+  segmentSize: number,
+): Promise<void> {
+  const perLogId = 0x1_0000_0000 / segmentSize;
+  const present = new Set<number>();
+  for (const name of await fsp.readdir(path.join(target, 'pg_wal'))) {
+    const segment = /^[0-9A-F]{8}([0-9A-F]{8})([0-9A-F]{8})$/.exec(name);
+    if (segment) present.add(parseInt(segment[1]!, 16) * perLogId + parseInt(segment[2]!, 16));
+  }
+  for (let number = first; number <= last; number++) {
+    if (!present.has(number)) {
+      throw new StandbyCopyRaced(
+        `WAL segment ${walFileName(number, perLogId)} after the copy's redo point went before the copy had it (a checkpoint ended meanwhile)`,
+      );
+    }
+  }
+}
+
+/** A copy for a standby lost a race with a checkpoint: a new copy will do. */
+export class StandbyCopyRaced extends Error {}
+
+/**
  * A temporary physical slot on the session keeps the WAL from the backup's start until the copy
  * has it (a checkpoint during a long copy would recycle it otherwise), and goes with the session.
  * Where no slot is free the copy goes on without: a removed segment is then reported by name.
@@ -291,6 +430,7 @@ class Copier {
     private readonly options: CopyClusterOptions,
   ) {
     this.signal = options.signal;
+    this.clone = options.clone !== false;
   }
 
   result(): { mode: 'clone' | 'copy'; bytes: number; files: number } {
@@ -323,12 +463,13 @@ class Copier {
         const entry = files[next++]!;
         try {
           this.signal?.throwIfAborted();
-          await this.copyFile(entry, missingOk);
-          this.options.onProgress?.({
-            bytes: this.bytes,
-            files: this.files,
-            totalBytes: reported,
-          });
+          await this.copyFile(entry, missingOk, () =>
+            this.options.onProgress?.({
+              bytes: this.bytes,
+              files: this.files,
+              totalBytes: reported,
+            }),
+          );
         } catch (error) {
           failure ??= { error };
         }
@@ -357,7 +498,8 @@ class Copier {
     if (this.options.owner) await fsp.lchown(link, this.options.owner.uid, this.options.owner.gid);
   }
 
-  private async copyFile(entry: Entry, missingOk: boolean): Promise<void> {
+  /** Copies one file; `progressed` is told after it, and after each chunk of a byte copy. */
+  private async copyFile(entry: Entry, missingOk: boolean, progressed: () => void): Promise<void> {
     const from = path.join(this.source, entry.rel);
     const to = path.join(this.target, entry.rel);
     const { COPYFILE_EXCL, COPYFILE_FICLONE_FORCE } = fs.constants;
@@ -373,7 +515,7 @@ class Copier {
       if (!this.clone) {
         // Where a copy raced a clone that failed, the clone's attempt left no file (libuv
         // removes it), so EXCL holds.
-        await fsp.copyFile(from, to, COPYFILE_EXCL);
+        await this.copyBytes(from, to, entry.mode, progressed);
         this.copied++;
       }
     } catch (error) {
@@ -382,10 +524,44 @@ class Copier {
       }
       throw error;
     }
-    // copyFile gives the copy the source's mode; the owner is ours until chowned.
+    // The copy has the source's mode; the owner is ours until chowned.
     if (this.options.owner) await this.chown(to);
-    this.bytes += entry.size;
+    if (this.clone) this.bytes += entry.size;
     this.files++;
+    progressed();
+  }
+
+  /**
+   * A byte copy in chunks, counted as it goes: a 1 GB segment takes seconds, and whoever waits
+   * hears how far it is meanwhile.
+   */
+  private async copyBytes(
+    from: string,
+    to: string,
+    mode: number,
+    progressed: () => void,
+  ): Promise<void> {
+    const source = await fsp.open(from, 'r');
+    try {
+      const target = await fsp.open(to, 'wx', mode);
+      try {
+        const buffer = Buffer.allocUnsafe(COPY_CHUNK);
+        for (;;) {
+          this.signal?.throwIfAborted();
+          const { bytesRead } = await source.read(buffer, 0, COPY_CHUNK, null);
+          if (bytesRead === 0) break;
+          await target.write(buffer, 0, bytesRead);
+          this.bytes += bytesRead;
+          progressed();
+        }
+        // open's mode is masked by the umask; the copy gets the source's exactly.
+        await target.chmod(mode);
+      } finally {
+        await target.close();
+      }
+    } finally {
+      await source.close();
+    }
   }
 
   private chown(file: string): Promise<void> {

@@ -15,6 +15,7 @@ import type { BranchTarget } from '../names.js';
 import type { CopyMethod } from '../provider.js';
 import { copyCluster } from './cluster-copy.js';
 import { startPostmaster, stopLeftover, type Postmaster } from './postmaster.js';
+import { socketConninfo, SPARE_DIR_PREFIX, Spares, type SpareSource } from './spares.js';
 
 /** The port in every instance's socket name: each has a socket directory of its own. */
 const INSTANCE_PORT = 5432;
@@ -27,6 +28,11 @@ const OLD_PREFIX = '.old-';
 /** Restore points live apart from their instance's directory (a reset replaces that). */
 const POINTS_DIR = 'points';
 const POINT_FILE = 'point.json';
+/**
+ * How long a new branch waits for a warm spare to replay what its parent had when it was asked:
+ * past it the branch is copied instead, which takes longer than this.
+ */
+const SPARE_CATCH_UP_MS = 3_000;
 
 export interface InstanceRecord {
   name: string;
@@ -71,7 +77,17 @@ export interface InstanceBranchesOptions {
   /** Whether a new instance is a reflink clone of its parent here, or a full copy. */
   copyMethod: CopyMethod;
   /** The root instance: the embedded server, running. */
-  root: { pgDataDir: string; connect: () => Promise<pg.Client> };
+  root: {
+    pgDataDir: string;
+    connect: () => Promise<pg.Client>;
+    /** Where a standby of it connects (libpq keywords), for warm spares; none without. */
+    replicationConninfo?: string | undefined;
+  };
+  /**
+   * branch.warm_spare: keep a standby of each parent being branched (the root always) replayed
+   * and ready, so that a new branch is a promotion instead of a copy under the backup API.
+   */
+  warmSpare: boolean;
   /** The superuser of every instance (the root's), reached with trust on the private socket. */
   superuser: string;
   /** Where instances live (`<data_dir>/instances`). */
@@ -132,8 +148,23 @@ export class InstanceBranches implements BranchResolver {
   private closed = false;
   /** Copies under way, by branch name: how far each is (for the CLI's progress bar). */
   private readonly copies = new Map<string, { bytes: number; totalBytes: number }>();
+  /** Warm standbys of parents, promoted into new branches (undefined: branch.warm_spare off). */
+  readonly spares: Spares | undefined;
 
-  private constructor(private readonly options: InstanceBranchesOptions) {}
+  private constructor(private readonly options: InstanceBranchesOptions) {
+    this.spares = options.warmSpare
+      ? new Spares({
+          dir: options.dir,
+          owner: options.owner,
+          superuser: options.superuser,
+          settings: options.settings,
+          start: (dir, settings) => this.startOn(dir, settings),
+          clone: options.copyMethod.mode === 'clone',
+          catchUpMs: SPARE_CATCH_UP_MS,
+          log: options.log,
+        })
+      : undefined;
+  }
 
   /** The root instance's data directory (the embedded server's, or a local upstream's). */
   get rootDataDir(): string {
@@ -187,9 +218,14 @@ export class InstanceBranches implements BranchResolver {
         continue;
       }
       const record = readRecord(dir);
-      if (!record) continue;
-      branches.instances.set(entry.name, {
-        id: entry.name,
+      if (!record) {
+        // A warm spare of the last run (never a branch: taking one writes its record).
+        if (entry.name.startsWith(SPARE_DIR_PREFIX))
+          fs.rmSync(dir, { recursive: true, force: true });
+        continue;
+      }
+      branches.instances.set(instanceId(record.name), {
+        id: instanceId(record.name),
         dir,
         record,
         postmaster: undefined,
@@ -199,6 +235,8 @@ export class InstanceBranches implements BranchResolver {
         suspendTimer: undefined,
       });
     }
+    const root = branches.rootSpareSource();
+    if (root) branches.spares?.prepare(root);
     return branches;
   }
 
@@ -254,6 +292,7 @@ export class InstanceBranches implements BranchResolver {
   /** Stops every running instance (pgbranch stops). */
   async close(): Promise<void> {
     this.closed = true;
+    await this.spares?.close();
     await Promise.all([...this.instances.values()].map((i) => this.suspend(i, 'stop')));
   }
 
@@ -290,6 +329,7 @@ export class InstanceBranches implements BranchResolver {
     fs.mkdirSync(staging, { recursive: true, mode: 0o755 });
     try {
       const copied = await copyCluster({
+        clone: this.options.copyMethod.mode === 'clone',
         sourceDataDir: path.join(instance.dir, 'pg'),
         target: path.join(staging, 'pg'),
         running: instance.postmaster
@@ -404,6 +444,7 @@ export class InstanceBranches implements BranchResolver {
   /** Stops instance `name` (its clients are disconnected, 57P01) and removes it. */
   async remove(name: string): Promise<void> {
     const instance = this.mustGet(name);
+    await this.spares?.discard(name);
     await this.suspend(instance, 'stop');
     this.instances.delete(instance.id);
     await fs.promises.rm(instance.dir, { recursive: true, force: true });
@@ -455,8 +496,10 @@ export class InstanceBranches implements BranchResolver {
       point,
     );
     const swap = (async () => {
+      // Its standby follows what is replaced: branches of the new copy get a new one.
+      await this.spares?.discard(name);
       await this.suspend(instance, 'stop');
-      const old = path.join(this.options.dir, `${OLD_PREFIX}${instance.id}`);
+      const old = path.join(this.options.dir, `${OLD_PREFIX}${path.basename(instance.dir)}`);
       fs.renameSync(instance.dir, old);
       fs.renameSync(replacement.dir, instance.dir);
       instance.record = {
@@ -528,6 +571,7 @@ export class InstanceBranches implements BranchResolver {
     fs.mkdirSync(scratch, { mode: 0o755 });
     try {
       await copyCluster({
+        clone: this.options.copyMethod.mode === 'clone',
         sourceDataDir: path.join(this.pointDir(name, point), 'pg'),
         target: path.join(scratch, 'pg'),
         owner: this.options.owner,
@@ -634,6 +678,10 @@ export class InstanceBranches implements BranchResolver {
       );
     }
     const started = Date.now();
+    if (install && !point) {
+      const fromSpare = await this.fromSpare(name, parent, user, started);
+      if (fromSpare) return fromSpare;
+    }
     const staging = path.join(
       this.options.dir,
       `${CREATING_PREFIX}${id}-${randomBytes(4).toString('hex')}`,
@@ -647,7 +695,11 @@ export class InstanceBranches implements BranchResolver {
       nextReport = now + PROGRESS_EVERY_MS;
       const rate = bytes / 1024 ** 2 / ((now - started) / 1000);
       const left = rate > 0 ? (totalBytes - bytes) / 1024 ** 2 / rate : 0;
-      const message = `pgbranch: copying branch "${name}": ${Math.floor((100 * bytes) / Math.max(1, totalBytes))}% (${mb(bytes)} of ${mb(totalBytes)}, ${rate.toFixed(0)} MB/s, about ${Math.ceil(left)} s left)`;
+      const pace =
+        bytes > 0
+          ? `${rate.toFixed(0)} MB/s, about ${Math.ceil(left)} s left`
+          : `starting (the parent's checkpoint first)`;
+      const message = `pgbranch: copying branch "${name}": ${Math.floor((100 * bytes) / Math.max(1, totalBytes))}% (${mb(bytes)} of ${mb(totalBytes)}, ${pace})`;
       progress(message);
       log.info(
         { event: 'branch_copy_progress', branch: name, bytes, totalBytes },
@@ -658,6 +710,7 @@ export class InstanceBranches implements BranchResolver {
       let copied: Awaited<ReturnType<typeof copyCluster>>;
       if (point) {
         copied = await copyCluster({
+          clone: this.options.copyMethod.mode === 'clone',
           sourceDataDir: path.join(this.pointDir(point.of, point.name), 'pg'),
           target: path.join(staging, 'pg'),
           owner: this.options.owner,
@@ -667,6 +720,7 @@ export class InstanceBranches implements BranchResolver {
         // A running parent is copied under the backup API; a suspended one as it lies.
         await parent.transition;
         copied = await copyCluster({
+          clone: this.options.copyMethod.mode === 'clone',
           sourceDataDir: path.join(parent.dir, 'pg'),
           target: path.join(staging, 'pg'),
           running: parent.postmaster
@@ -677,6 +731,7 @@ export class InstanceBranches implements BranchResolver {
         });
       } else {
         copied = await copyCluster({
+          clone: this.options.copyMethod.mode === 'clone',
           sourceDataDir: this.options.root.pgDataDir,
           target: path.join(staging, 'pg'),
           running: { connect: this.options.root.connect },
@@ -709,6 +764,8 @@ export class InstanceBranches implements BranchResolver {
         suspendTimer: undefined,
       };
       if (install) this.instances.set(id, instance);
+      // Its next branch is a promotion of a warm standby (a suspended parent is copied as it lies).
+      if (install && parent?.postmaster) this.spares?.prepare(this.spareSourceOf(parent));
       log.info(
         {
           event: 'branch_created',
@@ -718,6 +775,7 @@ export class InstanceBranches implements BranchResolver {
           mode: copied.mode,
           bytes: copied.bytes,
           copyMs: copied.ms,
+          ...(copied.phases ? { phases: copied.phases } : {}),
           ms: Date.now() - started,
         },
         `created branch instance ${name} from ${record.parent ?? 'the root instance'} (${copied.mode}, ${copied.bytes} bytes) in ${Date.now() - started} ms`,
@@ -740,9 +798,18 @@ export class InstanceBranches implements BranchResolver {
    */
   private async runScripts(branch: string, staging: string): Promise<void> {
     const postmaster = await this.startOn(staging);
-    const session = (database: string) =>
-      sessionOn(postmaster.endpoint, this.options.superuser, database);
     try {
+      await this.runScriptsOn(branch, postmaster.endpoint);
+    } finally {
+      await postmaster.stop('fast');
+      fs.rmSync(path.join(staging, 'run'), { recursive: true, force: true });
+    }
+  }
+
+  /** branch.scripts in every database they name of the instance at `endpoint`. */
+  private async runScriptsOn(branch: string, endpoint: Postmaster['endpoint']): Promise<void> {
+    const session = (database: string) => sessionOn(endpoint, this.options.superuser, database);
+    {
       const admin = await session('postgres');
       let databases: string[];
       try {
@@ -776,10 +843,98 @@ export class InstanceBranches implements BranchResolver {
           );
         }
       }
-    } finally {
-      await postmaster.stop('fast');
-      fs.rmSync(path.join(staging, 'run'), { recursive: true, force: true });
     }
+  }
+
+  /**
+   * Makes branch `name` of a running parent (the root when undefined) by promoting the parent's
+   * warm standby: undefined where there is none ready (the caller copies). The branch runs from
+   * the start; scripts run in it before it is registered, so no client sees it before.
+   */
+  private async fromSpare(
+    name: string,
+    parent: Instance | undefined,
+    user: string | undefined,
+    started: number,
+  ): Promise<Instance | undefined> {
+    if (!this.spares) return undefined;
+    if (parent) await parent.transition;
+    const source = parent
+      ? parent.postmaster && this.spareSourceOf(parent)
+      : this.rootSpareSource();
+    if (!source) return undefined;
+    await this.makeRoom();
+    const taken = await this.spares.take(source);
+    // A new spare behind the one taken, or for the next branch where none was ready.
+    this.spares.prepare(source);
+    if (!taken) return undefined;
+    const instance: Instance = {
+      id: instanceId(name),
+      dir: taken.dir,
+      record: {
+        name,
+        parent: parent?.record.name ?? null,
+        createdAt: new Date().toISOString(),
+        mode: taken.mode,
+        ...(user !== undefined ? { createdBy: user } : {}),
+      },
+      postmaster: undefined,
+      transition: undefined,
+      clients: 0,
+      lastUsed: Date.now(),
+      suspendTimer: undefined,
+    };
+    try {
+      if (this.options.scripts.mayHave(name)) {
+        await this.runScriptsOn(name, taken.postmaster.endpoint);
+      }
+      // From here on it is a branch: a start after a kill keeps it.
+      writeRecord(taken.dir, instance.record);
+    } catch (error) {
+      await taken.postmaster.stop('fast');
+      fs.rmSync(taken.dir, { recursive: true, force: true });
+      throw error;
+    }
+    this.adopt(instance, taken.postmaster);
+    this.instances.set(instance.id, instance);
+    this.options.log.info(
+      {
+        event: 'branch_created',
+        branch: name,
+        parent: instance.record.parent,
+        provider: 'instance',
+        mode: taken.mode,
+        from: 'warm_spare',
+        lsn: taken.lsn,
+        promoteMs: taken.ms,
+        ms: Date.now() - started,
+      },
+      `created branch instance ${name} from ${instance.record.parent ?? 'the root instance'} as of ${taken.lsn} (its warm standby promoted) in ${Date.now() - started} ms`,
+    );
+    return instance;
+  }
+
+  /** The root as a source of warm spares; undefined where a standby can't reach it. */
+  private rootSpareSource(): SpareSource | undefined {
+    const { root } = this.options;
+    if (root.replicationConninfo === undefined) return undefined;
+    return {
+      key: '',
+      pgDataDir: root.pgDataDir,
+      connect: root.connect,
+      conninfo: root.replicationConninfo,
+    };
+  }
+
+  /** A running branch as a source of warm spares, on its private socket. */
+  private spareSourceOf(instance: Instance): SpareSource {
+    const { endpoint } = instance.postmaster!;
+    return {
+      key: instance.record.name,
+      pgDataDir: path.join(instance.dir, 'pg'),
+      connect: () => connectTo(instance, this.options.superuser),
+      conninfo: socketConninfo(endpoint.socketDir, endpoint.port, this.options.superuser),
+    };
   }
 
   /** Starts the instance unless it runs, making room first within maxRunning. */
@@ -798,13 +953,13 @@ export class InstanceBranches implements BranchResolver {
    * A postmaster on `<dir>/pg`, with its private socket in `<dir>/run` (made by startPostmaster,
    * mode 0700, for the owner): an instance, or a scratch copy (scripts, a restore point read).
    */
-  private startOn(dir: string): Promise<Postmaster> {
+  private startOn(dir: string, extra?: Record<string, string>): Promise<Postmaster> {
     return startPostmaster({
       binary: this.options.binary,
       pgDataDir: path.join(dir, 'pg'),
       socketDir: path.join(dir, 'run'),
       port: INSTANCE_PORT,
-      settings: this.options.settings,
+      settings: { ...this.options.settings, ...extra },
       owner: this.options.owner,
       log: this.options.log,
     });
@@ -812,7 +967,15 @@ export class InstanceBranches implements BranchResolver {
 
   private async start(instance: Instance): Promise<void> {
     const started = Date.now();
-    const postmaster = await this.startOn(instance.dir);
+    this.adopt(instance, await this.startOn(instance.dir));
+    this.options.log.info(
+      { event: 'instance_started', branch: instance.record.name, ms: Date.now() - started },
+      `started branch instance ${instance.record.name} in ${Date.now() - started} ms`,
+    );
+  }
+
+  /** `postmaster` runs `instance` from now on; if it stops by itself, the next connect starts it. */
+  private adopt(instance: Instance, postmaster: Postmaster): void {
     instance.postmaster = postmaster;
     void postmaster.exited.then(() => {
       if (instance.postmaster !== postmaster) return;
@@ -823,15 +986,12 @@ export class InstanceBranches implements BranchResolver {
         { event: 'instance_exited', branch: instance.record.name },
         `branch instance ${instance.record.name} stopped on its own; it starts again on the next connect`,
       );
+      void this.spares?.discard(instance.record.name);
     });
-    this.options.log.info(
-      { event: 'instance_started', branch: instance.record.name, ms: Date.now() - started },
-      `started branch instance ${instance.record.name} in ${Date.now() - started} ms`,
-    );
   }
 
   /** Within maxRunning: suspends the least recently used idle instance when none is free. */
-  private async makeRoom(wanted: Instance): Promise<void> {
+  private async makeRoom(wanted?: Instance): Promise<void> {
     for (;;) {
       const running = [...this.instances.values()].filter(
         (i) => i !== wanted && (i.postmaster || i.transition),
@@ -875,6 +1035,8 @@ export class InstanceBranches implements BranchResolver {
     instance.suspendTimer = undefined;
     const postmaster = instance.postmaster;
     if (!postmaster) return;
+    // A standby of a stopped parent is of no use: a stopped parent is copied as it lies.
+    await this.spares?.discard(instance.record.name);
     const stop = (async () => {
       instance.postmaster = undefined;
       this.options.onStopping(postmaster.endpoint);

@@ -9,7 +9,7 @@ import type { Config } from '../../config/schema.js';
 import { detectCloneSupport } from '../copy-on-write.js';
 import type { CreationQuota } from '../../lifecycle/creation-quota.js';
 import type { Policy } from '../../lifecycle/policy.js';
-import type { CopyMethod } from '../provider.js';
+import { withCopyMethodSetting, type CopyMethod } from '../provider.js';
 import type { Endpoint } from '../../upstream/endpoint.js';
 import { InstanceBranches } from './instances.js';
 import { serverBinaries, serverOwner } from './postmaster.js';
@@ -66,6 +66,11 @@ export interface RootInstanceSetup {
   connect: () => Promise<pg.Client>;
   /** The role instances are reached as, with trust on their private sockets. */
   superuser: string;
+  /**
+   * Where a standby of it connects (libpq keywords, trust and replication allowed there): warm
+   * spares need it; without, every branch is a copy under the backup API.
+   */
+  replicationConninfo?: string;
   /** The postgres binary of its major version; the embedded one's when undefined. */
   binary?: string;
   /**
@@ -91,9 +96,17 @@ export async function openInstanceBranches(setup: InstanceSetup): Promise<Instan
   const { config, root, admin, log } = setup;
   const binary = root.binary ?? (await serverBinaries()).postgres;
   const owner = serverOwner();
+  const copyMethod = copyMethodFor(root.pgDataDir, config.branch.copy_method);
   return InstanceBranches.open({
-    copyMethod: copyMethodFor(root.pgDataDir),
-    root: { pgDataDir: root.pgDataDir, connect: root.connect },
+    copyMethod,
+    root: {
+      pgDataDir: root.pgDataDir,
+      connect: root.connect,
+      replicationConninfo: root.replicationConninfo,
+    },
+    warmSpare:
+      config.branch.warm_spare === 'on' ||
+      (config.branch.warm_spare === 'auto' && copyMethod.mode === 'clone'),
     superuser: root.superuser,
     dir: path.join(path.resolve(config.data_dir), 'instances'),
     binary,
@@ -119,15 +132,22 @@ export async function openInstanceBranches(setup: InstanceSetup): Promise<Instan
   });
 }
 
-/** Whether instances are reflink clones of their parent here, found by cloning a file. */
-function copyMethodFor(pgDataDir: string): CopyMethod {
+/**
+ * Whether instances are reflink clones of their parent here (found by cloning a file), as
+ * branch.copy_method allows.
+ */
+function copyMethodFor(pgDataDir: string, wanted: 'auto' | 'clone' | 'copy'): CopyMethod {
   const support = detectCloneSupport(path.dirname(pgDataDir));
-  if (support.supported) {
-    return { mode: 'clone', reason: `${support.detail}: a new instance shares every block` };
-  }
+  const method = withCopyMethodSetting(
+    support.supported
+      ? { mode: 'clone', reason: `${support.detail}: a new instance shares every block` }
+      : { mode: 'copy', reason: support.detail },
+    wanted,
+  );
+  if (method.mode === 'clone') return method;
   return {
     mode: 'copy',
-    reason: `${support.detail}; every new branch copies the whole data directory (${megabytes(directorySize(pgDataDir))} now)`,
+    reason: `${method.reason}; every new branch copies the whole data directory (${megabytes(directorySize(pgDataDir))} now)`,
   };
 }
 

@@ -1,0 +1,415 @@
+// Warm spares: for a running instance that branches are made of (the root, and a branch while
+// branches of it are made), one standby of it kept streaming and replaying, so that a new branch
+// is that standby promoted: tenths of a second whatever the size, with no checkpoint and no copy
+// on the parent while a client waits. A new spare is made behind each one taken, off the
+// client's time; where none is ready, the branch is copied under the backup API as before.
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { copyCluster, StandbyCopyRaced } from './cluster-copy.js';
+import type { OsUser, Postmaster } from './postmaster.js';
+
+/** What a spare is a standby of. */
+export interface SpareSource {
+  /** Whose spare: '' for the root instance, a branch's name otherwise. */
+  key: string;
+  pgDataDir: string;
+  connect: () => Promise<pg.Client>;
+  /** Where the spare's walreceiver reaches the source (libpq keywords; trust, replication). */
+  conninfo: string;
+}
+
+export interface SparesOptions {
+  /** Where instances live: a spare's directory becomes its branch's when taken. */
+  dir: string;
+  owner?: OsUser | undefined;
+  superuser: string;
+  /** A postmaster on `<dir>/pg` with its socket in `<dir>/run`, with these settings added. */
+  start: (dir: string, settings: Record<string, string>) => Promise<Postmaster>;
+  /** false: copies are byte copies even where the filesystem could clone (branch.copy_method). */
+  clone: boolean;
+  /** How long a branch waits for a spare to replay what its source had when it was asked. */
+  catchUpMs: number;
+  /** The settings instances run with (branch.instance_settings over the defaults). */
+  settings: Record<string, string>;
+  log: Logger;
+}
+
+/** A spare taken: a running primary now, with everything its source had when it was asked for. */
+export interface TakenSpare {
+  dir: string;
+  postmaster: Postmaster;
+  mode: 'clone' | 'copy';
+  /** The source's position it has replayed at least (the source's insert or replay LSN). */
+  lsn: string;
+  /** Time from the ask to the promotion's end. */
+  ms: number;
+}
+
+interface Spare {
+  source: SpareSource;
+  dir: string;
+  slot: string;
+  state: 'making' | 'ready' | 'gone';
+  postmaster?: Postmaster;
+  mode: 'clone' | 'copy';
+  /** Settles once making it has ended, either way. */
+  made: Promise<void>;
+  /** A session on the source kept for reading its position when the spare is taken. */
+  watch?: pg.Client | undefined;
+}
+
+/** A source whose spare could not be made is not tried again for this long. */
+const RETRY_AFTER_MS = 60_000;
+/** Attempts at a copy that races a checkpoint (each a new copy). */
+const COPY_ATTEMPTS = 3;
+
+/** Directory names of spares (and of the branches they became): `i-<random>`. */
+export const SPARE_DIR_PREFIX = 'i-';
+
+export class Spares {
+  private readonly spares = new Map<string, Spare>();
+  private readonly failedAt = new Map<string, number>();
+  /** Slots of this pgbranch's spares: one prefix per instances directory. */
+  private readonly slotPrefix: string;
+  private closed = false;
+
+  constructor(private readonly options: SparesOptions) {
+    const hash = createHash('sha256').update(path.resolve(options.dir)).digest('hex').slice(0, 8);
+    this.slotPrefix = `pgbranch_spare_${hash}_`;
+  }
+
+  /** Makes a spare of `source` in the background, unless it has one or one failed lately. */
+  prepare(source: SpareSource): void {
+    if (this.closed || this.spares.has(source.key)) return;
+    const failed = this.failedAt.get(source.key);
+    if (failed !== undefined && Date.now() - failed < RETRY_AFTER_MS) return;
+    const spare: Spare = {
+      source,
+      dir: path.join(this.options.dir, `${SPARE_DIR_PREFIX}${randomBytes(6).toString('hex')}`),
+      slot: `${this.slotPrefix}${randomBytes(4).toString('hex')}`,
+      state: 'making',
+      mode: 'clone',
+      made: Promise.resolve(),
+    };
+    this.spares.set(source.key, spare);
+    spare.made = this.make(spare).catch((error: unknown) => {
+      if (error instanceof NoLongerWanted) {
+        void this.remove(spare);
+        return;
+      }
+      this.failedAt.set(source.key, Date.now());
+      this.options.log.warn(
+        { event: 'spare_failed', parent: source.key || null, err: error },
+        `could not make a warm standby of ${describe(source)}; its branches are copied under the backup API meanwhile: ${(error as Error).message}`,
+      );
+      void this.remove(spare);
+    });
+  }
+
+  /**
+   * The spare of `source`, caught up with what the source had now and promoted; undefined where
+   * none is ready or it can't catch up in time (the caller copies instead).
+   */
+  async take(source: SpareSource): Promise<TakenSpare | undefined> {
+    const spare = this.spares.get(source.key);
+    if (!spare || spare.state !== 'ready') return undefined;
+    // Nobody else takes it from here on.
+    this.spares.delete(source.key);
+    const asked = Date.now();
+    try {
+      const [lsn, client] = await Promise.all([this.position(spare), this.session(spare)]);
+      const positioned = Date.now();
+      try {
+        await waitForReplay(client, lsn, this.options.catchUpMs);
+        const replayed = Date.now();
+        await promote(client);
+        this.options.log.debug(
+          {
+            event: 'spare_taken',
+            positionMs: positioned - asked,
+            catchUpMs: replayed - positioned,
+            promoteMs: Date.now() - replayed,
+          },
+          'warm standby taken',
+        );
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+      void this.dropSlot(source, spare.slot);
+      spare.state = 'gone';
+      return {
+        dir: spare.dir,
+        postmaster: spare.postmaster!,
+        mode: spare.mode,
+        lsn,
+        ms: Date.now() - asked,
+      };
+    } catch (error) {
+      this.options.log.warn(
+        { event: 'spare_not_taken', parent: source.key || null, err: error },
+        `the warm standby of ${describe(source)} could not become a branch (${(error as Error).message}); copying instead`,
+      );
+      await this.remove(spare);
+      return undefined;
+    }
+  }
+
+  /** Stops and removes the spare of `key`: its source stops, is replaced, or goes. */
+  async discard(key: string): Promise<void> {
+    const spare = this.spares.get(key);
+    if (!spare) return;
+    this.spares.delete(key);
+    await spare.made;
+    await this.remove(spare);
+    this.options.log.info(
+      { event: 'spare_discarded', parent: key || null },
+      `stopped the warm standby of ${describe(spare.source)} (its parent stopped, changed or went)`,
+    );
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.spares.keys()].map((key) => this.discard(key)));
+  }
+
+  /** The spares running now (for the banner and tests). */
+  running(): number {
+    let count = 0;
+    for (const spare of this.spares.values()) if (spare.state === 'ready') count++;
+    return count;
+  }
+
+  /** Settles once every spare under way is ready or has failed (tests, benchmarks). */
+  async settled(): Promise<void> {
+    await Promise.all([...this.spares.values()].map((s) => s.made));
+  }
+
+  private async make(spare: Spare): Promise<void> {
+    const { source } = spare;
+    const started = Date.now();
+    fs.mkdirSync(spare.dir, { mode: 0o755 });
+    // The slot first: the source keeps its WAL from its redo point until the spare streams it.
+    const admin = await source.connect();
+    admin.on('error', () => undefined);
+    let floors: Record<string, string>;
+    try {
+      floors = await hotStandbyFloors(admin, this.options.settings);
+      // Slots of spares a killed pgbranch left: they would hold the source's WAL for ever.
+      await admin.query(
+        `select pg_drop_replication_slot(slot_name) from pg_replication_slots
+          where slot_name like $1 and not active`,
+        [`${this.slotPrefix}%`],
+      );
+      await admin.query('select pg_create_physical_replication_slot($1, true, false)', [
+        spare.slot,
+      ]);
+    } finally {
+      await admin.end().catch(() => undefined);
+    }
+    const target = path.join(spare.dir, 'pg');
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const copied = await copyCluster({
+          sourceDataDir: source.pgDataDir,
+          target,
+          running: { connect: source.connect, forStandby: true },
+          owner: this.options.owner,
+          clone: this.options.clone,
+        });
+        spare.mode = copied.mode;
+        break;
+      } catch (error) {
+        if (!(error instanceof StandbyCopyRaced) || attempt === COPY_ATTEMPTS) throw error;
+      }
+    }
+    const signal = path.join(target, 'standby.signal');
+    fs.writeFileSync(signal, '', { mode: 0o600 });
+    if (this.options.owner) fs.chownSync(signal, this.options.owner.uid, this.options.owner.gid);
+    if (this.closed || this.spares.get(source.key) !== spare) throw new NoLongerWanted();
+    spare.postmaster = await this.options.start(spare.dir, {
+      ...floors,
+      hot_standby: 'on',
+      primary_conninfo: `${source.conninfo} application_name=${spare.slot}`,
+      primary_slot_name: spare.slot,
+    });
+    if (this.closed || this.spares.get(source.key) !== spare) throw new NoLongerWanted();
+    spare.watch = await source.connect();
+    spare.watch.on('error', () => undefined);
+    spare.state = 'ready';
+    this.failedAt.delete(source.key);
+    void spare.postmaster.exited.then(() => {
+      if (spare.state !== 'ready' || this.spares.get(source.key) !== spare) return;
+      this.options.log.warn(
+        { event: 'spare_exited', parent: source.key || null },
+        `the warm standby of ${describe(source)} stopped on its own; another is made at the next branch`,
+      );
+      this.spares.delete(source.key);
+      void this.remove(spare);
+    });
+    this.options.log.info(
+      {
+        event: 'spare_ready',
+        parent: source.key || null,
+        mode: spare.mode,
+        ms: Date.now() - started,
+      },
+      `a warm standby of ${describe(source)} is ready for its next branch (${spare.mode}, ${Date.now() - started} ms)`,
+    );
+  }
+
+  /**
+   * The source's position now: everything it has committed (a primary's insert position), or
+   * replayed (a standby's). On the session kept for it (a new login costs tens of milliseconds).
+   */
+  private async position(spare: Spare): Promise<string> {
+    const sql = `select (case when pg_is_in_recovery() then pg_last_wal_replay_lsn()
+                              else pg_current_wal_insert_lsn() end)::text as lsn`;
+    const kept = spare.watch;
+    spare.watch = undefined;
+    if (kept) {
+      try {
+        const { rows } = await kept.query<{ lsn: string }>(sql);
+        return rows[0]!.lsn;
+      } catch {
+        // The source restarted since: a new session.
+      } finally {
+        await kept.end().catch(() => undefined);
+      }
+    }
+    const client = await spare.source.connect();
+    client.on('error', () => undefined);
+    try {
+      return (await client.query<{ lsn: string }>(sql)).rows[0]!.lsn;
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  private async remove(spare: Spare): Promise<void> {
+    spare.state = 'gone';
+    await spare.watch?.end().catch(() => undefined);
+    spare.watch = undefined;
+    await spare.postmaster?.stop('fast');
+    await fs.promises.rm(spare.dir, { recursive: true, force: true });
+    await this.dropSlot(spare.source, spare.slot);
+  }
+
+  /**
+   * Drops a spare's slot on its source. A promoted spare's walreceiver takes a moment to let go of
+   * it (55006 meanwhile); a source that is gone or stopped has no slot to keep.
+   */
+  private async dropSlot(source: SpareSource, slot: string): Promise<void> {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      let client: pg.Client | undefined;
+      try {
+        client = await source.connect();
+        client.on('error', () => undefined);
+        await client.query(
+          'select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1',
+          [slot],
+        );
+        return;
+      } catch (error) {
+        if ((error as { code?: string }).code !== '55006') return;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      } finally {
+        await client?.end().catch(() => undefined);
+      }
+    }
+  }
+
+  private async session(spare: Spare): Promise<pg.Client> {
+    const client = new pg.Client({
+      host: spare.postmaster!.endpoint.socketDir,
+      port: spare.postmaster!.endpoint.port,
+      user: this.options.superuser,
+      database: 'postgres',
+      application_name: 'pgbranch',
+    });
+    await client.connect();
+    return client;
+  }
+}
+
+/** A spare discarded (its source stopped or went, pgbranch stops) while it was being made. */
+class NoLongerWanted extends Error {}
+
+/** Settings a hot standby may not have below its primary's (it would pause replay otherwise). */
+const HOT_STANDBY_FLOORS = [
+  'max_connections',
+  'max_worker_processes',
+  'max_wal_senders',
+  'max_prepared_transactions',
+  'max_locks_per_transaction',
+];
+
+/**
+ * What a standby of the source needs of those settings: the source's, where they are above the
+ * instances' own. A branch made of the spare keeps them until its next start.
+ */
+async function hotStandbyFloors(
+  client: pg.Client,
+  settings: Record<string, string>,
+): Promise<Record<string, string>> {
+  const { rows } = await client.query<{ name: string; setting: string }>(
+    'select name, setting from pg_settings where name = any($1)',
+    [HOT_STANDBY_FLOORS],
+  );
+  const floors: Record<string, string> = {};
+  for (const { name, setting } of rows) {
+    const own = Number(settings[name] ?? 0);
+    floors[name] = String(Math.max(own, Number(setting)));
+  }
+  return floors;
+}
+
+/** Waits until the standby on `client` has replayed up to `lsn`; throws past `timeoutMs`. */
+async function waitForReplay(client: pg.Client, lsn: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { rows } = await client.query<{ caught: boolean; at: string | null }>(
+      'select pg_last_wal_replay_lsn() >= $1::pg_lsn as caught, pg_last_wal_replay_lsn()::text as at',
+      [lsn],
+    );
+    if (rows[0]!.caught) return;
+    if (Date.now() > deadline) {
+      throw new Error(
+        `it had replayed to ${rows[0]!.at ?? 'nothing'} after ${timeoutMs} ms, short of ${lsn}`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/**
+ * Promotes the standby on `client` and resolves once it takes writes. pg_promote's own wait looks
+ * every 100 ms; this looks every 5.
+ */
+async function promote(client: pg.Client): Promise<void> {
+  const { rows } = await client.query<{ signalled: boolean }>(
+    'select pg_promote(false) as signalled',
+  );
+  if (!rows[0]!.signalled) throw new Error('pg_promote could not signal the postmaster');
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const { rows: state } = await client.query<{ recovering: boolean }>(
+      'select pg_is_in_recovery() as recovering',
+    );
+    if (!state[0]!.recovering) return;
+    if (Date.now() > deadline) throw new Error('it was still in recovery 60 s after pg_promote');
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+function describe(source: SpareSource): string {
+  return source.key ? `branch ${source.key}` : 'the root instance';
+}
+
+/** libpq keywords for a private socket, quoted as libpq wants. */
+export function socketConninfo(socketDir: string, port: number, user: string): string {
+  const quote = (value: string) => `'${value.replace(/[\\']/g, (c) => `\\${c}`)}'`;
+  return `host=${quote(socketDir)} port=${port} user=${quote(user)} dbname=postgres`;
+}
