@@ -4,6 +4,7 @@
 // and a pgbranch killed leaves no standby and no replication slot behind once started again.
 import fs from 'node:fs';
 import path from 'node:path';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { connect, psql } from './support/clients.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
@@ -95,7 +96,10 @@ describe('warm spares', () => {
           interval: 10,
         });
         const before = committed;
-        const client = await connect(proxy.config(`app@${branch}`));
+        const client = new pg.Client(proxy.config(`app@${branch}`));
+        const notices: string[] = [];
+        client.on('notice', (notice) => notices.push(notice.message ?? ''));
+        await client.connect();
         const { rows } = await client.query<{ n: number }>(
           'select count(*)::int as n from counter where id <= $1',
           [before],
@@ -103,6 +107,13 @@ describe('warm spares', () => {
         await client.end();
         expect(rows).toEqual([{ n: before }]);
         expect(created(branch)).toMatchObject({ from: 'warm_spare', parent: null });
+        expect(notices).toEqual([
+          expect.stringMatching(
+            new RegExp(
+              `^pgbranch: created branch "${branch}" \\(an instance of its own\\) from the root instance as of \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d UTC \\(LSN [0-9A-F]+/[0-9A-F]+\\) \\((clone|copy)\\)$`,
+            ),
+          ),
+        ]);
       }
     } finally {
       running = false;

@@ -198,7 +198,8 @@ async function event(
   proxy: PgbranchProcess,
   name: string,
   match: (e: Record<string, unknown>) => boolean,
-  timeoutMs = 10_000,
+  // Log lines reach the bench through a pipe: on a loaded machine, seconds after the event.
+  timeoutMs = 60_000,
 ): Promise<Record<string, unknown>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {

@@ -515,7 +515,11 @@ class Copier {
       if (!this.clone) {
         // Where a copy raced a clone that failed, the clone's attempt left no file (libuv
         // removes it), so EXCL holds.
-        await this.copyBytes(from, to, entry.mode, progressed);
+        if (entry.size > COPY_CHUNK) await this.copyBytes(from, to, entry.mode, progressed);
+        else {
+          await fsp.copyFile(from, to, COPYFILE_EXCL);
+          this.bytes += entry.size;
+        }
         this.copied++;
       }
     } catch (error) {
@@ -533,7 +537,7 @@ class Copier {
 
   /**
    * A byte copy in chunks, counted as it goes: a 1 GB segment takes seconds, and whoever waits
-   * hears how far it is meanwhile.
+   * hears how far it is meanwhile. (Smaller files go to the kernel's copyFile whole.)
    */
   private async copyBytes(
     from: string,

@@ -51,6 +51,11 @@ export interface InstanceRecord {
   ttlMs?: number | null;
   /** The role whose connect made it (branch.max_per_role); absent when made otherwise. */
   createdBy?: string;
+  /** Made from a warm standby: the moment its data is of, and the WAL position it holds. */
+  dataAsOf?: string;
+  lsn?: string;
+  /** Its parent's upstream was ahead by this much when it was made (past source.max_wait). */
+  behind?: string;
 }
 
 /** A restore point of an instance branch: a stopped copy of it, nobody connects to. */
@@ -268,13 +273,7 @@ export class InstanceBranches implements BranchResolver {
         gone = true;
         this.left(instance);
       },
-      ...(created
-        ? {
-            notice: `pgbranch: created branch "${target.branch}" (an instance of its own) from ${
-              instance.record.parent ?? 'the root instance'
-            } (${instance.record.mode})`,
-          }
-        : {}),
+      ...(created ? { notice: creationNotice(target.branch, instance.record) } : {}),
     };
   }
 
@@ -695,10 +694,11 @@ export class InstanceBranches implements BranchResolver {
       nextReport = now + PROGRESS_EVERY_MS;
       const rate = bytes / 1024 ** 2 / ((now - started) / 1000);
       const left = rate > 0 ? (totalBytes - bytes) / 1024 ** 2 / rate : 0;
+      // Before a whole megabyte, the rate says nothing yet (a running parent checkpoints first).
       const pace =
-        bytes > 0
+        bytes >= 1024 ** 2
           ? `${rate.toFixed(0)} MB/s, about ${Math.ceil(left)} s left`
-          : `starting (the parent's checkpoint first)`;
+          : 'starting';
       const message = `pgbranch: copying branch "${name}": ${Math.floor((100 * bytes) / Math.max(1, totalBytes))}% (${mb(bytes)} of ${mb(totalBytes)}, ${pace})`;
       progress(message);
       log.info(
@@ -877,6 +877,9 @@ export class InstanceBranches implements BranchResolver {
         createdAt: new Date().toISOString(),
         mode: taken.mode,
         ...(user !== undefined ? { createdBy: user } : {}),
+        dataAsOf: taken.asOf.toISOString(),
+        lsn: taken.lsn,
+        ...(taken.behind ? { behind: taken.behind.wanted } : {}),
       },
       postmaster: undefined,
       transition: undefined,
@@ -1049,6 +1052,17 @@ export class InstanceBranches implements BranchResolver {
       `suspended branch instance ${instance.record.name} (${why === 'idle' ? 'no clients' : why === 'limit' ? 'branch.max_running reached' : 'pgbranch stops'})`,
     );
   }
+}
+
+/** What a client that made a branch is told: from what, how, and as of when. */
+function creationNotice(branch: string, record: InstanceRecord): string {
+  const asOf = record.dataAsOf
+    ? ` as of ${record.dataAsOf.slice(0, 19).replace('T', ' ')} UTC (LSN ${record.lsn})`
+    : '';
+  const behind = record.behind
+    ? `; its source was ahead, at ${record.behind}, and the standby had not caught up in time`
+    : '';
+  return `pgbranch: created branch "${branch}" (an instance of its own) from ${record.parent ?? 'the root instance'}${asOf} (${record.mode})${behind}`;
 }
 
 function endpointOf(instance: Instance): Endpoint {

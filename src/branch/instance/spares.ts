@@ -19,6 +19,14 @@ export interface SpareSource {
   connect: () => Promise<pg.Client>;
   /** Where the spare's walreceiver reaches the source (libpq keywords; trust, replication). */
   conninfo: string;
+  /**
+   * Where the data comes from further up (a source's server, which the root follows): a branch
+   * waits for the spare to replay the position `position()` reads there when it is asked for, up
+   * to `maxWaitMs`; past that it is made of what was replayed, and says how far behind it is.
+   * Without, the position is the source instance's own, and a spare that can't reach it in time
+   * is not used.
+   */
+  upstream?: { position: () => Promise<string>; maxWaitMs: number };
 }
 
 export interface SparesOptions {
@@ -42,8 +50,12 @@ export interface TakenSpare {
   dir: string;
   postmaster: Postmaster;
   mode: 'clone' | 'copy';
-  /** The source's position it has replayed at least (the source's insert or replay LSN). */
+  /** The position it replayed to before its promotion. */
   lsn: string;
+  /** The moment its data is of: the ask, when it caught up; else its last replayed commit's. */
+  asOf: Date;
+  /** With an upstream it could not catch up with in time: the position it was asked to reach. */
+  behind?: { wanted: string } | undefined;
   /** Time from the ask to the promotion's end. */
   ms: number;
 }
@@ -119,11 +131,21 @@ export class Spares {
     // Nobody else takes it from here on.
     this.spares.delete(source.key);
     const asked = Date.now();
+    const { upstream } = source;
     try {
-      const [lsn, client] = await Promise.all([this.position(spare), this.session(spare)]);
+      const [wanted, client] = await Promise.all([
+        upstream ? upstream.position() : this.position(spare),
+        this.session(spare),
+      ]);
       const positioned = Date.now();
+      let replay: Replay;
       try {
-        await waitForReplay(client, lsn, this.options.catchUpMs);
+        replay = await waitForReplay(
+          client,
+          wanted,
+          upstream?.maxWaitMs ?? this.options.catchUpMs,
+          upstream !== undefined,
+        );
         const replayed = Date.now();
         await promote(client);
         this.options.log.debug(
@@ -144,7 +166,9 @@ export class Spares {
         dir: spare.dir,
         postmaster: spare.postmaster!,
         mode: spare.mode,
-        lsn,
+        lsn: replay.at,
+        asOf: replay.caughtUp ? new Date(asked) : (replay.lastCommit ?? new Date(asked)),
+        behind: replay.caughtUp ? undefined : { wanted },
         ms: Date.now() - asked,
       };
     } catch (error) {
@@ -366,18 +390,41 @@ async function hotStandbyFloors(
   return floors;
 }
 
-/** Waits until the standby on `client` has replayed up to `lsn`; throws past `timeoutMs`. */
-async function waitForReplay(client: pg.Client, lsn: string, timeoutMs: number): Promise<void> {
+/** How far a standby got: its replay position, and its last replayed commit's time. */
+interface Replay {
+  caughtUp: boolean;
+  at: string;
+  lastCommit: Date | null;
+}
+
+/**
+ * Waits until the standby on `client` has replayed up to `lsn`. Past `timeoutMs` it throws, or,
+ * where `orWhatItHas`, resolves with how far it got.
+ */
+async function waitForReplay(
+  client: pg.Client,
+  lsn: string,
+  timeoutMs: number,
+  orWhatItHas: boolean,
+): Promise<Replay> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const { rows } = await client.query<{ caught: boolean; at: string | null }>(
-      'select pg_last_wal_replay_lsn() >= $1::pg_lsn as caught, pg_last_wal_replay_lsn()::text as at',
+    const { rows } = await client.query<{
+      caught: boolean;
+      at: string | null;
+      last: Date | null;
+    }>(
+      `select pg_last_wal_replay_lsn() >= $1::pg_lsn as caught,
+              pg_last_wal_replay_lsn()::text as at, pg_last_xact_replay_timestamp() as last`,
       [lsn],
     );
-    if (rows[0]!.caught) return;
+    const { caught, at, last } = rows[0]!;
+    if (caught || (orWhatItHas && Date.now() > deadline)) {
+      return { caughtUp: caught, at: at ?? '0/0', lastCommit: last };
+    }
     if (Date.now() > deadline) {
       throw new Error(
-        `it had replayed to ${rows[0]!.at ?? 'nothing'} after ${timeoutMs} ms, short of ${lsn}`,
+        `it had replayed to ${at ?? 'nothing'} after ${timeoutMs} ms, short of ${lsn}`,
       );
     }
     await new Promise((resolve) => setTimeout(resolve, 5));
