@@ -257,7 +257,7 @@ export async function measureLiveInstance(options: {
     }
     for (let i = 1; i <= repeat; i++) {
       await sleep(GAP_MS);
-      const branch = `live-${i}`;
+      const branch = `${options.warmSpare ? 'live' : 'copied'}-${i}`;
       const stats = await checkpointer(admin);
       const before = freeBytes(dataRoot);
       const loadAverage = os.loadavg()[0]!;

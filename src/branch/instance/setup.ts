@@ -31,6 +31,10 @@ export const INSTANCE_DEFAULTS: Record<string, string> = {
   recovery_init_sync_method: 'syncfs',
   // A copy inherits its parent's configuration: it must not archive into the parent's archive.
   archive_mode: 'off',
+  // A new WAL segment (one at every promotion of a warm standby) is made sparse, not written full
+  // of zeros first: 16 MB written and synced while the client waits, for space a copy-on-write
+  // filesystem would not keep in place anyway.
+  wal_init_zero: 'off',
 };
 
 /** Memory an idle instance is budgeted at when max_running is sized from the machine. */
