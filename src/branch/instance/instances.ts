@@ -910,6 +910,7 @@ export class InstanceBranches implements BranchResolver {
         from: 'warm_spare',
         lsn: taken.lsn,
         promoteMs: taken.ms,
+        phases: taken.phases,
         ms: Date.now() - started,
       },
       `created branch instance ${name} from ${instance.record.parent ?? 'the root instance'} as of ${taken.lsn} (its warm standby promoted) in ${Date.now() - started} ms`,

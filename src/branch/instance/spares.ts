@@ -56,8 +56,9 @@ export interface TakenSpare {
   asOf: Date;
   /** With an upstream it could not catch up with in time: the position it was asked to reach. */
   behind?: { wanted: string } | undefined;
-  /** Time from the ask to the promotion's end. */
+  /** Time from the ask to the promotion's end, and its parts. */
   ms: number;
+  phases: { positionMs: number; catchUpMs: number; promoteMs: number };
 }
 
 interface Spare {
@@ -139,6 +140,7 @@ export class Spares {
       ]);
       const positioned = Date.now();
       let replay: Replay;
+      let phases: TakenSpare['phases'];
       try {
         replay = await waitForReplay(
           client,
@@ -148,15 +150,11 @@ export class Spares {
         );
         const replayed = Date.now();
         await promote(client);
-        this.options.log.debug(
-          {
-            event: 'spare_taken',
-            positionMs: positioned - asked,
-            catchUpMs: replayed - positioned,
-            promoteMs: Date.now() - replayed,
-          },
-          'warm standby taken',
-        );
+        phases = {
+          positionMs: positioned - asked,
+          catchUpMs: replayed - positioned,
+          promoteMs: Date.now() - replayed,
+        };
       } finally {
         await client.end().catch(() => undefined);
       }
@@ -170,6 +168,7 @@ export class Spares {
         asOf: replay.caughtUp ? new Date(asked) : (replay.lastCommit ?? new Date(asked)),
         behind: replay.caughtUp ? undefined : { wanted },
         ms: Date.now() - asked,
+        phases,
       };
     } catch (error) {
       this.options.log.warn(
