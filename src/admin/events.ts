@@ -1,14 +1,18 @@
 // The branch list as server-sent events, for the branch page. Branches change through connects,
 // the CLI, the console, other proxies and plain SQL, and the list is read from the server: no one
 // event inside pgbranch sees them all. So one reader per pgbranch, not one per open page, reads the
-// list once a second while anybody listens, and sends it only when it changed.
+// list once a second while anybody listens, and sends it only when it changed. Sizes are the dear
+// part (pg_database_size walks every file: about a second for 300 branches here), so they are read
+// for new databases at once and for all of them only every SIZES_INTERVAL_MS.
 import type { FastifyInstance } from 'fastify';
 import type { ServerResponse } from 'node:http';
-import type { Lifecycle } from '../lifecycle/model.js';
+import type { BranchInfo, Lifecycle } from '../lifecycle/model.js';
 import { errorReply } from './error-status.js';
 
 /** How often the list is read while a page listens: changes show within this and one read. */
 export const FEED_INTERVAL_MS = 1000;
+/** How often every size is read again; a database made meanwhile has its size read at once. */
+export const SIZES_INTERVAL_MS = 30_000;
 /** A comment line this often keeps proxies and load balancers from closing a quiet stream. */
 const KEEP_ALIVE_MS = 15_000;
 
@@ -24,10 +28,14 @@ export class BranchFeed {
   private last: FeedEvent | undefined;
   private timer: NodeJS.Timeout | undefined;
   private reading = false;
+  /** Sizes by physical name, as last read, and when all of them were. */
+  private sizes = new Map<string, number>();
+  private sizesReadAt = 0;
 
   constructor(
-    private readonly list: Lifecycle['list'],
+    private readonly lifecycle: Pick<Lifecycle, 'list'>,
     private readonly intervalMs = FEED_INTERVAL_MS,
+    private readonly sizesIntervalMs = SIZES_INTERVAL_MS,
   ) {}
 
   /** Calls `listener` with the list now (when known) and on every change; returns the unsubscribe. */
@@ -50,7 +58,7 @@ export class BranchFeed {
     this.reading = true;
     let next: FeedEvent;
     try {
-      next = { event: 'branches', data: JSON.stringify({ branches: await this.list() }) };
+      next = { event: 'branches', data: JSON.stringify({ branches: await this.read() }) };
     } catch (error) {
       next = { event: 'failure', data: JSON.stringify(errorReply(error).body) };
     }
@@ -62,11 +70,47 @@ export class BranchFeed {
     }
     this.timer = setTimeout(() => void this.tick(), this.intervalMs);
   }
+
+  /** The list, with sizes read only where they are not known or have grown old. */
+  private async read(): Promise<BranchInfo[]> {
+    const now = Date.now();
+    if (now - this.sizesReadAt >= this.sizesIntervalMs) {
+      const branches = await this.lifecycle.list(undefined, { sizes: 'all' });
+      this.sizes = new Map(
+        physicals(branches).map(({ physical, sizeBytes }) => [physical, sizeBytes]),
+      );
+      this.sizesReadAt = now;
+      return branches;
+    }
+    let branches = await this.lifecycle.list(undefined, { sizes: [] });
+    const unknown = physicals(branches)
+      .map(({ physical }) => physical)
+      .filter((physical) => !this.sizes.has(physical));
+    if (unknown.length > 0) {
+      branches = await this.lifecycle.list(undefined, { sizes: unknown });
+      for (const { physical, sizeBytes } of physicals(branches)) {
+        if (unknown.includes(physical)) this.sizes.set(physical, sizeBytes);
+      }
+    }
+    return branches.map((b) => ({
+      ...b,
+      sizeBytes: this.sizes.get(b.physical) ?? b.sizeBytes,
+      snapshots: b.snapshots.map((s) => ({
+        ...s,
+        sizeBytes: this.sizes.get(s.physical) ?? s.sizeBytes,
+      })),
+    }));
+  }
+}
+
+/** Every branch and restore point with the database that holds it and its size as listed. */
+function physicals(branches: BranchInfo[]): { physical: string; sizeBytes: number }[] {
+  return branches.flatMap((b) => [b, ...b.snapshots]);
 }
 
 /** GET /v1/events: the feed as text/event-stream, behind the token as every /v1 route. */
 export function serveEvents(app: FastifyInstance, lifecycle: Lifecycle): void {
-  const feed = new BranchFeed(() => lifecycle.list());
+  const feed = new BranchFeed(lifecycle);
   const open = new Set<ServerResponse>();
   // Fastify's close waits for open requests; a stream would hold it forever.
   app.addHook('preClose', async () => {
