@@ -160,7 +160,7 @@ async function main(): Promise<number> {
     `  branches:  ${running.provider === 'instance' ? `instances of their own${running.warmSpare ? ' (a warm standby of the parent, promoted)' : ''}, ` : ''}${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
     ...(running.metricsUrl ? [`  metrics:   ${running.metricsUrl}`] : []),
     ...(running.adminUrl
-      ? [`  admin:     ${running.adminUrl}   (npx pgbranch branch --help)`]
+      ? [`  admin:     ${running.adminUrl}/   (the branch page; npx pgbranch branch --help)`]
       : []),
     '',
   ];
