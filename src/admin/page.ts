@@ -7,9 +7,10 @@ import path from 'node:path';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { errorBody } from './error-status.js';
 
+/** The checkout or installation: web/ holds the sources, dist/web the build. */
 const ROOT = path.resolve(import.meta.dirname, '../..');
-const SOURCES = path.join(ROOT, 'web');
-export const BUILT = path.join(ROOT, 'dist', 'web');
+const sources = (root: string) => path.join(root, 'web');
+const built = (root: string) => path.join(root, 'dist', 'web');
 
 /** Files of web/ served as they are; the rest is bundled from the entry point. */
 const STATIC_FILES = ['index.html', 'favicon.svg'];
@@ -36,34 +37,37 @@ const SECURITY_HEADERS = {
 export type PageFiles = Map<string, Buffer>;
 
 /** esbuild's options for the page, one place for the build and the in-memory bundle. */
-async function bundle(): Promise<PageFiles> {
+async function bundle(root: string): Promise<PageFiles> {
   const esbuild = await import('esbuild');
   const result = await esbuild.build({
-    entryPoints: [path.join(SOURCES, ENTRY)],
+    entryPoints: [path.join(sources(root), ENTRY)],
     bundle: true,
     minify: true,
     format: 'esm',
     target: 'es2022',
     jsx: 'automatic',
     jsxImportSource: 'preact',
-    outdir: BUILT,
+    outdir: built(root),
     write: false,
     logLevel: 'silent',
   });
   const files: PageFiles = new Map();
   for (const out of result.outputFiles)
     files.set(path.basename(out.path), Buffer.from(out.contents));
-  for (const name of STATIC_FILES) files.set(name, fs.readFileSync(path.join(SOURCES, name)));
+  for (const name of STATIC_FILES) {
+    files.set(name, fs.readFileSync(path.join(sources(root), name)));
+  }
   return files;
 }
 
 /** Writes the bundled page into dist/web (npm run build). */
-export async function buildPage(): Promise<string[]> {
-  const files = await bundle();
-  fs.rmSync(BUILT, { recursive: true, force: true });
-  fs.mkdirSync(BUILT, { recursive: true });
-  for (const [name, contents] of files) fs.writeFileSync(path.join(BUILT, name), contents);
-  return [...files.keys()].map((name) => path.join(BUILT, name));
+export async function buildPage(root = ROOT): Promise<string[]> {
+  const files = await bundle(root);
+  const dir = built(root);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  for (const [name, contents] of files) fs.writeFileSync(path.join(dir, name), contents);
+  return [...files.keys()].map((name) => path.join(dir, name));
 }
 
 function newestUnder(dir: string): number {
@@ -76,33 +80,34 @@ function newestUnder(dir: string): number {
 }
 
 /** dist/web when it is there and no older than web/ (or there is no web/), else undefined. */
-function builtFiles(): PageFiles | undefined {
+function builtFiles(root: string): PageFiles | undefined {
+  const dir = built(root);
   let names: string[];
   try {
-    names = fs.readdirSync(BUILT);
+    names = fs.readdirSync(dir);
   } catch {
     return undefined;
   }
   if (!names.includes('index.html') || !names.includes('app.js')) return undefined;
-  if (fs.existsSync(SOURCES)) {
-    const builtAt = Math.min(...names.map((name) => fs.statSync(path.join(BUILT, name)).mtimeMs));
-    if (builtAt < newestUnder(SOURCES)) return undefined;
+  if (fs.existsSync(sources(root))) {
+    const builtAt = Math.min(...names.map((name) => fs.statSync(path.join(dir, name)).mtimeMs));
+    if (builtAt < newestUnder(sources(root))) return undefined;
   }
-  return new Map(names.map((name) => [name, fs.readFileSync(path.join(BUILT, name))]));
+  return new Map(names.map((name) => [name, fs.readFileSync(path.join(dir, name))]));
 }
 
 /** Where the page's files come from, read or bundled once per process. */
-export function pageFiles(): () => Promise<PageFiles> {
+export function pageFiles(root = ROOT): () => Promise<PageFiles> {
   let files: Promise<PageFiles> | undefined;
   return () => {
     if (files === undefined) {
       files = (async () => {
-        const built = builtFiles();
-        if (built) return built;
-        if (!fs.existsSync(SOURCES)) {
-          throw new Error(`the page is not built: ${BUILT} is missing; run npm run build`);
+        const ready = builtFiles(root);
+        if (ready) return ready;
+        if (!fs.existsSync(sources(root))) {
+          throw new Error(`the page is not built: ${built(root)} is missing; run npm run build`);
         }
-        return bundle();
+        return bundle(root);
       })();
       // A failed bundle (a syntax error being fixed) is tried again on the next request.
       files.catch(() => (files = undefined));
