@@ -86,12 +86,18 @@ export function DiffDialog(props: {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<ErrorInfo>();
   const [result, setResult] = useState<DiffResult>();
+  // Instance branches hold every database of their instance: the diff is of one of them.
+  const instances = props.branches.some((b) => b.database === '');
+  const [database, setDatabase] = useState('postgres');
   const names = choices(props.branches);
+  /** feature-x as app@feature-x, main as app, for a diff of database app of two instances. */
+  const qualify = (name: string) =>
+    !instances ? name : name === 'main' ? database : `${database}@${name}`;
   const compare = async () => {
     setBusy(true);
     setError(undefined);
     try {
-      const query = `?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`;
+      const query = `?from=${encodeURIComponent(qualify(from))}&to=${encodeURIComponent(qualify(to))}`;
       setResult(await request<DiffResult>('GET', `/v1/diff${query}`));
     } catch (failure) {
       if (!(failure instanceof ApiFailure)) throw failure;
@@ -121,6 +127,16 @@ export function DiffDialog(props: {
       onSubmit={() => void compare()}
     >
       <div class="diff-pick">
+        {instances && (
+          <label>
+            Database
+            <input
+              name="database"
+              value={database}
+              onInput={(event) => setDatabase(event.currentTarget.value)}
+            />
+          </label>
+        )}
         <label>From {select('from', from, setFrom)}</label>
         <label>To {select('to', to, setTo)}</label>
       </div>
