@@ -181,6 +181,11 @@ function App() {
         )}
         {branches === undefined ? (
           <p class="loading">Loading branches…</p>
+        ) : list.length === 0 ? (
+          <p class="summary">
+            No databases yet. Make one through pgbranch (<code>create database app</code> in psql),
+            then connect to <code>app@feature-x</code>: its branches show here as they are made.
+          </p>
         ) : (
           <>
             <p class="summary">
