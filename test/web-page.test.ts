@@ -35,6 +35,14 @@ async function connect(database: string, sql = 'select current_database()') {
   return result.stdout;
 }
 
+/** Makes `name` from `parent` by connecting, as a client does; an existing branch stays. */
+async function branch(name: string, parent: string) {
+  const made = await psql(proxy.url(name), 'select 1', {
+    env: { PGOPTIONS: `-c pgbranch.parent=${parent}` },
+  });
+  expect(made.code, made.stderr).toBe(0);
+}
+
 async function openPage(): Promise<Page> {
   const page = await browser.page();
   await page.goto(proxy.ready.adminUrl + '/');
@@ -55,9 +63,7 @@ async function openDetails(page: Page, name: string) {
 describe('the branch page', () => {
   it('draws the branches that psql connects made as a tree, children under their parents', async () => {
     await connect('app@develop');
-    await psql(proxy.url('app@feature/login'), 'select 1', {
-      env: { ...PASSWORD_ENV(), PGOPTIONS: '-c pgbranch.parent=develop' },
-    });
+    await branch('app@feature/login', 'develop');
     await connect('app@pr-7');
     const page = await openPage();
     await row(page, 'app@feature/login').waitFor();
@@ -72,7 +78,7 @@ describe('the branch page', () => {
     expect(browser.errors).toEqual([]);
   });
 
-  it('shows a branch made by a connect while it is open, without a reload', async () => {
+  it('shows a branch made by a connect, and a change made in the console, while it is open, without a reload', async () => {
     const page = await openPage();
     await page.evaluate(() => Object.assign(window, { notReloaded: true }));
     await page.locator('.live.on').waitFor();
@@ -82,9 +88,18 @@ describe('the branch page', () => {
     const ms = Date.now() - made;
     expect(await page.evaluate(() => (window as { notReloaded?: boolean }).notReloaded)).toBe(true);
     console.log(`live update: the branch a psql connect made showed ${ms} ms after psql ended`);
+    // A change through the SQL console, which makes no branch, shows too.
+    const protectedRow = row(page, 'app@live-1').filter({ hasText: 'protected' });
+    expect(await protectedRow.count()).toBe(0);
+    expect(await psql(proxy.url('pgbranch'), 'PROTECT BRANCH app@live-1')).toMatchObject({
+      code: 0,
+    });
+    await protectedRow.waitFor();
+    expect(await page.evaluate(() => (window as { notReloaded?: boolean }).notReloaded)).toBe(true);
   });
 
   it('creates a branch with an expiry that psql then connects to with the connection string it shows', async () => {
+    await connect('app@develop');
     const page = await openPage();
     await page.getByRole('button', { name: 'New branch' }).first().click();
     const form = dialog(page);
@@ -96,6 +111,11 @@ describe('the branch page', () => {
     await openDetails(page, 'app@from-page');
     const url = (await page.locator('tr.details code.conn').textContent())!;
     expect(url).toBe(`postgres://postgres@127.0.0.1:${proxy.port}/app@from-page`);
+    // The copy button puts the same string on the clipboard.
+    await page.context().grantPermissions(['clipboard-read', 'clipboard-write']);
+    await page.locator('tr.details').getByRole('button', { name: 'Copy' }).click();
+    await page.locator('tr.details').getByRole('button', { name: 'Copied' }).waitFor();
+    expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(url);
     const result = await psql(url, 'select current_database(), count(*) from users', {
       env: PASSWORD_ENV(),
     });
@@ -139,9 +159,7 @@ describe('the branch page', () => {
 
   it('deletes a branch and the branches made from it, after a confirmation that names them', async () => {
     await connect('app@doomed');
-    await psql(proxy.url('app@doomed-child'), 'select 1', {
-      env: { ...PASSWORD_ENV(), PGOPTIONS: '-c pgbranch.parent=doomed' },
-    });
+    await branch('app@doomed-child', 'doomed');
     const page = await openPage();
     await row(page, 'app@doomed-child').waitFor();
     await openDetails(page, 'app@doomed');
@@ -192,6 +210,9 @@ describe('the branch page', () => {
   });
 
   it('folds a subtree away and filters by a name pattern', async () => {
+    await connect('app@develop');
+    await branch('app@feature/login', 'develop');
+    await connect('app@pr-7');
     const page = await openPage();
     await row(page, 'app@feature/login').waitFor();
     await page.getByRole('button', { name: 'collapse app@develop' }).click();
