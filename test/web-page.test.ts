@@ -134,7 +134,7 @@ describe('the branch page', () => {
     expect(await connect('app@to-reset', 'select count(*) from users')).toBe('1');
   });
 
-  it('saves a restore point under its branch and restores the branch to it', async () => {
+  it('saves a restore point under its branch, restores the branch to it, and branches from it', async () => {
     await connect('app@points');
     const page = await openPage();
     await openDetails(page, 'app@points');
@@ -155,6 +155,15 @@ describe('the branch page', () => {
     await dialog(page).getByRole('button', { name: 'Restore' }).click();
     await notice(page, 'app@points is as it was at before');
     expect(await connect('app@points', 'select count(*) from users')).toBe('1');
+
+    // A new branch from the restore point, by its row's button.
+    await connect('app@points', 'insert into users values (4)');
+    await point.getByRole('button', { name: 'New branch' }).click();
+    expect(await dialog(page).locator('select[name=snapshot]').inputValue()).toBe('before');
+    await dialog(page).locator('input[name=name]').fill('from-point');
+    await dialog(page).getByRole('button', { name: 'Create branch' }).click();
+    await notice(page, 'Created app@from-point from app@points at before');
+    expect(await connect('app@from-point', 'select count(*) from users')).toBe('1');
   });
 
   it('deletes a branch and the branches made from it, after a confirmation that names them', async () => {
@@ -177,6 +186,26 @@ describe('the branch page', () => {
       const asked = await fetch(`${proxy.ready.adminUrl}/v1/branches/${encodeURIComponent(name)}`);
       expect(asked.status, name).toBe(404);
     }
+  });
+
+  it('protects a branch, which then can be neither reset nor deleted, and unprotects it', async () => {
+    await connect('app@guarded');
+    const page = await openPage();
+    await openDetails(page, 'app@guarded');
+    const details = page.locator('tr.details');
+    await details.getByRole('button', { name: 'Protect' }).click();
+    await notice(page, 'app@guarded is protected');
+    await row(page, 'app@guarded').filter({ hasText: 'protected' }).waitFor();
+    expect(await details.getByRole('button', { name: 'Delete' }).isDisabled()).toBe(true);
+    expect(await details.getByRole('button', { name: 'Reset' }).isDisabled()).toBe(true);
+    const refused = await fetch(
+      `${proxy.ready.adminUrl}/v1/branches/${encodeURIComponent('app@guarded')}`,
+      { method: 'DELETE' },
+    );
+    expect(refused.status).toBe(403);
+    await details.getByRole('button', { name: 'Unprotect' }).click();
+    await notice(page, 'app@guarded is no longer protected');
+    expect(await details.getByRole('button', { name: 'Delete' }).isDisabled()).toBe(false);
   });
 
   it('shows a refusal with its message and SQLSTATE', async () => {
