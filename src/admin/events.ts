@@ -6,7 +6,7 @@
 // for new databases at once and for all of them only every SIZES_INTERVAL_MS.
 import type { FastifyInstance } from 'fastify';
 import type { ServerResponse } from 'node:http';
-import type { BranchInfo, Lifecycle } from '../lifecycle/model.js';
+import type { BranchInfo, Lifecycle, SnapshotInfo } from '../lifecycle/model.js';
 import { errorReply } from './error-status.js';
 
 /** How often the list is read while a page listens: changes show within this and one read. */
@@ -76,36 +76,42 @@ export class BranchFeed {
     const now = Date.now();
     if (now - this.sizesReadAt >= this.sizesIntervalMs) {
       const branches = await this.lifecycle.list(undefined, { sizes: 'all' });
-      this.sizes = new Map(
-        physicals(branches).map(({ physical, sizeBytes }) => [physical, sizeBytes]),
-      );
+      this.sizes = new Map(holders(branches).map(({ key, sizeBytes }) => [key, sizeBytes]));
       this.sizesReadAt = now;
       return branches;
     }
     let branches = await this.lifecycle.list(undefined, { sizes: [] });
-    const unknown = physicals(branches)
-      .map(({ physical }) => physical)
-      .filter((physical) => !this.sizes.has(physical));
+    const unknown = holders(branches).filter(({ key }) => !this.sizes.has(key));
     if (unknown.length > 0) {
-      branches = await this.lifecycle.list(undefined, { sizes: unknown });
-      for (const { physical, sizeBytes } of physicals(branches)) {
-        if (unknown.includes(physical)) this.sizes.set(physical, sizeBytes);
+      const keys = new Set(unknown.map(({ key }) => key));
+      branches = await this.lifecycle.list(undefined, {
+        sizes: [...new Set(unknown.map(({ physical }) => physical))],
+      });
+      for (const { key, sizeBytes } of holders(branches)) {
+        if (keys.has(key)) this.sizes.set(key, sizeBytes);
       }
     }
     return branches.map((b) => ({
       ...b,
-      sizeBytes: this.sizes.get(b.physical) ?? b.sizeBytes,
+      sizeBytes: this.sizes.get(branchKey(b)) ?? b.sizeBytes,
       snapshots: b.snapshots.map((s) => ({
         ...s,
-        sizeBytes: this.sizes.get(s.physical) ?? s.sizeBytes,
+        sizeBytes: this.sizes.get(pointKey(s)) ?? s.sizeBytes,
       })),
     }));
   }
 }
 
-/** Every branch and restore point with the database that holds it and its size as listed. */
-function physicals(branches: BranchInfo[]): { physical: string; sizeBytes: number }[] {
-  return branches.flatMap((b) => [b, ...b.snapshots]);
+// Instance restore points of one branch share a physical directory: a point is known by its name.
+const branchKey = (b: BranchInfo) => `branch ${b.physical}`;
+const pointKey = (s: SnapshotInfo) => `point ${s.of}:${s.name}`;
+
+/** Every branch and restore point: its key in the size cache, where it lives, its size as listed. */
+function holders(branches: BranchInfo[]): { key: string; physical: string; sizeBytes: number }[] {
+  return branches.flatMap((b) => [
+    { key: branchKey(b), physical: b.physical, sizeBytes: b.sizeBytes },
+    ...b.snapshots.map((s) => ({ key: pointKey(s), physical: s.physical, sizeBytes: s.sizeBytes })),
+  ]);
 }
 
 /** GET /v1/events: the feed as text/event-stream, behind the token as every /v1 route. */
