@@ -77,7 +77,8 @@ function App() {
 
   const tree = useMemo(() => buildTree(branches ?? []), [branches]);
   const rows = useMemo(() => visibleRows(tree, collapsed, filter), [tree, collapsed, filter]);
-  const byName = (name: string) => branches?.find((b) => b.name === name);
+  const list = branches ?? [];
+  const byName = (name: string) => list.find((b) => b.name === name);
 
   const close = () => {
     setDialog(undefined);
@@ -122,13 +123,14 @@ function App() {
       if (!next.delete(name)) next.add(name);
       return next;
     });
-  const foldAll = (on: boolean) =>
-    setCollapsed(on ? new Set((branches ?? []).filter(hasChildren).map((b) => b.name)) : new Set());
-  const hasChildren = (b: BranchInfo) =>
-    b.snapshots.length > 0 || (branches ?? []).some((c) => c.parent === b.name);
+  /** Folds every branch that has something to fold away, or none. */
+  const foldAll = (on: boolean) => {
+    const parents = new Set(list.map((b) => b.parent));
+    const foldable = list.filter((b) => b.snapshots.length > 0 || parents.has(b.name));
+    setCollapsed(on ? new Set(foldable.map((b) => b.name)) : new Set());
+  };
 
   const dialogProps = { busy, error: dialogError, onClose: close };
-  const list = branches ?? [];
   const showState = list.some((b) => b.database === '');
   const showDataAsOf = list.some((b) => (b as { dataAsOf?: unknown }).dataAsOf != null);
 
