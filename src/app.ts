@@ -538,6 +538,7 @@ export async function startPgbranch(
         port: config.admin.port,
         token: config.admin.token,
         log,
+        proxy: { host: config.listen.host, port, user: String(adminConfig.user) },
         ready: readinessCheck({
           stopping: () => ctx.shuttingDown,
           listening: () => listener.listening,

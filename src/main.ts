@@ -12,10 +12,11 @@ const SAME_KEYPRESS_MS = 1000;
 let logging = false;
 
 async function main(): Promise<number> {
-  // `pgbranch branch ...` and `pgbranch gc ...` talk to a running pgbranch instead of starting one.
+  // `pgbranch branch ...` and `pgbranch gc ...` talk to a running pgbranch instead of starting one;
+  // `pgbranch url` only reads the settings.
   const argv = process.argv.slice(2);
   const word = commandWord(argv);
-  if (word === 'branch' || word === 'gc') {
+  if (word === 'branch' || word === 'gc' || word === 'url') {
     // Loaded on demand, as the proxy is below: a CLI command would otherwise spend half a second
     // loading the proxy, the pools and the embedded server it never uses.
     const { runCli } = await import('./cli/commands.js');
@@ -159,7 +160,7 @@ async function main(): Promise<number> {
     `  branches:  ${running.provider === 'instance' ? `instances of their own${running.warmSpare ? ' (a warm standby of the parent, promoted)' : ''}, ` : ''}${running.copyMethod.mode === 'clone' ? 'cloned (copy-on-write)' : 'copied (no copy-on-write)'}: ${running.copyMethod.reason}`,
     ...(running.metricsUrl ? [`  metrics:   ${running.metricsUrl}`] : []),
     ...(running.adminUrl
-      ? [`  admin:     ${running.adminUrl}   (npx pgbranch branch --help)`]
+      ? [`  admin:     ${running.adminUrl}/   (the branch page; npx pgbranch branch --help)`]
       : []),
     '',
   ];

@@ -119,6 +119,8 @@ describe('the admin API', () => {
         'DELETE /v1/branches/{name}/protection',
         'POST /v1/gc',
         'GET /v1/diff',
+        'GET /v1/events',
+        'GET /v1/connection',
       ].sort(),
     );
     expect(Object.keys(document.components.schemas)).toEqual(

@@ -1,8 +1,12 @@
-// The Docker image's settings, read from the Dockerfile and run here (no Docker engine needed):
-// pgbranch listening on every interface prints addresses a user can connect to, not 0.0.0.0; its
-// metrics answer at the address printed; and the image's HEALTHCHECK command, run as Docker would,
-// says healthy while pgbranch runs and unhealthy once it has stopped.
-import { execFile } from 'node:child_process';
+// The Docker image, built and run here as the Dockerfile says but without a Docker engine (there
+// is none on this project's machines): its two stages are laid out in a temporary directory, each
+// COPY from the checkout and each build step run (npm ci and npm prune aside: node_modules is this
+// checkout's, linked), and the final stage's CMD runs with its ENV. Then: pgbranch listening on
+// every interface prints addresses a user can connect to, not 0.0.0.0; its metrics answer at the
+// address printed; the branch page is served from the built files alone; the image runs as a user
+// other than root; and its HEALTHCHECK, run as Docker would, asks /readyz and says healthy while
+// pgbranch runs and unhealthy once it has stopped.
+import { execFile, execSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -49,17 +53,74 @@ function checkHealth(adminPort: string): Promise<number> {
   });
 }
 
+/** The instructions of the stage that starts with the index-th FROM (0: build, 1: the image). */
+function stage(index: number): string[] {
+  const starts = instructions.flatMap((line, i) => (line.startsWith('FROM ') ? [i] : []));
+  return instructions.slice(starts[index], starts[index + 1]);
+}
+
+/** COPY's sources into `into` (its WORKDIR), as Docker copies: a directory's contents go under dest. */
+function copy(line: string, from: string, into: string): void {
+  const words = line.split(/\s+/).slice(1);
+  const fromStage = words[0]!.startsWith('--from=');
+  const [dest, ...sources] = words.slice(fromStage ? 1 : 0).reverse();
+  for (const source of sources.reverse()) {
+    const src = path.join(from, fromStage ? path.relative('/app', source) : source);
+    const target = dest!.endsWith('/')
+      ? path.join(into, dest!, path.basename(source))
+      : path.join(into, dest!);
+    fs.cpSync(src, target, { recursive: true, verbatimSymlinks: true });
+  }
+}
+
+/** Lays out both stages as the Dockerfile builds them; returns the final stage's /app. */
+function buildImage(root: string): string {
+  const build = path.join(root, 'build');
+  const image = path.join(root, 'image');
+  fs.mkdirSync(build);
+  fs.mkdirSync(image);
+  for (const line of stage(0)) {
+    if (line.startsWith('COPY ')) copy(line, ROOT, build);
+    if (!line.startsWith('RUN ')) continue;
+    for (const command of line
+      .slice(4)
+      .split('&&')
+      .map((c) => c.trim())) {
+      if (command.startsWith('npm ci')) {
+        fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(build, 'node_modules'));
+      } else if (!command.startsWith('npm prune')) {
+        execSync(command, { cwd: build, stdio: 'pipe', timeout: 240_000 });
+      }
+    }
+  }
+  for (const line of stage(1).filter((l) => l.startsWith('COPY '))) {
+    copy(line, line.includes('--from=build') ? build : ROOT, image);
+  }
+  return image;
+}
+
 let proxy: PgbranchProcess;
+let buildRoot: string;
+let image: string;
 
 beforeAll(async () => {
+  buildRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'pgbranch-image-'));
+  image = buildImage(buildRoot);
   // Every interface, as in the container; the test's own ports and data directory (its flags).
   const env = imageEnv();
   expect(env.PGBRANCH_HOST).toBe('0.0.0.0');
-  proxy = await startPgbranch({ env });
-});
+  const cmd = JSON.parse(
+    stage(1)
+      .find((l) => l.startsWith('CMD '))!
+      .slice(4),
+  ) as string[];
+  expect(cmd.slice(0, 1)).toEqual(['node']);
+  proxy = await startPgbranch({ env, entry: { script: path.join(image, cmd[1]!) } });
+}, 300_000);
 
 afterAll(async () => {
   await proxy?.stop();
+  if (buildRoot) fs.rmSync(buildRoot, { recursive: true, force: true });
 });
 
 describe('the Docker image', () => {
@@ -91,7 +152,39 @@ describe('the Docker image', () => {
     }
   });
 
+  it('serves the branch page from its built files, with no sources in the image', async () => {
+    expect(fs.readdirSync(image).sort()).toEqual(['bin', 'dist', 'node_modules', 'package.json']);
+    expect(fs.readdirSync(path.join(image, 'dist', 'web')).sort()).toEqual([
+      'app.css',
+      'app.js',
+      'favicon.svg',
+      'index.html',
+    ]);
+    const page = await fetch(proxy.ready.adminUrl + '/');
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('<script type="module" src="/app.js"></script>');
+    const script = await fetch(proxy.ready.adminUrl + '/app.js');
+    expect(script.status).toBe(200);
+    expect(await script.text()).toBe(
+      fs.readFileSync(path.join(image, 'dist', 'web', 'app.js'), 'utf8'),
+    );
+  });
+
+  it('runs as an unprivileged user that owns the data volume', () => {
+    const final = stage(1);
+    const user = final
+      .filter((l) => l.startsWith('USER '))
+      .at(-1)
+      ?.slice(5);
+    expect(user).toBeDefined();
+    expect(['root', '0']).not.toContain(user!.split(':')[0]);
+    expect(final).toContain(`RUN mkdir /data && chown ${user}:${user} /data`);
+    expect(final).toContain('VOLUME /data');
+    expect(imageEnv().PGBRANCH_DATA_DIR).toBe('/data');
+  });
+
   it('is healthy by its HEALTHCHECK while pgbranch runs, and unhealthy once it stopped', async () => {
+    expect(healthcheck().join(' ')).toContain('/readyz');
     const adminPort = new URL(proxy.ready.adminUrl!).port;
     expect(await checkHealth(adminPort)).toBe(0);
     await proxy.stop();

@@ -14,6 +14,8 @@ import { version } from '../version.js';
 import { bearerCheck } from './auth.js';
 import type { Readiness } from './readiness.js';
 import { errorBody, errorReply } from './error-status.js';
+import { serveEvents } from './events.js';
+import { servePage } from './page.js';
 import { sharedSchemas, ttlValue } from './schemas.js';
 import { ttlMs } from './ttl.js';
 
@@ -33,6 +35,16 @@ export interface AdminApiOptions {
   log: Logger;
   /** For /readyz: whether pgbranch takes clients and its server answers. */
   ready?: () => Promise<Readiness>;
+  /** Where clients connect, for the connection strings the branch page shows. */
+  proxy?: ProxyAddress;
+}
+
+/** The proxy's address and the role its connection strings name (no password). */
+export interface ProxyAddress {
+  /** As configured (listen.host): 0.0.0.0 or :: for every interface. */
+  host: string;
+  port: number;
+  user: string;
 }
 
 export interface AdminApi {
@@ -64,6 +76,7 @@ class QuietRequests extends LogController {
 }
 
 const ref = (id: string) => ({ $ref: `${id}#` });
+const nullableString = { type: ['string', 'null'] };
 const errors = (...statuses: number[]) =>
   Object.fromEntries(statuses.map((status) => [status, ref('Error')]));
 
@@ -199,6 +212,39 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () =>
     app.swagger(),
   );
+
+  servePage(app);
+  serveEvents(app, lifecycle);
+  const proxy = options.proxy;
+  if (proxy) {
+    app.get(
+      '/v1/connection',
+      {
+        schema: {
+          summary: 'Where clients connect',
+          description:
+            'The proxy’s address and the role of the connection strings the branch page shows; host is null when the proxy listens on every interface (connect at the name this API was reached at).',
+          response: {
+            200: {
+              type: 'object',
+              required: ['host', 'port', 'user'],
+              properties: {
+                host: nullableString,
+                port: { type: 'integer' },
+                user: { type: 'string' },
+              },
+            },
+            ...errors(401),
+          },
+        },
+      },
+      async () => ({
+        host: proxy.host === '0.0.0.0' || proxy.host === '::' ? null : proxy.host,
+        port: proxy.port,
+        user: proxy.user,
+      }),
+    );
+  }
 
   app.get<{ Querystring: { database?: string } }>(
     '/v1/branches',

@@ -49,12 +49,14 @@ const BRANCH_COMMANDS: Readonly<Record<BranchCommand, Spec>> = {
 };
 
 const GC: Spec = spec([], ['--keep-from', '--pattern', '--database'], ['--apply']);
+/** `url [DATABASE]`: the one word is optional (PGDATABASE). */
+const URL_SPEC: Spec = spec([], ['--branch', '--user'], ['--env']);
 
 /** Flags every command takes. */
 const COMMON_SWITCHES = ['--json'];
 
 export type Invocation =
-  | { command: 'help'; topic: 'branch' | 'gc' }
+  | { command: 'help'; topic: 'branch' | 'gc' | 'url' }
   | {
       command: 'branch';
       sub: BranchCommand;
@@ -64,7 +66,8 @@ export type Invocation =
       /** Settings flags, as loadConfig takes them. */
       configArgv: string[];
     }
-  | { command: 'gc'; options: Options; json: boolean; configArgv: string[] };
+  | { command: 'gc'; options: Options; json: boolean; configArgv: string[] }
+  | { command: 'url'; words: string[]; options: Options; json: boolean; configArgv: string[] };
 
 /** A value flag maps to its values in order (repeatable ones keep all); a switch to []. */
 export type Options = Map<string, string[]>;
@@ -99,7 +102,9 @@ export function parseInvocation(argv: string[]): Invocation {
   let help = false;
   // Which flags take a value depends on the command, which may come after some flags: take the
   // value of any known value flag, then check against the command's own list below.
-  const allValueFlags = new Set([...Object.values(BRANCH_COMMANDS), GC].flatMap((s) => s.values));
+  const allValueFlags = new Set(
+    [...Object.values(BRANCH_COMMANDS), GC, URL_SPEC].flatMap((s) => s.values),
+  );
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--') {
@@ -131,8 +136,20 @@ export function parseInvocation(argv: string[]): Invocation {
   }
 
   const [command, sub, ...rest] = words;
-  if (command !== 'branch' && command !== 'gc') {
+  if (command !== 'branch' && command !== 'gc' && command !== 'url') {
     throw new UsageError(`unknown command "${command ?? ''}"`);
+  }
+  if (command === 'url') {
+    if (help) return { command: 'help', topic: 'url' };
+    const options = checkFlags(flags, URL_SPEC, 'url');
+    if (rest.length > 0) throw new UsageError(`url takes one database, got "${rest[0]}" too`);
+    return {
+      command,
+      words: sub === undefined ? [] : [sub],
+      options,
+      json: options.has('--json'),
+      configArgv,
+    };
   }
   if (command === 'gc') {
     if (help) return { command: 'help', topic: 'gc' };

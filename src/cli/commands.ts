@@ -33,6 +33,7 @@ import {
 import { branchHelp, gcHelp } from './help.js';
 import { withProgress, type CopyProgress } from './progress.js';
 import { clientFor, explainUnreachable } from './reach.js';
+import { branchUrl, urlHelp } from './url.js';
 
 const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, notFound: 4 } as const;
 
@@ -55,7 +56,8 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<nu
     return EXIT.usage;
   }
   if (invocation.command === 'help') {
-    process.stdout.write(invocation.topic === 'gc' ? gcHelp() : branchHelp());
+    const help = { gc: gcHelp, url: urlHelp, branch: branchHelp }[invocation.topic];
+    process.stdout.write(help());
     return EXIT.ok;
   }
   let config: Config;
@@ -68,6 +70,18 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<nu
     return EXIT.usage;
   }
   const { json } = invocation;
+  if (invocation.command === 'url') {
+    try {
+      const answer = branchUrl(config, env, process.cwd(), invocation.words, invocation.options);
+      const text = invocation.options.has('--env') ? `DATABASE_URL=${answer.url}` : answer.url;
+      process.stdout.write(json ? JSON.stringify(answer, null, 2) + '\n' : `${text}\n`);
+      return EXIT.ok;
+    } catch (error) {
+      if (!(error instanceof UsageError)) throw error;
+      process.stderr.write(`pgbranch: ${error.message}\n`);
+      return EXIT.usage;
+    }
+  }
   const client = clientFor(config, sources);
   if (typeof client === 'string') {
     process.stderr.write(`pgbranch: ${client}\n`);

@@ -157,6 +157,9 @@ export function helpText(): string {
                                  ask a running pgbranch through its admin API; see
                                  npx pgbranch branch --help and npx pgbranch gc --help (exit codes:
                                  0 done, 1 refused or failed, 2 usage, 3 unreachable, 4 not found)
+       npx pgbranch url [DATABASE] [--branch NAME] [--env]
+                                 print the connection string of the current git branch's
+                                 branch (DATABASE_URL=... with --env); see npx pgbranch url --help
        npx pgbranch tls init [--dir DIR] [--host NAME]...
                                  write a development CA and server certificate for tls.cert and
                                  tls.key; see npx pgbranch tls --help

@@ -36,6 +36,7 @@ import type {
   GcRequest,
   GcResult,
   Lifecycle,
+  ListOptions,
   SnapshotInfo,
 } from './model.js';
 import type { CreationQuota } from './creation-quota.js';
@@ -148,8 +149,8 @@ export class LifecycleService implements Lifecycle {
 
   // ---- reading ---------------------------------------------------------------------------
 
-  async list(database?: string): Promise<BranchInfo[]> {
-    const catalog = await this.catalog('all');
+  async list(database?: string, options: ListOptions = {}): Promise<BranchInfo[]> {
+    const catalog = await this.catalog(options.sizes ?? 'all');
     const counts = this.options.clients.counts();
     return [...catalog.branches.values()]
       .filter((entry) => database === undefined || entry.root === database)

@@ -70,9 +70,10 @@ export interface StartOptions {
   timeoutMs?: number;
   /**
    * `source` (default) runs src/main.ts through tsx; `bin` runs bin/pgbranch.js as an installed
-   * pgbranch does, which runs the build (dist/) when it is current.
+   * pgbranch does, which runs the build (dist/) when it is current; a path runs that script (a
+   * dist/main.js elsewhere, as a Docker image has it) from its directory's parent.
    */
-  entry?: 'source' | 'bin';
+  entry?: 'source' | 'bin' | { script: string };
 }
 
 export function tempDir(prefix: string): string {
@@ -90,7 +91,9 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
     [
       ...(options.entry === 'bin'
         ? [path.join(ROOT, 'bin/pgbranch.js')]
-        : ['--import', 'tsx', path.join(ROOT, 'src/main.ts')]),
+        : typeof options.entry === 'object'
+          ? [options.entry.script]
+          : ['--import', 'tsx', path.join(ROOT, 'src/main.ts')]),
       '--port',
       '0',
       '--data-dir',
@@ -104,7 +107,8 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
       ...(options.args ?? []),
     ],
     {
-      cwd: ROOT,
+      cwd:
+        typeof options.entry === 'object' ? path.dirname(path.dirname(options.entry.script)) : ROOT,
       env: { ...process.env, PGBRANCH_PASSWORD: password, ...options.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     },
