@@ -14,6 +14,7 @@ function listed(name: string, parent: string | null, points: string[] = []): Bra
     parent,
     fromSnapshot: null,
     restoredFrom: null,
+    dataAsOf: null,
     createdAt: null,
     lastConnectedAt: null,
     sizeBytes: 0,

@@ -7,7 +7,7 @@ import { connectionString, describeExpiry, formatBytes, formatWhen } from './for
 import type { Row } from './tree.js';
 
 /** Set by a source's branches (their data's moment), absent elsewhere. */
-type Listed = BranchInfo & { dataAsOf?: string | null };
+type Listed = BranchInfo;
 
 export type BranchAction =
   | { kind: 'create'; parent: string; snapshot?: string }

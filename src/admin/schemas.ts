@@ -32,6 +32,7 @@ const branchInfo = {
     'parent',
     'fromSnapshot',
     'restoredFrom',
+    'dataAsOf',
     'createdAt',
     'lastConnectedAt',
     'sizeBytes',
@@ -65,6 +66,11 @@ const branchInfo = {
     restoredFrom: {
       ...nullable('string'),
       description: 'Its own restore point it was last restored to (until the next reset).',
+    },
+    dataAsOf: {
+      ...nullable('string'),
+      description:
+        'The moment its data is of (an instance branch made from a warm standby); null elsewhere.',
     },
     createdAt: nullable('string'),
     lastConnectedAt: nullable('string'),

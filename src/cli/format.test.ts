@@ -24,6 +24,7 @@ function branch(name: string, parent: string | null, more: Partial<BranchInfo> =
     parent,
     fromSnapshot: null,
     restoredFrom: null,
+    dataAsOf: null,
     createdAt: parent === null ? null : ago(2 * HOUR),
     lastConnectedAt: ago(5 * 60_000),
     sizeBytes: 7_812_799,

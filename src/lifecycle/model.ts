@@ -47,6 +47,11 @@ export interface BranchInfo {
   state: 'running' | 'suspended';
   /** Restore points of this branch, oldest first. */
   snapshots: SnapshotInfo[];
+  /**
+   * The moment its data is of, ISO: an instance branch made from its parent's warm standby (the
+   * connect that made it, or the last commit the standby had replayed); null elsewhere.
+   */
+  dataAsOf: string | null;
 }
 
 /** A restore point: a read-only clone of a branch at one moment. */

@@ -568,6 +568,7 @@ export class LifecycleService implements Lifecycle {
       parent: isRoot || !record?.parent ? null : branchName(entry.root, record.parent),
       fromSnapshot: record?.fromSnapshot ?? null,
       restoredFrom: record?.restoredFrom ?? null,
+      dataAsOf: null,
       createdAt: record?.createdAt ?? null,
       lastConnectedAt: lastConnected === undefined ? null : new Date(lastConnected).toISOString(),
       sizeBytes: entry.sizeBytes,
