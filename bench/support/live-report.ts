@@ -297,7 +297,9 @@ function instanceTimes(gb: number, c: LiveCreation[], how: string): string[] {
     duration(median(c.map((x) => x.ms))),
     duration(median(c.map((x) => (x.from === 'warm_spare' ? x.promoteMs! : x.copyMs!)))),
     checkpoints(c),
-    duration(median(c.map((x) => x.createMs! - x.copyMs!))),
+    duration(
+      median(c.map((x) => x.createMs! - (x.from === 'warm_spare' ? x.promoteMs! : x.copyMs!))),
+    ),
     duration(median(c.map((x) => x.startMs!))),
     duration(median(rest)),
   ];

@@ -33,6 +33,8 @@ const POINT_FILE = 'point.json';
  * past it the branch is copied instead, which takes longer than this.
  */
 const SPARE_CATCH_UP_MS = 3_000;
+/** A warm spare taken is made again this long after (see fromSpare). */
+const REPLENISH_AFTER_MS = 3_000;
 
 export interface InstanceRecord {
   name: string;
@@ -865,9 +867,14 @@ export class InstanceBranches implements BranchResolver {
     if (!source) return undefined;
     await this.makeRoom();
     const taken = await this.spares.take(source);
-    // A new spare behind the one taken, or for the next branch where none was ready.
-    this.spares.prepare(source);
-    if (!taken) return undefined;
+    if (!taken) {
+      // For the next branch: none was ready, or it could not catch up.
+      this.spares.prepare(source);
+      return undefined;
+    }
+    // A new spare behind the one taken, once this branch's first client is served: the copy and
+    // the new standby's recovery would compete with it (and with the parent) for the machine.
+    setTimeout(() => this.spares?.prepare(source), REPLENISH_AFTER_MS).unref();
     const instance: Instance = {
       id: instanceId(name),
       dir: taken.dir,
