@@ -874,7 +874,10 @@ export class InstanceBranches implements BranchResolver {
     }
     // A new spare behind the one taken, once this branch's first client is served: the copy and
     // the new standby's recovery would compete with it (and with the parent) for the machine.
-    setTimeout(() => this.spares?.prepare(source), REPLENISH_AFTER_MS).unref();
+    setTimeout(() => {
+      // A parent suspended meanwhile gets none (its next branch is copied as it lies).
+      if (!this.closed && (!parent || parent.postmaster)) this.spares?.prepare(source);
+    }, REPLENISH_AFTER_MS).unref();
     const instance: Instance = {
       id: instanceId(name),
       dir: taken.dir,
