@@ -18,7 +18,8 @@ export interface SoakError {
 
 /** A branch operation of the soak's lifecycle actor, from its request to its answer. */
 export interface BranchOperation {
-  verb: 'create' | 'reset' | 'snapshot' | 'restore' | 'delete';
+  /** `inspect`: looking the branch up, to choose what to do with it. */
+  verb: 'inspect' | 'create' | 'reset' | 'snapshot' | 'restore' | 'delete';
   branch: string;
   via: 'api' | 'cli';
   start: number;

@@ -80,6 +80,9 @@ const SESSION_BRANCHES = ['app@churn-s0', 'app@churn-s1'];
 const TRANSACTION_BRANCHES = ['app@churn-t0', 'app@churn-t1'];
 const POINT = 'soak-point';
 
+/** What an operation does to a branch (looking it up aside). */
+type Change = Exclude<BranchOperation['verb'], 'inspect'>;
+
 /** Where the workers go: database and pool mode. The root `app` is a parent, so never in session mode. */
 const TARGETS: { database: string; mode: PoolMode }[] = [
   { database: 'app@stable', mode: 'session' },
@@ -175,16 +178,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         const via =
           options.cliEvery > 0 && n % options.cliEvery === options.cliEvery - 1 ? 'cli' : 'api';
         const op = await branchOperation(proxy, random, via, now);
-        if (op) {
-          operations.push(op);
-          if (op.error !== undefined) {
-            record({
-              at: op.end,
-              source: `lifecycle ${op.verb} (${op.via})`,
-              database: op.branch,
-              message: op.error,
-            });
-          }
+        operations.push(op);
+        if (op.error !== undefined) {
+          record({
+            at: op.end,
+            source: `lifecycle ${op.verb} (${op.via})`,
+            database: op.branch,
+            message: op.error,
+          });
         }
         await sleep(Math.max(0, started + options.operationEveryMs - now()));
       }
@@ -378,16 +379,19 @@ async function branchOperation(
   random: () => number,
   via: 'api' | 'cli',
   now: () => number,
-): Promise<BranchOperation | undefined> {
+): Promise<BranchOperation> {
   const branches = [...SESSION_BRANCHES, ...TRANSACTION_BRANCHES];
   const branch = branches[Math.floor(random() * branches.length)]!;
+  const looked = now();
   const info = await api(proxy, 'GET', `/v1/branches/${encodeURIComponent(branch)}`);
-  if (info.status !== 200 && info.status !== 404) return undefined;
-  let verb: BranchOperation['verb'];
+  if (info.status !== 200 && info.status !== 404) {
+    return { verb: 'inspect', branch, via: 'api', start: looked, end: now(), error: failure(info) };
+  }
+  let verb: Change;
   if (info.status === 404) verb = 'create';
   else {
     const points = (info.body as { snapshots: { name: string }[] }).snapshots;
-    const choices: BranchOperation['verb'][] = ['reset', 'delete'];
+    const choices: Change[] = ['reset', 'delete'];
     if (TRANSACTION_BRANCHES.includes(branch)) {
       choices.push(points.some((p) => p.name === POINT) ? 'restore' : 'snapshot');
     }
@@ -401,11 +405,11 @@ async function branchOperation(
 
 async function viaApi(
   proxy: PgbranchProcess,
-  verb: BranchOperation['verb'],
+  verb: Change,
   branch: string,
 ): Promise<string | undefined> {
   const at = `/v1/branches/${encodeURIComponent(branch)}`;
-  const { status, body } =
+  const answer =
     verb === 'create'
       ? await api(proxy, 'POST', '/v1/branches', { name: branch })
       : verb === 'reset'
@@ -415,16 +419,16 @@ async function viaApi(
           : verb === 'restore'
             ? await api(proxy, 'POST', `${at}/restore`, { snapshot: POINT })
             : await api(proxy, 'DELETE', at);
-  if (status < 300) return undefined;
-  const error = (body as { error?: { code: string; message: string } }).error;
+  return answer.status < 300 ? undefined : failure(answer);
+}
+
+/** What the admin API said went wrong: its SQLSTATE and message. */
+function failure({ status, body }: { status: number; body: unknown }): string {
+  const error = (body as { error?: { code: string; message: string } } | undefined)?.error;
   return error ? `${error.code}: ${error.message}` : `HTTP ${status}`;
 }
 
-function viaCli(
-  proxy: PgbranchProcess,
-  verb: BranchOperation['verb'],
-  branch: string,
-): Promise<string | undefined> {
+function viaCli(proxy: PgbranchProcess, verb: Change, branch: string): Promise<string | undefined> {
   const args =
     verb === 'snapshot'
       ? ['branch', 'snapshot', branch, POINT]
@@ -451,12 +455,17 @@ async function api(
   route: string,
   body?: unknown,
 ): Promise<{ status: number; body: unknown }> {
-  const response = await fetch(proxy.ready.adminUrl + route, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return { status: response.status, body: (await response.json()) as unknown };
+  try {
+    const response = await fetch(proxy.ready.adminUrl + route, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: response.status, body: (await response.json()) as unknown };
+  } catch (error) {
+    // No answer, or one that is not JSON: an error of the soak's like any other.
+    return { status: 0, body: { error: { code: 'HTTP', message: (error as Error).message } } };
+  }
 }
 
 /**
