@@ -200,6 +200,16 @@ function report({ options, result, commit }: Results, command: string): string {
   }
   if (unexpected.length > 20) lines.push(`- … and ${unexpected.length - 20} more`);
 
+  const logged = new Map<string, number>();
+  for (const line of result.logged) {
+    const key = `${line.level === 40 ? 'warn' : 'error'} ${String(line.event ?? line.msg)}`;
+    logged.set(key, (logged.get(key) ?? 0) + 1);
+  }
+  lines.push(
+    '',
+    `pgbranch's warnings and errors in its log: ${logged.size === 0 ? 'none' : [...logged].map(([key, n]) => `${key} ×${n}`).join(', ')}`,
+  );
+
   const verdict = rssVerdict(result);
   lines.push('', '## pgbranch RSS', '');
   lines.push(

@@ -65,6 +65,8 @@ export interface SoakResult {
   sessions: Record<'psql' | 'node-postgres', number>;
   /** After the load: pgbranch's server connections and the server's client backends, when they agreed. */
   servers: { agreed: boolean; held: number; onServer: number };
+  /** pgbranch's log lines of level warn and above. */
+  logged: Record<string, unknown>[];
   /** The machine's load average at the start and at the end. */
   load: { start: number[]; end: number[] };
 }
@@ -105,11 +107,13 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const proxy = await startPgbranch({ entry: options.entry });
   options.started?.(proxy);
   const children = new Set<ChildProcess>();
+  /** Set when the soak ends early (it failed): every loop stops at its next turn. */
+  let stopping = false;
   try {
     await prepare(proxy, progress);
     const loadStart = Date.now();
     const now = () => Date.now() - loadStart;
-    const done = () => now() >= options.durationMs;
+    const done = () => stopping || now() >= options.durationMs;
     const raw: SoakError[] = [];
     const record = (error: SoakError) => {
       raw.push(error);
@@ -135,6 +139,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     const rssLoop = (async () => {
       for (let next = options.rssEveryMs; next < options.durationMs; next += options.rssEveryMs) {
         await sleep(Math.max(0, next - now()));
+        if (stopping) return;
         sampleRss();
       }
     })();
@@ -152,7 +157,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         pgbench[mode].transactions += run.transactions;
         pgbench[mode].secondsRun += run.seconds;
         if (!run.completed) {
-          while (windowOpen()) await sleep(100);
+          while (windowOpen() && !stopping) await sleep(100);
           await sleep(200);
         }
       }
@@ -166,7 +171,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
           client === 'psql' ? await psqlSession(proxy, target) : await pgSession(proxy, target);
         if (failure) {
           record({ at: now(), source: client, database: target.database, ...failure });
-          while (windowOpen()) await sleep(100);
+          while (windowOpen() && !stopping) await sleep(100);
         } else sessions[client]++;
         await sleep(50 + random() * 100);
       }
@@ -203,7 +208,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       progress(`killing the embedded PostgreSQL (pid ${pid}) with SIGKILL`);
       process.kill(pid, 'SIGKILL');
       // The window closes at the first query that succeeds through pgbranch after the kill.
-      for (;;) {
+      while (!stopping) {
         try {
           await queryOnce(proxy.url('postgres'), 'select 1');
           break;
@@ -239,6 +244,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     }
     return {
       durationMs: options.durationMs,
+      logged: proxy.logs.filter((line) => Number(line.level) >= 40),
       errors: raw.map((error) => classify(error, operations, restart)),
       operations,
       restart,
@@ -249,6 +255,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       load,
     };
   } finally {
+    stopping = true;
     for (const child of children) child.kill('SIGKILL');
     await proxy.stop();
   }
@@ -464,7 +471,12 @@ async function api(
     return { status: response.status, body: (await response.json()) as unknown };
   } catch (error) {
     // No answer, or one that is not JSON: an error of the soak's like any other.
-    return { status: 0, body: { error: { code: 'HTTP', message: (error as Error).message } } };
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    const why = cause ? `: ${cause.code ?? ''} ${cause.message ?? ''}` : '';
+    return {
+      status: 0,
+      body: { error: { code: 'HTTP', message: `${(error as Error).message}${why}` } },
+    };
   }
 }
 
