@@ -167,8 +167,16 @@ export async function startPgbranch(
   admin.on('error', (error) => log.warn({ err: error }, 'administrative connection failed'));
 
   const maintenanceDatabase = adminConfig.database ?? MAINTENANCE_DATABASE;
-  const connectTo = (database: string) =>
-    new pg.Client({ ...adminConfig, database, application_name: 'pgbranch' });
+  /**
+   * A session of pgbranch's own on one database. Its failures reach whoever uses it through its
+   * queries; an 'error' event nobody listens to (the server killed while it sits idle) would end
+   * pgbranch.
+   */
+  const connectTo = (database: string) => {
+    const client = new pg.Client({ ...adminConfig, database, application_name: 'pgbranch' });
+    client.on('error', () => undefined);
+    return client;
+  };
   let provider: DatabaseProvider;
   let budget: ServerBudget;
   try {
@@ -245,6 +253,7 @@ export async function startPgbranch(
           database: maintenanceDatabase,
           application_name: 'pgbranch',
         });
+        client.on('error', () => undefined);
         await client.connect();
         try {
           return await client.query<{ name: string; setting: string }>(sql);

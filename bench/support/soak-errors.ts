@@ -14,6 +14,8 @@ export interface SoakError {
   message: string;
   /** The SQLSTATE where the client reports one (node-postgres, the admin API). */
   code?: string;
+  /** No reason can explain it (pgbranch itself exiting), not even the restart window. */
+  unexpectedAlways?: boolean;
 }
 
 /** A branch operation of the soak's lifecycle actor, from its request to its answer. */
@@ -97,6 +99,9 @@ export function classify(
   const code = codeOf(error);
   const kind = `${code ?? 'no SQLSTATE'} ${shape(error.message)}`;
   const seconds = (ms: number) => `+${(ms / 1000).toFixed(1)} s`;
+  if (error.unexpectedAlways) {
+    return { ...error, kind, expected: false, reason: 'nothing the soak does may cause it' };
+  }
   if (
     restart &&
     error.at >= restart.start &&

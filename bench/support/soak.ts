@@ -121,6 +121,18 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         `error (${error.source}${error.database ? `, ${error.database}` : ''}): ${error.message.split('\n')[0]}`,
       );
     };
+    // pgbranch itself must survive everything the soak does to it.
+    proxy.child.once('exit', (code, signal) => {
+      if (stopping) return;
+      const stderr = proxy.stderr().trim().split('\n').slice(-20).join('\n');
+      record({
+        at: now(),
+        source: 'pgbranch',
+        message: `pgbranch exited (${code ?? signal}) in the middle of the soak:\n${stderr}`,
+        unexpectedAlways: true,
+      });
+      stopping = true;
+    });
     const operations: BranchOperation[] = [];
     const rss: RssSample[] = [];
     const sessions = { psql: 0, 'node-postgres': 0 };
@@ -148,7 +160,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     const windowOpen = () => restart !== undefined && restart.end === undefined;
 
     const pgbenchLoop = async (mode: PoolMode) => {
-      while (options.durationMs - now() >= 5_000) {
+      while (!done() && options.durationMs - now() >= 5_000) {
         const seconds = Math.min(60, Math.floor((options.durationMs - now()) / 1000));
         const run = await runPgbench(proxy, mode, options, seconds, children, (line) =>
           record({ at: now(), source: `pgbench ${mode}`, database: 'bench', message: line }),
@@ -208,14 +220,16 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       progress(`killing the embedded PostgreSQL (pid ${pid}) with SIGKILL`);
       process.kill(pid, 'SIGKILL');
       // The window closes at the first query that succeeds through pgbranch after the kill.
-      while (!stopping) {
+      let served = false;
+      while (!served && !done()) {
         try {
           await queryOnce(proxy.url('postgres'), 'select 1');
-          break;
+          served = true;
         } catch {
           await sleep(50);
         }
       }
+      if (!served) return;
       restart.end = now();
       restart.restartedEvent = proxy.events('embedded_server_restarted').length > before;
       progress(
@@ -234,7 +248,10 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     sampleRss();
     load.end = loadAverage();
     await rssLoop;
-    const servers = await serversAgree(proxy);
+    const servers =
+      proxy.child.exitCode === null && proxy.child.signalCode === null
+        ? await serversAgree(proxy)
+        : { agreed: false, held: 0, onServer: 0 };
     if (!servers.agreed) {
       record({
         at: now(),
