@@ -29,6 +29,9 @@ const config = (margin: string) =>
     'branch:',
     '  provider: instance',
     '  instance_settings: "max_connections=10"',
+    // A branch promoted from a warm standby may run with its parent's max_connections (a hot
+    // standby needs at least the primary's): off, so that every instance has the 10 tested here.
+    '  warm_spare: off',
     'pool:',
     '  connect_timeout: 3s',
     '  wait_timeout: 120s',
