@@ -12,7 +12,7 @@ import { DatabaseProvider } from './branch/database-provider.js';
 import { Cloner } from './branch/cloner.js';
 import { BranchManager, type BranchResolver } from './branch/manager.js';
 import { diskUsage, type InstanceBranches } from './branch/instance/instances.js';
-import { localUpstream, openInstanceBranches } from './branch/instance/setup.js';
+import { instanceSettings, localUpstream, openInstanceBranches } from './branch/instance/setup.js';
 import { socketConninfo } from './branch/instance/spares.js';
 import { InstanceLifecycle } from './lifecycle/instance-lifecycle.js';
 import type { Lifecycle } from './lifecycle/model.js';
@@ -26,7 +26,12 @@ import { anyOf, Policy } from './lifecycle/policy.js';
 import { LifecycleService, type LifecycleSettings } from './lifecycle/service.js';
 import { errors, PgError } from './errors.js';
 import { Metrics, serveMetrics, type MetricsServer } from './metrics.js';
-import { serverBudget, type ServerBudget } from './pool/budget.js';
+import {
+  configuredInstanceBudget,
+  instanceBudget,
+  serverBudget,
+  type ServerBudget,
+} from './pool/budget.js';
 import { PoolManager } from './pool/pool.js';
 import { CannotStart, checkBeforeStart, listenProblem } from './preflight.js';
 import { CancelRegistry } from './proxy/cancel.js';
@@ -162,8 +167,16 @@ export async function startPgbranch(
   admin.on('error', (error) => log.warn({ err: error }, 'administrative connection failed'));
 
   const maintenanceDatabase = adminConfig.database ?? MAINTENANCE_DATABASE;
-  const connectTo = (database: string) =>
-    new pg.Client({ ...adminConfig, database, application_name: 'pgbranch' });
+  /**
+   * A session of pgbranch's own on one database. Its failures reach whoever uses it through its
+   * queries; an 'error' event nobody listens to (the server killed while it sits idle) would end
+   * pgbranch.
+   */
+  const connectTo = (database: string) => {
+    const client = new pg.Client({ ...adminConfig, database, application_name: 'pgbranch' });
+    client.on('error', () => undefined);
+    return client;
+  };
   let provider: DatabaseProvider;
   let budget: ServerBudget;
   try {
@@ -214,7 +227,6 @@ export async function startPgbranch(
         timeoutMs: config.pool.connect_timeout,
       }),
     );
-    // Instance branches share the root's budget until they have one of their own (issue 12).
     manager.setBudget(budget);
     return manager;
   };
@@ -223,9 +235,80 @@ export async function startPgbranch(
     { event: 'server_budget', max: budget.max, derivation: budget.derivation },
     `server connection budget: ${budget.derivation}`,
   );
-  /** Reads the budget again on RELOAD: the server may have been restarted with other settings. */
+  /**
+   * Pools of branch instances, by endpoint, each under the budget of its own server (an instance is
+   * a postmaster of its own); an instance's pools go when it stops.
+   */
+  const instancePools = new Map<string, { at: Endpoint; branch: string; pools: PoolManager }>();
+  /** The settings the budgets were last read with: the start's, then each RELOAD's. */
+  let budgetConfig = config;
+  /** Reads the budget of an instance's server, on a session of pgbranch's own on its socket. */
+  const readInstanceBudget = async (at: Endpoint, branch: string, manager: PoolManager) => {
+    const { max_server_connections: setting, server_margin: margin } = budgetConfig.pool;
+    try {
+      const read = await instanceBudget(branch, setting, margin, async (sql) => {
+        const client = new pg.Client({
+          ...pgClientConfig(at),
+          user: adminConfig.user,
+          database: maintenanceDatabase,
+          application_name: 'pgbranch',
+        });
+        client.on('error', () => undefined);
+        await client.connect();
+        try {
+          return await client.query<{ name: string; setting: string }>(sql);
+        } finally {
+          await client.end().catch(() => undefined);
+        }
+      });
+      log.info(
+        { event: 'server_budget', branch, max: read.max, derivation: read.derivation },
+        `server connection budget: ${read.derivation}`,
+      );
+      return read;
+    } catch (error) {
+      log.warn(
+        { err: error, branch },
+        `could not read the server connection budget of branch instance ${branch}; kept ${manager.serverBudget().max}`,
+      );
+      throw error;
+    }
+  };
+  const poolsFor = (at: Endpoint | undefined, branch?: string): PoolManager => {
+    if (!at) return pools;
+    const key = describeEndpoint(at);
+    let found = instancePools.get(key);
+    if (!found) {
+      const manager = poolsAt(at);
+      const { max_server_connections: setting, server_margin: margin } = budgetConfig.pool;
+      const started = Number(
+        instanceSettings(budgetConfig.branch.instance_settings).max_connections,
+      );
+      const name = branch ?? key;
+      const until = configuredInstanceBudget(name, started, setting, margin);
+      manager.setBudgetFrom(readInstanceBudget(at, name, manager), until);
+      instancePools.set(key, (found = { at, branch: name, pools: manager }));
+    }
+    return found.pools;
+  };
+  const closePoolsOf = (at: Endpoint): void => {
+    const key = describeEndpoint(at);
+    instancePools.get(key)?.pools.close();
+    instancePools.delete(key);
+  };
+  /**
+   * Reads every budget again on RELOAD: a server may have been restarted with other settings, and
+   * the margin or the number may have changed.
+   */
   let budgetRead: Promise<void> = Promise.resolve();
   const rereadBudget = async (next: Config) => {
+    budgetConfig = next;
+    const instancesRead = [...instancePools.values()].map(({ at, branch, pools: manager }) =>
+      readInstanceBudget(at, branch, manager).then(
+        (read) => manager.setBudget(read),
+        () => undefined,
+      ),
+    );
     try {
       budget = await budgetOf(next, admin);
       pools.setBudget(budget);
@@ -236,20 +319,7 @@ export async function startPgbranch(
     } catch (error) {
       log.warn({ err: error }, `could not read the server connection budget; kept ${budget.max}`);
     }
-  };
-  /** Pools of branch instances, by endpoint; an instance's go when it stops. */
-  const instancePools = new Map<string, PoolManager>();
-  const poolsFor = (at: Endpoint | undefined): PoolManager => {
-    if (!at) return pools;
-    const key = describeEndpoint(at);
-    let found = instancePools.get(key);
-    if (!found) instancePools.set(key, (found = poolsAt(at)));
-    return found;
-  };
-  const closePoolsOf = (at: Endpoint): void => {
-    const key = describeEndpoint(at);
-    instancePools.get(key)?.close();
-    instancePools.delete(key);
+    await Promise.all(instancesRead);
   };
   // Behind a server whose roles have no password (one that trusts its clients), the connection
   // string pgbranch prints can't log in: said at start, not only in the log of each refusal.
@@ -274,6 +344,11 @@ export async function startPgbranch(
         {
           clients: () => clients.size,
           pools: () => pools.stats(),
+          instancePools: () =>
+            [...instancePools.values()].map(({ branch, pools: manager }) => ({
+              branch,
+              stats: manager.stats(),
+            })),
           sessions: () => sessions,
           census: (): ReturnType<LifecycleService['census']> => lifecycle.census(),
         },
@@ -434,6 +509,7 @@ export async function startPgbranch(
     console: {
       lifecycle: branchLifecycle,
       pools,
+      instancePools: () => instancePools.values(),
       clients: registry,
       log,
       adminUsers: () => consoleUsers,
@@ -660,7 +736,7 @@ export async function startPgbranch(
       clearInterval(sweeper);
       const closed = closeListeners();
       pools.close();
-      for (const instance of instancePools.values()) instance.close();
+      for (const instance of instancePools.values()) instance.pools.close();
       drain.close();
       sharedCancels?.close();
       for (const socket of ctx.clients) socket.destroy();

@@ -31,6 +31,8 @@ export interface MetricsSources {
   /** Client connections open now, in any phase. */
   clients(): number;
   pools(): PoolStats;
+  /** The pools of each running branch instance, a server with a budget of its own. */
+  instancePools?(): Iterable<{ branch: string; stats: PoolStats }>;
   /** Clients in a session now, by pool mode, and how many transaction-mode ones are pinned. */
   sessions?(): { session: number; transaction: number; pinned: number };
   /** Branches per database (roots not counted) and restore points, read from the server. */
@@ -107,12 +109,12 @@ export class Metrics {
       });
     fromPools(
       'server_connections_budget',
-      "Server connections pgbranch's pools may hold together: pool.max_server_connections, or with auto the server's max_connections less reserved slots, pgbranch's own and pool.server_margin.",
+      "Server connections pgbranch's pools may hold together on the main server (branch instances: pgbranch_instance_server_connections_budget): pool.max_server_connections, or with auto the server's max_connections less reserved slots, pgbranch's own and pool.server_margin.",
       (s) => s.budget,
     );
     fromPools(
       'server_connections_open',
-      'Server connections open or being opened, in all pools.',
+      'Server connections open or being opened on the main server, in all its pools.',
       (s) => s.open,
     );
     fromPools(
@@ -131,6 +133,31 @@ export class Metrics {
       (s) => s.waiting,
     );
     fromPools('pools', 'Pools: one per database, user and startup parameters.', (s) => s.pools);
+    if (sources.instancePools) {
+      const instancePools = sources.instancePools;
+      const perInstance = (name: string, help: string, read: (stats: PoolStats) => number) =>
+        new Gauge({
+          name: `${PREFIX}${name}`,
+          help,
+          labelNames: ['branch'],
+          registers,
+          collect() {
+            // Instances come and go (suspended, deleted): only the running ones have series.
+            this.reset();
+            for (const { branch, stats } of instancePools()) this.set({ branch }, read(stats));
+          },
+        });
+      perInstance(
+        'instance_server_connections_budget',
+        "Server connections the pools of a running branch instance may hold on it: its own max_connections less reserved slots, pgbranch's own and pool.server_margin (capped by a number in pool.max_server_connections).",
+        (s) => s.budget,
+      );
+      perInstance(
+        'instance_server_connections_open',
+        'Server connections open or being opened on a running branch instance, in all its pools.',
+        (s) => s.open,
+      );
+    }
 
     this.creations = new Counter({
       name: `${PREFIX}branch_creations_total`,

@@ -108,7 +108,10 @@ describe('pool.max_server_connections: auto', () => {
       url.username = 'outsider';
       url.password = password('outsider');
       outsiders.push(
-        await vi.waitFor(() => connect(url.toString()), { timeout: 30_000, interval: 20 }),
+        // An outsider gets a slot when it wins the race for one that pgbranch freed (it closes an
+        // idle connection when its own connect is refused): on a loaded machine that took
+        // 62 s for the five.
+        await vi.waitFor(() => connect(url.toString()), { timeout: 90_000, interval: 20 }),
       );
     }
     stopAt = Date.now() + CHURN_MS;
@@ -120,7 +123,7 @@ describe('pool.max_server_connections: auto', () => {
     expect(failures).toEqual([]);
     expect(Math.min(...served)).toBeGreaterThan(0);
     expect(mostHeld).toBe(19);
-  }, 90_000);
+  }, 300_000);
 
   it('reads the server again on RELOAD, with a margin changed in the file', async () => {
     fs.writeFileSync(configFile, 'embedded:\n  max_connections: 30\npool:\n  server_margin: 5\n');

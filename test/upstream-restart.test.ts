@@ -8,7 +8,7 @@ import pg from 'pg';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { connect } from './support/clients.js';
 import { ownServer, type OwnServer } from './support/own-server.js';
-import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
+import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 
 const started: PgbranchProcess[] = [];
 const servers: OwnServer[] = [];
@@ -146,6 +146,55 @@ describe('the embedded server', () => {
     expect(proxy.child.exitCode).toBeNull();
 
     expect(await serversAgree(proxy, proxy.directUrl('postgres'))).toBeGreaterThan(0);
+  }, 180_000);
+});
+
+describe('the embedded server killed while a branch is being made', () => {
+  it('fails that creation and nothing else: pgbranch keeps running and makes the next one', async () => {
+    // A branch script that takes its time holds the creation open at a known moment.
+    const scripts = tempDir('slow-script');
+    fs.writeFileSync(path.join(scripts, 'slow.sql'), 'select pg_sleep(60)');
+    const proxy = await startPgbranch({
+      args: ['--branch-scripts', `app@slow-*=${path.join(scripts, 'slow.sql')}`],
+    });
+    started.push(proxy);
+    try {
+      const admin = await connect(proxy.directUrl('postgres'));
+      await admin.query('create database app');
+      const creation = fetch(`${proxy.ready.adminUrl}/v1/branches`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ name: 'app@slow-1' }),
+      });
+      await vi.waitFor(
+        async () => {
+          const { rows } = await admin.query(
+            "select 1 from pg_stat_activity where query = 'select pg_sleep(60)'",
+          );
+          expect(rows).toHaveLength(1);
+        },
+        { timeout: 60_000, interval: 50 },
+      );
+      await admin.end();
+
+      const pidFile = path.join(proxy.dataDir, 'pg', 'postmaster.pid');
+      process.kill(Number(fs.readFileSync(pidFile, 'utf8').split('\n')[0]), 'SIGKILL');
+      const answer = await creation;
+      expect(answer.status).toBeGreaterThanOrEqual(500);
+      await vi.waitFor(() => expect(proxy.events('embedded_server_restarted')).toHaveLength(1), {
+        timeout: 60_000,
+        interval: 50,
+      });
+
+      expect(proxy.child.exitCode).toBeNull();
+      const client = await connect(proxy.config('app@after-restart'));
+      expect((await client.query('select current_database() as db')).rows).toEqual([
+        { db: 'app@after-restart' },
+      ]);
+      await client.end();
+    } finally {
+      fs.rmSync(scripts, { recursive: true, force: true });
+    }
   }, 180_000);
 });
 

@@ -69,24 +69,23 @@ export function snapshotsTable(snapshots: readonly SnapshotInfo[]): Table {
   };
 }
 
+/** The pools of one server: the main server, or a branch instance (a postmaster of its own). */
+export interface ServerPools {
+  /** The instance's branch; undefined for the main server. */
+  branch?: string | undefined;
+  pools: Iterable<Pool>;
+  paused: ReadonlySet<string>;
+  budget: ServerBudget;
+}
+
 /**
- * One row per pool: a database, a role, a pool mode and (session mode) a set of startup parameters;
- * and one for each paused database that has no pool (yet, or any more), so that a pause shows.
+ * For each server, the main one first: one row per pool (a database, a role, a pool mode and, in
+ * session mode, a set of startup parameters); one for each paused database that has no pool (yet,
+ * or any more), so that a pause shows; then one for the server's connection budget (`mode` budget):
+ * what its pools hold together, and in `parameters` the budget and how it was derived. A branch
+ * instance's databases read `app@feature-x`.
  */
-/**
- * One row per pool, then one for the server connection budget (`mode` budget): what all pools hold
- * together, and in `parameters` the budget and how it was derived.
- */
-export function poolsTable(
-  pools: Iterable<Pool>,
-  paused: ReadonlySet<string>,
-  budget: ServerBudget,
-): Table {
-  const listed = [...pools];
-  const sum = (count: (pool: Pool) => number) =>
-    String(listed.reduce((n, pool) => n + count(pool), 0));
-  const pooled = new Set(listed.map((pool) => pool.database));
-  const pausedOnly = [...paused].filter((database) => !pooled.has(database));
+export function poolsTable(servers: readonly ServerPools[]): Table {
   return {
     columns: [
       { name: 'database', type: 'text' },
@@ -99,32 +98,42 @@ export function poolsTable(
       { name: 'paused', type: 'bool' },
       { name: 'parameters', type: 'text' },
     ],
-    rows: [
-      ...listed.map((pool) => [
-        pool.database,
-        pool.user,
-        pool.request.mode ?? 'session',
-        String(pool.active),
-        String(pool.idle.length),
-        String(pool.opening),
-        String(pool.waiters.length),
-        bool(paused.has(pool.database)),
-        [...pool.request.parameters].map(([k, v]) => `${k}=${v}`).join(' '),
-      ]),
-      ...pausedOnly.map((database) => [database, null, null, '0', '0', '0', '0', 't', null]),
-      [
-        null,
-        null,
-        'budget',
-        sum((pool) => pool.active),
-        sum((pool) => pool.idle.length),
-        sum((pool) => pool.opening),
-        sum((pool) => pool.waiters.length),
-        null,
-        `${budget.max}: ${budget.derivation}`,
-      ],
-    ],
+    rows: servers.flatMap(serverRows),
   };
+}
+
+function serverRows({ branch, pools, paused, budget }: ServerPools): (string | null)[][] {
+  const listed = [...pools];
+  const sum = (count: (pool: Pool) => number) =>
+    String(listed.reduce((n, pool) => n + count(pool), 0));
+  const named = (database: string) => (branch === undefined ? database : `${database}@${branch}`);
+  const pooled = new Set(listed.map((pool) => pool.database));
+  const pausedOnly = [...paused].filter((database) => !pooled.has(database));
+  return [
+    ...listed.map((pool) => [
+      named(pool.database),
+      pool.user,
+      pool.request.mode ?? 'session',
+      String(pool.active),
+      String(pool.idle.length),
+      String(pool.opening),
+      String(pool.waiters.length),
+      bool(paused.has(pool.database)),
+      [...pool.request.parameters].map(([k, v]) => `${k}=${v}`).join(' '),
+    ]),
+    ...pausedOnly.map((database) => [named(database), null, null, '0', '0', '0', '0', 't', null]),
+    [
+      null,
+      null,
+      'budget',
+      sum((pool) => pool.active),
+      sum((pool) => pool.idle.length),
+      sum((pool) => pool.opening),
+      sum((pool) => pool.waiters.length),
+      null,
+      `${budget.max}: ${budget.derivation}`,
+    ],
+  ];
 }
 
 /**

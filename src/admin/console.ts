@@ -44,6 +44,8 @@ const PROGRESS_AFTER_MS = 1000;
 export interface ConsoleDeps {
   lifecycle: Lifecycle;
   pools: PoolManager;
+  /** The pools of each running branch instance, a server of its own (SHOW POOLS). */
+  instancePools?(): Iterable<{ branch: string; pools: PoolManager }>;
   clients: ClientRegistry;
   log: Logger;
   /** Roles besides superusers that may use the console (admin.users), as configured now. */
@@ -345,7 +347,14 @@ class ConsoleSession {
       case 'snapshots':
         return snapshotsTable(await this.snapshots(command.of));
       case 'pools':
-        return poolsTable(pools.list(), new Set(pools.pausedDatabases()), pools.serverBudget());
+        return poolsTable(
+          [{ branch: undefined, pools }, ...(this.deps.instancePools?.() ?? [])].map((server) => ({
+            branch: server.branch,
+            pools: server.pools.list(),
+            paused: new Set(server.pools.pausedDatabases()),
+            budget: server.pools.serverBudget(),
+          })),
+        );
       case 'clients':
         return clientsTable(clients.all());
       case 'servers':

@@ -44,6 +44,18 @@ describe('errorReply', () => {
     });
   });
 
+  it('keeps the SQLSTATE of the server’s own refusal, as node-postgres reports it', () => {
+    // What a branch operation got while the server was starting again after a crash.
+    const refusal = Object.assign(new Error('the database system is starting up'), {
+      code: '57P03',
+      severity: 'FATAL',
+    });
+    expect(errorReply(refusal)).toEqual({
+      status: 503,
+      body: { error: { code: '57P03', message: 'the database system is starting up' } },
+    });
+  });
+
   it('answers anything else with 500 and XX000, and the message', () => {
     expect(errorReply(new Error('socket hang up'))).toEqual({
       status: 500,

@@ -1,6 +1,6 @@
 // The admin API answers failures as the SQL console would, with the SQLSTATE and the words of the
 // PgError, and picks the HTTP status from the SQLSTATE so that plain HTTP clients can branch on it.
-import { PgError } from '../errors.js';
+import { PgError, sqlstateOf } from '../errors.js';
 
 export interface ErrorBody {
   error: { code: string; message: string; detail?: string; hint?: string };
@@ -78,6 +78,13 @@ export function errorReply(error: unknown): { status: number; body: ErrorBody } 
   if (e.statusCode !== undefined && e.statusCode >= 400 && e.statusCode < 500) {
     // Malformed JSON, a wrong content type, a body too large: 08P01 protocol_violation.
     return { status: e.statusCode, body: errorBody('08P01', e.message) };
+  }
+  // The server's own refusal (node-postgres keeps its SQLSTATE): starting up after a restart,
+  // out of connection slots, ... is the server's code, not an internal error.
+  const code = sqlstateOf(error);
+  if (code !== undefined) {
+    const { detail, hint } = error as { detail?: string; hint?: string };
+    return { status: httpStatus(code), body: errorBody(code, e.message, detail, hint) };
   }
   // XX000 internal_error: a bug or a failure nobody foresaw; the message is all there is.
   return { status: 500, body: errorBody('XX000', e?.message ?? String(error)) };

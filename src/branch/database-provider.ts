@@ -110,6 +110,11 @@ export class DatabaseProvider implements BranchProvider {
     options: CreateOptions = {},
   ): Promise<void> {
     const client = await this.admin.connect();
+    // A client checked out of a pool has no 'error' listener of the pool's: without this one, the
+    // server going away mid-creation (killed, restarted) would be an unhandled 'error' event and
+    // end pgbranch. The creation fails through its query instead.
+    const lost = () => undefined;
+    client.on('error', lost);
     try {
       await client.query(`SET file_copy_method = ${this.copyMethod.mode}`).catch(() => undefined);
       const owner = await client.query<{ owner: string }>(
@@ -133,6 +138,7 @@ export class DatabaseProvider implements BranchProvider {
         throw error;
       }
     } finally {
+      client.removeListener('error', lost);
       client.release();
     }
   }

@@ -20,7 +20,10 @@ export class SharedDrain {
     peers?.listen({
       pause: (database, terminate) => {
         if (terminate) this.disconnect(database, terminate);
-        void this.pools.pause(database, this.drainTimeoutMs());
+        // As in pause(): clients that were still logging in go once the pause has drained.
+        void this.pools.pause(database, this.drainTimeoutMs()).then(() => {
+          if (terminate) this.disconnect(database, terminate);
+        });
       },
       resume: (database) => this.pools.resume(database),
       close: (database) => this.pools.closeDatabase(database),
@@ -34,7 +37,11 @@ export class SharedDrain {
   async pause(database: string, timeoutMs: number, terminate?: Termination): Promise<number> {
     await this.peers?.pause(database, terminate);
     if (terminate) this.disconnect(database, terminate);
-    return this.pools.pause(database, timeoutMs);
+    const busy = await this.pools.pause(database, timeoutMs);
+    // A client still logging in had its first server connection out when the pause began, so it
+    // was not listed yet; the pause waited for that connection, and by now the client is listed.
+    if (terminate) this.disconnect(database, terminate);
+    return busy;
   }
 
   /**

@@ -1,5 +1,6 @@
-// The server connection budget: how many server connections pgbranch's pools may hold together,
-// taken from the server's own limit (pool.max_server_connections: auto) or given as a number.
+// The server connection budget: how many server connections pgbranch's pools may hold together on
+// one server, taken from the server's own limit (pool.max_server_connections: auto) or given as a
+// number. Each branch instance is a server of its own, with a budget of its own.
 
 /** Server connections in all pools together, and how that number was reached, for people. */
 export interface ServerBudget {
@@ -73,4 +74,58 @@ export async function serverBudget(
 ): Promise<ServerBudget> {
   if (setting !== 'auto') return fixedBudget(setting);
   return deriveBudget(await readServerSlots(query), own, margin);
+}
+
+/**
+ * pgbranch's own sessions on a branch instance besides its pools: the one that reads its budget,
+ * and one for a backup (a restore point or a child branch copied while it runs) or a schema diff.
+ * They are superuser sessions, which may also use the reserved slots when more run at once.
+ */
+export const INSTANCE_OWN_CONNECTIONS = 2;
+
+/**
+ * The budget of a branch instance, read from it: with `auto` as for any server; a number caps it,
+ * since an instance (max_connections 30 by default) is often smaller than the server the number
+ * was chosen for.
+ */
+export async function instanceBudget(
+  branch: string,
+  setting: number | 'auto',
+  margin: Margin,
+  query: SettingsQuery,
+): Promise<ServerBudget> {
+  return ofInstance(
+    branch,
+    capped(deriveBudget(await readServerSlots(query), INSTANCE_OWN_CONNECTIONS, margin), setting),
+  );
+}
+
+/**
+ * An instance's budget before (or without) reading it: from the max_connections it was started
+ * with (branch.instance_settings), PostgreSQL's default 3 superuser slots, and the margin.
+ */
+export function configuredInstanceBudget(
+  branch: string,
+  maxConnections: number,
+  setting: number | 'auto',
+  margin: Margin,
+): ServerBudget {
+  const derived = deriveBudget(
+    { maxConnections, superuserReserved: 3, reserved: 0 },
+    INSTANCE_OWN_CONNECTIONS,
+    margin,
+  );
+  return ofInstance(branch, capped(derived, setting), ' (as configured: not read from it)');
+}
+
+function capped(budget: ServerBudget, setting: number | 'auto'): ServerBudget {
+  if (setting === 'auto' || setting >= budget.max) return budget;
+  return {
+    max: setting,
+    derivation: `${budget.derivation}, capped at pool.max_server_connections = ${setting}`,
+  };
+}
+
+function ofInstance(branch: string, budget: ServerBudget, note = ''): ServerBudget {
+  return { max: budget.max, derivation: `branch instance ${branch}: ${budget.derivation}${note}` };
 }

@@ -8,7 +8,13 @@ import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { startEmbedded, type EmbeddedServer } from '../upstream/embedded.js';
 import { pgClientConfig } from '../upstream/endpoint.js';
 import { openServerSession } from '../upstream/server-connection.js';
-import { deriveBudget, readServerSlots } from './budget.js';
+import {
+  configuredInstanceBudget,
+  deriveBudget,
+  instanceBudget,
+  readServerSlots,
+  type ServerBudget,
+} from './budget.js';
 import { PoolManager, type PoolLimits, type PoolRequest, type ServerConnection } from './pool.js';
 
 let server: EmbeddedServer;
@@ -211,6 +217,51 @@ describe('the server connection budget', () => {
       });
     } finally {
       await pg15.end();
+    }
+  });
+
+  test("of a branch instance is read from it with 2 connections of pgbranch's own, named after its branch, and a number caps it", async () => {
+    const query = (sql: string) => admin.query<{ name: string; setting: string }>(sql);
+    expect(await instanceBudget('feature-x', 'auto', '10%', query)).toEqual({
+      max: 22,
+      derivation:
+        "branch instance feature-x: max_connections 30 - 3 reserved - 2 pgbranch's own - 3 margin = 22",
+    });
+    expect(await instanceBudget('feature-x', 10, '10%', query)).toEqual({
+      max: 10,
+      derivation:
+        "branch instance feature-x: max_connections 30 - 3 reserved - 2 pgbranch's own - 3 margin = 22, capped at pool.max_server_connections = 10",
+    });
+    // A number above what the instance holds does not raise it.
+    expect((await instanceBudget('feature-x', 50, 2, query)).max).toBe(23);
+    expect(configuredInstanceBudget('feature-x', 10, 'auto', '10%')).toEqual({
+      max: 4,
+      derivation:
+        "branch instance feature-x: max_connections 10 - 3 reserved - 2 pgbranch's own - 1 margin = 4 (as configured: not read from it)",
+    });
+  });
+
+  test('still being read from the server, holds checkouts back until it is known', async () => {
+    const manager = pools(() => 0, { minIdle: 0, waitTimeoutMs: 60_000 });
+    let known!: (budget: ServerBudget) => void;
+    try {
+      manager.setBudgetFrom(new Promise<ServerBudget>((resolve) => (known = resolve)), {
+        max: 10,
+        derivation: 'until read',
+      });
+      const first = manager.acquire(request('other', 'a'));
+      const second = manager.acquire(request('other', 'b'));
+      // Without the wait both would be opening now: a checkout counts as soon as it is asked.
+      expect(manager.stats()).toMatchObject({ open: 0, budget: 10 });
+      known({ max: 1, derivation: 'read' });
+      const conn = await first;
+      // The second waits for the one slot of the budget read, not the 10 it had until then.
+      await vi.waitFor(() => expect(manager.stats()).toMatchObject({ open: 1, waiting: 1 }));
+      manager.release(conn, true);
+      manager.release(await second, true);
+      expect(manager.stats()).toMatchObject({ open: 1, budget: 1 });
+    } finally {
+      manager.close();
     }
   });
 

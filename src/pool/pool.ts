@@ -164,6 +164,8 @@ export class PoolManager {
   /** Connections given back so far: the next one's idleOrder. */
   private givenBack = 0;
   private budget: ServerBudget;
+  /** While the budget is read from the server: what checkouts wait for (see setBudgetFrom). */
+  private budgetRead: Promise<void> | undefined;
   private readonly janitor: NodeJS.Timeout;
   /** Called when anything that a waiter waits for may have changed. */
   private readonly drainWatchers = new Set<() => void>();
@@ -188,6 +190,26 @@ export class PoolManager {
     this.serveWaiters();
   }
 
+  /**
+   * A budget still being read from the server (a branch instance that just started): `until` holds
+   * meanwhile, and checkouts wait for the read, so that none opens a connection past the real one.
+   * If the read fails, `until` stays.
+   */
+  setBudgetFrom(read: Promise<ServerBudget>, until: ServerBudget): void {
+    this.setBudget(until);
+    const settled: Promise<void> = read
+      .then(
+        (budget) => {
+          if (!this.closed) this.setBudget(budget);
+        },
+        () => undefined,
+      )
+      .finally(() => {
+        if (this.budgetRead === settled) this.budgetRead = undefined;
+      });
+    this.budgetRead = settled;
+  }
+
   serverBudget(): ServerBudget {
     return this.budget;
   }
@@ -195,6 +217,7 @@ export class PoolManager {
   /** A server connection for this request: idle, new, or the next one released, within the wait timeout. */
   async acquire(request: PoolRequest): Promise<ServerConnection> {
     const started = Date.now();
+    if (this.budgetRead) await this.budgetRead;
     while (this.paused.has(request.database)) {
       await this.waitForResume(request, started);
     }
@@ -209,7 +232,7 @@ export class PoolManager {
    * connections most wait, and a connection given back goes to the first waiter within release().
    */
   acquireThen(request: PoolRequest, done: Acquired): void {
-    if (this.paused.has(request.database)) {
+    if (this.paused.has(request.database) || this.budgetRead) {
       this.acquire(request).then(
         (conn) => done(undefined, conn),
         (error: Error) => done(error, undefined),

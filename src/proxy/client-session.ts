@@ -63,8 +63,11 @@ export interface ProxyContext {
   branches: BranchResolver;
   /** The pools of the main server. */
   pools: PoolManager;
-  /** The pools of a branch instance's endpoint (the main server's for undefined). */
-  poolsFor: (endpoint: Endpoint | undefined) => PoolManager;
+  /**
+   * The pools of a branch instance's endpoint (the main server's for undefined), under that
+   * server's own budget; `branch` names the instance in SHOW POOLS and the metrics.
+   */
+  poolsFor: (endpoint: Endpoint | undefined, branch?: string) => PoolManager;
   cancels: CancelRegistry;
   maxClients: number;
   /** Clients per branch and per role (pool.max_client_connections_per_branch, _per_role). */
@@ -619,7 +622,7 @@ async function connectToBranch(
       user,
       notify,
     );
-    const pools = ctx.poolsFor(endpoint);
+    const pools = ctx.poolsFor(endpoint, target.branch);
     try {
       const request: PoolRequest = { database, user, parameters, login, mode };
       const conn = await pools.acquire(request);
