@@ -46,6 +46,15 @@ import { listenOnSocket } from './proxy/unix-socket.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
 import { openServerSession } from './upstream/server-connection.js';
+import {
+  checkServerTls,
+  loadUpstreamTls,
+  parseUpstreamTls,
+  pgSsl,
+  settleFallback,
+  UpstreamTlsError,
+  type UpstreamTls,
+} from './upstream/server-tls.js';
 
 export interface ReloadResult {
   applied: string[];
@@ -128,13 +137,44 @@ export async function startPgbranch(
   let adminConfig: pg.PoolConfig;
   if (config.upstream) {
     const url = new URL(config.upstream);
-    endpoint = { host: url.hostname || '127.0.0.1', port: Number(url.port || 5432) };
-    adminConfig = {
+    let upstreamTls: UpstreamTls | undefined;
+    try {
+      const request = parseUpstreamTls(url);
+      upstreamTls = request && loadUpstreamTls(request);
+    } catch (error) {
+      if (error instanceof UpstreamTlsError) throw new CannotStart(error.message, { cause: error });
+      throw error;
+    }
+    const at = { host: url.hostname || '127.0.0.1', port: Number(url.port || 5432) };
+    endpoint = { ...at, tls: upstreamTls };
+    const login: pg.ClientConfig = {
       ...pgClientConfig(endpoint),
       user: decodeURIComponent(url.username) || 'postgres',
       password: decodeURIComponent(url.password) || undefined,
       database: decodeURIComponent(url.pathname.slice(1)) || MAINTENANCE_DATABASE,
     };
+    // Whether the server refuses a login without TLS: what sslmode=allow falls back on.
+    const plainRefused = async () => {
+      const client = new pg.Client({ ...login, ssl: false });
+      try {
+        await client.connect();
+        return false;
+      } catch (error) {
+        return (error as { code?: string }).code === '28000';
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    };
+    const adminTls = await settleFallback(upstreamTls, at, plainRefused);
+    if (adminTls) {
+      try {
+        await checkServerTls(adminTls, at, config.pool.connect_timeout);
+      } catch (error) {
+        const { message, hint } = error as PgError;
+        throw new CannotStart(hint ? `${message}\n${hint}` : message, { cause: error });
+      }
+    }
+    adminConfig = { ...login, ssl: pgSsl(adminTls) };
   } else {
     embedded = await startEmbedded({
       dataDir: config.data_dir,
@@ -148,6 +188,8 @@ export async function startPgbranch(
       ...pgClientConfig(endpoint),
       user: embedded.superuser,
       database: MAINTENANCE_DATABASE,
+      // Set, so that node-postgres does not take it from PGSSLMODE: a private socket needs none.
+      ssl: false,
     };
   }
   const admin = new pg.Pool({

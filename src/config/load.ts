@@ -7,6 +7,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { configSchema, duration, type Config } from './schema.js';
+import { parseUpstreamTls, UpstreamTlsError } from '../upstream/server-tls.js';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -438,6 +439,19 @@ export function loadConfig(
       `${given} (from ${sourceOf(given)}) needs ${missing} too (${missing === 'tls.cert' ? '--tls-cert, PGBRANCH_TLS_CERT' : '--tls-key, PGBRANCH_TLS_KEY'}): ` +
         `TLS takes a certificate and its key; npx pgbranch tls init makes both for development.`,
     );
+  }
+  if (config.upstream) {
+    const problem = (message: string) =>
+      new ConfigError(
+        `upstream (from ${settings.get('upstream')?.source ?? 'default'}): ${message}`,
+      );
+    if (!URL.canParse(config.upstream)) throw problem('not a valid URL');
+    try {
+      parseUpstreamTls(new URL(config.upstream));
+    } catch (error) {
+      if (!(error instanceof UpstreamTlsError)) throw error;
+      throw problem(error.message);
+    }
   }
   if (config.auth === 'trust' && !isLoopback(config.listen.host)) {
     const sourceOf = (dotted: string) => settings.get(dotted)?.source ?? 'default';
