@@ -16,7 +16,7 @@ import { localUpstream, openInstanceBranches } from './branch/instance/setup.js'
 import { InstanceLifecycle } from './lifecycle/instance-lifecycle.js';
 import type { Lifecycle } from './lifecycle/model.js';
 import type { CopyMethod } from './branch/provider.js';
-import { hostInUrl, isLoopback, reachableHost } from './config/load.js';
+import { hostInUrl, isLoopback, reachableHost, servesHttps } from './config/load.js';
 import { commaList, type Config } from './config/schema.js';
 import { serveAdminApi, type AdminApi } from './admin/http.js';
 import { readinessCheck } from './admin/readiness.js';
@@ -549,6 +549,7 @@ export async function startPgbranch(
         metrics.registry,
         config.metrics.host,
         config.metrics.port,
+        servesHttps(config, 'metrics') ? serverTls?.pem : undefined,
       );
     } catch (error) {
       void closeListeners();
@@ -570,12 +571,24 @@ export async function startPgbranch(
           listening: () => listener.listening,
           admin,
         }),
+        https: servesHttps(config, 'admin') ? serverTls?.pem : undefined,
       });
     } catch (error) {
       await metricsServer?.close();
       void closeListeners();
       await abandon();
       throw new CannotStart((error as Error).message, { cause: error });
+    }
+  }
+  for (const [part, url, what] of [
+    ['admin', adminApi?.url, 'its token'],
+    ['metrics', metricsServer?.url, 'what they show'],
+  ] as const) {
+    if (url?.startsWith('http:') && !isLoopback(config[part].host)) {
+      log.warn(
+        { event: 'plain_http', part, url },
+        `${part === 'admin' ? 'the admin API' : 'metrics'} on ${config[part].host} over plain HTTP: ${what} crosses the network in clear; set tls.cert and tls.key (${part}.tls) to serve HTTPS`,
+      );
     }
   }
   const host = config.listen.host;
@@ -611,6 +624,8 @@ export async function startPgbranch(
     }
     ctx.tls = nextTls;
     if (nextTls) {
+      adminApi?.renewCertificate(nextTls.pem);
+      metricsServer?.renewCertificate(nextTls.pem);
       const certificate = describeCertificate(nextTls);
       log.info(
         { event: 'tls_loaded', mode: nextTls.mode, ...certificate },
