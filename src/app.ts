@@ -156,6 +156,7 @@ export async function startPgbranch(
     // Whether the server refuses a login without TLS: what sslmode=allow falls back on.
     const plainRefused = async () => {
       const client = new pg.Client({ ...login, ssl: false });
+      client.on('error', () => undefined);
       try {
         await client.connect();
         return false;
@@ -201,8 +202,17 @@ export async function startPgbranch(
   admin.on('error', (error) => log.warn({ err: error }, 'administrative connection failed'));
 
   const maintenanceDatabase = adminConfig.database ?? MAINTENANCE_DATABASE;
-  const connectTo = (database: string) =>
-    new pg.Client({ ...adminConfig, database, application_name: 'pgbranch' });
+  const connectTo = (database: string) => {
+    const client = new pg.Client({ ...adminConfig, database, application_name: 'pgbranch' });
+    // A server that goes away fails the query in flight; unheard, the error event would end pgbranch.
+    client.on('error', (error) =>
+      log.warn(
+        { event: 'admin_connection_lost', database, reason: error.message },
+        `administrative connection to ${database} lost: ${error.message}`,
+      ),
+    );
+    return client;
+  };
   let provider: DatabaseProvider;
   let budget: ServerBudget;
   try {

@@ -119,6 +119,10 @@ export class DatabaseProvider implements BranchProvider {
     options: CreateOptions = {},
   ): Promise<void> {
     const client = await this.admin.connect();
+    // The server going away mid-creation fails the query in flight; without a listener the
+    // client's error event would also end pgbranch. Idle clients are the pool's to watch.
+    const gone = () => undefined;
+    client.on('error', gone);
     try {
       await client.query(`SET file_copy_method = ${this.copyMethod.mode}`).catch(() => undefined);
       const owner = await client.query<{ owner: string }>(
@@ -142,6 +146,7 @@ export class DatabaseProvider implements BranchProvider {
         throw error;
       }
     } finally {
+      client.removeListener('error', gone);
       client.release();
     }
   }
