@@ -9,6 +9,7 @@ const result = await fuzzRun({ inputs: Number(process.env.FUZZ_INPUTS ?? 1_000_0
 const growth = result.rss.peakMb - result.rss.firstMb;
 const ok =
   result.tally.failures.length === 0 &&
+  result.crashes.every((crash) => crash.culprit !== undefined) &&
   result.good.failures.length === 0 &&
   !result.exited &&
   result.servingAfter &&

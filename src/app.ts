@@ -17,7 +17,7 @@ import { socketConninfo } from './branch/instance/spares.js';
 import { InstanceLifecycle } from './lifecycle/instance-lifecycle.js';
 import type { Lifecycle } from './lifecycle/model.js';
 import type { CopyMethod } from './branch/provider.js';
-import { hostInUrl, isLoopback, reachableHost } from './config/load.js';
+import { hostInUrl, isLoopback, reachableHost, servesHttps } from './config/load.js';
 import { commaList, type Config } from './config/schema.js';
 import { serveAdminApi, type AdminApi } from './admin/http.js';
 import { readinessCheck } from './admin/readiness.js';
@@ -52,6 +52,15 @@ import { listenOnSocket } from './proxy/unix-socket.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
 import { openServerSession } from './upstream/server-connection.js';
+import {
+  checkServerTls,
+  loadUpstreamTls,
+  parseUpstreamTls,
+  pgSsl,
+  settleFallback,
+  UpstreamTlsError,
+  type UpstreamTls,
+} from './upstream/server-tls.js';
 
 export interface ReloadResult {
   applied: string[];
@@ -136,13 +145,45 @@ export async function startPgbranch(
   let adminConfig: pg.PoolConfig;
   if (config.upstream) {
     const url = new URL(config.upstream);
-    endpoint = { host: url.hostname || '127.0.0.1', port: Number(url.port || 5432) };
-    adminConfig = {
+    let upstreamTls: UpstreamTls | undefined;
+    try {
+      const request = parseUpstreamTls(url);
+      upstreamTls = request && loadUpstreamTls(request);
+    } catch (error) {
+      if (error instanceof UpstreamTlsError) throw new CannotStart(error.message, { cause: error });
+      throw error;
+    }
+    const at = { host: url.hostname || '127.0.0.1', port: Number(url.port || 5432) };
+    endpoint = { ...at, tls: upstreamTls };
+    const login: pg.ClientConfig = {
       ...pgClientConfig(endpoint),
       user: decodeURIComponent(url.username) || 'postgres',
       password: decodeURIComponent(url.password) || undefined,
       database: decodeURIComponent(url.pathname.slice(1)) || MAINTENANCE_DATABASE,
     };
+    // Whether the server refuses a login without TLS: what sslmode=allow falls back on.
+    const plainRefused = async () => {
+      const client = new pg.Client({ ...login, ssl: false });
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        return false;
+      } catch (error) {
+        return (error as { code?: string }).code === '28000';
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    };
+    const adminTls = await settleFallback(upstreamTls, at, plainRefused);
+    if (adminTls) {
+      try {
+        await checkServerTls(adminTls, at, config.pool.connect_timeout);
+      } catch (error) {
+        const { message, hint } = error as PgError;
+        throw new CannotStart(hint ? `${message}\n${hint}` : message, { cause: error });
+      }
+    }
+    adminConfig = { ...login, ssl: pgSsl(adminTls) };
   } else {
     embedded = await startEmbedded({
       dataDir: config.data_dir,
@@ -156,6 +197,8 @@ export async function startPgbranch(
       ...pgClientConfig(endpoint),
       user: embedded.superuser,
       database: MAINTENANCE_DATABASE,
+      // Set, so that node-postgres does not take it from PGSSLMODE: a private socket needs none.
+      ssl: false,
     };
   }
   const admin = new pg.Pool({
@@ -167,14 +210,15 @@ export async function startPgbranch(
   admin.on('error', (error) => log.warn({ err: error }, 'administrative connection failed'));
 
   const maintenanceDatabase = adminConfig.database ?? MAINTENANCE_DATABASE;
-  /**
-   * A session of pgbranch's own on one database. Its failures reach whoever uses it through its
-   * queries; an 'error' event nobody listens to (the server killed while it sits idle) would end
-   * pgbranch.
-   */
   const connectTo = (database: string) => {
     const client = new pg.Client({ ...adminConfig, database, application_name: 'pgbranch' });
-    client.on('error', () => undefined);
+    // A server that goes away fails the query in flight; unheard, the error event would end pgbranch.
+    client.on('error', (error) =>
+      log.warn(
+        { event: 'admin_connection_lost', database, reason: error.message },
+        `administrative connection to ${database} lost: ${error.message}`,
+      ),
+    );
     return client;
   };
   let provider: DatabaseProvider;
@@ -598,6 +642,7 @@ export async function startPgbranch(
         metrics.registry,
         config.metrics.host,
         config.metrics.port,
+        servesHttps(config, 'metrics') ? serverTls?.pem : undefined,
       );
     } catch (error) {
       void closeListeners();
@@ -620,12 +665,24 @@ export async function startPgbranch(
           listening: () => listener.listening,
           admin,
         }),
+        https: servesHttps(config, 'admin') ? serverTls?.pem : undefined,
       });
     } catch (error) {
       await metricsServer?.close();
       void closeListeners();
       await abandon();
       throw new CannotStart((error as Error).message, { cause: error });
+    }
+  }
+  for (const [part, url, what] of [
+    ['admin', adminApi?.url, 'its token'],
+    ['metrics', metricsServer?.url, 'what they show'],
+  ] as const) {
+    if (url?.startsWith('http:') && !isLoopback(config[part].host)) {
+      log.warn(
+        { event: 'plain_http', part, url },
+        `${part === 'admin' ? 'the admin API' : 'metrics'} on ${config[part].host} over plain HTTP: ${what} crosses the network in clear; set tls.cert and tls.key (${part}.tls) to serve HTTPS`,
+      );
     }
   }
   const host = config.listen.host;
@@ -661,6 +718,8 @@ export async function startPgbranch(
     }
     ctx.tls = nextTls;
     if (nextTls) {
+      adminApi?.renewCertificate(nextTls.pem);
+      metricsServer?.renewCertificate(nextTls.pem);
       const certificate = describeCertificate(nextTls);
       log.info(
         { event: 'tls_loaded', mode: nextTls.mode, ...certificate },

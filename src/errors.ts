@@ -262,6 +262,13 @@ export const errors = {
       undefined,
       'Check that the upstream server is running and reachable, then connect again.',
     ),
+  upstreamTls: (reason: string, hint: string) =>
+    new PgError(
+      '08006',
+      `pgbranch could not reach the PostgreSQL server over TLS: ${reason}`,
+      undefined,
+      hint,
+    ),
   branchCreationFailed: (branch: string, reason: string) =>
     new PgError('58000', `could not create branch "${branch}": ${reason}`),
   idleInTransactionTimeout: (timeoutMs: number) =>

@@ -1,11 +1,11 @@
 // Prometheus metrics of one running pgbranch, on a registry of its own (so that several can run in
-// one process), served over HTTP at /metrics. Nothing here runs per query: counters move when a
+// one process), served over HTTP or HTTPS at /metrics. Nothing here runs per query: counters move when a
 // client connects or is refused and when a branch is created or changed; gauges are read when scraped.
-import http from 'node:http';
 import type net from 'node:net';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { CopyMethod } from './branch/provider.js';
 import { hostInUrl, reachableHost } from './config/load.js';
+import { createServer, renewCertificate, type HttpsCertificate } from './https.js';
 import type { Operation } from './lifecycle/service.js';
 
 const PREFIX = 'pgbranch_';
@@ -253,16 +253,19 @@ function withinTime<T>(work: Promise<T>, ms: number): Promise<T | undefined> {
 export interface MetricsServer {
   /** Where to scrape, e.g. http://127.0.0.1:9930/metrics. */
   url: string;
+  /** Over HTTPS: the certificate for new connections (after SIGHUP or RELOAD). */
+  renewCertificate(pem: HttpsCertificate): void;
   close(): Promise<void>;
 }
 
-/** Serves the registry at GET /metrics; every other path is 404. */
+/** Serves the registry at GET /metrics (over HTTPS with `https`); every other path is 404. */
 export async function serveMetrics(
   registry: Registry,
   host: string,
   port: number,
+  https?: HttpsCertificate,
 ): Promise<MetricsServer> {
-  const server = http.createServer((request, response) => {
+  const server = createServer(https, (request, response) => {
     const path = new URL(request.url ?? '/', 'http://localhost').pathname;
     if (path !== '/metrics') {
       response.writeHead(404, { 'content-type': 'text/plain' }).end('not found; try /metrics\n');
@@ -299,7 +302,8 @@ export async function serveMetrics(
   }
   const bound = (server.address() as net.AddressInfo).port;
   return {
-    url: `http://${hostInUrl(reachableHost(host))}:${bound}/metrics`,
+    url: `${https ? 'https' : 'http'}://${hostInUrl(reachableHost(host))}:${bound}/metrics`,
+    renewCertificate: (pem) => renewCertificate(server, pem),
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -233,3 +233,180 @@ describe('an external upstream', () => {
     expect(await serversAgree(proxy, server.url(), server.password)).toBeGreaterThan(0);
   }, 180_000);
 });
+
+/** The error a client's query or connect failed with: node-postgres's code and message. */
+async function failure(work: Promise<unknown>): Promise<{ code?: string; message: string }> {
+  try {
+    await work;
+  } catch (error) {
+    return { code: (error as { code?: string }).code, message: (error as Error).message };
+  }
+  throw new Error('it did not fail');
+}
+
+/** Databases on the server whose names start with `prefix`, from pg_database. */
+async function databasesOn(server: OwnServer, prefix: string): Promise<string[]> {
+  const direct = await connect(server.url());
+  try {
+    const { rows } = await direct.query<{ datname: string }>(
+      'select datname from pg_database where starts_with(datname, $1) order by 1',
+      [prefix],
+    );
+    return rows.map((row) => row.datname);
+  } finally {
+    await direct.end();
+  }
+}
+
+describe('an external upstream that fails', () => {
+  let server: OwnServer;
+  let proxy: PgbranchProcess;
+  const settings = (database = 'app', mode = 'session') => ({
+    ...proxy.config(database, 'postgres', server.password),
+    options: `-c pgbranch.pool_mode=${mode}`,
+  });
+
+  it('refusing connections (stopped) gets clients 08006 naming the server, and serves them once it is back', async () => {
+    server = await ownServer();
+    servers.push(server);
+    const setup = await connect(server.url());
+    await setup.query('create database app');
+    await setup.end();
+    proxy = await startPgbranch({
+      args: ['--upstream', server.url(), '--pool-connect-retries', '1'],
+    });
+    started.push(proxy);
+    // A connection pgbranch has pooled already, and a login that needs the server anew.
+    await (await connect(settings())).end();
+    await server.stop('fast');
+
+    for (const mode of ['session', 'transaction']) {
+      const refused = await failure(connect(settings('app', mode)));
+      expect(refused).toEqual({
+        code: '08006',
+        message: `pgbranch could not reach the PostgreSQL server: ECONNREFUSED: connect ECONNREFUSED 127.0.0.1:${server.port}`,
+      });
+    }
+    expect(proxy.child.exitCode).toBeNull();
+
+    await server.start();
+    await vi.waitFor(
+      async () => {
+        const client = await connect(settings());
+        try {
+          expect((await client.query('select 1 as one')).rows).toEqual([{ one: 1 }]);
+        } finally {
+          await client.end();
+        }
+      },
+      { timeout: 30_000, interval: 200 },
+    );
+  }, 120_000);
+
+  it('refusing a role (its connection limit) passes the server’s own 53300 on', async () => {
+    const setup = await connect(server.url());
+    await setup.query(`create role limited login password 'limited-pw' connection limit 0`);
+    await setup.end();
+    const refused = await failure(connect({ ...proxy.config('app', 'limited', 'limited-pw') }));
+    expect(refused).toMatchObject({
+      code: '53300',
+      message: 'too many connections for role "limited"',
+    });
+  });
+
+  it('killed (SIGKILL of the postmaster) mid-query fails that query with 08006 in either pool mode, and later clients are served once it is back', async () => {
+    const session = await connect(settings('app', 'session'));
+    const transaction = await connect(settings('app', 'transaction'));
+    // The connection's end comes as an event too, besides the failed query.
+    for (const client of [session, transaction]) client.on('error', () => undefined);
+    const inFlight = [session, transaction].map((client) =>
+      failure(client.query('select pg_sleep(60)')),
+    );
+    const direct = await connect(server.url());
+    await vi.waitFor(
+      async () => {
+        const { rows } = await direct.query(
+          `select 1 from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'`,
+        );
+        expect(rows).toHaveLength(2);
+      },
+      { timeout: 10_000, interval: 50 },
+    );
+    await direct.end().catch(() => undefined);
+    await server.kill();
+    const [inSession, inTransaction] = await Promise.all(inFlight);
+    expect(inSession).toEqual({
+      code: '08006',
+      message:
+        'pgbranch could not reach the PostgreSQL server: the server closed the connection unexpectedly',
+    });
+    expect(inTransaction).toEqual({
+      code: '08006',
+      message: 'server connection lost in the middle of a transaction',
+    });
+    await Promise.all([
+      session.end().catch(() => undefined),
+      transaction.end().catch(() => undefined),
+    ]);
+
+    await server.start();
+    for (const mode of ['session', 'transaction']) {
+      const client = await connect(settings('app', mode));
+      try {
+        expect((await client.query('select 2 as two')).rows).toEqual([{ two: 2 }]);
+      } finally {
+        await client.end();
+      }
+    }
+    expect(proxy.child.exitCode).toBeNull();
+    expect(await serversAgree(proxy, server.url(), server.password)).toBeGreaterThanOrEqual(0);
+  }, 120_000);
+
+  it('killed mid-creation (CREATE DATABASE in flight) fails the connect with a SQLSTATE, leaves no half branch, and makes the branch on the next connect once it is back', async () => {
+    // A lock on the parent's catalog entry holds CREATE DATABASE ... TEMPLATE app at its start, so
+    // that the kill lands while it is in flight.
+    const holder = await connect(server.url());
+    await holder.query('begin');
+    await holder.query(`comment on database app is 'held by the test'`);
+    const connecting = failure(connect(settings('app@mid-kill')));
+    const direct = await connect(server.url());
+    await vi.waitFor(
+      async () => {
+        const { rows } = await direct.query(
+          `select 1 from pg_stat_activity where query like 'CREATE DATABASE%' and wait_event_type = 'Lock'`,
+        );
+        expect(rows).toHaveLength(1);
+      },
+      { timeout: 20_000, interval: 50 },
+    );
+    holder.on('error', () => undefined);
+    direct.on('error', () => undefined);
+    await server.kill();
+    const failed = await connecting;
+    expect(failed).toEqual({
+      code: '08006',
+      message:
+        'could not create branch "app@mid-kill": the PostgreSQL server closed the connection during CREATE DATABASE (Connection terminated unexpectedly)',
+    });
+    expect(proxy.child.exitCode).toBeNull();
+    await Promise.all([holder.end().catch(() => undefined), direct.end().catch(() => undefined)]);
+
+    await server.start();
+    // No half branch: the server has no such database, and pgbranch's list agrees.
+    expect(await databasesOn(server, 'app@')).toEqual([]);
+    const listed = await fetch(`${proxy.ready.adminUrl}/v1/branches?database=app`).then(
+      (response) => response.json() as Promise<{ branches: { name: string }[] }>,
+    );
+    expect(listed.branches.map((branch) => branch.name)).toEqual(['app']);
+
+    const branch = await connect(settings('app@mid-kill'));
+    try {
+      expect((await branch.query('select current_database() as db')).rows).toEqual([
+        { db: 'app@mid-kill' },
+      ]);
+    } finally {
+      await branch.end();
+    }
+    expect(await databasesOn(server, 'app@')).toEqual(['app@mid-kill']);
+  }, 120_000);
+});

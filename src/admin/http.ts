@@ -9,6 +9,7 @@ import Fastify, {
 } from 'fastify';
 import type { Logger } from 'pino';
 import { hostInUrl, isLoopback, reachableHost } from '../config/load.js';
+import { createServer, renewCertificate, type HttpsCertificate } from '../https.js';
 import type { ExpiryChange, Lifecycle } from '../lifecycle/model.js';
 import { version } from '../version.js';
 import { bearerCheck } from './auth.js';
@@ -37,6 +38,8 @@ export interface AdminApiOptions {
   ready?: () => Promise<Readiness>;
   /** Where clients connect, for the connection strings the branch page shows. */
   proxy?: ProxyAddress;
+  /** Serve HTTPS with this certificate (the proxy's); plain HTTP without. */
+  https?: HttpsCertificate;
 }
 
 /** The proxy's address and the role its connection strings name (no password). */
@@ -48,8 +51,10 @@ export interface ProxyAddress {
 }
 
 export interface AdminApi {
-  /** `http://127.0.0.1:9931`, without a trailing slash. */
+  /** `http://127.0.0.1:9931` or `https://...`, without a trailing slash. */
   url: string;
+  /** Over HTTPS: the certificate for new connections (after SIGHUP or RELOAD). */
+  renewCertificate(pem: HttpsCertificate): void;
   close(): Promise<void>;
 }
 
@@ -117,6 +122,7 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
     }) as FastifyServerOptions['loggerInstance'],
     logController: new QuietRequests(),
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    serverFactory: (handler) => createServer(options.https, handler),
     // Fastify's default drops unknown properties silently; a misspelt `expiresAt` must be an error.
     ajv: { customOptions: { removeAdditional: false, allowUnionTypes: true } },
   });
@@ -538,5 +544,9 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
   }
   const address = app.server.address();
   const bound = typeof address === 'object' && address ? address.port : port;
-  return { url: `http://${hostInUrl(reachableHost(host))}:${bound}`, close: () => app.close() };
+  return {
+    url: `${options.https ? 'https' : 'http'}://${hostInUrl(reachableHost(host))}:${bound}`,
+    renewCertificate: (pem) => renewCertificate(app.server, pem),
+    close: () => app.close(),
+  };
 }

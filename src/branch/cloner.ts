@@ -96,6 +96,16 @@ function translateCreateError(error: unknown, database: string, parent: string):
       'Free disk space (drop unused branches) and connect again; nothing was left behind.',
     );
   }
+  // node-postgres, when the server went away under the CREATE DATABASE (killed, restarted): the
+  // database was never committed, so nothing is left to clean up.
+  if (message.startsWith('Connection terminated') || e.code?.startsWith('E')) {
+    return new PgError(
+      '08006',
+      `could not create branch "${database}": the PostgreSQL server closed the connection during CREATE DATABASE (${message})`,
+      undefined,
+      'Nothing was left behind: connect again once the server is back.',
+    );
+  }
   if (e.code)
     return new PgError(
       e.code,

@@ -1,8 +1,9 @@
-// The CLI's side of the admin API: one request, JSON in and out, over node:http (fetch gives up
-// after five minutes without an answer, and a copy of a large database takes longer). Failures are
-// sorted into the two a script must tell apart: pgbranch said no (ApiError), or it could not be
-// asked at all (Unreachable), and the latter by what a person has to do about it.
+// The CLI's side of the admin API: one request, JSON in and out, over node:http or node:https
+// (fetch gives up after five minutes without an answer, and a copy of a large database takes
+// longer). Failures are sorted into the two a script must tell apart: pgbranch said no (ApiError),
+// or it could not be asked at all (Unreachable), and the latter by what a person has to do about it.
 import http from 'node:http';
+import https from 'node:https';
 import type { ErrorBody } from '../admin/error-status.js';
 
 /** pgbranch answered with an error: the SQLSTATE and its words. */
@@ -20,11 +21,20 @@ export class ApiError extends Error {
  * Why the admin API could not be asked: nothing listens at the URL (`refused`), something that is
  * not pgbranch's admin API answers (`foreign`), the connection ended before an answer (`dropped`:
  * pgbranch stopped, and what it was asked may have happened), the request failed on the way
- * (`network`), or the API refused the token: none was sent (`no-token`) or another than the
- * server's (`wrong-token`).
+ * (`network`), the API refused the token: none was sent (`no-token`) or another than the
+ * server's (`wrong-token`), or HTTPS failed: the certificate is not trusted (`untrusted`) or not
+ * for the host asked (`wrong-name`), or plain HTTP answered an HTTPS request (`not-https`).
  */
 export type UnreachableKind =
-  'refused' | 'foreign' | 'dropped' | 'network' | 'no-token' | 'wrong-token';
+  | 'refused'
+  | 'foreign'
+  | 'dropped'
+  | 'network'
+  | 'no-token'
+  | 'wrong-token'
+  | 'untrusted'
+  | 'wrong-name'
+  | 'not-https';
 
 /** No admin API answered at the URL, or it would not answer without the right token. */
 export class Unreachable extends Error {
@@ -40,9 +50,11 @@ export class Unreachable extends Error {
 
 export class AdminClient {
   constructor(
-    /** `http://127.0.0.1:9931` */
+    /** `http://127.0.0.1:9931`, or `https://...` */
     readonly url: string,
     private readonly token?: string,
+    /** Over HTTPS: the CA that signed pgbranch's certificate; undefined: the system's CAs. */
+    private readonly ca?: Buffer,
   ) {}
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -53,8 +65,7 @@ export class AdminClient {
     try {
       response = await send(
         this.url + path,
-        method,
-        headers,
+        { method, headers, ...(this.ca ? { ca: this.ca } : {}) },
         body === undefined ? undefined : JSON.stringify(body),
       );
     } catch (error) {
@@ -93,12 +104,11 @@ export class AdminClient {
 /** One request; resolves with the whole answer, however long it takes to come. */
 function send(
   url: string,
-  method: string,
-  headers: Record<string, string>,
+  options: https.RequestOptions,
   body: string | undefined,
 ): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
-    const request = http.request(url, { method, headers }, (response) => {
+    const request = (url.startsWith('https:') ? https : http).request(url, options, (response) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
       response.on('error', reject);
@@ -121,6 +131,23 @@ function connectFailure(error: NodeJS.ErrnoException): { kind: UnreachableKind; 
     return { kind: 'foreign', reason: 'it answered with something other than HTTP' };
   }
   switch (error.code) {
+    case 'ERR_TLS_CERT_ALTNAME_INVALID':
+      return { kind: 'wrong-name', reason: error.message };
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+    case 'CERT_HAS_EXPIRED':
+    case 'CERT_NOT_YET_VALID':
+      return { kind: 'untrusted', reason: `its certificate is not trusted: ${error.message}` };
+    case 'EPROTO':
+    case 'ERR_SSL_WRONG_VERSION_NUMBER':
+    case 'ERR_SSL_PACKET_LENGTH_TOO_LONG':
+      // OpenSSL reads an HTTP answer's first bytes as a TLS record of an unknown version.
+      if (/wrong version number|packet length too long|WRONG_VERSION/i.test(error.message)) {
+        return { kind: 'not-https', reason: 'it answered an HTTPS request with plain HTTP' };
+      }
+      break;
     case 'ECONNREFUSED':
       return { kind: 'refused', reason: 'nothing is listening there' };
     case 'ENOTFOUND':

@@ -1,7 +1,11 @@
 // Finding the running pgbranch's admin API from the settings, and, when it can't be asked, telling
-// a person what to do: start pgbranch, point at it, turn its admin API on, or give the token.
+// a person what to do: start pgbranch, point at it, turn its admin API on, give the token, or
+// trust its HTTPS certificate.
+import fs from 'node:fs';
 import net from 'node:net';
-import { hostInUrl, isLoopback, reachableHost as reachable } from '../config/load.js';
+import path from 'node:path';
+import tls from 'node:tls';
+import { hostInUrl, isLoopback, reachableHost as reachable, servesHttps } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { AdminClient, type Unreachable } from './client.js';
 
@@ -44,7 +48,32 @@ export function clientFor(config: Config, sources: string[]): AdminClient | stri
       'shows (admin: line) with --admin-port or PGBRANCH_ADMIN_PORT.'
     );
   }
-  return new AdminClient(`http://${hostPort(reachable(host), port)}`, token);
+  if (!servesHttps(config, 'admin')) {
+    return new AdminClient(`http://${hostPort(reachable(host), port)}`, token);
+  }
+  const ca = caOf(config);
+  if (typeof ca === 'string') return ca;
+  return new AdminClient(`https://${hostPort(reachable(host), port)}`, token, ca);
+}
+
+const CACERT =
+  'PGBRANCH_ADMIN_CACERT (admin.cacert, --admin-cacert): the CA that signed the certificate in tls.cert';
+
+/**
+ * The CA to check the admin API's certificate with: admin.cacert, else the ca.crt that
+ * `pgbranch tls init` writes beside the certificate, else none (the system's CAs, and
+ * NODE_EXTRA_CA_CERTS). A message instead when admin.cacert can't be read.
+ */
+function caOf(config: Config): Buffer | undefined | string {
+  const given = config.admin.cacert;
+  const file = given ?? path.join(path.dirname(config.tls.cert!), 'ca.crt');
+  try {
+    return fs.readFileSync(file);
+  } catch (error) {
+    if (given === undefined) return undefined;
+    const code = (error as NodeJS.ErrnoException).code;
+    return `cannot read admin.cacert ${given}: ${code === 'ENOENT' ? 'no such file' : (error as Error).message}.\nGive ${CACERT}.`;
+  }
 }
 
 /** What went wrong and what to do about it, for stderr after `pgbranch: `. */
@@ -56,9 +85,28 @@ export async function explainUnreachable(error: Unreachable, config: Config): Pr
       return `cannot use pgbranch's admin API at ${error.url}: ${error.message}.\n${TOKEN}`;
     case 'foreign':
       return `${cannot}, so it is not pgbranch's admin API.\nSay where pgbranch's admin API is: ${WHERE}.`;
+    case 'untrusted':
+      return `${cannot}.\nGive ${CACERT}; npx pgbranch tls init keeps its CA in .pgbranch/tls/ca.crt.`;
+    case 'wrong-name':
+      return (
+        `${cannot}.\nAsk it by a name its certificate holds: admin.host (--admin-host, PGBRANCH_ADMIN_HOST) ` +
+        `set to that name, or a certificate for ${new URL(error.url).hostname} (npx pgbranch tls init --host).`
+      );
+    case 'not-https':
+      return (
+        `${cannot}: the settings this command read say HTTPS (tls.cert is set), but pgbranch serves ` +
+        `plain HTTP there.\nRead the settings pgbranch runs with, or set admin.tls false (PGBRANCH_ADMIN_TLS).`
+      );
     case 'dropped': {
-      // PostgreSQL (and pgbranch's proxy, as it does) closes on an HTTP request without a word.
       const at = new URL(error.url);
+      // An HTTPS server closes on a plain HTTP request: the settings read here lack tls.cert.
+      if (at.protocol === 'http:' && (await speaksTls(at.hostname, Number(at.port)))) {
+        return (
+          `cannot reach pgbranch's admin API at ${error.url}: it serves HTTPS, and the settings this command read say HTTP.\n` +
+          `Give the settings pgbranch runs with (tls.cert, or admin.tls true: PGBRANCH_TLS_CERT, PGBRANCH_ADMIN_TLS).`
+        );
+      }
+      // PostgreSQL (and pgbranch's proxy, as it does) closes on an HTTP request without a word.
       if (await speaksPostgres(at.hostname, Number(at.port))) {
         return (
           `cannot reach pgbranch's admin API at ${error.url}: it speaks PostgreSQL's protocol ` +
@@ -116,6 +164,27 @@ function speaksPostgres(host: string, port: number): Promise<boolean> {
     socket.once('timeout', () => answer(false));
     socket.once('error', () => answer(false));
     socket.once('close', () => answer(false));
+  });
+}
+
+/** Whether host:port completes a TLS handshake (its certificate unchecked: only the protocol counts). */
+function speaksTls(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    // ALPN http/1.1: a PostgreSQL port that takes direct TLS (pgbranch's proxy) refuses it.
+    const socket = tls.connect({
+      host,
+      port,
+      rejectUnauthorized: false,
+      ALPNProtocols: ['http/1.1'],
+      timeout: PROBE_MS,
+    });
+    const answer = (yes: boolean) => {
+      socket.destroy();
+      resolve(yes);
+    };
+    socket.once('secureConnect', () => answer(true));
+    socket.once('timeout', () => answer(false));
+    socket.once('error', () => answer(false));
   });
 }
 

@@ -104,9 +104,15 @@ export const descriptions: Record<ConfigPath, string> = {
     'Comma-separated roles, besides superusers, that may use the SQL console (connect to the database pgbranch).',
   'redis.url':
     'Redis that several pgbranch proxies of one server share, so that each drains the others before a clone, reset or delete; unset for one proxy.',
+  'admin.tls':
+    'Serve the admin API over HTTPS with tls.cert; unset: HTTPS when tls.cert is set and admin.host is not loopback.',
+  'admin.cacert':
+    "CA file the CLI checks the admin API's HTTPS certificate with; unset: ca.crt beside tls.cert if there is one, else the system's CAs.",
   'metrics.enabled': 'Serve Prometheus metrics over HTTP at /metrics; false serves nothing.',
   'metrics.host': 'Address to serve metrics on; keep it private, metrics are not authenticated.',
   'metrics.port': 'TCP port to serve metrics on; 0 picks a free one.',
+  'metrics.tls':
+    'Serve metrics over HTTPS with tls.cert; unset: HTTPS when tls.cert is set and metrics.host is not loopback.',
   'log.level': 'Least severe log messages written.',
   'log.format': 'auto is pretty on a terminal and JSON otherwise.',
 };

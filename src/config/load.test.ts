@@ -187,10 +187,13 @@ describe('loadConfig', () => {
       'admin.port',
       'admin.token',
       'admin.users',
+      'admin.tls',
+      'admin.cacert',
       'redis.url',
       'metrics.enabled',
       'metrics.host',
       'metrics.port',
+      'metrics.tls',
       'log.level',
       'log.format',
     ]);
@@ -494,9 +497,11 @@ describe('config/pgbranch.example.yaml', () => {
       ...defaults,
       listen: { ...defaults.listen, socket_dir: '/var/run/postgresql' },
       tls: { ...defaults.tls, cert: '/etc/pgbranch/server.crt', key: '/etc/pgbranch/server.key' },
-      upstream: 'postgres://pgbranch:secret@db.internal:5432/postgres',
+      upstream:
+        'postgres://pgbranch:secret@db.internal:5432/postgres?sslmode=verify-full&sslrootcert=/etc/pgbranch/db-ca.crt',
       embedded: { ...defaults.embedded, password: 'change-me', max_connections: 100 },
-      admin: { ...defaults.admin, token: 'change-me' },
+      admin: { ...defaults.admin, token: 'change-me', tls: true, cacert: '/etc/pgbranch/ca.crt' },
+      metrics: { ...defaults.metrics, tls: true },
       redis: { url: 'redis://127.0.0.1:6379' },
       branch: {
         ...defaults.branch,

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { configSchema, duration, type Config } from './schema.js';
+import { parseUpstreamTls, UpstreamTlsError } from '../upstream/server-tls.js';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -386,6 +387,16 @@ export function isLoopback(host: string): boolean {
 }
 
 /**
+ * Whether the admin API or the metrics are served over HTTPS: as `<part>.tls` says, and when it is
+ * unset, whenever there is a certificate and they listen beyond loopback, where a token or the
+ * metrics would otherwise cross a network in clear. The server and the CLI decide alike.
+ */
+export function servesHttps(config: Config, part: 'admin' | 'metrics'): boolean {
+  if (config.tls.cert === undefined) return false;
+  return config[part].tls ?? !isLoopback(config[part].host);
+}
+
+/**
  * The address a client on this machine connects to for a server listening on `host`: one that
  * listens on every interface (0.0.0.0, ::) is reached on loopback, not at 0.0.0.0.
  */
@@ -438,6 +449,27 @@ export function loadConfig(
       `${given} (from ${sourceOf(given)}) needs ${missing} too (${missing === 'tls.cert' ? '--tls-cert, PGBRANCH_TLS_CERT' : '--tls-key, PGBRANCH_TLS_KEY'}): ` +
         `TLS takes a certificate and its key; npx pgbranch tls init makes both for development.`,
     );
+  }
+  for (const part of ['admin', 'metrics'] as const) {
+    if (config[part].tls === true && cert === undefined) {
+      throw new ConfigError(
+        `${part}.tls (from ${settings.get(`${part}.tls`)?.source ?? 'default'}) needs tls.cert and tls.key: ` +
+          `HTTPS uses the proxy's certificate; npx pgbranch tls init makes one for development.`,
+      );
+    }
+  }
+  if (config.upstream) {
+    const problem = (message: string) =>
+      new ConfigError(
+        `upstream (from ${settings.get('upstream')?.source ?? 'default'}): ${message}`,
+      );
+    if (!URL.canParse(config.upstream)) throw problem('not a valid URL');
+    try {
+      parseUpstreamTls(new URL(config.upstream));
+    } catch (error) {
+      if (!(error instanceof UpstreamTlsError)) throw error;
+      throw problem(error.message);
+    }
   }
   if (config.auth === 'trust' && !isLoopback(config.listen.host)) {
     const sourceOf = (dotted: string) => settings.get(dotted)?.source ?? 'default';

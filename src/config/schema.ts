@@ -325,6 +325,16 @@ export const configSchema = z
         token: z.string().min(1).optional(),
         /** Comma-separated roles, besides superusers, that may use the SQL console (database pgbranch). */
         users: z.string().default(''),
+        /**
+         * HTTPS with tls.cert and tls.key; unset: HTTPS when tls.cert is set and host is not
+         * loopback (a token must not cross a network in clear).
+         */
+        tls: boolean.optional(),
+        /**
+         * The CA the CLI checks the admin API's certificate with; unset: ca.crt beside tls.cert
+         * when there is one (as `pgbranch tls init` writes them), else the system's CAs.
+         */
+        cacert: z.string().min(1).optional(),
       })
       .strict()
       .default({ enabled: true, host: '127.0.0.1', port: 9931, users: '' }),
@@ -346,6 +356,8 @@ export const configSchema = z
         host: z.string().min(1).default('127.0.0.1'),
         /** 0 picks a free port; the ready log line says which. */
         port: port.default(9930),
+        /** HTTPS with tls.cert and tls.key; unset: HTTPS when tls.cert is set and host is not loopback. */
+        tls: boolean.optional(),
       })
       .strict()
       .default({ enabled: true, host: '127.0.0.1', port: 9930 }),

@@ -7,7 +7,8 @@
 // proxy's ids too, and their cancel reaches the console instead of a server. With several proxies
 // (Redis), a key this proxy does not know is asked of the others (SharedCancels).
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { connectSocket, type Endpoint } from '../upstream/endpoint.js';
+import { connectSocket, describeEndpoint, type Endpoint } from '../upstream/endpoint.js';
+import { asksForTls, startServerTls } from '../upstream/server-tls.js';
 import { cancelRequest } from '../wire/frontend.js';
 
 /** The key of the server process that runs a client's query now. */
@@ -127,11 +128,21 @@ export class CancelRegistry {
   private async forward(server: ServerKey | undefined): Promise<boolean> {
     // A transaction-mode client between transactions runs nothing: there is nothing to cancel.
     if (!server) return false;
+    const endpoint = server.endpoint ?? this.endpoint;
+    const tls = 'host' in endpoint ? endpoint.tls : undefined;
+    const request = cancelRequest(server.processId, server.secret);
     await new Promise<void>((resolve) => {
-      const socket = connectSocket(server.endpoint ?? this.endpoint);
+      const socket = connectSocket(endpoint);
       socket.on('error', () => socket.destroy());
       socket.setTimeout(5000, () => socket.destroy());
-      socket.once('connect', () => socket.end(cancelRequest(server.processId, server.secret)));
+      socket.once('connect', () => {
+        if (!asksForTls(tls)) return void socket.end(request);
+        // Over TLS too, as libpq 17 sends it: the server's key stays off the wire.
+        startServerTls(socket, tls!, describeEndpoint(endpoint)).then(
+          (on) => on.end(request),
+          () => socket.destroy(),
+        );
+      });
       socket.once('close', () => resolve());
     });
     return true;

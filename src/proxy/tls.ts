@@ -22,6 +22,8 @@ export interface ServerTls {
   context: tls.SecureContext;
   /** The server certificate (the first of the file): its fingerprint and validity for the logs. */
   certificate: X509Certificate;
+  /** The files' contents, for the admin API and metrics when they serve HTTPS. */
+  pem: { cert: Buffer; key: Buffer };
 }
 
 export class TlsFileError extends Error {
@@ -67,6 +69,7 @@ export function loadServerTls(settings: { cert: string; key: string; mode: TlsMo
     keyFile: settings.key,
     context,
     certificate,
+    pem: { cert, key },
   };
 }
 

@@ -1,8 +1,16 @@
 // Where the PostgreSQL server is and how pgbranch logs in to it for its own administrative work.
 import net from 'node:net';
 import path from 'node:path';
+import type { UpstreamTls } from './server-tls.js';
 
-export type Endpoint = { host: string; port: number } | { socketDir: string; port: number };
+export type Endpoint =
+  | {
+      host: string;
+      port: number;
+      /** TLS as the upstream URL asks for it (sslmode...); undefined: none. */
+      tls?: UpstreamTls | undefined;
+    }
+  | { socketDir: string; port: number };
 
 export function connectSocket(endpoint: Endpoint): net.Socket {
   const socket =

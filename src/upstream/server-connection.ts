@@ -2,7 +2,8 @@
 // ParameterStatus/BackendKeyData the server announces. After that the socket belongs to the relay.
 // pgbranch asks every server for protocol 3.2, for PostgreSQL 18's long cancel keys; older servers
 // answer NegotiateProtocolVersion in the same flight as their authentication request, so asking
-// costs nothing, and the connection goes on at the version they offer.
+// costs nothing, and the connection goes on at the version they offer. When the upstream URL asks
+// for TLS (sslmode), the SSLRequest and the handshake come first (server-tls.ts).
 import type net from 'node:net';
 import { Parser } from 'pg-protocol/dist/parser.js';
 import type { BackendMessage } from 'pg-protocol/dist/messages.js';
@@ -13,6 +14,7 @@ import { errors, PgError } from '../errors.js';
 import { startupMessage } from '../wire/frontend.js';
 import { NEWEST_MINOR_VERSION } from '../wire/startup.js';
 import { connectSocket, describeEndpoint, type Endpoint } from './endpoint.js';
+import { asksForTls, startServerTls, type UpstreamTls } from './server-tls.js';
 
 /** How to answer the server's authentication request without the user's password. */
 export type ServerLogin =
@@ -61,9 +63,26 @@ const BACKEND_KEY_DATA = 0x4b; // 'K'
 /** The longest cancel key protocol 3.2 allows. */
 const MAX_CANCEL_KEY = 256;
 
-export function openServerSession(options: ServerConnectOptions): Promise<ServerSession> {
+export async function openServerSession(options: ServerConnectOptions): Promise<ServerSession> {
+  const settings = 'host' in options.endpoint ? options.endpoint.tls : undefined;
+  if (settings?.mode !== 'allow') return startSession(options, settings);
+  // As libpq's allow: plain text first, and TLS (unverified) when the server refuses that.
+  try {
+    return await startSession(options, undefined);
+  } catch (error) {
+    if (!(error instanceof ServerError && error.code === '28000')) throw error;
+    return startSession(options, { ...settings, mode: 'require' });
+  }
+}
+
+function startSession(
+  options: ServerConnectOptions,
+  tlsSettings: UpstreamTls | undefined,
+): Promise<ServerSession> {
   return new Promise((resolve, reject) => {
-    const socket = connectSocket(options.endpoint);
+    const raw = connectSocket(options.endpoint);
+    /** The socket the protocol runs on: raw, or the TLS socket over it. */
+    let socket: net.Socket = raw;
     const parser = new Parser();
     const parameters = new Map<string, string>();
     let processId = 0;
@@ -76,6 +95,7 @@ export function openServerSession(options: ServerConnectOptions): Promise<Server
       settled = true;
       clearTimeout(timer);
       socket.destroy();
+      raw.destroy();
       reject(error);
     };
     const timer = setTimeout(
@@ -146,9 +166,11 @@ export function openServerSession(options: ServerConnectOptions): Promise<Server
         case 'readyForQuery':
           settled = true;
           clearTimeout(timer);
-          socket.removeListener('data', onData);
-          socket.removeListener('error', onError);
-          socket.removeListener('close', onClose);
+          for (const on of new Set([raw, socket])) {
+            on.removeListener('data', onData);
+            on.removeListener('error', onError);
+            on.removeListener('close', onClose);
+          }
           resolve({ socket, processId, secretKey, parameters });
           return;
         case 'error': {
@@ -211,16 +233,35 @@ export function openServerSession(options: ServerConnectOptions): Promise<Server
         errors.upstreamUnavailable(`${describeEndpoint(options.endpoint)} closed the connection`),
       );
 
-    socket.on('data', onData);
-    socket.on('error', onError);
-    socket.on('close', onClose);
-    socket.once('connect', () => {
-      socket.write(
+    const start = (on: net.Socket) => {
+      if (settled) return void on.destroy();
+      socket = on;
+      if (on !== raw) {
+        on.on('error', onError);
+        on.on('close', onClose);
+      }
+      on.on('data', onData);
+      on.write(
         startupMessage(
           [['user', options.user], ['database', options.database], ...options.parameters],
           NEWEST_MINOR_VERSION,
         ),
       );
+    };
+    raw.on('error', onError);
+    raw.on('close', onClose);
+    raw.once('connect', () => {
+      if (!asksForTls(tlsSettings)) return start(raw);
+      // The negotiation watches the socket itself, and says better what went wrong.
+      raw.removeListener('error', onError);
+      raw.removeListener('close', onClose);
+      startServerTls(raw, tlsSettings!, describeEndpoint(options.endpoint)).then((on) => {
+        if (on === raw) {
+          raw.on('error', onError);
+          raw.on('close', onClose);
+        }
+        start(on);
+      }, fail);
     });
   });
 }

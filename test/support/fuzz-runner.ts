@@ -29,6 +29,10 @@ const CLOSE_DEADLINE_MS = 5_000;
 const PAD_LIMIT = 256 * 1024;
 /** Failures kept for the report (all are counted in the outcomes). */
 const MAX_FAILURES_KEPT = 1_000;
+/** The well-behaved clients' pause between queries: they prove service, not throughput. */
+const GOOD_CLIENT_PAUSE_MS = 20;
+
+export type { Kind };
 
 export type Outcome =
   | 'answered'
@@ -46,6 +50,8 @@ export interface Failure {
   input: string;
   what: string;
   bytes: string;
+  /** When (Date.now()): failures while PostgreSQL itself crashed are told apart by it. */
+  at: number;
 }
 
 export interface Tally {
@@ -84,7 +90,42 @@ export interface RunOptions {
   concurrency: number;
   /** Only this case (replay). */
   onlyCase?: number;
+  /** The first case to run (later cases replay without the ones before). */
+  firstCase?: number;
+  /** Only cases of these kinds (the others are skipped, not counted). */
+  kinds?: readonly Kind[];
+  /** Told when each case starts and ends, so that a crash of PostgreSQL can be traced to one. */
+  inFlight?: CasesInFlight;
   onProgress?: (tally: Tally) => void;
+}
+
+/**
+ * The cases running now and those that ended in the last few seconds: when PostgreSQL crashes,
+ * the case that crashed it is one of them (its own connection may have closed first).
+ */
+export class CasesInFlight {
+  private readonly running = new Set<number>();
+  private ended: { index: number; at: number }[] = [];
+  start(index: number): void {
+    this.running.add(index);
+  }
+  end(index: number): void {
+    this.running.delete(index);
+    const now = Date.now();
+    this.ended.push({ index, at: now });
+    if (this.ended.length > 1000) this.ended = this.ended.filter((e) => now - e.at < 2_000);
+  }
+  /**
+   * Cases that may have caused what happened at `at`, likeliest first: a crash closes its
+   * culprit's connection at once, so the case that ended last before it comes first.
+   */
+  around(at: number): number[] {
+    const recent = this.ended
+      .filter((e) => at - e.at < 2_000)
+      .sort((a, b) => b.at - a.at)
+      .map((e) => e.index);
+    return [...new Set([...recent, ...this.running])];
+  }
 }
 
 /** Runs cases 0, 1, 2... until `inputs` inputs have been sent; returns what happened. */
@@ -92,14 +133,17 @@ export async function runFuzz(options: RunOptions): Promise<Tally> {
   const tally = emptyTally();
   const keys = new LiveKeys();
   const login = new ScramCache(options.password);
-  let next = options.onlyCase ?? 0;
+  let next = options.onlyCase ?? options.firstCase ?? 0;
   const last = options.onlyCase ?? Infinity;
   let lastProgress = Date.now();
   const worker = async () => {
     while (tally.inputs < options.inputs && next <= last) {
       const c = generateCase(options.seed, next++);
+      if (options.kinds && !options.kinds.includes(c.kind)) continue;
       const started = Date.now();
+      options.inFlight?.start(c.index);
       await runCase(options.port, c, tally, keys, login);
+      options.inFlight?.end(c.index);
       tally.timeMs[c.kind] += Date.now() - started;
       tally.cases++;
       if (options.onProgress && Date.now() - lastProgress > 10_000) {
@@ -132,6 +176,7 @@ async function runCase(
       input: c.name,
       what: `connect: ${(error as Error).message}`,
       bytes: '',
+      at: Date.now(),
     });
     return;
   }
@@ -156,6 +201,7 @@ async function runCase(
         input,
         what,
         bytes: hex(bytes),
+        at: Date.now(),
       });
     }
   };
@@ -628,40 +674,84 @@ export function sampleRss(pid: number): { stop(): ProcessSample } {
   };
 }
 
+/**
+ * CPU seconds (user and system) used so far by a process and its children, living and reaped: for
+ * the postmaster, the whole server with every backend it forked.
+ */
+export function treeCpuSeconds(pid: number): number {
+  const ticks = (stat: string, withChildren: boolean) => {
+    const fields = stat.split(') ')[1]!.split(' ');
+    const own = Number(fields[11]) + Number(fields[12]);
+    return withChildren ? own + Number(fields[13]) + Number(fields[14]) : own;
+  };
+  let total = ticks(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'), true);
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.split(') ')[1]!.split(' ')[1]) === pid) total += ticks(stat, false);
+    } catch {
+      // Gone meanwhile: its time is in the parent's reaped children now.
+    }
+  }
+  return total / 100;
+}
+
 export interface GoodClientResult {
   queries: Record<Mode, number>;
-  failures: string[];
+  /** Each failed connect or query, and when: the client connects again and goes on. */
+  failures: { at: number; what: string }[];
+  /** When each client was last served (Date.now()). */
+  lastServedAt: Record<Mode, number>;
   slowestMs: number;
 }
 
-/** One node-postgres client per pool mode running `select 1` in a loop; every query must succeed. */
+/**
+ * One node-postgres client per pool mode running `select 1` in a loop; every query must succeed
+ * (but while PostgreSQL itself crashes: then it connects again and goes on).
+ */
 export function startGoodClients(config: pg.ClientConfig): { stop(): Promise<GoodClientResult> } {
   const result: GoodClientResult = {
     queries: { session: 0, transaction: 0 },
     failures: [],
+    lastServedAt: { session: 0, transaction: 0 },
     slowestMs: 0,
   };
   let running = true;
   const loop = async (mode: Mode) => {
-    const client = new pg.Client({
-      ...config,
-      options: mode === 'transaction' ? '-c pgbranch.pool_mode=transaction' : undefined,
-    });
-    client.on('error', (error) => result.failures.push(`${mode} client: ${error.message}`));
-    try {
-      await client.connect();
-      while (running) {
-        const started = Date.now();
-        const { rows } = await client.query<{ one: number }>('select 1 as one');
-        result.slowestMs = Math.max(result.slowestMs, Date.now() - started);
-        if (rows[0]?.one !== 1) result.failures.push(`${mode} client: got ${JSON.stringify(rows)}`);
-        result.queries[mode]++;
-        await new Promise((resolve) => setTimeout(resolve, 5));
+    while (running) {
+      const client = new pg.Client({
+        ...config,
+        options: mode === 'transaction' ? '-c pgbranch.pool_mode=transaction' : undefined,
+      });
+      // A connection that ends between queries says why here; the next query only that it ended.
+      let ended: Error | undefined;
+      client.on('error', (error) => (ended ??= error));
+      try {
+        await client.connect();
+        while (running) {
+          const started = Date.now();
+          const { rows } = await client.query<{ one: number }>('select 1 as one');
+          result.slowestMs = Math.max(result.slowestMs, Date.now() - started);
+          if (rows[0]?.one !== 1) {
+            result.failures.push({
+              at: Date.now(),
+              what: `${mode} client: got ${JSON.stringify(rows)}`,
+            });
+          }
+          result.queries[mode]++;
+          result.lastServedAt[mode] = Date.now();
+          await new Promise((resolve) => setTimeout(resolve, GOOD_CLIENT_PAUSE_MS));
+        }
+      } catch (error) {
+        result.failures.push({
+          at: Date.now(),
+          what: `${mode} client: ${(ended ?? (error as Error)).message}`,
+        });
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      } finally {
+        await client.end().catch(() => undefined);
       }
-    } catch (error) {
-      result.failures.push(`${mode} client: ${(error as Error).message}`);
-    } finally {
-      await client.end().catch(() => undefined);
     }
   };
   const loops = [loop('session'), loop('transaction')];
@@ -672,6 +762,73 @@ export function startGoodClients(config: pg.ClientConfig): { stop(): Promise<Goo
       return result;
     },
   };
+}
+
+/** A crash of PostgreSQL during a run: when, until when, and which case caused it. */
+export interface ServerCrash {
+  at: number;
+  /** When a connection to the server worked again. */
+  recoveredAt?: number;
+  /** The cases in flight or just ended then. */
+  candidates: number[];
+  /** The case that crashes the server again when replayed alone, if one does. */
+  culprit?: number;
+}
+
+/**
+ * Watches PostgreSQL behind pgbranch through a connection of its own: when its `select 1` fails,
+ * the server crashed (a backend died and the postmaster ended every session and recovered), and
+ * the cases in flight are noted; it connects again until the server is back.
+ */
+export function watchServer(
+  directUrl: string,
+  inFlight: CasesInFlight,
+): { crashes: ServerCrash[]; stop(): Promise<void> } {
+  const crashes: ServerCrash[] = [];
+  let running = true;
+  let current: ServerCrash | undefined;
+  const loop = (async () => {
+    let client: pg.Client | undefined;
+    while (running) {
+      try {
+        if (!client) {
+          client = new pg.Client({ connectionString: directUrl });
+          client.on('error', () => undefined);
+          await client.connect();
+        }
+        await client.query('select 1');
+        if (current) current.recoveredAt = Date.now();
+        current = undefined;
+      } catch {
+        await client?.end().catch(() => undefined);
+        client = undefined;
+        if (!current) {
+          current = { at: Date.now(), candidates: inFlight.around(Date.now()) };
+          crashes.push(current);
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    await client?.end().catch(() => undefined);
+  })();
+  return {
+    crashes,
+    async stop() {
+      running = false;
+      await loop;
+    },
+  };
+}
+
+/** How far around a crash failures are put down to it: its sessions end and logins fail. */
+const CRASH_MARGIN_MS = 3_000;
+
+/** Whether something at `at` happened while PostgreSQL crashed and recovered. */
+export function duringCrash(crashes: readonly ServerCrash[], at: number): boolean {
+  return crashes.some(
+    (crash) =>
+      at >= crash.at - CRASH_MARGIN_MS && at <= (crash.recoveredAt ?? Infinity) + CRASH_MARGIN_MS,
+  );
 }
 
 /** Makes what the cases need: the md5 role and the table (on the server directly). */
