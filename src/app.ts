@@ -44,6 +44,8 @@ import {
   type TlsMode,
 } from './proxy/tls.js';
 import { listenOnSocket } from './proxy/unix-socket.js';
+import { openSource, standbyRoot } from './source/root.js';
+import type { Standby } from './source/standby.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
 import { openServerSession } from './upstream/server-connection.js';
@@ -127,6 +129,8 @@ export async function startPgbranch(
     throw error;
   }
   let embedded: EmbeddedServer | undefined;
+  /** With source.url: the standby of the source, the server behind the proxy. */
+  let standby: Standby | undefined;
   let endpoint: Endpoint;
   let adminConfig: pg.PoolConfig;
   if (config.upstream) {
@@ -137,6 +141,14 @@ export async function startPgbranch(
       user: decodeURIComponent(url.username) || 'postgres',
       password: decodeURIComponent(url.password) || undefined,
       database: decodeURIComponent(url.pathname.slice(1)) || MAINTENANCE_DATABASE,
+    };
+  } else if (config.source.url) {
+    standby = await openSource(config, log);
+    endpoint = standby.endpoint;
+    adminConfig = {
+      ...pgClientConfig(endpoint),
+      user: standby.superuser,
+      database: standby.database,
     };
   } else {
     embedded = await startEmbedded({
@@ -178,6 +190,7 @@ export async function startPgbranch(
   } catch (error) {
     await admin.end().catch(() => undefined);
     await embedded?.stop();
+    await standby?.stop();
     throw new Error(
       `cannot use the PostgreSQL server at ${describeEndpoint(endpoint)}: ${(error as Error).message}`,
       { cause: error },
@@ -298,6 +311,7 @@ export async function startPgbranch(
       pools.close();
       await admin.end().catch(() => undefined);
       await embedded?.stop();
+      await standby?.stop();
       throw error;
     }
     log.info(
@@ -317,11 +331,13 @@ export async function startPgbranch(
     drain.close();
     await admin.end().catch(() => undefined);
     await embedded?.stop();
+    await standby?.stop();
   };
   // Read when a branch is made, by when the lifecycle below exists.
   const creationQuota = new CreationQuota((): Policy => lifecycle.settings.policy);
   let instances: InstanceBranches | undefined;
-  if (config.branch.provider === 'instance') {
+  // A source's standby is read-only: its branches can only be instances.
+  if (config.branch.provider === 'instance' || standby) {
     try {
       const connectRoot = async () => {
         const client = connectTo(MAINTENANCE_DATABASE);
@@ -342,7 +358,9 @@ export async function startPgbranch(
                   )
                 : undefined,
           }
-        : await localUpstream(admin, String(adminConfig.user), connectRoot);
+        : standby
+          ? standbyRoot(standby)
+          : await localUpstream(admin, String(adminConfig.user), connectRoot);
       instances = await openInstanceBranches({
         config,
         root,
@@ -672,6 +690,7 @@ export async function startPgbranch(
       await instances?.close();
       await admin.end().catch(() => undefined);
       await embedded?.stop();
+      await standby?.stop();
     })());
 
   return {
@@ -681,13 +700,15 @@ export async function startPgbranch(
     tls: () => ctx.tls && { mode: ctx.tls.mode, ...describeCertificate(ctx.tls) },
     connectionString,
     copyMethod: instances ? instances.copyMethod : provider.copyMethod,
-    provider: config.branch.provider,
+    provider: standby ? 'instance' : config.branch.provider,
     warmSpare: instances?.spares !== undefined,
     serverVersion: provider.serverVersion,
     embedded,
     upstream: embedded
       ? `embedded PostgreSQL ${provider.serverVersion}`
-      : describeEndpoint(endpoint),
+      : standby
+        ? `standby of ${standby.source} (PostgreSQL ${standby.binaries.version})`
+        : describeEndpoint(endpoint),
     metricsUrl: metricsServer?.url,
     adminUrl: adminApi?.url,
     loginWarning,

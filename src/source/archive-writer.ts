@@ -1,0 +1,199 @@
+// Writes the entries of a tar archive (tar.ts) into a directory as they stream in: file contents
+// are gathered into large writes that run on libuv's threads while the next bytes arrive, and the
+// bytes queued but not yet written are counted, so that the reader can stop taking input while
+// the disk catches up.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { OsUser } from '../branch/instance/postmaster.js';
+import type { TarEntry, TarHandler } from './tar.js';
+
+/** A file's content is written in pieces of this size at most (fewer, larger system calls). */
+const WRITE_BYTES = 1024 * 1024;
+
+export interface ArchiveWriterOptions {
+  /** Exists; entries land under it. */
+  root: string;
+  owner?: OsUser | undefined;
+  /** A symbolic link's target as it must be written (tablespaces move to pgbranch's disk). */
+  linkTarget?: (entry: TarEntry) => string;
+}
+
+interface OpenFile {
+  fd: number;
+  path: string;
+  position: number;
+  parts: Buffer[];
+  partBytes: number;
+  /** The file's writes, one after another. */
+  writes: Promise<void>;
+}
+
+export class ArchiveWriter implements TarHandler {
+  private file: OpenFile | undefined;
+  /** Bytes handed over and not yet written. */
+  private queued = 0;
+  private readonly unfinished = new Set<Promise<void>>();
+  private failure: Error | undefined;
+  private waiters: (() => void)[] = [];
+  private readonly links = new Set<string>();
+  /** Bytes of file content written so far. */
+  written = 0;
+
+  constructor(private readonly options: ArchiveWriterOptions) {}
+
+  /** Bytes handed over and not yet on their way to disk completed. */
+  get backlog(): number {
+    return this.queued;
+  }
+
+  entry(entry: TarEntry): void {
+    this.throwIfFailed();
+    const target = this.resolve(entry.path);
+    const { owner } = this.options;
+    switch (entry.type) {
+      case 'directory':
+        fs.mkdirSync(target, { recursive: true, mode: entry.mode & 0o777 });
+        if (owner) fs.chownSync(target, owner.uid, owner.gid);
+        return;
+      case 'symlink': {
+        const linkTarget = this.options.linkTarget?.(entry) ?? entry.linkTarget!;
+        fs.symlinkSync(linkTarget, target);
+        if (owner) fs.lchownSync(target, owner.uid, owner.gid);
+        this.links.add(entry.path);
+        return;
+      }
+      case 'file': {
+        const fd = fs.openSync(target, 'w', entry.mode & 0o777);
+        if (owner) fs.fchownSync(fd, owner.uid, owner.gid);
+        this.file = {
+          fd,
+          path: target,
+          position: 0,
+          parts: [],
+          partBytes: 0,
+          writes: Promise.resolve(),
+        };
+      }
+    }
+  }
+
+  data(chunk: Buffer): void {
+    const file = this.file!;
+    file.parts.push(chunk);
+    file.partBytes += chunk.length;
+    this.queued += chunk.length;
+    if (file.partBytes >= WRITE_BYTES) this.flush(file);
+  }
+
+  endFile(): void {
+    const file = this.file!;
+    this.file = undefined;
+    this.flush(file);
+    this.track(
+      file.writes.then(
+        () => closeFd(file.fd),
+        async (error: unknown) => {
+          await closeFd(file.fd).catch(() => undefined);
+          throw error;
+        },
+      ),
+    );
+  }
+
+  /** Resolves once the backlog is at most `bytes` (or a write failed: then rejects). */
+  async drained(bytes: number): Promise<void> {
+    while (this.queued > bytes && !this.failure) {
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+    this.throwIfFailed();
+  }
+
+  /** Resolves once every file is written and closed; rejects with the first failure. */
+  async finish(): Promise<void> {
+    if (this.file) throw new Error('the archive ended in the middle of a file');
+    while (this.unfinished.size > 0) await Promise.allSettled([...this.unfinished]);
+    this.throwIfFailed();
+  }
+
+  private flush(file: OpenFile): void {
+    if (file.partBytes === 0) return;
+    const parts = file.parts;
+    const bytes = file.partBytes;
+    const position = file.position;
+    file.parts = [];
+    file.partBytes = 0;
+    file.position += bytes;
+    file.writes = file.writes.then(async () => {
+      try {
+        await writeAll(file.fd, parts, position);
+        this.written += bytes;
+      } catch (error) {
+        this.failure ??= new Error(`could not write ${file.path}: ${(error as Error).message}`, {
+          cause: error,
+        });
+        throw this.failure;
+      } finally {
+        this.queued -= bytes;
+        this.wake();
+      }
+    });
+  }
+
+  private track(work: Promise<void>): void {
+    const tracked = work.catch((error: unknown) => {
+      this.failure ??= error as Error;
+      this.wake();
+    });
+    this.unfinished.add(tracked);
+    void tracked.finally(() => this.unfinished.delete(tracked));
+  }
+
+  private wake(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  /** The entry's place on disk; never through a link the archive made (that could lead anywhere). */
+  private resolve(relative: string): string {
+    for (let at = relative.indexOf('/'); at >= 0; at = relative.indexOf('/', at + 1)) {
+      if (this.links.has(relative.slice(0, at))) {
+        throw new Error(`tar entry ${relative} lies behind a symbolic link of the archive`);
+      }
+    }
+    return path.join(this.options.root, relative);
+  }
+}
+
+/** writev until every byte is down: a write may take fewer bytes than it was given. */
+async function writeAll(fd: number, parts: Buffer[], position: number): Promise<void> {
+  let buffers = parts;
+  let at = position;
+  while (buffers.length > 0) {
+    const written = await new Promise<number>((resolve, reject) =>
+      fs.writev(fd, buffers, at, (error, bytes) => (error ? reject(error) : resolve(bytes))),
+    );
+    at += written;
+    let skip = written;
+    while (skip > 0 && buffers.length > 0) {
+      const head = buffers[0]!;
+      if (head.length <= skip) {
+        skip -= head.length;
+        buffers = buffers.slice(1);
+      } else {
+        buffers = [head.subarray(skip), ...buffers.slice(1)];
+        skip = 0;
+      }
+    }
+  }
+}
+
+function closeFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) =>
+    fs.close(fd, (error) => (error ? reject(error) : resolve())),
+  );
+}
