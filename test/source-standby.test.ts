@@ -39,7 +39,9 @@ beforeAll(async () => {
   await admin.end();
   const app = await source.connect('app');
   await app.query('CREATE TABLE orders (id int PRIMARY KEY, note text)');
-  await app.query("INSERT INTO orders SELECT g, 'before the standby' FROM generate_series(1, 1000) g");
+  await app.query(
+    "INSERT INTO orders SELECT g, 'before the standby' FROM generate_series(1, 1000) g",
+  );
   await app.end();
   dataDir = tempDir('standby');
 });
@@ -136,7 +138,9 @@ describe('a standby made from scratch', () => {
     expect(auto).toMatch(/^primary_conninfo = '.*passfile=/m);
     expect(auto).toMatch(/^primary_slot_name = 'pgbranch_/m);
     for (const file of ['postgresql.auto.conf', 'postgresql.conf', 'pg_hba.conf']) {
-      expect(fs.readFileSync(path.join(pgDataDir, file), 'utf8')).not.toContain(REPLICATOR_PASSWORD);
+      expect(fs.readFileSync(path.join(pgDataDir, file), 'utf8')).not.toContain(
+        REPLICATOR_PASSWORD,
+      );
     }
     const passfile = fs.statSync(path.join(root, 'passfile'));
     expect(passfile.mode & 0o777).toBe(0o600);

@@ -52,14 +52,17 @@ function read(bytes: Buffer, split: (bytes: Buffer) => Buffer[]) {
   });
   for (const piece of split(bytes)) parser.push(piece);
   parser.end();
-  return { entries, files: new Map([...files].map(([name, parts]) => [name, Buffer.concat(parts)])) };
+  return {
+    entries,
+    files: new Map([...files].map(([name, parts]) => [name, Buffer.concat(parts)])),
+  };
 }
 
 const whole = (bytes: Buffer) => [bytes];
 const byteByByte = (bytes: Buffer) => [...bytes].map((byte) => Buffer.from([byte]));
 const randomPieces = (bytes: Buffer) => {
   const pieces: Buffer[] = [];
-  for (let at = 0; at < bytes.length; ) {
+  for (let at = 0; at < bytes.length;) {
     const size = 1 + Math.floor(Math.random() * 1500);
     pieces.push(bytes.subarray(at, at + size));
     at += size;
@@ -120,7 +123,7 @@ test('an entry that would land outside the target is refused', () => {
 
 test('a damaged header is refused, and so is an archive cut short', () => {
   const bytes = Buffer.from(archive('ustar'));
-  bytes[0] ^= 0xff;
+  bytes[0] = bytes[0]! ^ 0xff;
   expect(() => read(bytes, whole)).toThrow(/checksum/);
   const cut = archive('ustar').subarray(0, 512 + 100);
   expect(() => read(cut, whole)).toThrow(/ended in the middle/);

@@ -18,7 +18,8 @@ import { tempDir } from './pgbranch.js';
 
 export const DEBIAN_15 = '/usr/lib/postgresql/15/bin';
 export const REPLICATOR_PASSWORD = 'replicator-secret';
-const SUPERUSER_PASSWORD = 'source-superuser-secret';
+/** The source's superuser postgres: through pgbranch, clients log in with the source's passwords. */
+export const SUPERUSER_PASSWORD = 'source-superuser-secret';
 const log = pino({ level: 'silent' });
 
 export interface SourceServer {
