@@ -49,6 +49,8 @@ export interface ReceiveBackupOptions {
 export interface ReceivedBackup extends BaseBackupResult {
   bytes: number;
   ms: number;
+  /** Of which the COPY: from the end of the source's checkpoint to the last byte written. */
+  copyMs: number;
   tablespaces: TablespaceInfo[];
 }
 
@@ -134,11 +136,12 @@ export async function receiveBaseBackup(options: ReceiveBackupOptions): Promise<
   );
   endArchive();
   for (const writer of writers) await writer.finish();
+  const copyMs = Date.now() - copyStarted;
   // One sync of the whole file system (what pg_basebackup does with --sync-method=syncfs): the
   // backup is renamed into place only once every byte of it is durable.
   await syncFileSystem(target);
   report(true);
-  return { ...result, bytes, ms: Date.now() - started, tablespaces };
+  return { ...result, bytes, ms: Date.now() - started, copyMs, tablespaces };
 }
 
 /** syncfs(2) on the file system holding `dir`, through coreutils' `sync -f`; `sync` elsewhere. */
