@@ -10,6 +10,7 @@ import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { serverOwner } from '../src/branch/instance/postmaster.js';
+import { writeDevCertificates } from '../src/cli/tls-init.js';
 import { slotName, startStandby, type Standby } from '../src/source/standby.js';
 import { pgClientConfig } from '../src/upstream/endpoint.js';
 import { tempDir } from './support/pgbranch.js';
@@ -219,6 +220,43 @@ describe('a standby made from scratch', () => {
     }
   });
 
+  test('a start while the source is down serves what the standby has, and follows the source once back', async () => {
+    await standby!.stop();
+    standby = undefined;
+    await source.stop();
+    standby = await startStandby({ url: source.url(), dataDir, log });
+    expect(standby.created).toBe(false);
+    expect(events('source_unreachable')).toEqual([
+      expect.objectContaining({
+        msg: expect.stringMatching(
+          /^pgbranch could not reach the source replicator@127\.0\.0\.1:\d+: .*: starting the standby with what it has; it reconnects by itself$/,
+        ),
+      }),
+    ]);
+    const client = await onStandby();
+    try {
+      expect((await client.query('SELECT count(*)::int AS n FROM orders')).rows[0].n).toBe(1003);
+    } finally {
+      await client.end();
+    }
+    await source.start();
+    const lsn = await commitOnSource(1004, 'after a start without the source');
+    await replayed(lsn);
+  });
+
+  test('sslmode=require and a source without TLS: refused, saying so', async () => {
+    const other = tempDir('standby-tls-refused');
+    try {
+      await expect(
+        startStandby({ url: `${source.url()}?sslmode=require`, dataDir: other, log }),
+      ).rejects.toThrow(
+        /^pgbranch could not reach the source replicator@127\.0\.0\.1:\d+: replicator@127\.0\.0\.1:\d+ does not offer TLS and source\.url asks for sslmode=require$/,
+      );
+    } finally {
+      fs.rmSync(other, { recursive: true, force: true });
+    }
+  });
+
   test('another cluster at the source URL is refused, naming both system identifiers', async () => {
     await standby!.stop();
     standby = undefined;
@@ -231,4 +269,46 @@ describe('a standby made from scratch', () => {
       await other.remove();
     }
   });
+});
+
+test('a source that takes replication over TLS only: pgbranch and the standby verify its certificate', async () => {
+  const dir = tempDir('tls-source');
+  const certificates = await writeDevCertificates(path.join(dir, 'tls'), []);
+  const owner = serverOwner();
+  fs.chmodSync(path.join(dir, 'tls'), 0o755);
+  if (owner) fs.chownSync(certificates.key, owner.uid, owner.gid);
+  const tlsSource = await sourceServer({
+    settings: { ssl: 'on', ssl_cert_file: certificates.cert, ssl_key_file: certificates.key },
+  });
+  const tlsDataDir = tempDir('standby-tls');
+  let tlsStandby: Standby | undefined;
+  try {
+    await tlsSource.setHba(
+      'local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhostssl replication all 127.0.0.1/32 scram-sha-256\n',
+    );
+    const url = tlsSource
+      .url()
+      .replace('@127.0.0.1:', '@localhost:')
+      .concat(`?sslmode=verify-full&sslrootcert=${encodeURIComponent(certificates.ca)}`);
+    tlsStandby = await startStandby({ url, dataDir: tlsDataDir, log });
+    const admin = await tlsSource.connect();
+    try {
+      await vi.waitFor(
+        async () => {
+          const { rows } = await admin.query(
+            `SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)`,
+          );
+          expect(rows).toEqual([{ ssl: true }]);
+        },
+        { timeout: 30_000, interval: 100 },
+      );
+    } finally {
+      await admin.end();
+    }
+  } finally {
+    await tlsStandby?.stop();
+    await tlsSource.remove();
+    fs.rmSync(tlsDataDir, { recursive: true, force: true });
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

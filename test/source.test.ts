@@ -102,24 +102,60 @@ function spawnPgbranch(args: string[]) {
       // Not a log line.
     }
   });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  return { child, logs, exited };
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  return { child, logs, exited, stderr: () => stderr };
 }
 
-describe('a standby made while pgbranch is killed', () => {
-  test('kill -9 during the base backup leaves no half standby; the next start backs up again', async () => {
+/** Waits for the base backup's `count`th progress line; returns them all. */
+async function progressLines(logs: Record<string, unknown>[], count: number) {
+  const lines = () => logs.filter((l) => l.event === 'source_backup_progress');
+  await vi.waitFor(() => expect(lines().length).toBeGreaterThanOrEqual(count), {
+    timeout: 120_000,
+    interval: 50,
+  });
+  return lines();
+}
+
+async function slotsOnSource(): Promise<string[]> {
+  const admin = await source.connect();
+  try {
+    const { rows } = await admin.query<{ name: string }>(
+      'SELECT slot_name AS name FROM pg_replication_slots',
+    );
+    return rows.map((row) => row.name);
+  } finally {
+    await admin.end();
+  }
+}
+
+describe('a base backup interrupted', () => {
+  test('Ctrl-C stops it at once: no partial copy and no slot are left', async () => {
+    const run = spawnPgbranch(['--source', source.url(), '--source-max-rate', '4096']);
+    try {
+      await progressLines(run.logs, 1);
+    } finally {
+      run.child.kill('SIGINT');
+    }
+    expect(await run.exited).toBe(1);
+    expect(run.stderr()).toMatch(
+      /^pgbranch: stopped during the base backup of replicator@127\.0\.0\.1:\d+ \([\d.]+ MB of [\d.]+ MB \(\d+%\), [\d.]+ MB\/s, \d+ s left\): nothing of it was kept, and the next start begins it again$/m,
+    );
+    expect(fs.readdirSync(path.join(dataDir, 'source'))).not.toContain('.standby-partial');
+    expect(await slotsOnSource()).toEqual([]);
+  });
+
+  test('kill -9 leaves no half standby; the next start backs up again', async () => {
     // 4 MB/s: the backup takes several seconds, and says how far it is each second.
     const first = spawnPgbranch(['--source', source.url(), '--source-max-rate', '4096']);
+    let progress: Record<string, unknown>[];
     try {
-      await vi.waitFor(
-        () => expect(first.logs.filter((l) => l.event === 'source_backup_progress').length).toBe(2),
-        { timeout: 120_000, interval: 50 },
-      );
+      progress = await progressLines(first.logs, 2);
     } finally {
       first.child.kill('SIGKILL');
       await first.exited;
     }
-    const progress = first.logs.filter((l) => l.event === 'source_backup_progress');
     for (const line of progress) {
       expect(line.msg).toMatch(
         /^base backup: [\d.]+ MB of [\d.]+ MB \(\d+%\), [\d.]+ MB\/s, \d+ s left$/,
@@ -130,11 +166,14 @@ describe('a standby made while pgbranch is killed', () => {
     expect(progress[1]!.secondsLeft).toBeGreaterThan(0);
     expect(fs.existsSync(path.join(dataDir, 'source', '.standby-partial'))).toBe(true);
     expect(fs.existsSync(path.join(dataDir, 'source', 'standby'))).toBe(false);
+    // The slot made before the backup stays: the next start makes it afresh.
+    expect(await slotsOnSource()).toEqual([expect.stringMatching(/^pgbranch_/)]);
 
     proxy = await startPgbranch({ dataDir, args: ['--source', source.url()], timeoutMs: 180_000 });
     expect(proxy.events('source_backup_leftover_removed')).toHaveLength(1);
     expect(proxy.events('source_backup_done')).toHaveLength(1);
     expect(fs.existsSync(path.join(dataDir, 'source', '.standby-partial'))).toBe(false);
+    expect(await slotsOnSource()).toHaveLength(1);
     expect(proxy.ready.upstream).toMatch(
       /^standby of replicator@127\.0\.0\.1:\d+ \(PostgreSQL 18\.\d+\)$/,
     );

@@ -13,7 +13,6 @@ import { md5Response, md5StoredHash } from '../auth/md5.js';
 import { ScramClientExchange } from '../auth/scram.js';
 import { ServerError } from '../upstream/server-connection.js';
 import { startupMessage } from '../wire/frontend.js';
-import { SSL_REQUEST_CODE } from '../wire/startup.js';
 import { parseLsn, type Lsn } from './lsn.js';
 import { describeSource, type SourceTarget } from './source-url.js';
 
@@ -588,10 +587,7 @@ export async function openSourceSocket(
       plain.once('error', reject);
     });
     if (local || target.sslmode === 'disable' || target.sslmode === 'allow') return plain;
-    const request = Buffer.alloc(8);
-    request.writeInt32BE(8, 0);
-    request.writeInt32BE(SSL_REQUEST_CODE, 4);
-    plain.write(request);
+    plain.write(serialize.requestSsl());
     const answer = await new Promise<Buffer>((resolve, reject) => {
       plain.once('data', resolve);
       plain.once('error', reject);
@@ -613,7 +609,16 @@ export async function openSourceSocket(
       socket: plain,
       servername: net.isIP(target.host) ? undefined : target.host,
       rejectUnauthorized: verify,
-      ca: verify && target.sslrootcert ? fs.readFileSync(target.sslrootcert) : undefined,
+      ca:
+        verify && target.sslrootcert && target.sslrootcert !== 'system'
+          ? fs.readFileSync(target.sslrootcert)
+          : undefined,
+      cert:
+        target.sslcert && fs.existsSync(target.sslcert)
+          ? fs.readFileSync(target.sslcert)
+          : undefined,
+      key:
+        target.sslkey && fs.existsSync(target.sslkey) ? fs.readFileSync(target.sslkey) : undefined,
       checkServerIdentity:
         target.sslmode === 'verify-full' ? tls.checkServerIdentity : () => undefined,
     });

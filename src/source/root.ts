@@ -18,12 +18,18 @@ import { startStandby, type Standby } from './standby.js';
 export async function openSource(config: Config, log: Logger): Promise<Standby> {
   const url = config.source.url!;
   hideInLogs(log, passwordIn(url));
+  // A base backup can take hours: Ctrl-C or SIGTERM stops it, rather than waiting for its end.
+  const interrupted = new AbortController();
+  const stop = () => interrupted.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
   try {
     return await startStandby({
       url,
       binDir: config.source.bin_dir,
       dataDir: config.data_dir,
       maxRateKbps: config.source.max_rate,
+      signal: interrupted.signal,
       log,
     });
   } catch (error) {
@@ -31,6 +37,9 @@ export async function openSource(config: Config, log: Logger): Promise<Standby> 
       throw new CannotStart(`${error.message}. ${error.hint ?? ''}`.trim(), { cause: error });
     }
     throw error;
+  } finally {
+    process.removeListener('SIGINT', stop);
+    process.removeListener('SIGTERM', stop);
   }
 }
 

@@ -40,6 +40,7 @@ describe('parseSourceUrl', () => {
     ['mysql://r@h/db', /postgres:\/\//],
     ['postgres://h:5432/db', /names no role/],
     ['postgres://r@h/db?sslmode=sometimes', /sslmode=sometimes/],
+    ['postgres://r@h/db?sslmode=verify-full', /needs sslrootcert=<CA certificate file>/],
   ])('refuses %s saying why', (url, why) => {
     expect(() => parseSourceUrl(url)).toThrow(why);
   });
@@ -49,9 +50,13 @@ test('primary_conninfo names a password file instead of the password, and keeps 
   const target = parseSourceUrl(
     "postgres://replicator:it's%20secret@db:5432/postgres?sslmode=require&application_name=x",
   );
-  const conninfo = primaryConninfo(target, "/data/source/pass'file", 'pgbranch_standby');
+  const conninfo = primaryConninfo(
+    target,
+    { passfile: "/data/source/pass'file", sslcert: '/data/c.crt', sslkey: '/data/c.key' },
+    'pgbranch_standby',
+  );
   expect(conninfo).toBe(
-    "host='db' port='5432' user='replicator' dbname='postgres' passfile='/data/source/pass\\'file' application_name='pgbranch_standby' sslmode='require'",
+    "host='db' port='5432' user='replicator' dbname='postgres' passfile='/data/source/pass\\'file' application_name='pgbranch_standby' sslcert='/data/c.crt' sslkey='/data/c.key' sslmode='require'",
   );
   expect(conninfo).not.toContain('secret');
   expect(passfileLine(target)).toBe("*:*:*:replicator:it's secret\n");

@@ -23,8 +23,14 @@ export interface SourceTarget {
   database: string;
   /** As libpq reads it; `prefer` when the URL says nothing. */
   sslmode: SslMode;
-  /** PEM file of the CA that must have signed the source's certificate (verify-ca, verify-full). */
+  /**
+   * PEM file of the CA that must have signed the source's certificate (verify-ca, verify-full),
+   * or `system` for the machine's trusted CAs.
+   */
   sslrootcert?: string;
+  /** A client certificate and its key (PEM files), for a source that asks for one. */
+  sslcert?: string;
+  sslkey?: string;
   /** The URL's other libpq parameters, which the standby's primary_conninfo keeps as they are. */
   params: Record<string, string>;
 }
@@ -55,6 +61,11 @@ export function parseSourceUrl(url: string): SourceTarget {
   if (!SSL_MODES.includes(sslmode)) {
     throw new Error(`source.url: sslmode=${sslmode} is not one of ${SSL_MODES.join(', ')}`);
   }
+  if ((sslmode === 'verify-ca' || sslmode === 'verify-full') && !params.sslrootcert) {
+    throw new Error(
+      `source.url: sslmode=${sslmode} needs sslrootcert=<CA certificate file> (or sslrootcert=system for the machine's CAs)`,
+    );
+  }
   const port = Number(params.port ?? (parsed.port || 5432));
   if (!Number.isInteger(port) || port <= 0 || port > 65535) {
     throw new Error(`source.url: port ${params.port ?? parsed.port} is not a TCP port`);
@@ -71,6 +82,8 @@ export function parseSourceUrl(url: string): SourceTarget {
     database: decodeURIComponent(parsed.pathname.slice(1)) || 'postgres',
     sslmode,
     sslrootcert: params.sslrootcert,
+    sslcert: params.sslcert,
+    sslkey: params.sslkey,
     params: keep,
   };
 }
@@ -85,11 +98,13 @@ export function describeSource(target: SourceTarget): string {
 
 /**
  * The libpq connection string the standby's walreceiver uses: the URL's host, port, role and TLS
- * parameters, and a password file instead of the password, so the password is in no setting.
+ * parameters, and a password file instead of the password, so the password is in no setting. The
+ * client certificate is named always: libpq would otherwise look in the home directory, which is
+ * pgbranch's (root's, unreadable) when the standby runs as the postgres account, and fail.
  */
 export function primaryConninfo(
   target: SourceTarget,
-  passfile: string | undefined,
+  files: { passfile: string; sslcert: string; sslkey: string },
   applicationName: string,
 ): string {
   const pairs: [string, string][] = [
@@ -97,9 +112,13 @@ export function primaryConninfo(
     ['port', String(target.port)],
     ['user', target.user],
     ['dbname', target.database],
-    ...(passfile === undefined ? [] : [['passfile', passfile] as [string, string]]),
+    ['passfile', files.passfile],
     ['application_name', applicationName],
-    ...Object.entries(target.params).filter(([key]) => key !== 'application_name'),
+    ['sslcert', files.sslcert],
+    ['sslkey', files.sslkey],
+    ...Object.entries(target.params).filter(
+      ([key]) => !['application_name', 'sslcert', 'sslkey'].includes(key),
+    ),
   ];
   return pairs.map(([key, value]) => `${key}=${conninfoValue(value)}`).join(' ');
 }

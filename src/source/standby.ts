@@ -66,6 +66,8 @@ export interface StandbyOptions {
   log: Logger;
   /** The base backup's progress, about once a second (the log prints it too). */
   onProgress?: (progress: BackupProgress) => void;
+  /** Stops a base backup under way (Ctrl-C): nothing of it is kept, the slot is dropped. */
+  signal?: AbortSignal;
 }
 
 /** What the standby's health reporting shows. */
@@ -129,6 +131,10 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
   }
   const source = describeSource(target);
   const root = path.join(path.resolve(options.dataDir), 'source');
+  // A client certificate for a source that asks for one: named in source.url, or in pgbranch's
+  // directory for the source (used when it exists, by pgbranch and by the standby alike).
+  target.sslcert ??= path.join(root, 'client.crt');
+  target.sslkey ??= path.join(root, 'client.key');
   const standbyDir = path.join(root, STANDBY_DIR);
   const pgDataDir = path.join(standbyDir, 'pg');
   fs.mkdirSync(root, { recursive: true, mode: 0o755 });
@@ -205,6 +211,7 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
       systemId = identity!.systemId;
       const record = await makeStandby({
         connection: connection!,
+        target,
         source,
         slot,
         version,
@@ -213,6 +220,7 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
         standbyDir,
         owner,
         maxRateKbps: options.maxRateKbps || undefined,
+        signal: options.signal,
         log,
         onProgress: options.onProgress,
       });
@@ -225,10 +233,15 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
     }
     const passfile = path.join(root, 'passfile');
     writeOwned(passfile, passfileLine(target), owner);
+    const conninfo = primaryConninfo(
+      target,
+      { passfile, sslcert: target.sslcert!, sslkey: target.sslkey! },
+      'pgbranch_standby',
+    );
     writeOwned(
       path.join(pgDataDir, 'postgresql.auto.conf'),
       '# Written by pgbranch at each start: how the standby reaches the source.\n' +
-        `primary_conninfo = ${confValue(primaryConninfo(target, passfile, 'pgbranch_standby'))}\n` +
+        `primary_conninfo = ${confValue(conninfo)}\n` +
         `primary_slot_name = ${confValue(slot)}\n`,
       owner,
     );
@@ -278,6 +291,7 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
 
 interface MakeStandbyOptions {
   connection: ReplicationConnection;
+  target: SourceTarget;
   source: string;
   slot: string;
   version: string;
@@ -286,6 +300,7 @@ interface MakeStandbyOptions {
   standbyDir: string;
   owner: OsUser | undefined;
   maxRateKbps: number | undefined;
+  signal: AbortSignal | undefined;
   log: Logger;
   onProgress: ((progress: BackupProgress) => void) | undefined;
 }
@@ -305,6 +320,11 @@ async function makeStandby(options: MakeStandbyOptions): Promise<StandbyRecord> 
     `making a standby of ${options.source} (PostgreSQL ${options.version}): replication slot ${slot} made, base backup starting`,
   );
   fs.mkdirSync(partial, { mode: 0o755 });
+  const { signal } = options;
+  signal?.throwIfAborted();
+  const abort = () => connection.close();
+  signal?.addEventListener('abort', abort, { once: true });
+  let last: BackupProgress | undefined;
   const backup = await receiveBaseBackup({
     connection,
     target: path.join(partial, 'pg'),
@@ -315,10 +335,26 @@ async function makeStandby(options: MakeStandbyOptions): Promise<StandbyRecord> 
     label: `pgbranch standby ${os.hostname()}`,
     maxRateKbps: options.maxRateKbps,
     onProgress: (progress) => {
+      last = progress;
       log.info({ event: 'source_backup_progress', ...progress }, progressLine(progress));
       options.onProgress?.(progress);
     },
-  });
+  })
+    .catch(async (error: unknown) => {
+      // The slot would hold WAL on the source for a standby that does not exist: dropped, on a
+      // connection of its own (this one may be what failed). A pgbranch killed here can't, and
+      // the next start drops and makes it again.
+      await dropSlotAfterFailure(options.target, slot, log);
+      fs.rmSync(partial, { recursive: true, force: true });
+      if (signal?.aborted) {
+        throw new CannotStart(
+          `stopped during the base backup of ${options.source}${last ? ` (${progressLine(last).replace(/^base backup: /, '')})` : ''}: nothing of it was kept, and the next start begins it again`,
+          { cause: error },
+        );
+      }
+      throw error;
+    })
+    .finally(() => signal?.removeEventListener('abort', abort));
   fs.renameSync(partial, standbyDir);
   fsyncDir(path.dirname(standbyDir));
   log.info(
@@ -451,6 +487,22 @@ function standbyHandle(parts: HandleParts): Standby {
       fs.rmSync(path.join(root, OWNER_FILE), { force: true });
     },
   };
+}
+
+async function dropSlotAfterFailure(target: SourceTarget, slot: string, log: Logger) {
+  try {
+    const connection = await ReplicationConnection.open(target, { timeoutMs: 5_000 });
+    try {
+      await connection.dropSlot(slot);
+    } finally {
+      connection.close();
+    }
+  } catch (error) {
+    log.warn(
+      { event: 'source_slot_left', slot, err: error },
+      `the base backup failed and the replication slot ${slot} could not be dropped on the source; it holds WAL there until pgbranch starts again, or until it is dropped: SELECT pg_drop_replication_slot('${slot}')`,
+    );
+  }
 }
 
 /**
