@@ -149,8 +149,9 @@ describe('a standby made from scratch', () => {
     const hba = fs.readFileSync(path.join(pgDataDir, 'pg_hba.conf'), 'utf8');
     expect(hba.split('\n').filter((line) => line && !line.startsWith('#'))).toEqual([
       'local all all trust',
+      'local replication all trust',
     ]);
-    const socketDir = (standby!.endpoint as { socketDir: string }).socketDir;
+    const socketDir = standby!.endpoint.socketDir;
     expect(fs.statSync(socketDir).mode & 0o777).toBe(0o700);
     expect(fs.existsSync(path.join(pgDataDir, 'standby.signal'))).toBe(true);
     for (const line of lines) expect(JSON.stringify(line)).not.toContain(REPLICATOR_PASSWORD);

@@ -251,6 +251,26 @@ describe('through pgbranch', () => {
       { n: ROWS + 3 },
     ]);
   });
+  test('with warm spares, a branch is a cascading standby of the standby, promoted', async () => {
+    await proxy!.stop();
+    proxy = await startPgbranch({
+      dataDir,
+      args: ['--source', source.url(), '--branch-warm-spare', 'on'],
+      timeoutMs: 120_000,
+    });
+    await vi.waitFor(() => expect(proxy!.events('spare_ready')).toHaveLength(1), {
+      timeout: 120_000,
+      interval: 100,
+    });
+    const lsn = await commitOnSource(ROWS + 4, 'before the branch');
+    await replayed(lsn);
+    expect(
+      await queryOnce(url('app@pr-2'), `SELECT note FROM orders WHERE id = ${ROWS + 4}`),
+    ).toEqual([{ note: 'before the branch' }]);
+    expect(proxy.events('branch_created')).toEqual([
+      expect.objectContaining({ msg: expect.stringContaining('its warm standby promoted') }),
+    ]);
+  });
 });
 
 describe('a source pgbranch cannot follow', () => {

@@ -51,7 +51,7 @@ export function standbyRoot(standby: Standby): RootInstanceSetup {
     binary: standby.binaries.postgres,
     // Warm spares of the root are cascading standbys of it, on its private socket.
     replicationConninfo: socketConninfo(
-      (standby.endpoint as { socketDir: string }).socketDir,
+      standby.endpoint.socketDir,
       standby.endpoint.port,
       standby.superuser,
     ),

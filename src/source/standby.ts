@@ -93,7 +93,7 @@ export interface StandbyStatus {
 
 export interface Standby {
   /** The private socket pgbranch reaches it on (trust, for pgbranch's OS user only). */
-  endpoint: Endpoint;
+  endpoint: { socketDir: string; port: number };
   pgDataDir: string;
   /** The source's bootstrap superuser: pgbranch's own sessions on the standby log in as it. */
   superuser: string;
@@ -547,7 +547,9 @@ function writeConfig(
   writeOwned(path.join(pgDataDir, 'postgresql.conf'), `${lines.join('\n')}\n`, owner);
   writeOwned(
     path.join(pgDataDir, 'pg_hba.conf'),
-    '# Written by pgbranch: only pgbranch reaches the standby, on its private socket directory.\nlocal all all trust\n',
+    '# Written by pgbranch: only pgbranch reaches the standby, on its private socket directory;\n' +
+      '# replication for the warm spares of branches, which stream from it.\n' +
+      'local all all trust\nlocal replication all trust\n',
     owner,
   );
   writeOwned(path.join(pgDataDir, 'pg_ident.conf'), '', owner);
