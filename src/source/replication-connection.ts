@@ -134,7 +134,7 @@ export class ReplicationConnection {
     return connection;
   }
 
-  /** server_version_num as the source reports it at startup (server_version, e.g. "15.8 (Debian ...)"). */
+  /** server_version as the source reported it at startup, e.g. "15.8 (Debian 15.8-1.pgdg120+1)". */
   get serverVersion(): string {
     return this.parameters.get('server_version') ?? 'unknown';
   }

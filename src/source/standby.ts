@@ -168,7 +168,7 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
     );
   }
   try {
-    let version = connection?.serverVersion ?? readRecord(root)?.version ?? 'unknown';
+    const version = connection?.serverVersion ?? readRecord(root)?.version ?? 'unknown';
     if (connection) checkSourceVersion(target, version);
     const major = connection
       ? majorOf(version)
@@ -227,10 +227,8 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
       writeRecord(root, record);
       created = true;
     }
-    if (connection) {
-      version = connection.serverVersion;
-      writeConfig(pgDataDir, await sourceSettings(connection), owner);
-    }
+    // Without the source its settings can't be read: the configuration of the last start stays.
+    if (connection) writeConfig(pgDataDir, await sourceSettings(connection), owner);
     const passfile = path.join(root, 'passfile');
     writeOwned(passfile, passfileLine(target), owner);
     const conninfo = primaryConninfo(
