@@ -63,7 +63,7 @@ export class ArchiveWriter implements TarHandler {
         return;
       }
       case 'file': {
-        const fd = fs.openSync(target, 'w', entry.mode & 0o777);
+        const fd = openFile(target, entry.mode & 0o777, owner);
         if (owner) fs.fchownSync(fd, owner.uid, owner.gid);
         this.file = {
           fd,
@@ -166,6 +166,25 @@ export class ArchiveWriter implements TarHandler {
       }
     }
     return path.join(this.options.root, relative);
+  }
+}
+
+/**
+ * A new file; its directory made first when the archive did not list it (tar allows that), owned
+ * as the entries are.
+ */
+function openFile(file: string, mode: number, owner: OsUser | undefined): number {
+  try {
+    return fs.openSync(file, 'w', mode);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    const made = fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    if (owner && made) {
+      for (let dir = path.dirname(file); dir.startsWith(made); dir = path.dirname(dir)) {
+        fs.chownSync(dir, owner.uid, owner.gid);
+      }
+    }
+    return fs.openSync(file, 'w', mode);
   }
 }
 

@@ -146,3 +146,18 @@ test('the archive writer lays the tree out on disk, links pointed where asked', 
   expect(fs.readlinkSync(path.join(target, 'pg_tblspc', '16384'))).toBe('/moved/here');
   expect(fs.statSync(path.join(target, 'pg_wal', 'archive_status')).isDirectory()).toBe(true);
 });
+
+test('a file whose directories the archive does not list gets them made', async () => {
+  const tree = fs.mkdtempSync(path.join(work, 'bare-'));
+  fs.mkdirSync(path.join(tree, 'a', 'b'), { recursive: true });
+  fs.writeFileSync(path.join(tree, 'a', 'b', 'c'), 'content');
+  const out = path.join(work, 'bare.tar');
+  execFileSync('tar', ['-cf', out, '-C', tree, 'a/b/c']);
+  const target = fs.mkdtempSync(path.join(work, 'bare-out-'));
+  const writer = new ArchiveWriter({ root: target });
+  const parser = new TarParser(writer);
+  parser.push(fs.readFileSync(out));
+  parser.end();
+  await writer.finish();
+  expect(fs.readFileSync(path.join(target, 'a', 'b', 'c'), 'utf8')).toBe('content');
+});
