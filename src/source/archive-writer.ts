@@ -1,7 +1,8 @@
 // Writes the entries of a tar archive (tar.ts) into a directory as they stream in: file contents
-// are gathered into large writes that run on libuv's threads while the next bytes arrive, and the
-// bytes queued but not yet written are counted, so that the reader can stop taking input while
-// the disk catches up.
+// are copied into write buffers of 1 MB (used again once written, so a backup of any size
+// allocates a few dozen), written on libuv's threads while the next bytes arrive; the memory of
+// the buffers not yet written is counted, so that the reader can stop taking input while the disk
+// catches up. Data handed in may be reused by the caller as soon as the call returns.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { OsUser } from '../branch/instance/postmaster.js';
@@ -9,6 +10,8 @@ import type { TarEntry, TarHandler } from './tar.js';
 
 /** A file's content is written in pieces of this size at most (fewer, larger system calls). */
 const WRITE_BYTES = 1024 * 1024;
+/** Write buffers kept for reuse at most (more are made while the disk is behind, then dropped). */
+const POOLED = 16;
 
 export interface ArchiveWriterOptions {
   /** Exists; entries land under it. */
@@ -22,26 +25,31 @@ interface OpenFile {
   fd: number;
   path: string;
   position: number;
-  parts: Buffer[];
-  partBytes: number;
+  /** Content not yet written: the first `fill` bytes of `buffer`. */
+  buffer: Buffer | undefined;
+  fill: number;
   /** The file's writes, one after another. */
   writes: Promise<void>;
 }
 
 export class ArchiveWriter implements TarHandler {
   private file: OpenFile | undefined;
-  /** Bytes handed over and not yet written. */
+  /** Bytes of the write buffers in use: being filled, or waiting for their write. */
   private queued = 0;
   private readonly unfinished = new Set<Promise<void>>();
   private failure: Error | undefined;
   private waiters: (() => void)[] = [];
   private readonly links = new Set<string>();
+  private readonly pool: Buffer[] = [];
   /** Bytes of file content written so far. */
   written = 0;
 
   constructor(private readonly options: ArchiveWriterOptions) {}
 
-  /** Bytes handed over and not yet on their way to disk completed. */
+  /**
+   * Memory held by data not yet written: whole buffers, so that many small files can't pile up
+   * a buffer each while their writes wait.
+   */
   get backlog(): number {
     return this.queued;
   }
@@ -69,8 +77,8 @@ export class ArchiveWriter implements TarHandler {
           fd,
           path: target,
           position: 0,
-          parts: [],
-          partBytes: 0,
+          buffer: undefined,
+          fill: 0,
           writes: Promise.resolve(),
         };
       }
@@ -79,10 +87,16 @@ export class ArchiveWriter implements TarHandler {
 
   data(chunk: Buffer): void {
     const file = this.file!;
-    file.parts.push(chunk);
-    file.partBytes += chunk.length;
-    this.queued += chunk.length;
-    if (file.partBytes >= WRITE_BYTES) this.flush(file);
+    for (let at = 0; at < chunk.length;) {
+      if (!file.buffer) {
+        file.buffer = this.pool.pop() ?? Buffer.allocUnsafeSlow(WRITE_BYTES);
+        this.queued += WRITE_BYTES;
+      }
+      const copied = chunk.copy(file.buffer, file.fill, at);
+      file.fill += copied;
+      at += copied;
+      if (file.fill === WRITE_BYTES) this.flush(file);
+    }
   }
 
   endFile(): void {
@@ -108,6 +122,14 @@ export class ArchiveWriter implements TarHandler {
     this.throwIfFailed();
   }
 
+  /** Closes the file left open by an archive that broke off, once its writes have settled. */
+  async abandon(): Promise<void> {
+    const file = this.file;
+    this.file = undefined;
+    if (file) this.track(file.writes.finally(() => closeFd(file.fd)));
+    while (this.unfinished.size > 0) await Promise.allSettled([...this.unfinished]);
+  }
+
   /** Resolves once every file is written and closed; rejects with the first failure. */
   async finish(): Promise<void> {
     if (this.file) throw new Error('the archive ended in the middle of a file');
@@ -116,24 +138,23 @@ export class ArchiveWriter implements TarHandler {
   }
 
   private flush(file: OpenFile): void {
-    if (file.partBytes === 0) return;
-    const parts = file.parts;
-    const bytes = file.partBytes;
-    const position = file.position;
-    file.parts = [];
-    file.partBytes = 0;
+    const { buffer, fill: bytes, position } = file;
+    if (!buffer) return;
+    file.buffer = undefined;
+    file.fill = 0;
     file.position += bytes;
     file.writes = file.writes.then(async () => {
       try {
-        await writeAll(file.fd, parts, position);
+        await writeAll(file.fd, buffer.subarray(0, bytes), position);
         this.written += bytes;
+        if (this.pool.length < POOLED) this.pool.push(buffer);
       } catch (error) {
         this.failure ??= new Error(`could not write ${file.path}: ${(error as Error).message}`, {
           cause: error,
         });
         throw this.failure;
       } finally {
-        this.queued -= bytes;
+        this.queued -= WRITE_BYTES;
         this.wake();
       }
     });
@@ -188,26 +209,14 @@ function openFile(file: string, mode: number, owner: OsUser | undefined): number
   }
 }
 
-/** writev until every byte is down: a write may take fewer bytes than it was given. */
-async function writeAll(fd: number, parts: Buffer[], position: number): Promise<void> {
-  let buffers = parts;
-  let at = position;
-  while (buffers.length > 0) {
-    const written = await new Promise<number>((resolve, reject) =>
-      fs.writev(fd, buffers, at, (error, bytes) => (error ? reject(error) : resolve(bytes))),
+/** write until every byte is down: a write may take fewer bytes than it was given. */
+async function writeAll(fd: number, data: Buffer, position: number): Promise<void> {
+  for (let at = 0; at < data.length;) {
+    at += await new Promise<number>((resolve, reject) =>
+      fs.write(fd, data, at, data.length - at, position + at, (error, bytes) =>
+        error ? reject(error) : resolve(bytes),
+      ),
     );
-    at += written;
-    let skip = written;
-    while (skip > 0 && buffers.length > 0) {
-      const head = buffers[0]!;
-      if (head.length <= skip) {
-        skip -= head.length;
-        buffers = buffers.slice(1);
-      } else {
-        buffers = [head.subarray(skip), ...buffers.slice(1)];
-        skip = 0;
-      }
-    }
   }
 }
 

@@ -88,52 +88,61 @@ export async function receiveBaseBackup(options: ReceiveBackupOptions): Promise<
     archive = undefined;
   };
 
-  const result = await connection.baseBackup(
-    { label: options.label, maxRateKbps: options.maxRateKbps },
-    {
-      started: (_start, list) => {
-        copyStarted = reportedAt = Date.now();
-        tablespaces = list;
-        const sizes = list.map((t) => t.bytes);
-        totalBytes = sizes.every((size) => size !== null)
-          ? sizes.reduce<number>((sum, size) => sum + size!, 0)
-          : null;
+  const result = await connection
+    .baseBackup(
+      { label: options.label, maxRateKbps: options.maxRateKbps },
+      {
+        started: (_start, list) => {
+          copyStarted = reportedAt = Date.now();
+          tablespaces = list;
+          const sizes = list.map((t) => t.bytes);
+          totalBytes = sizes.every((size) => size !== null)
+            ? sizes.reduce<number>((sum, size) => sum + size!, 0)
+            : null;
+        },
+        archive: (name, location) => {
+          endArchive();
+          const oid = /^(\d+)\.tar$/.exec(name)?.[1];
+          if (name !== 'base.tar' && (oid === undefined || location === null)) {
+            throw new Error(
+              `BASE_BACKUP sent an archive named ${name}, which pgbranch can't place`,
+            );
+          }
+          const root = oid === undefined ? target : options.tablespaceDir(oid);
+          if (oid !== undefined) {
+            fs.mkdirSync(root, { recursive: true, mode: 0o700 });
+            if (owner) fs.chownSync(root, owner.uid, owner.gid);
+          }
+          const writer = new ArchiveWriter({
+            root,
+            owner,
+            // The data directory links each tablespace by its oid: to where it now lies here.
+            linkTarget: (entry) => {
+              const linked = /^pg_tblspc\/(\d+)$/.exec(entry.path)?.[1];
+              if (linked === undefined) return entry.linkTarget!;
+              return (options.tablespaceLink ?? options.tablespaceDir)(linked);
+            },
+          });
+          writers.push(writer);
+          archive = { parser: new TarParser(writer), writer };
+        },
+        data: (chunk) => {
+          if (!archive) throw new Error('BASE_BACKUP sent data before naming its archive');
+          archive.parser.push(chunk);
+          bytes += chunk.length;
+          report(false);
+          const { writer } = archive;
+          return writer.backlog > BACKLOG_HIGH ? writer.drained(BACKLOG_LOW) : undefined;
+        },
+        progress: () => report(false),
       },
-      archive: (name, location) => {
-        endArchive();
-        const oid = /^(\d+)\.tar$/.exec(name)?.[1];
-        if (name !== 'base.tar' && (oid === undefined || location === null)) {
-          throw new Error(`BASE_BACKUP sent an archive named ${name}, which pgbranch can't place`);
-        }
-        const root = oid === undefined ? target : options.tablespaceDir(oid);
-        if (oid !== undefined) {
-          fs.mkdirSync(root, { recursive: true, mode: 0o700 });
-          if (owner) fs.chownSync(root, owner.uid, owner.gid);
-        }
-        const writer = new ArchiveWriter({
-          root,
-          owner,
-          // The data directory links each tablespace by its oid: to where it now lies here.
-          linkTarget: (entry) => {
-            const linked = /^pg_tblspc\/(\d+)$/.exec(entry.path)?.[1];
-            if (linked === undefined) return entry.linkTarget!;
-            return (options.tablespaceLink ?? options.tablespaceDir)(linked);
-          },
-        });
-        writers.push(writer);
-        archive = { parser: new TarParser(writer), writer };
-      },
-      data: (chunk) => {
-        if (!archive) throw new Error('BASE_BACKUP sent data before naming its archive');
-        archive.parser.push(chunk);
-        bytes += chunk.length;
-        report(false);
-        const { writer } = archive;
-        return writer.backlog > BACKLOG_HIGH ? writer.drained(BACKLOG_LOW) : undefined;
-      },
-      progress: () => report(false),
-    },
-  );
+    )
+    .catch(async (error: unknown) => {
+      // The file being written when the stream broke is closed; what was written is the caller's
+      // to remove.
+      await Promise.all(writers.map((writer) => writer.abandon()));
+      throw error;
+    });
   endArchive();
   for (const writer of writers) await writer.finish();
   const copyMs = Date.now() - copyStarted;

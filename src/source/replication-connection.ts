@@ -1,11 +1,9 @@
 // A replication connection to a source (`replication=true`: a walsender answers): pgbranch's own
 // client of the replication protocol, since the embedded PostgreSQL ships no pg_basebackup.
 // Commands run one at a time and return their result sets as text; BASE_BACKUP streams archive
-// bytes to a sink straight from the socket's buffers, and the socket pauses while the sink catches
-// up, so a slow disk slows the source's walsender instead of filling memory.
-import fs from 'node:fs';
-import net from 'node:net';
-import tls from 'node:tls';
+// bytes to a sink straight from the socket's read buffer, and the socket pauses while the sink
+// catches up, so a slow disk slows the source's walsender instead of filling memory.
+import type net from 'node:net';
 import { serialize } from 'pg-protocol';
 import type { BackendMessage } from 'pg-protocol/dist/messages.js';
 import { Parser } from 'pg-protocol/dist/parser.js';
@@ -14,6 +12,7 @@ import { ScramClientExchange } from '../auth/scram.js';
 import { ServerError } from '../upstream/server-connection.js';
 import { startupMessage } from '../wire/frontend.js';
 import { parseLsn, type Lsn } from './lsn.js';
+import { openSourceSocket, type SourceSocket } from './source-socket.js';
 import { describeSource, type SourceTarget } from './source-url.js';
 
 /** One result set of a command: column names and rows of text values. */
@@ -43,7 +42,10 @@ export interface BackupSink {
   started(start: { lsn: Lsn; timeline: number }, tablespaces: TablespaceInfo[]): void;
   /** A new archive begins: `base.tar` (the data directory) or `<oid>.tar` for a tablespace. */
   archive(name: string, tablespacePath: string | null): void | Promise<void>;
-  /** Bytes of the current archive, in order; a promise holds the stream back until it settles. */
+  /**
+   * Bytes of the current archive, in order, valid only during the call (they lie in the socket's
+   * reused read buffer): copy what you keep. A promise holds the stream back until it settles.
+   */
   data(chunk: Buffer): void | Promise<void>;
   /** How many bytes of files the walsender has sent so far. */
   progress(bytesDone: number): void;
@@ -108,13 +110,18 @@ export class ReplicationConnection {
   private queue: Promise<unknown> = Promise.resolve();
   private closedBecause: Error | undefined;
 
+  private readonly socket: net.Socket;
+
   private constructor(
-    private readonly socket: net.Socket,
+    source: SourceSocket,
     readonly target: SourceTarget,
     /** What the server reported at startup: server_version, and the rest. */
     readonly parameters: Map<string, string>,
     private readonly onNotice: ((message: string) => void) | undefined,
-  ) {}
+  ) {
+    this.socket = source.socket;
+    source.onBytes((chunk, transient) => this.received(chunk, transient));
+  }
 
   /** Opens and authenticates a replication connection; rejects with the server's error as it is. */
   static async open(
@@ -122,13 +129,13 @@ export class ReplicationConnection {
     options: ConnectOptions = {},
   ): Promise<ReplicationConnection> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const socket = await openSourceSocket(target, timeoutMs);
+    const source = await openSourceSocket(target, timeoutMs);
     const parameters = new Map<string, string>();
-    const connection = new ReplicationConnection(socket, target, parameters, options.onNotice);
+    const connection = new ReplicationConnection(source, target, parameters, options.onNotice);
     try {
       await connection.startup(options.applicationName ?? 'pgbranch', timeoutMs);
     } catch (error) {
-      socket.destroy();
+      source.socket.destroy();
       throw error;
     }
     return connection;
@@ -321,7 +328,6 @@ export class ReplicationConnection {
             );
         }
       };
-      this.socket.on('data', (chunk: Buffer) => this.received(chunk));
       this.socket.on('error', (error) =>
         this.fail(new Error(`${describeSource(target)}: ${error.message}`, { cause: error })),
       );
@@ -351,10 +357,15 @@ export class ReplicationConnection {
     pending?.reject(pending.error ?? error);
   }
 
-  private received(chunk: Buffer): void {
+  /** Returns false while the sink holds the stream back: the socket pauses. */
+  private received(chunk: Buffer, transient: boolean): boolean {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     this.readFrames();
+    // What is left (a message cut by the read, or all that a held stream did not take) must
+    // outlive the socket's reused buffer.
+    if (transient && this.buffered > 0) this.chunks = [Buffer.concat(this.chunks)];
+    return this.held === undefined;
   }
 
   /**
@@ -402,8 +413,8 @@ export class ReplicationConnection {
     promise.then(
       () => {
         this.held = undefined;
-        this.socket.resume();
         this.readFrames();
+        if (this.held === undefined) this.socket.resume();
       },
       (error: unknown) => {
         this.held = undefined;
@@ -557,81 +568,6 @@ export class ReplicationConnection {
         n = 0;
       }
     }
-  }
-}
-
-/**
- * The socket to the source, with TLS as the URL's sslmode asks (libpq's meaning: prefer tries TLS
- * and goes on without it when the server has none; require insists; verify-ca and verify-full
- * also check the certificate against sslrootcert, verify-full the host name too). The one place
- * a source socket is made.
- */
-export async function openSourceSocket(
-  target: SourceTarget,
-  timeoutMs: number = DEFAULT_TIMEOUT_MS,
-): Promise<net.Socket> {
-  const local = target.host.startsWith('/');
-  const plain = local
-    ? net.connect({ path: `${target.host}/.s.PGSQL.${target.port}` })
-    : net.connect({ host: target.host, port: target.port });
-  plain.setNoDelay(true);
-  plain.setKeepAlive(true, 30_000);
-  const timer = setTimeout(
-    () =>
-      plain.destroy(new Error(`no answer from ${describeSource(target)} within ${timeoutMs} ms`)),
-    timeoutMs,
-  );
-  try {
-    await new Promise<void>((resolve, reject) => {
-      plain.once('connect', resolve);
-      plain.once('error', reject);
-    });
-    if (local || target.sslmode === 'disable' || target.sslmode === 'allow') return plain;
-    plain.write(serialize.requestSsl());
-    const answer = await new Promise<Buffer>((resolve, reject) => {
-      plain.once('data', resolve);
-      plain.once('error', reject);
-      plain.once('close', () => reject(new Error('the source closed the connection')));
-    });
-    // More than the one byte would be data injected before the handshake (CVE-2021-23222).
-    if (answer.length !== 1)
-      throw new Error('the source answered the TLS request with more than one byte');
-    if (answer[0] === 0x4e /* 'N' */) {
-      if (target.sslmode === 'prefer') return plain;
-      throw new Error(
-        `${describeSource(target)} does not offer TLS and source.url asks for sslmode=${target.sslmode}`,
-      );
-    }
-    if (answer[0] !== 0x53 /* 'S' */)
-      throw new Error('the source answered the TLS request with nonsense');
-    const verify = target.sslmode === 'verify-ca' || target.sslmode === 'verify-full';
-    const secure = tls.connect({
-      socket: plain,
-      servername: net.isIP(target.host) ? undefined : target.host,
-      rejectUnauthorized: verify,
-      ca:
-        verify && target.sslrootcert && target.sslrootcert !== 'system'
-          ? fs.readFileSync(target.sslrootcert)
-          : undefined,
-      cert:
-        target.sslcert && fs.existsSync(target.sslcert)
-          ? fs.readFileSync(target.sslcert)
-          : undefined,
-      key:
-        target.sslkey && fs.existsSync(target.sslkey) ? fs.readFileSync(target.sslkey) : undefined,
-      checkServerIdentity:
-        target.sslmode === 'verify-full' ? tls.checkServerIdentity : () => undefined,
-    });
-    await new Promise<void>((resolve, reject) => {
-      secure.once('secureConnect', resolve);
-      secure.once('error', reject);
-    });
-    return secure;
-  } catch (error) {
-    plain.destroy();
-    throw error;
-  } finally {
-    clearTimeout(timer);
   }
 }
 

@@ -2,7 +2,7 @@
 // files, directories and symbolic links, sizes past 8 GB in base-256), plus the long-name forms
 // other tars write (pax `x` headers and GNU `L`/`K` entries), so that a name never gets cut at
 // 100 bytes. Bytes go in as they arrive, in any split; entries and file contents come out in order,
-// file contents as slices of the input, never copied.
+// file contents as slices of the input (valid as long as the input is).
 
 export type TarEntryType = 'file' | 'directory' | 'symlink';
 
@@ -75,7 +75,7 @@ export class TarParser {
           const piece = chunk.subarray(offset, offset + count);
           offset += count;
           state.left -= count;
-          if (state.collect) state.collect.push(piece);
+          if (state.collect) state.collect.push(Buffer.from(piece));
           else this.handler.data(piece);
           if (state.left === 0) this.endContent(state);
           break;
