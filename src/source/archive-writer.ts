@@ -4,14 +4,18 @@
 // the buffers not yet written is counted, so that the reader can stop taking input while the disk
 // catches up. Data handed in may be reused by the caller as soon as the call returns.
 import fs from 'node:fs';
+import fsp, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { OsUser } from '../branch/instance/postmaster.js';
 import type { TarEntry, TarHandler } from './tar.js';
 
 /** A file's content is written in pieces of this size at most (fewer, larger system calls). */
 const WRITE_BYTES = 1024 * 1024;
-/** Write buffers kept for reuse at most (more are made while the disk is behind, then dropped). */
-const POOLED = 16;
+/**
+ * Write buffers kept for reuse at most: as many as the reader lets pile up (base-backup.ts stops
+ * reading at 32 MB), so that a new one, and its page faults, is rare.
+ */
+const POOLED = 40;
 
 export interface ArchiveWriterOptions {
   /** Exists; entries land under it. */
@@ -22,7 +26,8 @@ export interface ArchiveWriterOptions {
 }
 
 interface OpenFile {
-  fd: number;
+  /** Opened on libuv's threads: creating a file can wait on the file system's journal. */
+  handle: Promise<FileHandle>;
   path: string;
   position: number;
   /** Content not yet written: the first `fill` bytes of `buffer`. */
@@ -71,15 +76,15 @@ export class ArchiveWriter implements TarHandler {
         return;
       }
       case 'file': {
-        const fd = openFile(target, entry.mode & 0o777, owner);
-        if (owner) fs.fchownSync(fd, owner.uid, owner.gid);
+        const handle = openFile(target, entry.mode & 0o777, owner);
         this.file = {
-          fd,
+          handle,
           path: target,
           position: 0,
           buffer: undefined,
           fill: 0,
-          writes: Promise.resolve(),
+          // A file that could not be opened fails its first write, or its close.
+          writes: handle.then(() => undefined),
         };
       }
     }
@@ -103,15 +108,7 @@ export class ArchiveWriter implements TarHandler {
     const file = this.file!;
     this.file = undefined;
     this.flush(file);
-    this.track(
-      file.writes.then(
-        () => closeFd(file.fd),
-        async (error: unknown) => {
-          await closeFd(file.fd).catch(() => undefined);
-          throw error;
-        },
-      ),
-    );
+    this.track(file.writes.finally(() => close(file)));
   }
 
   /** Resolves once the backlog is at most `bytes` (or a write failed: then rejects). */
@@ -126,7 +123,7 @@ export class ArchiveWriter implements TarHandler {
   async abandon(): Promise<void> {
     const file = this.file;
     this.file = undefined;
-    if (file) this.track(file.writes.finally(() => closeFd(file.fd)));
+    if (file) this.track(file.writes.finally(() => close(file)));
     while (this.unfinished.size > 0) await Promise.allSettled([...this.unfinished]);
   }
 
@@ -145,7 +142,7 @@ export class ArchiveWriter implements TarHandler {
     file.position += bytes;
     file.writes = file.writes.then(async () => {
       try {
-        await writeAll(file.fd, buffer.subarray(0, bytes), position);
+        await writeAll(await file.handle, buffer.subarray(0, bytes), position);
         this.written += bytes;
         if (this.pool.length < POOLED) this.pool.push(buffer);
       } catch (error) {
@@ -191,37 +188,45 @@ export class ArchiveWriter implements TarHandler {
 }
 
 /**
- * A new file; its directory made first when the archive did not list it (tar allows that), owned
- * as the entries are.
+ * A new file, owned as the entries are; its directory made first when the archive did not list it
+ * (tar allows that).
  */
-function openFile(file: string, mode: number, owner: OsUser | undefined): number {
+async function openFile(
+  file: string,
+  mode: number,
+  owner: OsUser | undefined,
+): Promise<FileHandle> {
+  let handle: FileHandle;
   try {
-    return fs.openSync(file, 'w', mode);
+    handle = await fsp.open(file, 'w', mode);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-    const made = fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    const made = await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
     if (owner && made) {
       for (let dir = path.dirname(file); dir.startsWith(made); dir = path.dirname(dir)) {
-        fs.chownSync(dir, owner.uid, owner.gid);
+        await fsp.chown(dir, owner.uid, owner.gid);
       }
     }
-    return fs.openSync(file, 'w', mode);
+    handle = await fsp.open(file, 'w', mode);
   }
+  if (owner) {
+    await handle.chown(owner.uid, owner.gid).catch(async (error: unknown) => {
+      await handle.close();
+      throw error;
+    });
+  }
+  return handle;
 }
 
 /** write until every byte is down: a write may take fewer bytes than it was given. */
-async function writeAll(fd: number, data: Buffer, position: number): Promise<void> {
+async function writeAll(handle: FileHandle, data: Buffer, position: number): Promise<void> {
   for (let at = 0; at < data.length;) {
-    at += await new Promise<number>((resolve, reject) =>
-      fs.write(fd, data, at, data.length - at, position + at, (error, bytes) =>
-        error ? reject(error) : resolve(bytes),
-      ),
-    );
+    at += (await handle.write(data, at, data.length - at, position + at)).bytesWritten;
   }
 }
 
-function closeFd(fd: number): Promise<void> {
-  return new Promise((resolve, reject) =>
-    fs.close(fd, (error) => (error ? reject(error) : resolve())),
-  );
+/** Closes a file once it was opened; one that never opened has nothing to close. */
+async function close(file: OpenFile): Promise<void> {
+  const handle = await file.handle.catch(() => undefined);
+  await handle?.close();
 }
