@@ -49,6 +49,8 @@ import {
   type TlsMode,
 } from './proxy/tls.js';
 import { listenOnSocket } from './proxy/unix-socket.js';
+import { openSource, standbyRoot } from './source/root.js';
+import type { Standby } from './source/standby.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
 import { openServerSession } from './upstream/server-connection.js';
@@ -141,6 +143,8 @@ export async function startPgbranch(
     throw error;
   }
   let embedded: EmbeddedServer | undefined;
+  /** With source.url: the standby of the source, the server behind the proxy. */
+  let standby: Standby | undefined;
   let endpoint: Endpoint;
   let adminConfig: pg.PoolConfig;
   if (config.upstream) {
@@ -184,6 +188,14 @@ export async function startPgbranch(
       }
     }
     adminConfig = { ...login, ssl: pgSsl(adminTls) };
+  } else if (config.source.url) {
+    standby = await openSource(config, log);
+    endpoint = standby.endpoint;
+    adminConfig = {
+      ...pgClientConfig(endpoint),
+      user: standby.superuser,
+      database: standby.database,
+    };
   } else {
     embedded = await startEmbedded({
       dataDir: config.data_dir,
@@ -235,6 +247,7 @@ export async function startPgbranch(
   } catch (error) {
     await admin.end().catch(() => undefined);
     await embedded?.stop();
+    await standby?.stop();
     throw new Error(
       `cannot use the PostgreSQL server at ${describeEndpoint(endpoint)}: ${(error as Error).message}`,
       { cause: error },
@@ -417,6 +430,7 @@ export async function startPgbranch(
       pools.close();
       await admin.end().catch(() => undefined);
       await embedded?.stop();
+      await standby?.stop();
       throw error;
     }
     log.info(
@@ -436,11 +450,13 @@ export async function startPgbranch(
     drain.close();
     await admin.end().catch(() => undefined);
     await embedded?.stop();
+    await standby?.stop();
   };
   // Read when a branch is made, by when the lifecycle below exists.
   const creationQuota = new CreationQuota((): Policy => lifecycle.settings.policy);
   let instances: InstanceBranches | undefined;
-  if (config.branch.provider === 'instance') {
+  // A source's standby is read-only: its branches can only be instances.
+  if (config.branch.provider === 'instance' || standby) {
     try {
       const connectRoot = async () => {
         const client = connectTo(MAINTENANCE_DATABASE);
@@ -461,7 +477,9 @@ export async function startPgbranch(
                   )
                 : undefined,
           }
-        : await localUpstream(admin, String(adminConfig.user), connectRoot);
+        : standby
+          ? standbyRoot(standby)
+          : await localUpstream(admin, String(adminConfig.user), connectRoot);
       instances = await openInstanceBranches({
         config,
         root,
@@ -808,6 +826,7 @@ export async function startPgbranch(
       await instances?.close();
       await admin.end().catch(() => undefined);
       await embedded?.stop();
+      await standby?.stop();
     })());
 
   return {
@@ -817,13 +836,15 @@ export async function startPgbranch(
     tls: () => ctx.tls && { mode: ctx.tls.mode, ...describeCertificate(ctx.tls) },
     connectionString,
     copyMethod: instances ? instances.copyMethod : provider.copyMethod,
-    provider: config.branch.provider,
+    provider: standby ? 'instance' : config.branch.provider,
     warmSpare: instances?.spares !== undefined,
     serverVersion: provider.serverVersion,
     embedded,
     upstream: embedded
       ? `embedded PostgreSQL ${provider.serverVersion}`
-      : describeEndpoint(endpoint),
+      : standby
+        ? `standby of ${standby.source} (PostgreSQL ${standby.binaries.version})`
+        : describeEndpoint(endpoint),
     metricsUrl: metricsServer?.url,
     adminUrl: adminApi?.url,
     loginWarning,

@@ -396,7 +396,54 @@ export const errors = {
     ),
   queryCanceled: () =>
     new PgError('57014', 'canceling statement due to user request', undefined, undefined, 'ERROR'),
+  // A source (source.url) pgbranch can't follow: each says what to change on the source.
+  sourceTooOld: (source: string, version: string) =>
+    new PgError(
+      '0A000',
+      `the source ${source} runs PostgreSQL ${version}, and pgbranch follows PostgreSQL 15 or newer`,
+      "pgbranch's base backups use PostgreSQL 15's replication commands (BASE_BACKUP options, READ_REPLICATION_SLOT).",
+      'Upgrade the source to PostgreSQL 15 or newer, or give pgbranch a copy of it as upstream instead.',
+    ),
+  sourceNoReplication: (source: string, role: string) =>
+    new PgError(
+      '42501',
+      `role "${printable(role)}" may not replicate from the source ${source}: it lacks the REPLICATION attribute`,
+      undefined,
+      `On the source, as a superuser: ALTER ROLE ${quoteIdent(role)} REPLICATION;`,
+    ),
+  sourceHbaRefuses: (source: string, line: string, serverMessage: string) =>
+    new PgError(
+      '28000',
+      `the source ${source} refuses replication connections from this host (${serverMessage})`,
+      undefined,
+      `Add this line to the source's pg_hba.conf, above any line that would match first, then reload it (SELECT pg_reload_conf()): ${line}`,
+    ),
+  sourceLoginFailed: (source: string, role: string, serverMessage: string) =>
+    new PgError(
+      '28P01',
+      `pgbranch could not log in to the source ${source} as "${printable(role)}": ${serverMessage}`,
+      undefined,
+      'Check the role and password in source.url (PGBRANCH_SOURCE).',
+    ),
+  sourceUnreachable: (source: string, reason: string) =>
+    new PgError(
+      '08001',
+      `pgbranch could not reach the source ${source}: ${reason}`,
+      undefined,
+      'Check that the source runs and that this host can reach it (address, port, firewall).',
+    ),
+  sourceChanged: (source: string, standbyDir: string, standbyId: string, sourceId: string) =>
+    new PgError(
+      '55000',
+      `the standby in ${standbyDir} follows the cluster with system identifier ${standbyId}, and the source ${source} is now ${sourceId}: it was re-initialised, or source.url names another server`,
+      undefined,
+      `If source.url is right, remove ${standbyDir} and start pgbranch again to make a new standby of it.`,
+    ),
 };
+
+function quoteIdent(name: string): string {
+  return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
+}
 
 /**
  * An error as the ERROR that ends one statement while the session goes on: one that carries a

@@ -228,13 +228,16 @@ export class ScramServerExchange {
   }
 }
 
-/** Client side for server logins, from keys (no password). */
+/**
+ * Client side: for server logins from keys (no password), or with a password whose keys are
+ * derived once the server names the salt and iteration count (a source's replication login).
+ */
 export class ScramClientExchange {
   private step: 'initial' | 'continue' | 'finish' | 'done' = 'initial';
   private readonly clientNonce = randomBytes(NONCE_BYTES).toString('base64');
   private expectedServerSignature: Buffer = Buffer.alloc(0);
 
-  constructor(private readonly keys: ScramKeys) {}
+  constructor(private readonly keys: ScramKeys | { password: string }) {}
 
   private get clientFirstBare(): string {
     return `n=,r=${this.clientNonce}`;
@@ -268,7 +271,11 @@ export class ScramClientExchange {
     if (!/^[1-9][0-9]*$/.test(iterations)) {
       throw malformed('server-first-message', 'the iteration count is not a positive integer');
     }
-    if (!salt.equals(this.keys.salt) || Number(iterations) !== this.keys.iterations) {
+    const keys =
+      'password' in this.keys
+        ? keysFromPassword(this.keys.password, salt, Number(iterations))
+        : this.keys;
+    if (!salt.equals(keys.salt) || Number(iterations) !== keys.iterations) {
       throw new ScramStaleKeysError(
         "the server's SCRAM salt or iteration count differs from the keys' " +
           '(the password was changed since): the client must authenticate again',
@@ -277,7 +284,7 @@ export class ScramClientExchange {
 
     const withoutProof = `c=biws,r=${nonce}`; // biws = base64("n,,")
     const authMessage = `${this.clientFirstBare},${text},${withoutProof}`;
-    const { clientKey, serverKey } = this.keys;
+    const { clientKey, serverKey } = keys;
     const proof = xor(clientKey, hmac(sha256(clientKey), authMessage));
     this.expectedServerSignature = hmac(serverKey, authMessage);
     this.step = 'finish';

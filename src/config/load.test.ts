@@ -140,6 +140,9 @@ describe('loadConfig', () => {
       'tls.mode',
       'data_dir',
       'upstream',
+      'source.url',
+      'source.bin_dir',
+      'source.max_rate',
       'auth',
       'auth_max_failures',
       'auth_timeout',
@@ -492,9 +495,12 @@ describe('config/pgbranch.example.yaml', () => {
         .reduce<unknown>((node, segment) => (node as Record<string, unknown>)[segment], document);
       expect(value, key.path).toBeDefined();
     }
-    const config = load([], {}, directory({ 'pgbranch.yaml': uncommented })).config;
+    // upstream and source.url exclude each other: loaded without the source's URL.
+    const withoutSource = uncommented.replace(/^ {2}url: postgres:\/\/replicator.*\n/m, '');
+    const config = load([], {}, directory({ 'pgbranch.yaml': withoutSource })).config;
     expect(config).toEqual({
       ...defaults,
+      source: { bin_dir: '/usr/lib/postgresql/16/bin', max_rate: 0 },
       listen: { ...defaults.listen, socket_dir: '/var/run/postgresql' },
       tls: { ...defaults.tls, cert: '/etc/pgbranch/server.crt', key: '/etc/pgbranch/server.key' },
       upstream:

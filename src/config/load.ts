@@ -52,6 +52,7 @@ const ALIASES: Partial<Record<ConfigPath, string>> = {
   'listen.port': 'port',
   'listen.socket_dir': 'socket_dir',
   'embedded.password': 'password',
+  'source.url': 'source',
 };
 
 /** PGBRANCH_* variables that are not schema keys: the file to read, and later features' own. */
@@ -470,6 +471,13 @@ export function loadConfig(
       if (!(error instanceof UpstreamTlsError)) throw error;
       throw problem(error.message);
     }
+  }
+  if (config.source.url !== undefined && config.upstream !== undefined) {
+    const sourceOf = (dotted: string) => settings.get(dotted)?.source ?? 'default';
+    throw new ConfigError(
+      `source.url (from ${sourceOf('source.url')}) and upstream (from ${sourceOf('upstream')}) exclude each other: ` +
+        'with a source, pgbranch runs its own standby of it as the server behind the proxy. Set one of them.',
+    );
   }
   if (config.auth === 'trust' && !isLoopback(config.listen.host)) {
     const sourceOf = (dotted: string) => settings.get(dotted)?.source ?? 'default';

@@ -129,6 +129,30 @@ export const configSchema = z
       .string()
       .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL')
       .optional(),
+    /**
+     * A production (or staging) server to follow: pgbranch keeps a physical standby of it on its
+     * data directory, which becomes the read-only root that instance branches are made from.
+     */
+    source: z
+      .object({
+        /** postgres:// URL of a role with REPLICATION on a PostgreSQL 15 or newer server. */
+        url: z
+          .string()
+          .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL')
+          .optional(),
+        /** A directory holding `postgres` of the source's major version; found or installed when unset. */
+        bin_dir: z.string().min(1).optional(),
+        /** The base backup's rate limit in kB/s (BASE_BACKUP MAX_RATE, 32 or more); 0 for none. */
+        max_rate: z.coerce
+          .number()
+          .int()
+          .min(0)
+          .max(1_048_576)
+          .refine((n) => n === 0 || n >= 32, 'is below 32 kB/s, the least PostgreSQL allows')
+          .default(0),
+      })
+      .strict()
+      .default({ max_rate: 0 }),
     /** How clients authenticate to the proxy. `trust` is refused unless listen.host is loopback. */
     auth: z.enum(['scram-sha-256', 'md5', 'trust']).default('scram-sha-256'),
     /**

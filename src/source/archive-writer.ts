@@ -1,0 +1,232 @@
+// Writes the entries of a tar archive (tar.ts) into a directory as they stream in: file contents
+// are copied into write buffers of 1 MB (used again once written, so a backup of any size
+// allocates a few dozen), written on libuv's threads while the next bytes arrive; the memory of
+// the buffers not yet written is counted, so that the reader can stop taking input while the disk
+// catches up. Data handed in may be reused by the caller as soon as the call returns.
+import fs from 'node:fs';
+import fsp, { type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import type { OsUser } from '../branch/instance/postmaster.js';
+import type { TarEntry, TarHandler } from './tar.js';
+
+/** A file's content is written in pieces of this size at most (fewer, larger system calls). */
+const WRITE_BYTES = 1024 * 1024;
+/**
+ * Write buffers kept for reuse at most: as many as the reader lets pile up (base-backup.ts stops
+ * reading at 32 MB), so that a new one, and its page faults, is rare.
+ */
+const POOLED = 40;
+
+export interface ArchiveWriterOptions {
+  /** Exists; entries land under it. */
+  root: string;
+  owner?: OsUser | undefined;
+  /** A symbolic link's target as it must be written (tablespaces move to pgbranch's disk). */
+  linkTarget?: (entry: TarEntry) => string;
+}
+
+interface OpenFile {
+  /** Opened on libuv's threads: creating a file can wait on the file system's journal. */
+  handle: Promise<FileHandle>;
+  path: string;
+  position: number;
+  /** Content not yet written: the first `fill` bytes of `buffer`. */
+  buffer: Buffer | undefined;
+  fill: number;
+  /** The file's writes, one after another. */
+  writes: Promise<void>;
+}
+
+export class ArchiveWriter implements TarHandler {
+  private file: OpenFile | undefined;
+  /** Bytes of the write buffers in use: being filled, or waiting for their write. */
+  private queued = 0;
+  private readonly unfinished = new Set<Promise<void>>();
+  private failure: Error | undefined;
+  private waiters: (() => void)[] = [];
+  private readonly links = new Set<string>();
+  private readonly pool: Buffer[] = [];
+  /** Bytes of file content written so far. */
+  written = 0;
+
+  constructor(private readonly options: ArchiveWriterOptions) {}
+
+  /**
+   * Memory held by data not yet written: whole buffers, so that many small files can't pile up
+   * a buffer each while their writes wait.
+   */
+  get backlog(): number {
+    return this.queued;
+  }
+
+  entry(entry: TarEntry): void {
+    this.throwIfFailed();
+    const target = this.resolve(entry.path);
+    const { owner } = this.options;
+    switch (entry.type) {
+      case 'directory':
+        fs.mkdirSync(target, { recursive: true, mode: entry.mode & 0o777 });
+        if (owner) fs.chownSync(target, owner.uid, owner.gid);
+        return;
+      case 'symlink': {
+        const linkTarget = this.options.linkTarget?.(entry) ?? entry.linkTarget!;
+        fs.symlinkSync(linkTarget, target);
+        if (owner) fs.lchownSync(target, owner.uid, owner.gid);
+        this.links.add(entry.path);
+        return;
+      }
+      case 'file': {
+        const handle = openFile(target, entry.mode & 0o777, owner);
+        this.file = {
+          handle,
+          path: target,
+          position: 0,
+          buffer: undefined,
+          fill: 0,
+          // A file that could not be opened fails its first write, or its close.
+          writes: handle.then(() => undefined),
+        };
+      }
+    }
+  }
+
+  data(chunk: Buffer): void {
+    const file = this.file!;
+    for (let at = 0; at < chunk.length;) {
+      if (!file.buffer) {
+        file.buffer = this.pool.pop() ?? Buffer.allocUnsafeSlow(WRITE_BYTES);
+        this.queued += WRITE_BYTES;
+      }
+      const copied = chunk.copy(file.buffer, file.fill, at);
+      file.fill += copied;
+      at += copied;
+      if (file.fill === WRITE_BYTES) this.flush(file);
+    }
+  }
+
+  endFile(): void {
+    const file = this.file!;
+    this.file = undefined;
+    this.flush(file);
+    this.track(file.writes.finally(() => close(file)));
+  }
+
+  /** Resolves once the backlog is at most `bytes` (or a write failed: then rejects). */
+  async drained(bytes: number): Promise<void> {
+    while (this.queued > bytes && !this.failure) {
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+    this.throwIfFailed();
+  }
+
+  /** Closes the file left open by an archive that broke off, once its writes have settled. */
+  async abandon(): Promise<void> {
+    const file = this.file;
+    this.file = undefined;
+    if (file) this.track(file.writes.finally(() => close(file)));
+    while (this.unfinished.size > 0) await Promise.allSettled([...this.unfinished]);
+  }
+
+  /** Resolves once every file is written and closed; rejects with the first failure. */
+  async finish(): Promise<void> {
+    if (this.file) throw new Error('the archive ended in the middle of a file');
+    while (this.unfinished.size > 0) await Promise.allSettled([...this.unfinished]);
+    this.throwIfFailed();
+  }
+
+  private flush(file: OpenFile): void {
+    const { buffer, fill: bytes, position } = file;
+    if (!buffer) return;
+    file.buffer = undefined;
+    file.fill = 0;
+    file.position += bytes;
+    file.writes = file.writes.then(async () => {
+      try {
+        await writeAll(await file.handle, buffer.subarray(0, bytes), position);
+        this.written += bytes;
+        if (this.pool.length < POOLED) this.pool.push(buffer);
+      } catch (error) {
+        this.failure ??= new Error(`could not write ${file.path}: ${(error as Error).message}`, {
+          cause: error,
+        });
+        throw this.failure;
+      } finally {
+        this.queued -= WRITE_BYTES;
+        this.wake();
+      }
+    });
+  }
+
+  private track(work: Promise<void>): void {
+    const tracked = work.catch((error: unknown) => {
+      this.failure ??= error as Error;
+      this.wake();
+    });
+    this.unfinished.add(tracked);
+    void tracked.finally(() => this.unfinished.delete(tracked));
+  }
+
+  private wake(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  /** The entry's place on disk; never through a link the archive made (that could lead anywhere). */
+  private resolve(relative: string): string {
+    for (let at = relative.indexOf('/'); at >= 0; at = relative.indexOf('/', at + 1)) {
+      if (this.links.has(relative.slice(0, at))) {
+        throw new Error(`tar entry ${relative} lies behind a symbolic link of the archive`);
+      }
+    }
+    return path.join(this.options.root, relative);
+  }
+}
+
+/**
+ * A new file, owned as the entries are; its directory made first when the archive did not list it
+ * (tar allows that).
+ */
+async function openFile(
+  file: string,
+  mode: number,
+  owner: OsUser | undefined,
+): Promise<FileHandle> {
+  let handle: FileHandle;
+  try {
+    handle = await fsp.open(file, 'w', mode);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    const made = await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+    if (owner && made) {
+      for (let dir = path.dirname(file); dir.startsWith(made); dir = path.dirname(dir)) {
+        await fsp.chown(dir, owner.uid, owner.gid);
+      }
+    }
+    handle = await fsp.open(file, 'w', mode);
+  }
+  if (owner) {
+    await handle.chown(owner.uid, owner.gid).catch(async (error: unknown) => {
+      await handle.close();
+      throw error;
+    });
+  }
+  return handle;
+}
+
+/** write until every byte is down: a write may take fewer bytes than it was given. */
+async function writeAll(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  for (let at = 0; at < data.length;) {
+    at += (await handle.write(data, at, data.length - at, position + at)).bytesWritten;
+  }
+}
+
+/** Closes a file once it was opened; one that never opened has nothing to close. */
+async function close(file: OpenFile): Promise<void> {
+  const handle = await file.handle.catch(() => undefined);
+  await handle?.close();
+}

@@ -1,0 +1,157 @@
+// A source for pgbranch to follow, of a test's own: a PostgreSQL cluster (the embedded 18 binaries,
+// or Debian's 15) with wal_level replica, a role `replicator` with REPLICATION and a password, and
+// initdb's pg_hba.conf, which lets replication in over TCP from loopback with SCRAM. Stopped,
+// started, reconfigured and removed by the test.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import pino from 'pino';
+import {
+  serverBinaries,
+  serverOwner,
+  startPostmaster,
+  type Postmaster,
+} from '../../src/branch/instance/postmaster.js';
+import { freePort } from '../../src/upstream/embedded.js';
+import { tempDir } from './pgbranch.js';
+
+export const DEBIAN_15 = '/usr/lib/postgresql/15/bin';
+export const REPLICATOR_PASSWORD = 'replicator-secret';
+/** The source's superuser postgres: through pgbranch, clients log in with the source's passwords. */
+export const SUPERUSER_PASSWORD = 'source-superuser-secret';
+const log = pino({ level: 'silent' });
+
+export interface SourceServer {
+  port: number;
+  pgDataDir: string;
+  /** `postgres://replicator:...@127.0.0.1:port/postgres`, or as another role and password. */
+  url(user?: string, password?: string): string;
+  /** A superuser session on it. */
+  connect(database?: string): Promise<pg.Client>;
+  /** Replaces pg_hba.conf and reloads the configuration. */
+  setHba(text: string): Promise<void>;
+  start(): Promise<void>;
+  stop(mode?: 'fast' | 'immediate'): Promise<void>;
+  remove(): Promise<void>;
+}
+
+export interface SourceServerOptions {
+  /** A directory with initdb and postgres; the embedded PostgreSQL 18 when unset. */
+  binDir?: string;
+  settings?: Record<string, string>;
+}
+
+export async function sourceServer(options: SourceServerOptions = {}): Promise<SourceServer> {
+  const binaries = options.binDir
+    ? {
+        initdb: path.join(options.binDir, 'initdb'),
+        postgres: path.join(options.binDir, 'postgres'),
+      }
+    : await serverBinaries();
+  const owner = serverOwner();
+  const dir = tempDir('source');
+  const pgDataDir = path.join(dir, 'pg');
+  const pwfile = path.join(dir, 'pwfile');
+  fs.writeFileSync(pwfile, `${SUPERUSER_PASSWORD}\n`);
+  if (owner) fs.chownSync(pwfile, owner.uid, owner.gid);
+  await initdb(binaries.initdb, pgDataDir, pwfile, owner);
+  fs.rmSync(pwfile);
+  const port = await freePort();
+  let running: Postmaster | undefined;
+  const start = async () => {
+    running = await startPostmaster({
+      binary: binaries.postgres,
+      pgDataDir,
+      socketDir: path.join(dir, 'run'),
+      port,
+      listenTcp: '127.0.0.1',
+      settings: {
+        wal_level: 'replica',
+        shared_buffers: '32MB',
+        max_connections: '40',
+        ...options.settings,
+      },
+      owner,
+      log,
+    });
+  };
+  await start();
+  const connect = async (database = 'postgres') => {
+    const client = new pg.Client({
+      host: '127.0.0.1',
+      port,
+      user: 'postgres',
+      password: SUPERUSER_PASSWORD,
+      database,
+    });
+    await client.connect();
+    return client;
+  };
+  const admin = await connect();
+  try {
+    await admin.query(`CREATE ROLE replicator LOGIN REPLICATION PASSWORD '${REPLICATOR_PASSWORD}'`);
+  } finally {
+    await admin.end();
+  }
+  return {
+    port,
+    pgDataDir,
+    url: (user = 'replicator', password = REPLICATOR_PASSWORD) =>
+      `postgres://${user}:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`,
+    connect,
+    setHba: async (text) => {
+      const file = path.join(pgDataDir, 'pg_hba.conf');
+      fs.writeFileSync(file, text);
+      if (owner) fs.chownSync(file, owner.uid, owner.gid);
+      const client = await connect();
+      try {
+        await client.query('SELECT pg_reload_conf()');
+      } finally {
+        await client.end();
+      }
+    },
+    start,
+    stop: async (mode = 'fast') => {
+      await running?.stop(mode);
+      running = undefined;
+    },
+    remove: async () => {
+      await running?.stop('immediate');
+      running = undefined;
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** initdb with options every major from 15 on takes. */
+async function initdb(
+  binary: string,
+  pgDataDir: string,
+  pwfile: string,
+  owner: { uid: number; gid: number } | undefined,
+): Promise<void> {
+  fs.mkdirSync(pgDataDir, { mode: 0o700 });
+  if (owner) fs.chownSync(pgDataDir, owner.uid, owner.gid);
+  const output: string[] = [];
+  const code = await new Promise<number | null>((resolve, reject) => {
+    const child = spawn(
+      binary,
+      [
+        `--pgdata=${pgDataDir}`,
+        '--username=postgres',
+        `--pwfile=${pwfile}`,
+        '--auth-local=trust',
+        '--auth-host=scram-sha-256',
+        '--encoding=UTF8',
+        '--locale=C',
+      ],
+      { ...owner, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_MESSAGES: 'C' } },
+    );
+    child.stdout!.on('data', (chunk: Buffer) => output.push(chunk.toString()));
+    child.stderr!.on('data', (chunk: Buffer) => output.push(chunk.toString()));
+    child.once('error', reject);
+    child.once('exit', resolve);
+  });
+  if (code !== 0) throw new Error(`initdb failed (exit ${code}):\n${output.join('')}`);
+}
