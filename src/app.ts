@@ -195,6 +195,7 @@ export async function startPgbranch(
       ...pgClientConfig(endpoint),
       user: standby.superuser,
       database: standby.database,
+      ssl: false,
     };
   } else {
     embedded = await startEmbedded({

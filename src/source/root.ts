@@ -58,6 +58,7 @@ export function standbyRoot(standby: Standby): RootInstanceSetup {
     connect: async () => {
       const client = new pg.Client({
         ...pgClientConfig(standby.endpoint),
+        ssl: false,
         user: standby.superuser,
         database: standby.database,
         application_name: 'pgbranch',

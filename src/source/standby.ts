@@ -430,6 +430,7 @@ function standbyHandle(parts: HandleParts): Standby {
       const sourceLsn = await currentLsn().catch(() => null);
       const client = new pg.Client({
         ...pgClientConfig(endpoint),
+        ssl: false,
         user: parts.superuser,
         database: parts.database,
         application_name: 'pgbranch',
@@ -560,7 +561,12 @@ async function findSuperuser(
 ): Promise<{ superuser: string; database: string }> {
   let lastError: unknown;
   for (const database of [...new Set([target.database, 'postgres', 'template1'])]) {
-    const client = new pg.Client({ ...pgClientConfig(endpoint), user: target.user, database });
+    const client = new pg.Client({
+      ...pgClientConfig(endpoint),
+      ssl: false,
+      user: target.user,
+      database,
+    });
     try {
       await client.connect();
       const { rows } = await client.query<{ name: string }>(
