@@ -214,8 +214,14 @@ function report({ options, result, commit }: Results, command: string): string {
   lines.push('', '## pgbranch RSS', '');
   lines.push(
     markdownTable(
-      ['at', 'RSS'],
-      result.rss.map((s) => [seconds(s.at), bytes(s.bytes)]),
+      ['at', 'RSS', 'V8 heap in use', 'V8 heap total', 'external (Buffers)'],
+      result.rss.map((s) => [
+        seconds(s.at),
+        bytes(s.bytes),
+        ...(s.heap
+          ? [bytes(s.heap.used), bytes(s.heap.total), bytes(s.heap.external)]
+          : ['', '', '']),
+      ]),
     ),
     '',
   );

@@ -51,6 +51,11 @@ export interface SoakOptions {
 export interface RssSample {
   at: number;
   bytes: number;
+  /**
+   * From pgbranch's /metrics: V8's heap in use (what a leak of objects would grow), the heap V8
+   * has taken from the system, and memory outside it (Buffers).
+   */
+  heap?: { used: number; total: number; external: number };
 }
 
 export interface SoakResult {
@@ -143,16 +148,21 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     let restart: SoakResult['restart'];
     const load = { start: loadAverage(), end: [] as number[] };
 
-    const sampleRss = () => {
+    const sampleRss = async () => {
+      const at = now();
       const bytes = processMemory(proxy.child.pid!).rss;
-      rss.push({ at: now(), bytes });
-      progress(`pgbranch RSS ${(bytes / 2 ** 20).toFixed(1)} MiB`);
+      const heap = await heapOf(proxy);
+      rss.push({ at, bytes, ...(heap === undefined ? {} : { heap }) });
+      const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+      progress(
+        `pgbranch RSS ${mib(bytes)}${heap ? `; heap ${mib(heap.used)} in use of ${mib(heap.total)}, external ${mib(heap.external)}` : ''}`,
+      );
     };
     const rssLoop = (async () => {
       for (let next = options.rssEveryMs; next < options.durationMs; next += options.rssEveryMs) {
         await sleep(Math.max(0, next - now()));
         if (stopping) return;
-        sampleRss();
+        await sampleRss();
       }
     })();
 
@@ -179,8 +189,10 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       const client = worker % 2 === 0 ? 'psql' : 'node-postgres';
       while (!done()) {
         const target = TARGETS[Math.floor(random() * TARGETS.length)]!;
-        const failure =
-          client === 'psql' ? await psqlSession(proxy, target) : await pgSession(proxy, target);
+        // A client that can't even start (spawn failing) is an error of the soak's like any other.
+        const failure = await (
+          client === 'psql' ? psqlSession(proxy, target) : pgSession(proxy, target)
+        ).catch((error: Error) => ({ message: `${client} did not run: ${error.message}` }));
         if (failure) {
           record({ at: now(), source: client, database: target.database, ...failure });
           while (windowOpen() && !stopping) await sleep(100);
@@ -245,7 +257,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       operationLoop(),
       restartLoop(),
     ]);
-    sampleRss();
+    await sampleRss();
     load.end = loadAverage();
     await rssLoop;
     const servers =
@@ -361,7 +373,13 @@ async function psqlSession(
     args: ['-v', 'VERBOSITY=verbose'],
     env: target.mode === 'transaction' ? { PGOPTIONS: '-c pgbranch.pool_mode=transaction' } : {},
   });
-  return result.code === 0 ? undefined : { message: result.stderr || `psql exited ${result.code}` };
+  if (result.code === 0) return undefined;
+  // Notices (a branch made by this connect) come first on stderr; the error is what follows.
+  const error = result.stderr
+    .split('\n')
+    .filter((line) => !line.startsWith('NOTICE:'))
+    .join('\n');
+  return { message: error || `psql exited ${result.code}` };
 }
 
 /** A node-postgres session: connect, one transaction in the extended protocol, leave. */
@@ -530,6 +548,23 @@ async function serversAgree(proxy: PgbranchProcess): Promise<SoakResult['servers
   } finally {
     await console.end();
     await direct.end();
+  }
+}
+
+/** pgbranch's V8 heap and external memory, from its /metrics; undefined when they can't be read. */
+async function heapOf(proxy: PgbranchProcess): Promise<RssSample['heap']> {
+  try {
+    const text = await (await fetch(proxy.ready.metricsUrl!)).text();
+    const metric = (name: string) =>
+      Number(new RegExp(`^pgbranch_nodejs_${name} (\\S+)$`, 'm').exec(text)?.[1]);
+    const heap = {
+      used: metric('heap_size_used_bytes'),
+      total: metric('heap_size_total_bytes'),
+      external: metric('external_memory_bytes'),
+    };
+    return Object.values(heap).every(Number.isFinite) ? heap : undefined;
+  } catch {
+    return undefined;
   }
 }
 
