@@ -56,6 +56,25 @@ describe('errorReply', () => {
     });
   });
 
+  it('answers a server that can not be reached (its socket refused or dropped) with 503 and 08006', () => {
+    const refused = Object.assign(new Error('connect ECONNREFUSED /tmp/run/.s.PGSQL.5432'), {
+      code: 'ECONNREFUSED',
+      syscall: 'connect',
+    });
+    const reset = Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' });
+    for (const error of [refused, reset]) {
+      expect(errorReply(error)).toMatchObject({
+        status: 503,
+        body: {
+          error: {
+            code: '08006',
+            message: `pgbranch could not reach the PostgreSQL server: ${error.message}`,
+          },
+        },
+      });
+    }
+  });
+
   it('answers anything else with 500 and XX000, and the message', () => {
     expect(errorReply(new Error('socket hang up'))).toEqual({
       status: 500,

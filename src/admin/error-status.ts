@@ -1,6 +1,6 @@
 // The admin API answers failures as the SQL console would, with the SQLSTATE and the words of the
 // PgError, and picks the HTTP status from the SQLSTATE so that plain HTTP clients can branch on it.
-import { PgError, sqlstateOf } from '../errors.js';
+import { errors, PgError, sqlstateOf } from '../errors.js';
 
 export interface ErrorBody {
   error: { code: string; message: string; detail?: string; hint?: string };
@@ -60,12 +60,7 @@ interface FrameworkError extends Error {
 
 /** The status and body for anything a route threw. */
 export function errorReply(error: unknown): { status: number; body: ErrorBody } {
-  if (error instanceof PgError) {
-    return {
-      status: httpStatus(error.code),
-      body: errorBody(error.code, error.message, error.detail, error.hint),
-    };
-  }
+  if (error instanceof PgError) return reply(error);
   const e = error as FrameworkError;
   if (e.validation) {
     // 22023 invalid_parameter_value: a request that does not match the route's schema. Ajv's
@@ -86,6 +81,21 @@ export function errorReply(error: unknown): { status: number; body: ErrorBody } 
     const { detail, hint } = error as { detail?: string; hint?: string };
     return { status: httpStatus(code), body: errorBody(code, e.message, detail, hint) };
   }
+  // The server's socket refused or dropped (it is down, or starting again): 08006, as clients get.
+  const syscall = (error as { syscall?: string }).syscall;
+  if (
+    syscall === 'connect' ||
+    /^(ECONNRESET|EPIPE)$/.test(String((error as { code?: unknown }).code))
+  ) {
+    return reply(errors.upstreamUnavailable(e.message));
+  }
   // XX000 internal_error: a bug or a failure nobody foresaw; the message is all there is.
   return { status: 500, body: errorBody('XX000', e?.message ?? String(error)) };
+}
+
+function reply(error: PgError): { status: number; body: ErrorBody } {
+  return {
+    status: httpStatus(error.code),
+    body: errorBody(error.code, error.message, error.detail, error.hint),
+  };
 }
