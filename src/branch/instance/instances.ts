@@ -1097,6 +1097,9 @@ async function sessionOn(
     database,
     application_name: 'pgbranch',
   });
+  // An instance that stops under a session fails the query in flight; unheard, the error event
+  // would end pgbranch.
+  client.on('error', () => undefined);
   await client.connect();
   return client;
 }

@@ -352,6 +352,7 @@ export class Spares {
       database: 'postgres',
       application_name: 'pgbranch',
     });
+    client.on('error', () => undefined);
     await client.connect();
     return client;
   }
