@@ -1,5 +1,6 @@
-// What the protocol fuzzer sends, by stage: authentication (SASL and md5), simple and extended
-// query, COPY in and out, cancel requests, the SQL console, and random bytes. Inputs are valid
+// What the protocol fuzzer sends, by stage: authentication (SASL and md5), TLS (handshakes gone
+// wrong, SCRAM-SHA-256-PLUS channel binding, queries over TLS), simple and extended query, COPY in
+// and out, cancel requests, the SQL console, and random bytes. Inputs are valid
 // message sequences that are then mutated (message and byte level), or random bytes; every case
 // comes from its own seeded random source, so FUZZ_SEED and the case number replay it.
 import { createHash } from 'node:crypto';
@@ -11,6 +12,7 @@ import {
   msg,
   mutateBytes,
   mutateSequence,
+  startupPacket,
   typed,
   type Random,
 } from './fuzz-messages.js';
@@ -20,6 +22,7 @@ export type Mode = 'session' | 'transaction';
 export const KINDS = [
   'auth-sasl',
   'auth-md5',
+  'tls',
   'simple',
   'extended',
   'copy',
@@ -49,7 +52,43 @@ export interface Input {
  */
 export type AuthScript =
   | { method: 'sasl'; initial: Buffer | 'valid'; final?: (serverFirst: string) => Buffer }
-  | { method: 'md5'; response: (salt: Buffer) => Buffer };
+  | {
+      method: 'md5';
+      response: (salt: Buffer) => Buffer;
+      /** A mutation of a right answer may leave it right; every other script must be refused. */
+      mayLogIn?: boolean;
+    };
+
+/**
+ * A TLS case: how the connection starts TLS (after an SSLRequest, or at once as PostgreSQL 17+
+ * clients with sslnegotiation=direct do), then either handshake bytes gone wrong (made from a
+ * real ClientHello), or a SCRAM-SHA-256-PLUS login whose channel binding may be wrong; after a
+ * login that works, the case's inputs run over TLS.
+ */
+export type TlsScript =
+  | { direct: boolean; handshake: (clientHello: Buffer) => Buffer }
+  | { direct: boolean; plus: PlusLogin };
+
+/**
+ * What the client-first-message's GS2 header says and what the client-final-message binds:
+ * `valid` binds the certificate's hash as pgbranch offers it; the others must be refused.
+ */
+export interface PlusLogin {
+  name: string;
+  /** The mechanism named in SASLInitialResponse. */
+  mechanism: string;
+  /** The GS2 header: `p=tls-server-end-point,,` for a bound exchange. */
+  header: string;
+  /** The channel-binding data appended to the header in the final message's c= attribute. */
+  binding: (certificateHash: Buffer) => Buffer;
+  /** A last mutation of the client-final-message's bytes, if any. */
+  mutate?: (final: Buffer) => Buffer;
+  /**
+   * What pgbranch must do: let it in, refuse it, or either (a mutation may leave the message
+   * right, or still decoding to the right proof).
+   */
+  expect: 'logged in' | 'refused' | 'either';
+}
 
 export interface FuzzCase {
   index: number;
@@ -62,6 +101,8 @@ export interface FuzzCase {
   auth?: AuthScript;
   /** Cancel cases: the bytes of a connection that starts with them (no login). */
   cancel?: { bytes: Buffer; liveKey: boolean };
+  /** TLS cases: how TLS starts and what goes over it. */
+  tls?: TlsScript;
   /** Inputs on one logged-in connection, each answered before the next is sent. */
   inputs: Input[];
 }
@@ -69,6 +110,7 @@ export interface FuzzCase {
 const WEIGHTS: [Kind, number][] = [
   ['auth-sasl', 12],
   ['auth-md5', 5],
+  ['tls', 8],
   ['simple', 20],
   ['extended', 25],
   ['copy', 15],
@@ -90,6 +132,8 @@ export function generateCase(seed: number, index: number): FuzzCase {
       return { ...base, ...saslCase(rng) };
     case 'auth-md5':
       return { ...base, ...md5Case(rng) };
+    case 'tls':
+      return { ...base, ...tlsCase(rng) };
     case 'cancel':
       return { ...base, ...cancelCase(rng) };
     case 'console':
@@ -276,7 +320,7 @@ function md5Case(rng: Random): Pick<FuzzCase, 'name' | 'auth'> {
     ['random bytes', () => rng.bytes(1 + rng.int(60))],
   ];
   const [name, response] = rng.pick(kinds);
-  return { name: `md5: ${name}`, auth: { method: 'md5', response } };
+  return { name: `md5: ${name}`, auth: { method: 'md5', response, mayLogIn: name === 'mutated' } };
 }
 
 export function md5Response(user: string, password: string, salt: Buffer): string {
@@ -289,6 +333,82 @@ export function md5Response(user: string, password: string, salt: Buffer): strin
       .update(Buffer.concat([Buffer.from(inner), salt]))
       .digest('hex')
   );
+}
+
+// --- TLS ----------------------------------------------------------------------------------------
+
+const BINDING_HEADER = 'p=tls-server-end-point,,';
+
+function tlsCase(rng: Random): Pick<FuzzCase, 'name' | 'tls' | 'inputs'> {
+  const direct = rng.chance(0.3);
+  const how = direct ? 'direct TLS' : 'SSLRequest';
+  if (rng.chance(0.35)) {
+    const handshakes: [string, (hello: Buffer) => Buffer][] = [
+      ['mutated ClientHello', (hello) => mutateBytes(rng, hello).bytes],
+      ['ClientHello cut short', (hello) => hello.subarray(0, 1 + rng.int(hello.length - 1))],
+      ['random bytes', () => rng.bytes(1 + rng.int(300))],
+      ['a startup packet instead', () => startupPacket({ user: SCRAM_USER, database: 'postgres' })],
+      ['ClientHello, then garbage', (hello) => Buffer.concat([hello, rng.bytes(1 + rng.int(64))])],
+      ['an alert record', () => Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])],
+    ];
+    const [name, handshake] = rng.pick(handshakes);
+    // Direct TLS must start with a handshake record's type byte, or it is a startup packet.
+    const start = (hello: Buffer) => {
+      const bytes = handshake(hello);
+      return direct && bytes.length > 0
+        ? Buffer.concat([Buffer.from([0x16]), bytes.subarray(1)])
+        : bytes;
+    };
+    return { name: `${how}: ${name}`, tls: { direct, handshake: start }, inputs: [] };
+  }
+  const valid: PlusLogin = {
+    name: 'SCRAM-SHA-256-PLUS',
+    mechanism: 'SCRAM-SHA-256-PLUS',
+    header: BINDING_HEADER,
+    binding: (hash) => hash,
+    expect: 'logged in',
+  };
+  const wrong: PlusLogin[] = [
+    { ...valid, name: 'another certificate hash', binding: () => rng.bytes(32), expect: 'refused' },
+    {
+      ...valid,
+      name: 'binding data cut short',
+      binding: (h) => h.subarray(0, rng.int(32)),
+      expect: 'refused',
+    },
+    {
+      ...valid,
+      name: "'y' flag although PLUS was offered",
+      mechanism: 'SCRAM-SHA-256',
+      header: 'y,,',
+      binding: () => Buffer.alloc(0),
+      expect: 'refused',
+    },
+    {
+      ...valid,
+      name: 'PLUS without binding',
+      header: 'n,,',
+      binding: () => Buffer.alloc(0),
+      expect: 'refused',
+    },
+    { ...valid, name: 'tls-unique binding', header: 'p=tls-unique,,', expect: 'refused' },
+    { ...valid, name: 'unknown binding type', header: `p=${rng.text(8)},,`, expect: 'refused' },
+    {
+      ...valid,
+      name: 'mutated client-final-message',
+      mutate: (final) => mutateBytes(rng, final).bytes,
+      expect: 'either',
+    },
+  ];
+  const login = rng.chance(0.5) ? valid : rng.pick(wrong);
+  // After a login that works, the inputs of another stage go over TLS.
+  const make = rng.pick([simpleInput, extendedInput, copyInput]);
+  return {
+    name: `${how}: ${login.name}`,
+    tls: { direct, plus: login },
+    inputs:
+      login.expect !== 'refused' ? Array.from({ length: 1 + rng.int(6) }, () => make(rng)) : [],
+  };
 }
 
 // --- Cancel requests ----------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
-import { startPgbranch } from './pgbranch.js';
+import { writeDevCertificates } from '../../src/cli/tls-init.js';
+import { startPgbranch, tempDir } from './pgbranch.js';
 import {
   CasesInFlight,
   duringCrash,
@@ -64,8 +65,14 @@ export async function fuzzRun(options: {
   log(
     `fuzz: seed ${SEED} (FUZZ_SEED=${SEED} replays; FUZZ_CASE=<n> runs one case), ${options.inputs} inputs`,
   );
+  // TLS on, for the TLS stage (and SSLRequests that other inputs turn into get S).
+  const certificates = tempDir('fuzz-tls');
+  const { cert, key } = await writeDevCertificates(certificates, []);
   const proxy = await startPgbranch({
-    args: ['--pool-size', env.FUZZ_POOL ?? '40', '--auth-max-failures', '0'],
+    args: [
+      ...['--pool-size', env.FUZZ_POOL ?? '40', '--auth-max-failures', '0'],
+      ...['--tls-cert', cert, '--tls-key', key],
+    ],
   });
   try {
     const directUrl = proxy.directUrl('postgres');
@@ -180,6 +187,7 @@ export async function fuzzRun(options: {
     };
   } finally {
     await proxy.stop();
+    fs.rmSync(certificates, { recursive: true, force: true });
   }
 }
 

@@ -7,6 +7,8 @@
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import { Duplex } from 'node:stream';
+import tls from 'node:tls';
 import pg from 'pg';
 import {
   generateCase,
@@ -16,6 +18,7 @@ import {
   type FuzzCase,
   type Kind,
   type Mode,
+  type PlusLogin,
 } from './fuzz-cases.js';
 import { framing, msg, startupPacket } from './fuzz-messages.js';
 
@@ -40,6 +43,7 @@ export type Outcome =
   | 'error, closed'
   | 'closed'
   | 'logged in'
+  | 'logged in over TLS'
   | 'SASL continued, closed when the client left'
   | 'waited, closed when the client left';
 
@@ -219,6 +223,11 @@ async function runCase(
       await conn.finish(c.name, bytes, !cancel, outcome, fail);
     } else if (c.auth) {
       await runAuth(conn, c, outcome, fail);
+    } else if (c.tls) {
+      if (!(await runTls(conn, c, scram, outcome, fail))) return;
+      for (const [i, input] of c.inputs.entries()) {
+        if (!(await conn.send(input.name, input.bytes, i, outcome, fail))) break;
+      }
     } else {
       await conn.login(c, scram);
       const key = conn.key;
@@ -282,7 +291,64 @@ async function runAuth(
   }
   // Nothing at all (a mutation may cut everything) or a message cut short may be waited on.
   const mayWait = bytes.length === 0 || framing(bytes).state === 'short';
-  await conn.finish(c.name, bytes, mayWait, outcome, fail);
+  const mayLogIn = auth.method === 'md5' && auth.mayLogIn === true;
+  await conn.finish(c.name, bytes, mayWait, outcome, fail, mayLogIn ? 'either' : 'refused');
+}
+
+/**
+ * A TLS case: TLS started after an SSLRequest or directly, then handshake bytes gone wrong (which
+ * pgbranch must close on), or a SCRAM-SHA-256-PLUS login (which it must refuse unless its channel
+ * binding is right). Returns whether the client is logged in over TLS, for the case's inputs.
+ */
+async function runTls(
+  conn: Connection,
+  c: FuzzCase,
+  scram: ScramCache,
+  outcome: (input: string, what: Outcome) => void,
+  fail: (input: string, what: string, bytes: Buffer) => void,
+): Promise<boolean> {
+  const script = c.tls!;
+  if (!script.direct && !(await conn.sslRequest())) {
+    fail(c.name, 'SSLRequest not answered S by a pgbranch with a certificate', Buffer.alloc(0));
+    return false;
+  }
+  if ('handshake' in script) {
+    const bytes = script.handshake(await clientHello());
+    // What pgbranch sends now is TLS records (alerts), not protocol messages.
+    conn.opaque = true;
+    await conn.finish(c.name, bytes, true, outcome, fail);
+    return false;
+  }
+  let certificateHash: Buffer;
+  try {
+    certificateHash = await conn.startTls();
+  } catch (error) {
+    fail(c.name, `TLS handshake: ${(error as Error).message}`, Buffer.alloc(0));
+    return false;
+  }
+  return conn.loginPlus(c, script.plus, certificateHash, scram, outcome, fail);
+}
+
+let helloSample: Promise<Buffer> | undefined;
+
+/** A real ClientHello, as node:tls sends it (ALPN postgresql), for the handshakes to mutate. */
+function clientHello(): Promise<Buffer> {
+  return (helloSample ??= new Promise((resolve) => {
+    const capture = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, callback) {
+        resolve(Buffer.from(chunk));
+        callback();
+        setImmediate(() => secure.destroy());
+      },
+    });
+    const secure = tls.connect({
+      socket: capture,
+      servername: 'localhost',
+      ALPNProtocols: ['postgresql'],
+    });
+    secure.on('error', () => undefined);
+  }));
 }
 
 // --- A connection -------------------------------------------------------------------------------
@@ -297,20 +363,137 @@ class Connection {
   private readonly errors: string[] = [];
   private codes: string[] = [];
   key: Buffer | undefined;
-  /** Before a startup packet: an SSLRequest or GSSENCRequest is answered with one byte, 'N'. */
+  /**
+   * Before a startup packet: an SSLRequest or GSSENCRequest is answered with one byte, 'N', or
+   * for an SSLRequest 'S', after which only TLS records come (see opaque).
+   */
   startupPhase = false;
+  /** What pgbranch sends is TLS records, not messages: only its close is waited for. */
+  opaque = false;
+  private socket: net.Socket;
 
-  private constructor(private readonly socket: net.Socket) {
+  private constructor(socket: net.Socket) {
+    this.socket = socket;
+    this.listen(socket);
+  }
+
+  private readonly onData = (chunk: Buffer) => {
+    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+    this.wake?.();
+  };
+
+  private readonly onClose = () => {
+    this.closed = true;
+    this.wake?.();
+  };
+
+  private listen(socket: net.Socket): void {
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => {
-      this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
-      this.wake?.();
-    });
+    socket.on('data', this.onData);
     socket.on('error', () => undefined);
-    socket.on('close', () => {
-      this.closed = true;
-      this.wake?.();
+    socket.on('close', this.onClose);
+  }
+
+  /** Sends an SSLRequest and reads the one-byte answer: whether it is S. */
+  async sslRequest(): Promise<boolean> {
+    this.write(Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]));
+    const deadline = Date.now() + ANSWER_DEADLINE_MS;
+    while (this.buffer.length === 0 && !this.closed && Date.now() < deadline) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, deadline - Date.now());
+        this.wake = () => {
+          clearTimeout(timer);
+          this.wake = undefined;
+          resolve();
+        };
+      });
+    }
+    const answer = this.buffer[0];
+    this.buffer = this.buffer.subarray(1);
+    return answer === 0x53;
+  }
+
+  /**
+   * The client side of the TLS handshake over this connection (ALPN postgresql, so that direct TLS
+   * is accepted too); afterwards the connection speaks over TLS. Resolves with the hash of
+   * pgbranch's certificate that tls-server-end-point binds (SHA-256 for its ECDSA-with-SHA256
+   * certificate).
+   */
+  async startTls(): Promise<Buffer> {
+    const raw = this.socket;
+    raw.removeListener('data', this.onData);
+    raw.removeListener('close', this.onClose);
+    const secure = tls.connect({
+      socket: raw,
+      servername: 'localhost',
+      ALPNProtocols: ['postgresql'],
+      rejectUnauthorized: false,
     });
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secureConnect', resolve);
+      secure.once('error', reject);
+    });
+    this.socket = secure;
+    this.listen(secure);
+    return createHash('sha256').update(secure.getPeerX509Certificate()!.raw).digest();
+  }
+
+  /**
+   * A SCRAM-SHA-256-PLUS login as `login` says; fails the case if pgbranch does not offer PLUS
+   * first over TLS, refuses a valid login, or lets a wrong one in. Returns whether it is in.
+   */
+  async loginPlus(
+    c: FuzzCase,
+    login: PlusLogin,
+    certificateHash: Buffer,
+    scram: ScramCache,
+    outcome: (input: string, what: Outcome) => void,
+    fail: (input: string, what: string, bytes: Buffer) => void,
+  ): Promise<boolean> {
+    const options = `-c statement_timeout=5000${c.mode === 'transaction' ? ' -c pgbranch.pool_mode=transaction' : ''}`;
+    this.write(startupPacket({ user: SCRAM_USER, database: c.database, options }));
+    const sasl = await this.authRequest();
+    if (sasl?.code !== 10) {
+      fail(c.name, `expected AuthenticationSASL over TLS, got ${sasl?.code}`, Buffer.alloc(0));
+      return false;
+    }
+    const mechanisms = sasl.data.toString('utf8').split('\0').filter(Boolean);
+    if (mechanisms[0] !== 'SCRAM-SHA-256-PLUS') {
+      fail(c.name, `SCRAM-SHA-256-PLUS not offered first over TLS: ${mechanisms}`, Buffer.alloc(0));
+      return false;
+    }
+    const clientFirstBare = `n=,r=${randomBytes(18).toString('base64')}`;
+    const initial = msg.saslInitial(login.mechanism, Buffer.from(login.header + clientFirstBare));
+    this.write(initial);
+    const challenge = await this.message(ANSWER_DEADLINE_MS);
+    if (challenge?.type !== 'R' || challenge.body.readInt32BE(0) !== 11) {
+      if (login.expect === 'logged in' || challenge?.type !== 'E') {
+        fail(
+          c.name,
+          `${login.name}: expected ${login.expect === 'logged in' ? 'AuthenticationSASLContinue' : 'an ErrorResponse'}, got ${challenge?.type ?? 'nothing'}`,
+          initial,
+        );
+        return false;
+      }
+      // Refused at the client-first-message, as it must be: the error, then the close.
+      await this.finish(
+        c.name,
+        Buffer.alloc(0),
+        true,
+        (input, what) => outcome(input, what === 'closed' ? 'error, closed' : what),
+        fail,
+        'refused',
+      );
+      return false;
+    }
+    const binding = Buffer.concat([Buffer.from(login.header), login.binding(certificateHash)]);
+    let final = msg.saslResponse(
+      scram.clientFinal(clientFirstBare, challenge.body.subarray(4).toString('utf8'), binding),
+    );
+    if (login.mutate) final = login.mutate(final);
+    const mayWait = final.length === 0 || framing(final).state === 'short';
+    const what = await this.finish(c.name, final, mayWait, outcome, fail, login.expect);
+    return what === 'logged in over TLS';
   }
 
   static open(port: number): Promise<Connection> {
@@ -449,48 +632,64 @@ class Connection {
     mayWait: boolean,
     outcome: (input: string, what: Outcome) => void,
     fail: (input: string, what: string, bytes: Buffer) => void,
-  ): Promise<void> {
+    /** What the input must lead to: a refusal (no login), a login, or either. */
+    expected: 'refused' | 'logged in' | 'either' = 'either',
+  ): Promise<Outcome | undefined> {
     await this.writeInPieces(bytes);
     const deadline = Date.now() + (mayWait ? QUIET_MS : ANSWER_DEADLINE_MS);
     let errors = 0;
+    const end = (_input: string, what: Outcome): Outcome | undefined => {
+      if (expected === 'logged in') {
+        fail(name, `a valid login was refused (${what})`, bytes);
+        return undefined;
+      }
+      outcome(name, what);
+      return what;
+    };
     for (;;) {
       const message = await this.message(deadline - Date.now());
       if (!message) {
-        if (this.closed) return outcome(name, errors > 0 ? 'error, closed' : 'closed');
-        if (errors > 0) return this.leave(name, bytes, outcome, fail, 'error, closed');
-        if (mayWait) return this.leave(name, bytes, outcome, fail);
-        return fail(name, `no answer within ${ANSWER_DEADLINE_MS} ms`, bytes);
+        if (this.closed) return end(name, errors > 0 ? 'error, closed' : 'closed');
+        if (errors > 0) return this.leave(name, bytes, end, fail, 'error, closed');
+        if (mayWait) return this.leave(name, bytes, end, fail);
+        fail(name, `no answer within ${ANSWER_DEADLINE_MS} ms`, bytes);
+        return undefined;
       }
       if (message.type === 'E') errors++;
-      if (message.type === 'Z') return outcome(name, 'logged in');
+      if (message.type === 'Z') {
+        if (expected === 'refused') {
+          fail(name, 'logged in with an input that must be refused', bytes);
+          return undefined;
+        }
+        const what: Outcome =
+          this.socket instanceof tls.TLSSocket ? 'logged in over TLS' : 'logged in';
+        outcome(name, what);
+        return what;
+      }
       // A client-first-message pgbranch took (extensions are ignored, as PostgreSQL does): it now
       // waits for the client-final-message, and must close once the client leaves instead.
       if (message.type === 'R' && message.body.readInt32BE(0) === 11) {
-        return this.leave(
-          name,
-          bytes,
-          outcome,
-          fail,
-          'SASL continued, closed when the client left',
-        );
+        return this.leave(name, bytes, end, fail, 'SASL continued, closed when the client left');
       }
     }
   }
 
   /** The client half-closes after a quiet spell; pgbranch must close within CLOSE_DEADLINE_MS. */
-  private async leave(
+  private async leave<T>(
     name: string,
     bytes: Buffer,
-    outcome: (input: string, what: Outcome) => void,
+    outcome: (input: string, what: Outcome) => T,
     fail: (input: string, what: string, bytes: Buffer) => void,
     then: Outcome = 'waited, closed when the client left',
-  ): Promise<void> {
+  ): Promise<T | undefined> {
     this.socket.end();
     const deadline = Date.now() + CLOSE_DEADLINE_MS;
     while (!this.closed && Date.now() < deadline) await this.message(deadline - Date.now());
-    if (!this.closed)
-      return fail(name, `still open ${CLOSE_DEADLINE_MS} ms after the client left`, bytes);
-    outcome(name, then);
+    if (!this.closed) {
+      fail(name, `still open ${CLOSE_DEADLINE_MS} ms after the client left`, bytes);
+      return undefined;
+    }
+    return outcome(name, then);
   }
 
   /** Writes in up to three pieces (chosen from the bytes, so a seed replays it). */
@@ -508,6 +707,9 @@ class Connection {
     const deadline = Date.now() + Math.max(0, timeoutMs);
     for (;;) {
       while (this.startupPhase && this.buffer[0] === 0x4e) this.buffer = this.buffer.subarray(1);
+      // An SSLRequest (a cancel request mutated into one) answered S: TLS records follow.
+      if (this.startupPhase && this.buffer[0] === 0x53) this.opaque = true;
+      if (this.opaque) this.buffer = Buffer.alloc(0);
       if (this.buffer.length >= 5) {
         const type = String.fromCharCode(this.buffer[0]!);
         const length = this.buffer.readInt32BE(1);
@@ -598,7 +800,8 @@ class ScramCache {
   private readonly salted = new Map<string, Buffer>();
   constructor(private readonly password: string) {}
 
-  clientFinal(clientFirstBare: string, serverFirst: string): string {
+  /** `binding`: the GS2 header and channel-binding data (c=); n,, without. */
+  clientFinal(clientFirstBare: string, serverFirst: string, binding?: Buffer): string {
     const attrs = Object.fromEntries(serverFirst.split(',').map((a) => [a[0], a.slice(2)]));
     const cacheKey = `${attrs.s}:${attrs.i}`;
     let salted = this.salted.get(cacheKey);
@@ -614,7 +817,7 @@ class ScramCache {
     }
     const clientKey = createHmac('sha256', salted).update('Client Key').digest();
     const storedKey = createHash('sha256').update(clientKey).digest();
-    const withoutProof = `c=biws,r=${attrs.r}`;
+    const withoutProof = `c=${binding ? binding.toString('base64') : 'biws'},r=${attrs.r}`;
     const authMessage = `${clientFirstBare},${serverFirst},${withoutProof}`;
     const signature = createHmac('sha256', storedKey).update(authMessage).digest();
     const proof = Buffer.alloc(32);
