@@ -122,11 +122,13 @@ export class DatabaseProvider implements BranchProvider {
         [parentPhysical],
       );
       const ownerClause = owner.rows[0] ? ` OWNER ${quoteIdent(owner.rows[0].owner)}` : '';
+      // Closed to connections until it has its parent's privileges: CREATE DATABASE gives a new
+      // database PostgreSQL's default ones, under which everybody may connect.
       await client.query(
-        `CREATE DATABASE ${quoteIdent(physical)} TEMPLATE ${quoteIdent(parentPhysical)} STRATEGY FILE_COPY${ownerClause}`,
+        `CREATE DATABASE ${quoteIdent(physical)} TEMPLATE ${quoteIdent(parentPhysical)} STRATEGY FILE_COPY${ownerClause} ALLOW_CONNECTIONS false`,
       );
       try {
-        // A restore point copied from a restore point would otherwise allow connections.
+        await copyDatabasePrivileges(client, parentPhysical, physical);
         await this.allowConnections(physical, !options.readOnly);
         for (const script of options.scripts ?? []) await this.runScript(physical, script);
         await client.query(
@@ -205,6 +207,39 @@ export class DatabaseProvider implements BranchProvider {
     await this.drop(physical);
     await this.admin.query(
       `ALTER DATABASE ${quoteIdent(replacement)} RENAME TO ${quoteIdent(physical)}`,
+    );
+  }
+}
+
+/**
+ * Gives `physical` the database-level privileges of `parent` (GRANT/REVOKE ... ON DATABASE: CONNECT,
+ * CREATE, TEMPORARY), which CREATE DATABASE does not copy: without this, a parent closed to PUBLIC
+ * (REVOKE CONNECT ON DATABASE app FROM PUBLIC) would have branches every role may connect to.
+ */
+async function copyDatabasePrivileges(
+  client: pg.PoolClient,
+  parent: string,
+  physical: string,
+): Promise<void> {
+  const acl = await client.query<{ owner: string; defaults: boolean }>(
+    `SELECT quote_ident(pg_get_userbyid(datdba)) AS owner, datacl IS NULL AS defaults
+       FROM pg_database WHERE datname = $1`,
+    [parent],
+  );
+  // A parent with no ACL of its own has PostgreSQL's defaults, as the branch has already.
+  if (acl.rows[0]?.defaults !== false) return;
+  const { rows } = await client.query<{ grantee: string; privilege: string; grantable: boolean }>(
+    `SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS grantee,
+            a.privilege_type AS privilege, a.is_grantable AS grantable
+       FROM pg_database d, aclexplode(d.datacl) a
+      WHERE d.datname = $1`,
+    [parent],
+  );
+  const branch = quoteIdent(physical);
+  await client.query(`REVOKE ALL ON DATABASE ${branch} FROM PUBLIC, ${acl.rows[0].owner}`);
+  for (const { grantee, privilege, grantable } of rows) {
+    await client.query(
+      `GRANT ${privilege} ON DATABASE ${branch} TO ${grantee}${grantable ? ' WITH GRANT OPTION' : ''}`,
     );
   }
 }
