@@ -142,7 +142,9 @@ describe('the embedded server', () => {
     await work.stop();
     expectOnlyDowntimeErrors(work.workers);
     // A client fails only for what it had in flight when the server died: once, at most.
-    for (const worker of work.workers) expect(worker.errors.length).toBeLessThanOrEqual(1);
+    for (const worker of work.workers) {
+      expect(worker.errors.length, JSON.stringify(worker.errors)).toBeLessThanOrEqual(1);
+    }
     expect(proxy.child.exitCode).toBeNull();
 
     expect(await serversAgree(proxy, proxy.directUrl('postgres'))).toBeGreaterThan(0);
