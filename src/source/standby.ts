@@ -11,6 +11,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { errors, PgError } from '../errors.js';
 import {
+  alive,
   serverOwner,
   startPostmaster,
   stopLeftover,
@@ -605,15 +606,6 @@ function claim(root: string): void {
     );
   }
   fs.writeFileSync(file, `${process.pid}\n`);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function readRecord(root: string): StandbyRecord | undefined {

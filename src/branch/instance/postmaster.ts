@@ -315,7 +315,8 @@ export function runsOn(pid: number, pgDataDir: string): boolean {
   }
 }
 
-function alive(pid: number): boolean {
+/** Whether process `pid` exists (it may belong to another user). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
