@@ -24,6 +24,8 @@ export const descriptions: Record<ConfigPath, string> = {
     "Directory holding postgres of the source's major version; unset: Debian's, the embedded one, or installed from npm into data_dir.",
   'source.max_rate':
     "The base backup's rate limit in kB/s (at least 32), to spare the source's disk; 0 for none.",
+  'source.max_wait':
+    'How long a new branch waits for the standby to replay what the source has committed; past it the branch holds what was replayed, and its NOTICE says how far behind.',
   auth: 'How clients authenticate; trust is refused unless listen.host is a loopback address.',
   auth_max_failures:
     'Failed logins a client address may have in a minute; past it, its logins are refused (28000) until the oldest is a minute old. Unix socket clients count as one address; 0 for no limit.',

@@ -150,9 +150,14 @@ export const configSchema = z
           .max(1_048_576)
           .refine((n) => n === 0 || n >= 32, 'is below 32 kB/s, the least PostgreSQL allows')
           .default(0),
+        /**
+         * How long a new branch waits for the standby to replay what the source had committed when
+         * the branch was asked for; past it the branch holds what was replayed, and says so.
+         */
+        max_wait: duration.default(5_000),
       })
       .strict()
-      .default({ max_rate: 0 }),
+      .default({ max_rate: 0, max_wait: 5_000 }),
     /** How clients authenticate to the proxy. `trust` is refused unless listen.host is loopback. */
     auth: z.enum(['scram-sha-256', 'md5', 'trust']).default('scram-sha-256'),
     /**

@@ -9,6 +9,7 @@ import { PgError } from '../errors.js';
 import { hideInLogs, passwordIn } from '../log.js';
 import { CannotStart } from '../preflight.js';
 import { pgClientConfig } from '../upstream/endpoint.js';
+import { formatLsn } from './lsn.js';
 import { startStandby, type Standby } from './standby.js';
 
 /**
@@ -44,8 +45,14 @@ export async function openSource(config: Config, log: Logger): Promise<Standby> 
 }
 
 /** The standby as the root instance: copies of it become writable branches of the source. */
-export function standbyRoot(standby: Standby): RootInstanceSetup {
+export function standbyRoot(standby: Standby, maxWaitMs: number): RootInstanceSetup {
   return {
+    upstream: {
+      // Notices name the server, not the role: `db.prod:5432`.
+      name: standby.source.replace(/^[^@]*@/, ''),
+      position: async () => formatLsn(await standby.currentLsn()),
+      maxWaitMs,
+    },
     pgDataDir: standby.pgDataDir,
     superuser: standby.superuser,
     binary: standby.binaries.postgres,
