@@ -33,6 +33,11 @@ export interface SourceServer {
   setHba(text: string): Promise<void>;
   start(): Promise<void>;
   stop(mode?: 'fast' | 'immediate'): Promise<void>;
+  /**
+   * Stops it and makes another cluster in its place: a new initdb (a new system identifier) at the
+   * same port, with the same roles and passwords, started.
+   */
+  reinitialise(): Promise<void>;
   remove(): Promise<void>;
 }
 
@@ -53,12 +58,14 @@ export async function sourceServer(options: SourceServerOptions = {}): Promise<S
   const dir = tempDir('source');
   const pgDataDir = path.join(dir, 'pg');
   const pwfile = path.join(dir, 'pwfile');
-  fs.writeFileSync(pwfile, `${SUPERUSER_PASSWORD}\n`);
-  if (owner) fs.chownSync(pwfile, owner.uid, owner.gid);
-  await initdb(binaries.initdb, pgDataDir, pwfile, owner);
-  fs.rmSync(pwfile);
   const port = await freePort();
   let running: Postmaster | undefined;
+  const init = async () => {
+    fs.writeFileSync(pwfile, `${SUPERUSER_PASSWORD}\n`);
+    if (owner) fs.chownSync(pwfile, owner.uid, owner.gid);
+    await initdb(binaries.initdb, pgDataDir, pwfile, owner);
+    fs.rmSync(pwfile);
+  };
   const start = async () => {
     running = await startPostmaster({
       binary: binaries.postgres,
@@ -76,6 +83,7 @@ export async function sourceServer(options: SourceServerOptions = {}): Promise<S
       log,
     });
   };
+  await init();
   await start();
   const connect = async (database = 'postgres') => {
     const client = new pg.Client({
@@ -88,12 +96,17 @@ export async function sourceServer(options: SourceServerOptions = {}): Promise<S
     await client.connect();
     return client;
   };
-  const admin = await connect();
-  try {
-    await admin.query(`CREATE ROLE replicator LOGIN REPLICATION PASSWORD '${REPLICATOR_PASSWORD}'`);
-  } finally {
-    await admin.end();
-  }
+  const addReplicator = async () => {
+    const admin = await connect();
+    try {
+      await admin.query(
+        `CREATE ROLE replicator LOGIN REPLICATION PASSWORD '${REPLICATOR_PASSWORD}'`,
+      );
+    } finally {
+      await admin.end();
+    }
+  };
+  await addReplicator();
   return {
     port,
     pgDataDir,
@@ -115,6 +128,14 @@ export async function sourceServer(options: SourceServerOptions = {}): Promise<S
     stop: async (mode = 'fast') => {
       await running?.stop(mode);
       running = undefined;
+    },
+    reinitialise: async () => {
+      await running?.stop('fast');
+      running = undefined;
+      fs.rmSync(pgDataDir, { recursive: true, force: true });
+      await init();
+      await start();
+      await addReplicator();
     },
     remove: async () => {
       await running?.stop('immediate');
