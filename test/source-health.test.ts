@@ -225,6 +225,36 @@ describe('a streaming standby', () => {
   });
 });
 
+test('RESYNC SOURCE in the console, the same cluster: its slot is made again, app the same', async () => {
+  const before = (await api()).body;
+  const run = await psql(url('pgbranch'), 'RESYNC SOURCE');
+  expect(run.code).toBe(0);
+  expect(run.stderr).toMatch(
+    /NOTICE: {2}pgbranch: the standby of replicator@127\.0\.0\.1:\d+ was made again \(system identifier \d+\) and streams from it/,
+  );
+  expect(proxy.events('source_backup_started').length).toBe(2);
+  const admin = await source.connect();
+  try {
+    const { rows } = await admin.query<{ name: string }>(
+      'SELECT slot_name AS name FROM pg_replication_slots',
+    );
+    expect(rows).toEqual([{ name: expect.stringMatching(/^pgbranch_/) }]);
+  } finally {
+    await admin.end();
+  }
+  await commitOnSource(101, 'after a resync of the same cluster');
+  await vi.waitFor(async () => {
+    expect((await api()).body).toMatchObject({
+      systemId: before.systemId,
+      connected: true,
+      lagBytes: 0,
+    });
+    expect(await queryOnce(url('app'), 'SELECT count(*)::int AS n FROM orders')).toEqual([
+      { n: 6 },
+    ]);
+  }, wait);
+});
+
 describe('a source re-initialised under the standby', () => {
   let branch: pg.Client;
   let oldSystemId: string;
@@ -334,7 +364,10 @@ describe('a source re-initialised under the standby', () => {
 });
 
 test('without a source: API 404, CLI one line and exit 4, SHOW SOURCE no row, no metrics', async () => {
-  const plain = await startPgbranch();
+  // The machine's PostgreSQL 15 as an upstream: no source, and no initdb to wait for.
+  const plain = await startPgbranch({
+    args: ['--upstream', 'postgres://postgres@127.0.0.1:5432/postgres', '--auth', 'trust'],
+  });
   try {
     const response = await fetch(`${plain.ready.adminUrl}/v1/source`);
     expect(response.status).toBe(404);
@@ -352,7 +385,7 @@ test('without a source: API 404, CLI one line and exit 4, SHOW SOURCE no row, no
       stderr:
         'pgbranch: this pgbranch follows no source: it was started without source.url (--source, PGBRANCH_SOURCE)\n',
     });
-    const shown = await psql(plain.url('pgbranch'), 'SHOW SOURCE');
+    const shown = await psql(plain.url('pgbranch', 'postgres', ''), 'SHOW SOURCE');
     expect(shown).toMatchObject({ code: 0, stdout: '' });
     expect(shown.stderr).toContain('NOTICE:  pgbranch: this pgbranch follows no source');
     const text = await (await fetch(plain.ready.metricsUrl!)).text();
