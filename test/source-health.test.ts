@@ -225,34 +225,50 @@ describe('a streaming standby', () => {
   });
 });
 
-test('RESYNC SOURCE in the console, the same cluster: its slot is made again, app the same', async () => {
-  const before = (await api()).body;
+test('a failover to a server whose timeline forked before the standby: reported, RESYNC SOURCE follows it', async () => {
+  const systemId = (await api()).body.systemId;
+  const { takeOver } = await source.fork();
+  await commitOnSource(101, 'lost in the failover');
+  await vi.waitFor(async () => {
+    expect((await api()).body).toMatchObject({ connected: true, lagBytes: 0 });
+  }, wait);
+  await takeOver();
+  await vi.waitFor(async () => {
+    expect((await api()).body).toMatchObject({
+      connected: false,
+      problem: expect.stringMatching(
+        /^the standby can't follow the timeline of the source replicator@127\.0\.0\.1:\d+: it was failed over .*Run pgbranch source resync/,
+      ),
+    });
+    expect((await metrics()).get('pgbranch_source_connected')).toBe(0);
+  }, wait);
+
   const run = await psql(url('pgbranch'), 'RESYNC SOURCE');
-  expect(run.code).toBe(0);
   expect(run.stderr).toMatch(
     /NOTICE: {2}pgbranch: the standby of replicator@127\.0\.0\.1:\d+ was made again \(system identifier \d+\) and streams from it/,
   );
-  expect(proxy.events('source_backup_started').length).toBe(2);
+  expect(run.code).toBe(0);
   const admin = await source.connect();
   try {
-    const { rows } = await admin.query<{ name: string }>(
-      'SELECT slot_name AS name FROM pg_replication_slots',
-    );
-    expect(rows).toEqual([{ name: expect.stringMatching(/^pgbranch_/) }]);
+    // The slot the copy brought along was dropped and made again: one, the standby's.
+    const { rows } = await admin.query('SELECT active FROM pg_replication_slots');
+    expect(rows).toEqual([{ active: expect.any(Boolean) }]);
   } finally {
     await admin.end();
   }
-  await commitOnSource(101, 'after a resync of the same cluster');
+  await commitOnSource(102, 'on the new timeline');
   await vi.waitFor(async () => {
     expect((await api()).body).toMatchObject({
-      systemId: before.systemId,
+      systemId,
       connected: true,
       lagBytes: 0,
+      problem: null,
     });
-    expect(await queryOnce(url('app'), 'SELECT count(*)::int AS n FROM orders')).toEqual([
-      { n: 6 },
-    ]);
+    expect(await queryOnce(url('app'), 'SELECT id FROM orders WHERE id > 100 ORDER BY id')).toEqual(
+      [{ id: 102 }],
+    );
   }, wait);
+  expect(proxy.events('source_problem')).toHaveLength(1);
 });
 
 describe('a source re-initialised under the standby', () => {
@@ -285,8 +301,8 @@ describe('a source re-initialised under the standby', () => {
     expect((await showSource()).problem).toContain('pgbranch source resync');
     expect((await cli(['source', 'status'])).stdout).toMatch(/^PROBLEM: +the source .* resync/);
     await api();
-    expect(proxy.events('source_problem')).toHaveLength(1);
-    expect(proxy.events('source_problem')[0]).toMatchObject({ level: 40 });
+    expect(proxy.events('source_problem')).toHaveLength(2);
+    expect(proxy.events('source_problem')[1]).toMatchObject({ level: 40 });
   });
 
   test('pgbranch source resync follows the new cluster while the branch keeps serving', async () => {
@@ -335,7 +351,7 @@ describe('a source re-initialised under the standby', () => {
       expect((await api()).body).toMatchObject({ connected: true, lagBytes: 0 });
       expect((await metrics()).get('pgbranch_source_connected')).toBe(1);
     }, wait);
-    expect(proxy.events('source_problem_cleared')).toHaveLength(1);
+    expect(proxy.events('source_problem_cleared')).toHaveLength(2);
 
     // app is the new cluster, and follows it.
     await commitOnSource(4, 'the second cluster, after the resync');

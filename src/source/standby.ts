@@ -523,9 +523,14 @@ function standbyHandle(parts: HandleParts): Standby {
     try {
       await client.query('SELECT pg_reload_conf()');
       if (on) return;
+      // A walreceiver that does not stream holds no slot on the source (one that waits for a
+      // timeline it can't have may stay, and does no harm).
       const deadline = Date.now() + 30_000;
-      while ((await client.query('SELECT 1 FROM pg_stat_wal_receiver')).rowCount !== 0) {
-        if (Date.now() > deadline) throw new Error('its walreceiver did not stop within 30 s');
+      const streams = "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'";
+      while ((await client.query(streams)).rowCount !== 0) {
+        if (Date.now() > deadline) {
+          throw new Error('the old standby still streamed 30 s after it was told to stop');
+        }
         await sleep(50);
       }
     } finally {
@@ -781,6 +786,11 @@ const STREAMING_PROBLEMS: [RegExp, (source: string, systemId: string) => string]
     /is not in this server's history|forked off current database system timeline|is not a child of database system timeline|of the primary is behind recovery timeline/,
     (source) =>
       `the standby can't follow the timeline of the source ${source}: it was failed over to a server whose history does not hold the standby's position`,
+  ],
+  [
+    /is ahead of the WAL flush position of this server/,
+    (source) =>
+      `the source ${source} is behind what the standby replayed: it was restored from an older backup, or lost WAL`,
   ],
   [
     /requested WAL segment \S+ has already been removed/,

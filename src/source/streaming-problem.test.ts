@@ -28,6 +28,10 @@ describe('streamingProblem: what the standby log says of why it does not stream'
         /replication slot is gone/,
       ],
       [
+        'FATAL:  could not start WAL streaming: ERROR:  requested starting point 0/9000000 is ahead of the WAL flush position of this server 0/7000148',
+        /is behind what the standby replayed/,
+      ],
+      [
         'FATAL:  database system identifier differs between the primary and standby',
         /^the source replicator@db\.prod:5432 is now another cluster \(not the one of system identifier 7 the standby follows\)/,
       ],

@@ -38,6 +38,12 @@ export interface SourceServer {
    * same port, with the same roles and passwords, started.
    */
   reinitialise(): Promise<void>;
+  /**
+   * A copy of the cluster as it is now (stopped a moment for it), which `takeOver` later puts in
+   * its place: the source stops, and the copy starts at its address and is promoted, a new
+   * timeline forking off where the copy was made, as a failover to a standby that lagged does.
+   */
+  fork(): Promise<{ takeOver: () => Promise<void> }>;
   remove(): Promise<void>;
 }
 
@@ -137,12 +143,47 @@ export async function sourceServer(options: SourceServerOptions = {}): Promise<S
       await start();
       await addReplicator();
     },
+    fork: async () => {
+      await running?.stop('fast');
+      running = undefined;
+      const copy = path.join(dir, 'fork');
+      await run('cp', ['-a', pgDataDir, copy]);
+      await start();
+      return {
+        takeOver: async () => {
+          await running?.stop('fast');
+          running = undefined;
+          fs.rmSync(pgDataDir, { recursive: true, force: true });
+          fs.renameSync(copy, pgDataDir);
+          const signal = path.join(pgDataDir, 'standby.signal');
+          fs.writeFileSync(signal, '');
+          if (owner) fs.chownSync(signal, owner.uid, owner.gid);
+          await start();
+          const client = await connect();
+          try {
+            await client.query('SELECT pg_promote()');
+          } finally {
+            await client.end();
+          }
+        },
+      };
+    },
     remove: async () => {
       await running?.stop('immediate');
       running = undefined;
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+function run(command: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: 'ignore' });
+    child.once('error', reject);
+    child.once('exit', (code) =>
+      code === 0 ? resolve() : reject(new Error(`${command} exited with ${code}`)),
+    );
+  });
 }
 
 /** initdb with options every major from 15 on takes. */
