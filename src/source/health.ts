@@ -2,6 +2,7 @@
 // metrics): the standby's status, checked every 10 s so that a source that was failed over or
 // re-initialised is logged once, when it happens; and the resync that rebuilds the standby while
 // branches keep running, during whose swap the standby's own clients are refused with 57P03.
+import fs from 'node:fs';
 import type { Logger } from 'pino';
 import { diskUsage } from '../branch/instance/instances.js';
 import { errors } from '../errors.js';
@@ -103,7 +104,8 @@ export class SourceHealth implements SourceControl {
     return {
       ...status,
       dataDir,
-      diskBytes: diskUsage(dataDir),
+      // Between a swap's renames the directory is briefly not there.
+      diskBytes: fs.existsSync(dataDir) ? diskUsage(dataDir) : 0,
       window: (await this.options.window?.()) ?? null,
       resync: this.progress && { ...this.progress },
     };
