@@ -506,7 +506,7 @@ export async function startPgbranch(
                 : undefined,
           }
         : standby
-          ? standbyRoot(standby, config.source.max_wait)
+          ? standbyRoot(standby, config.source.max_wait, upstreamRunning)
           : await localUpstream(admin, String(adminConfig.user), connectRoot);
       instances = await openInstanceBranches({
         config,

@@ -637,6 +637,12 @@ function standbyHandle(parts: HandleParts): Standby {
           );
           throw error;
         }
+        if (running.superuser !== state.superuser) {
+          log.error(
+            { event: 'source_superuser_changed', was: state.superuser, now: running.superuser },
+            `resync: the source's bootstrap superuser is now ${running.superuser}, and pgbranch's sessions on the standby log in as ${state.superuser} until it is restarted: restart pgbranch`,
+          );
+        }
         writeRecord(root, record);
         state = { ...running, binaries, version, systemId: identity.systemId, created: true };
         await fs.promises.rm(old, { recursive: true, force: true });
