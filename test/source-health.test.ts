@@ -7,7 +7,7 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import type pg from 'pg';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import type { SourceStatus } from '../src/source/health.js';
 import { connect, psql, queryOnce } from './support/clients.js';
@@ -303,6 +303,18 @@ describe('a source re-initialised under the standby', () => {
     await api();
     expect(proxy.events('source_problem')).toHaveLength(2);
     expect(proxy.events('source_problem')[1]).toMatchObject({ level: 40 });
+    // A new branch meanwhile does not wait for a position of another cluster: it is made of what
+    // the standby has, and says why.
+    const notices: string[] = [];
+    const client = new pg.Client(url('app@pr-0'));
+    client.on('notice', (notice) => notices.push(notice.message ?? ''));
+    await client.connect();
+    await client.end();
+    expect(notices).toEqual([
+      expect.stringMatching(
+        /^pgbranch: created branch "pr-0" .*the source could not be reached \(the source replicator@127\.0\.0\.1:\d+ is now another cluster/,
+      ),
+    ]);
   });
 
   test('pgbranch source resync follows the new cluster while the branch keeps serving', async () => {
@@ -328,7 +340,6 @@ describe('a source re-initialised under the standby', () => {
         );
       }
     })();
-    const spares = proxy.events('spare_ready').length;
     const run = await cli(['source', 'resync']);
     running = false;
     await Promise.all([onBranch, newSessions]);
@@ -371,8 +382,10 @@ describe('a source re-initialised under the standby', () => {
       { id: 100, note: 'while replay is paused' },
     ]);
     // The root's warm spare followed the old standby: it was made again of the new one.
-    expect(proxy.events('spare_discarded').length).toBeGreaterThanOrEqual(1);
-    await vi.waitFor(() => expect(proxy.events('spare_ready')).toHaveLength(spares + 1), wait);
+    const done = proxy.logs.findIndex((line) => line.event === 'source_resync_done');
+    const after = () => proxy.logs.slice(done).filter((line) => line.event === 'spare_ready');
+    expect(proxy.logs.slice(0, done).some((line) => line.event === 'spare_discarded')).toBe(true);
+    await vi.waitFor(() => expect(after().length).toBeGreaterThanOrEqual(1), wait);
     expect(await queryOnce(url('app@pr-2'), 'SELECT count(*)::int AS n FROM orders')).toEqual([
       { n: 4 },
     ]);

@@ -127,7 +127,10 @@ export interface Standby {
   systemId: string;
   /** True when this start made it (a base backup ran). */
   created: boolean;
-  /** The source's WAL position now (IDENTIFY_SYSTEM): throws when the source can't be reached. */
+  /**
+   * The source's WAL position now (IDENTIFY_SYSTEM): throws when the source can't be reached, or
+   * is another cluster than the one the standby follows.
+   */
   currentLsn(): Promise<Lsn>;
   status(): Promise<StandbyStatus>;
   /**
@@ -683,7 +686,14 @@ function standbyHandle(parts: HandleParts): Standby {
     get created() {
       return state.created;
     },
-    currentLsn: async () => (await identify()).xlogpos,
+    currentLsn: async () => {
+      const identity = await identify();
+      // Another cluster's position means nothing to this standby: a new branch waits for none.
+      if (identity.systemId !== state.systemId) {
+        throw new PgError('55000', anotherCluster(source, state.systemId));
+      }
+      return identity.xlogpos;
+    },
     status: async () => {
       const identity = await identify().catch(() => null);
       const sourceLsn = identity?.xlogpos ?? null;
