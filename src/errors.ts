@@ -439,6 +439,14 @@ export const errors = {
       undefined,
       'Connect again in a moment; branches are not affected.',
     ),
+  resyncRunning: (source: string) =>
+    new PgError(
+      '55006',
+      `a resync of the standby of ${source} is running already`,
+      undefined,
+      undefined,
+      'ERROR',
+    ),
   noSource: () =>
     new PgError(
       '42704',

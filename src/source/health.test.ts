@@ -69,6 +69,7 @@ describe('SourceHealth', () => {
     await health.running(10);
     await health.status();
     const resync = health.resync();
+    await expect(health.resync()).rejects.toMatchObject({ code: '55006' });
     await inSwap;
     await expect(health.running(20)).rejects.toMatchObject({
       code: '57P03',

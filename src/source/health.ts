@@ -112,11 +112,13 @@ export class SourceHealth implements SourceControl {
   }
 
   async resync(): Promise<SourceStatus> {
+    if (this.progress) throw errors.resyncRunning(this.options.standby.source);
     const startedAt = new Date().toISOString();
     const track = (progress: BackupProgress, phase: ResyncProgress['phase']) => {
       const { bytes, totalBytes, rate, secondsLeft } = progress;
       this.progress = { phase, startedAt, bytes, totalBytes, rate, secondsLeft };
     };
+    track({ bytes: 0, totalBytes: null, rate: 0, secondsLeft: null, elapsedMs: 0 }, 'backup');
     const outer = this.options.swap ?? ((work) => work());
     try {
       await this.options.standby.resync({

@@ -573,10 +573,10 @@ function standbyHandle(parts: HandleParts): Standby {
         { event: 'source_resync_started', source, systemId: identity.systemId },
         `resync: making a new standby of ${source} (system identifier ${identity.systemId}) beside the old one, which serves meanwhile`,
       );
-      // The old standby holds the slot while it streams: paused, so that it can be made anew.
-      await streaming(false);
       let record: StandbyRecord;
       try {
+        // The old standby holds the slot while it streams: paused, so that it can be made anew.
+        await streaming(false);
         await dropSlotWhenReleased(connection, slot);
         record = await makeStandby({
           connection,
@@ -750,9 +750,7 @@ function standbyHandle(parts: HandleParts): Standby {
     },
     resync: (resyncOptions = {}) => {
       if (resyncing) {
-        return Promise.reject(
-          new PgError('55006', `a resync of the standby of ${source} is running already`),
-        );
+        return Promise.reject(errors.resyncRunning(source));
       }
       resyncing = resync(resyncOptions).finally(() => (resyncing = undefined));
       return resyncing;
