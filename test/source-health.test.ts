@@ -349,6 +349,10 @@ describe('a source re-initialised under the standby', () => {
     expect(failures).toEqual([]);
     expect(queries).toBeGreaterThan(10);
     expect(logins).toBeGreaterThan(1);
+    // At once, no retry: pgbranch's server connections to the old standby are gone from its pools.
+    expect(await queryOnce(url('app'), 'SELECT count(*)::int AS n FROM orders')).toEqual([
+      { n: 3 },
+    ]);
 
     const admin = await source.connect();
     const { rows } = await admin.query<{ id: string }>(
