@@ -687,6 +687,13 @@ function standbyHandle(parts: HandleParts): Standby {
       return state.created;
     },
     currentLsn: async () => {
+      // The old standby does not stream while a resync makes the new one: nothing to wait for.
+      if (resyncing) {
+        throw new PgError(
+          '55000',
+          `the standby of ${source} is being made again (pgbranch source resync), its streaming paused meanwhile`,
+        );
+      }
       const identity = await identify();
       // Another cluster's position means nothing to this standby: a new branch waits for none.
       if (identity.systemId !== state.systemId) {
