@@ -49,6 +49,7 @@ import {
   type TlsMode,
 } from './proxy/tls.js';
 import { listenOnSocket } from './proxy/unix-socket.js';
+import { SourceHealth } from './source/health.js';
 import { openSource, standbyRoot } from './source/root.js';
 import type { Standby } from './source/standby.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
@@ -255,9 +256,32 @@ export async function startPgbranch(
     );
   }
 
-  /** While the embedded server is being started again after it died, logins and connects wait. */
+  /**
+   * The source's health, checked every 10 s; its resync replaces the root's warm spare, which
+   * follows the old standby.
+   */
+  const sourceHealth =
+    standby &&
+    new SourceHealth({
+      standby,
+      log,
+      swap: async (work) => {
+        await instances?.spares?.discard('');
+        try {
+          return await work();
+        } finally {
+          await instances?.rootReplaced();
+        }
+      },
+    });
+  /**
+   * While the embedded server is being started again after it died, or a source's standby is
+   * swapped for a new one, logins and connects wait.
+   */
   const upstreamRunning = () =>
-    embedded ? embedded.running(config.pool.connect_timeout) : Promise.resolve();
+    embedded
+      ? embedded.running(config.pool.connect_timeout)
+      : (sourceHealth?.running(config.pool.connect_timeout) ?? Promise.resolve());
   const openSession: typeof openServerSession = async (options) => {
     if (options.endpoint === endpoint) await upstreamRunning();
     return openServerSession(options);
@@ -409,6 +433,7 @@ export async function startPgbranch(
             })),
           sessions: () => sessions,
           census: (): ReturnType<LifecycleService['census']> => lifecycle.census(),
+          source: sourceHealth && (() => sourceHealth.gauges()),
         },
         provider.copyMethod.mode,
       )
@@ -428,6 +453,7 @@ export async function startPgbranch(
       );
       cancels.share(sharedCancels);
     } catch (error) {
+      sourceHealth?.close();
       pools.close();
       await admin.end().catch(() => undefined);
       await embedded?.stop();
@@ -447,6 +473,7 @@ export async function startPgbranch(
   );
   /** Undoes what start-up did so far, when a later step fails. */
   const abandon = async () => {
+    sourceHealth?.close();
     pools.close();
     drain.close();
     await admin.end().catch(() => undefined);
@@ -479,7 +506,7 @@ export async function startPgbranch(
                 : undefined,
           }
         : standby
-          ? standbyRoot(standby, config.source.max_wait)
+          ? standbyRoot(standby, config.source.max_wait, upstreamRunning)
           : await localUpstream(admin, String(adminConfig.user), connectRoot);
       instances = await openInstanceBranches({
         config,
@@ -599,6 +626,7 @@ export async function startPgbranch(
       },
       serverVersion: provider.serverVersion,
       pauseTimeoutMs: () => lifecycle.settings.drainTimeoutMs,
+      source: sourceHealth,
     },
   };
 
@@ -685,6 +713,7 @@ export async function startPgbranch(
           admin,
         }),
         https: servesHttps(config, 'admin') ? serverTls?.pem : undefined,
+        source: sourceHealth,
       });
     } catch (error) {
       await metricsServer?.close();
@@ -824,6 +853,7 @@ export async function startPgbranch(
       await lifecycle
         .flushTouched()
         .catch((error: unknown) => log.warn({ err: error }, 'could not record last connections'));
+      sourceHealth?.close();
       await instances?.close();
       await admin.end().catch(() => undefined);
       await embedded?.stop();

@@ -44,8 +44,15 @@ export async function openSource(config: Config, log: Logger): Promise<Standby> 
   }
 }
 
-/** The standby as the root instance: copies of it become writable branches of the source. */
-export function standbyRoot(standby: Standby, maxWaitMs: number): RootInstanceSetup {
+/**
+ * The standby as the root instance: copies of it become writable branches of the source.
+ * `running` resolves when the standby takes connections (not during a resync's swap).
+ */
+export function standbyRoot(
+  standby: Standby,
+  maxWaitMs: number,
+  running: () => Promise<void>,
+): RootInstanceSetup {
   return {
     upstream: {
       // Notices name the server, not the role: `db.prod:5432`.
@@ -63,6 +70,7 @@ export function standbyRoot(standby: Standby, maxWaitMs: number): RootInstanceSe
       standby.superuser,
     ),
     connect: async () => {
+      await running();
       const client = new pg.Client({
         ...pgClientConfig(standby.endpoint),
         ssl: false,

@@ -303,6 +303,16 @@ export class InstanceBranches implements BranchResolver {
     // A database dropped inside an instance is the instance's business; the instance stays.
   }
 
+  /**
+   * The root instance was replaced where it lies (a source's standby made again): its warm spare,
+   * a standby of the old one, goes, and one of the new root is made.
+   */
+  async rootReplaced(): Promise<void> {
+    await this.spares?.discard('');
+    const root = this.rootSpareSource();
+    if (root && !this.closed) this.spares?.prepare(root);
+  }
+
   /** Instances that run now, and all of them: for the banner, metrics and tests. */
   census(): { running: number; total: number } {
     let running = 0;
