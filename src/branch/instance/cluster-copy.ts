@@ -272,10 +272,7 @@ async function copyForStandby(
     await copier.copyAll(entries.filter((e) => e.rel !== control && e.rel !== 'global'));
     // Where the WAL is written to now: every page copied is described before it. Segments past it
     // are recycled ones waiting for use; the standby streams what comes next.
-    const { rows: now } = await session.query<{ lsn: string }>(
-      `select (case when pg_is_in_recovery() then pg_last_wal_replay_lsn()
-                    else pg_current_wal_insert_lsn() end)::text as lsn`,
-    );
+    const { rows: now } = await session.query<{ lsn: string }>(POSITION_SQL);
     const first = Number(redo / BigInt(segmentSize));
     const last = segmentOf(now[0]!.lsn, segmentSize, true);
     await copier.copyAll(await walFiles(copier.source, first, last, segmentSize), 0, false);
@@ -285,6 +282,29 @@ async function copyForStandby(
     await session.end().catch(() => undefined);
   }
 }
+
+/** SizeOfXLogLongPHD and SizeOfXLogShortPHD: a WAL segment's first page header, and others'. */
+const LONG_PAGE_HEADER = 40;
+const SHORT_PAGE_HEADER = 24;
+/**
+ * A primary's position for a standby to reach: the insert position, less the header of the page
+ * (or segment) it points into when no record has been written there yet (after a segment switch,
+ * the insert position is 0/3000028 while a standby that has everything has replayed to 0/3000000,
+ * the end of the last record, and never gets further on an idle primary).
+ */
+const PRIMARY_POSITION = `select i - case when mod(i - '0/0'::pg_lsn, s) = ${LONG_PAGE_HEADER} then ${LONG_PAGE_HEADER}
+                                          when mod(i - '0/0'::pg_lsn, b) = ${SHORT_PAGE_HEADER} then ${SHORT_PAGE_HEADER}
+                                          else 0 end
+    from (select pg_current_wal_insert_lsn() as i,
+                 (select setting::numeric from pg_settings where name = 'wal_segment_size') as s,
+                 (select setting::numeric from pg_settings where name = 'wal_block_size') as b) as p`;
+
+/**
+ * A server's position: everything it has committed (a primary's, as above), or replayed (a
+ * standby's), as `lsn`.
+ */
+export const POSITION_SQL = `select case when pg_is_in_recovery() then pg_last_wal_replay_lsn()::text
+                                        else (${PRIMARY_POSITION})::text end as lsn`;
 
 /** The redo point of the checkpoint in a data directory's pg_control. */
 async function redoPoint(pgDataDir: string): Promise<bigint> {

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { copyCluster, StandbyCopyRaced } from './cluster-copy.js';
+import { copyCluster, POSITION_SQL, StandbyCopyRaced } from './cluster-copy.js';
 import type { OsUser, Postmaster } from './postmaster.js';
 
 /** What a spare is a standby of. */
@@ -310,8 +310,7 @@ export class Spares {
    * replayed (a standby's). On the session kept for it (a new login costs tens of milliseconds).
    */
   private async position(spare: Spare): Promise<string> {
-    const sql = `select (case when pg_is_in_recovery() then pg_last_wal_replay_lsn()
-                              else pg_current_wal_insert_lsn() end)::text as lsn`;
+    const sql = POSITION_SQL;
     const kept = spare.watch;
     spare.watch = undefined;
     if (kept) {
