@@ -49,7 +49,8 @@ import {
   type TlsMode,
 } from './proxy/tls.js';
 import { listenOnSocket } from './proxy/unix-socket.js';
-import { openSource, standbyRoot } from './source/root.js';
+import type { SourceHistory } from './source/history.js';
+import { openHistory, openSource, standbyRoot } from './source/root.js';
 import type { Standby } from './source/standby.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
@@ -103,6 +104,8 @@ export interface Running {
   loginWarning?: { problem: string; remedy: string } | undefined;
   /** The branch lifecycle operations (CLI, admin API and console use these). */
   lifecycle: LifecycleService;
+  /** With a source: its restore points, and the window of moments branches can be made at. */
+  sourceHistory?: SourceHistory | undefined;
   /**
    * Applies a new configuration where it can be applied while running (branch policies, pool
    * modes, timeouts that are read per client, log level, console users); says what needs a restart.
@@ -145,6 +148,8 @@ export async function startPgbranch(
   let embedded: EmbeddedServer | undefined;
   /** With source.url: the standby of the source, the server behind the proxy. */
   let standby: Standby | undefined;
+  /** With source.url: restore points of the standby, for branches at past moments. */
+  let history: SourceHistory | undefined;
   let endpoint: Endpoint;
   let adminConfig: pg.PoolConfig;
   if (config.upstream) {
@@ -447,6 +452,7 @@ export async function startPgbranch(
   );
   /** Undoes what start-up did so far, when a later step fails. */
   const abandon = async () => {
+    await history?.close();
     pools.close();
     drain.close();
     await admin.end().catch(() => undefined);
@@ -489,8 +495,11 @@ export async function startPgbranch(
         // Read when a branch is made, by when the lifecycle below exists.
         policy: () => lifecycle.settings.policy,
         creationQuota,
+        history: () => history,
         log,
       });
+      if (standby)
+        history = openHistory(config, standby, instances.copyMethod.mode === 'clone', log);
     } catch (error) {
       await abandon();
       throw error;
@@ -824,6 +833,7 @@ export async function startPgbranch(
       await lifecycle
         .flushTouched()
         .catch((error: unknown) => log.warn({ err: error }, 'could not record last connections'));
+      await history?.close();
       await instances?.close();
       await admin.end().catch(() => undefined);
       await embedded?.stop();
@@ -850,6 +860,7 @@ export async function startPgbranch(
     adminUrl: adminApi?.url,
     loginWarning,
     lifecycle,
+    sourceHistory: history,
     reload,
     consoleUsers: () => consoleUsers,
     stop,

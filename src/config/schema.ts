@@ -150,9 +150,16 @@ export const configSchema = z
           .max(1_048_576)
           .refine((n) => n === 0 || n >= 32, 'is below 32 kB/s, the least PostgreSQL allows')
           .default(0),
+        /**
+         * How far back branches at past moments (pgbranch.at) can go: restore points of the standby
+         * and its WAL are kept this long. 0: none are kept.
+         */
+        retention: duration.default(86_400_000),
+        /** How often a restore point of the standby is taken. */
+        snapshot_interval: duration.refine((ms) => ms >= 1000, 'is below 1s').default(900_000),
       })
       .strict()
-      .default({ max_rate: 0 }),
+      .default({ max_rate: 0, retention: 86_400_000, snapshot_interval: 900_000 }),
     /** How clients authenticate to the proxy. `trust` is refused unless listen.host is loopback. */
     auth: z.enum(['scram-sha-256', 'md5', 'trust']).default('scram-sha-256'),
     /**

@@ -1,5 +1,6 @@
 // A source as what pgbranch stands on: its standby is the server behind the proxy (the read-only
 // root, `app` is production's data) and the root instance that instance branches are made from.
+import path from 'node:path';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type { RootInstanceSetup } from '../branch/instance/setup.js';
@@ -9,7 +10,10 @@ import { PgError } from '../errors.js';
 import { hideInLogs, passwordIn } from '../log.js';
 import { CannotStart } from '../preflight.js';
 import { pgClientConfig } from '../upstream/endpoint.js';
+import { serverOwner } from '../branch/instance/postmaster.js';
+import { SourceHistory } from './history.js';
 import { startStandby, type Standby } from './standby.js';
+import { ARCHIVE_DIR } from './wal-archive.js';
 
 /**
  * Starts (making it first if need be) the standby of source.url. A source pgbranch can't follow
@@ -30,6 +34,8 @@ export async function openSource(config: Config, log: Logger): Promise<Standby> 
       dataDir: config.data_dir,
       maxRateKbps: config.source.max_rate,
       signal: interrupted.signal,
+      archiveDir:
+        config.source.retention > 0 ? path.join(sourceDir(config), ARCHIVE_DIR) : undefined,
       log,
     });
   } catch (error) {
@@ -41,6 +47,38 @@ export async function openSource(config: Config, log: Logger): Promise<Standby> 
     process.removeListener('SIGINT', stop);
     process.removeListener('SIGTERM', stop);
   }
+}
+
+/**
+ * The source's history (branches at past moments), unless source.retention is 0: restore points
+ * of the standby every source.snapshot_interval, from now on, in the background.
+ */
+export function openHistory(
+  config: Config,
+  standby: Standby,
+  clone: boolean,
+  log: Logger,
+): SourceHistory | undefined {
+  if (config.source.retention === 0) return undefined;
+  const root = standbyRoot(standby);
+  return SourceHistory.open({
+    root: sourceDir(config),
+    standby: { pgDataDir: standby.pgDataDir, superuser: standby.superuser, connect: root.connect },
+    sourceLsn: () => standby.currentLsn(),
+    retentionMs: config.source.retention,
+    intervalMs: config.source.snapshot_interval,
+    maxWaitMs: MAX_WAIT_MS,
+    clone,
+    owner: serverOwner(),
+    log,
+  });
+}
+
+/** A moment newer than the standby is known to have replayed waits this long for it to catch up. */
+const MAX_WAIT_MS = 5_000;
+
+function sourceDir(config: Config): string {
+  return path.join(path.resolve(config.data_dir), 'source');
 }
 
 /** The standby as the root instance: copies of it become writable branches of the source. */

@@ -25,6 +25,7 @@ import { findBinaries, type SourceBinaries } from './binaries.js';
 import { formatLsn, parseLsn, type Lsn } from './lsn.js';
 import { checkSourceVersion, explainConnectError, majorOf } from './refusals.js';
 import { ReplicationConnection } from './replication-connection.js';
+import { archiveCommand, prepareArchive } from './wal-archive.js';
 import {
   describeSource,
   parseSourceUrl,
@@ -69,6 +70,8 @@ export interface StandbyOptions {
   onProgress?: (progress: BackupProgress) => void;
   /** Stops a base backup under way (Ctrl-C): nothing of it is kept, the slot is dropped. */
   signal?: AbortSignal;
+  /** Archive every WAL segment received there (archive_mode = always): the source's history. */
+  archiveDir?: string | undefined;
 }
 
 /** What the standby's health reporting shows. */
@@ -229,7 +232,9 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
       created = true;
     }
     // Without the source its settings can't be read: the configuration of the last start stays.
-    if (connection) writeConfig(pgDataDir, await sourceSettings(connection), owner);
+    if (connection) {
+      writeConfig(pgDataDir, await sourceSettings(connection), owner, options.archiveDir);
+    }
     const passfile = path.join(root, 'passfile');
     writeOwned(passfile, passfileLine(target), owner);
     const conninfo = primaryConninfo(
@@ -534,14 +539,18 @@ function writeConfig(
   pgDataDir: string,
   settings: Record<string, string>,
   owner: OsUser | undefined,
+  archiveDir: string | undefined,
 ): void {
+  if (archiveDir) prepareArchive(archiveDir, owner);
   const lines = [
     '# Written by pgbranch at each start: the standby of a source. The source configuration',
     '# (its paths, libraries and certificates are its own) is not used here.',
     'hot_standby = on',
     // Feedback would hold back VACUUM on the source for the standby's queries: never.
     'hot_standby_feedback = off',
-    'archive_mode = off',
+    ...(archiveDir
+      ? ['archive_mode = always', `archive_command = ${confValue(archiveCommand(archiveDir))}`]
+      : ['archive_mode = off']),
     ...Object.entries(settings).map(([name, value]) => `${name} = ${confValue(value)}`),
   ];
   writeOwned(path.join(pgDataDir, 'postgresql.conf'), `${lines.join('\n')}\n`, owner);
