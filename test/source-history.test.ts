@@ -4,8 +4,10 @@
 // known moments, across restore points and WAL segments, and branches at those moments hold exactly
 // the rows committed before them. Moments outside the window get 22023 naming it, a moment that is
 // no moment 22007; points survive a restart, and those older than source.retention go.
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { connect, psql } from './support/clients.js';
@@ -163,6 +165,23 @@ describe('branches at past moments', () => {
     expect((await branchAt('after-one', moments.afterOne!.toISOString())).ids).toEqual([1, 10]);
   });
 
+  test('pgbranch branch create --at makes one too, and says what is wrong with a bad moment', async () => {
+    const cli = (...words: string[]) =>
+      promisify(execFile)(process.execPath, [path.resolve('bin/pgbranch.js'), 'branch', ...words], {
+        env: { ...process.env, PGBRANCH_ADMIN_PORT: new URL(proxy!.ready.adminUrl!).port },
+      });
+    const made = await cli('create', 'app@cli-two', '--at', moments.afterTwo!.toISOString());
+    expect(made.stdout).toMatch(/^created cli-two from main in \d+ ms/);
+    expect((await branchAt('cli-two', moments.afterTwo!.toISOString())).ids).toEqual([1, 2]);
+    await expect(
+      cli('create', 'app@cli-early', '--at', '2020-01-01T00:00:00Z'),
+    ).rejects.toMatchObject({
+      stderr: expect.stringMatching(
+        /^pgbranch: no branch of the source at 2020-01-01 00:00:00 UTC: it is before the oldest restore point; branches can be made at moments from .+ UTC to .+ UTC \(22023\)$/m,
+      ),
+    });
+  });
+
   test('a moment before the window, or in the future, gets 22023 naming the window', async () => {
     const early = await refusal('early', '2020-01-01T00:00:00Z');
     expect(early.code).toBe('22023');
@@ -194,6 +213,11 @@ describe('branches at past moments', () => {
     proxy = await startPgbranch({ dataDir, args: args('1h'), timeoutMs: 120_000 });
     expect(pointDirs()).toEqual(expect.arrayContaining(before));
     expect((await branchAt('after-restart', moments.afterOne!.toISOString())).ids).toEqual([1]);
+    // No commit after this moment was replayed, and it is older than the standby's start: the
+    // recovery to it ends with the WAL, and is made again to that end.
+    expect((await branchAt('end-after-restart', moments.afterThree!.toISOString())).ids).toEqual([
+      1, 2, 3,
+    ]);
   });
 
   test('restore points older than source.retention are removed', async () => {

@@ -465,6 +465,7 @@ async function promoted(postmaster: Postmaster, superuser: string): Promise<stri
   let exited = false;
   void postmaster.exited.then(() => (exited = true));
   const deadline = Date.now() + RECOVERY_TIMEOUT_MS;
+  let failures = 0;
   for (;;) {
     if (exited) {
       throw new Error(`the recovery stopped: ${postmaster.recentLog().join('\n')}`);
@@ -487,9 +488,12 @@ async function promoted(postmaster: Postmaster, superuser: string): Promise<stri
       );
       if (!rows[0]!.recovering) return rows[0]!.lsn ?? 'unknown';
     } catch (error) {
-      // 57P03: still recovering, not open to connections; the server going away: see above.
-      const code = (error as { code?: string }).code;
-      if (code !== '57P03' && !exited) throw error;
+      // 57P03: still recovering, not open to connections. Anything else may be the server going
+      // away (a recovery that failed): the next turn says so once it has exited.
+      if ((error as { code?: string }).code !== '57P03') {
+        await Promise.race([postmaster.exited, new Promise((r) => setTimeout(r, 200))]);
+        if (!exited && ++failures > 25) throw error;
+      }
     } finally {
       await client.end().catch(() => undefined);
     }
