@@ -60,6 +60,12 @@ export function openHistory(
   log: Logger,
 ): SourceHistory | undefined {
   if (config.source.retention === 0) return undefined;
+  if (!clone) {
+    log.warn(
+      { event: 'source_points_copied' },
+      `restore points of the standby are full copies here (no reflink clones): one every ${config.source.snapshot_interval / 1000} s kept for ${config.source.retention / 1000} s; raise source.snapshot_interval or lower source.retention if the disk can't hold them`,
+    );
+  }
   const root = standbyRoot(standby);
   return SourceHistory.open({
     root: sourceDir(config),
