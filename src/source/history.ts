@@ -421,6 +421,7 @@ export class SourceHistory {
         {
           event: 'source_point_taken',
           point: id,
+          startLsn: point.startLsn,
           lsn: point.stopLsn,
           mode: point.mode,
           ms: point.ms,
