@@ -485,7 +485,7 @@ export async function startPgbranch(
                 : undefined,
           }
         : standby
-          ? standbyRoot(standby)
+          ? standbyRoot(standby, config.source.max_wait)
           : await localUpstream(admin, String(adminConfig.user), connectRoot);
       instances = await openInstanceBranches({
         config,

@@ -1,11 +1,10 @@
 // The HTTP admin API of a real pgbranch process, with a token, asked with fetch as any client would.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sharedSchemas } from '../src/admin/schemas.js';
 import { queryOnce } from './support/clients.js';
-import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
+import { startPgbranch, tempDir, type PgbranchProcess, PGBRANCH_BIN } from './support/pgbranch.js';
 
 const branchInfoKeys = sharedSchemas.find((s) => s.$id === 'BranchInfo')!.required;
 
@@ -402,9 +401,7 @@ describe('start-up', () => {
     const child = spawn(
       process.execPath,
       [
-        '--import',
-        'tsx',
-        path.resolve(import.meta.dirname, '../src/main.ts'),
+        PGBRANCH_BIN,
         '--port',
         '0',
         '--metrics-port',

@@ -14,7 +14,7 @@ import type { BackendMessage } from 'pg-protocol/dist/messages.js';
 import { Parser } from 'pg-protocol/dist/parser.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, connectError, psql as runPsql, queryOnce } from './support/clients.js';
-import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
+import { startPgbranch, tempDir, type PgbranchProcess, PGBRANCH_BIN } from './support/pgbranch.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const SUPERUSER_PASSWORD = 'correct horse battery staple';
@@ -675,7 +675,7 @@ function runCli(args: string[]): Promise<{ code: number | null; stderr: string }
   return new Promise((resolve) => {
     execFile(
       process.execPath,
-      ['--import', 'tsx', path.join(ROOT, 'src/main.ts'), ...args],
+      [PGBRANCH_BIN, ...args],
       { cwd: ROOT, timeout: 30_000 },
       (error, _stdout, stderr) => {
         const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;

@@ -85,6 +85,19 @@ describe('connecting to app@branch', () => {
     },
   );
 
+  it('makes a branch again that a DROP DATABASE the server died in left invalid, instead of 55000', async () => {
+    await queryOnce(proxy.url('app@half-dropped'), "insert into items values (3, 'lost')");
+    // What PostgreSQL leaves of a database whose DROP DATABASE it died in (its first step marks
+    // the database invalid: datconnlimit -2), after which it refuses connections with 55000.
+    await queryOnce(
+      proxy.url('postgres'),
+      "update pg_database set datconnlimit = -2 where datname = 'app@half-dropped'",
+    );
+    const result = await psql(proxy.url('app@half-dropped'), 'select name from items order by id');
+    expect(result).toMatchObject({ code: 0, stdout: 'from app' });
+    expect(result.stderr).toContain('created branch "half-dropped" of "app" from app');
+  });
+
   it('refuses to branch a database that does not exist, naming it', async () => {
     const result = await psql(proxy.url('nosuch@feature'), 'select 1');
     expect(result.code).not.toBe(0);

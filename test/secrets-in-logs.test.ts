@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { connectError, psql } from './support/clients.js';
-import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
+import { startPgbranch, tempDir, type PgbranchProcess, PGBRANCH_BIN } from './support/pgbranch.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const suffix = randomBytes(6).toString('hex');
@@ -87,7 +87,7 @@ describe('secrets', () => {
     const result = await new Promise<{ stdout: string; stderr: string }>((resolve) => {
       execFile(
         process.execPath,
-        ['--import', 'tsx', path.join(ROOT, 'src/main.ts'), '--log-format', 'json'],
+        [PGBRANCH_BIN, '--log-format', 'json'],
         {
           cwd: ROOT,
           timeout: 60_000,
@@ -116,9 +116,7 @@ describe('secrets', () => {
         '-qfec',
         [
           process.execPath,
-          '--import',
-          'tsx',
-          'src/main.ts',
+          PGBRANCH_BIN,
           '--port 0 --metrics-port 0 --admin-port 0 --log-format json --data-dir',
           dataDir,
         ].join(' '),

@@ -11,7 +11,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { connect, queryOnce } from './support/clients.js';
-import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
+import { startPgbranch, tempDir, type PgbranchProcess, PGBRANCH_BIN } from './support/pgbranch.js';
 import {
   REPLICATOR_PASSWORD,
   SUPERUSER_PASSWORD,
@@ -86,9 +86,7 @@ function spawnPgbranch(args: string[]) {
   const child = spawn(
     process.execPath,
     [
-      '--import',
-      'tsx',
-      path.join(ROOT, 'src/main.ts'),
+      PGBRANCH_BIN,
       ...['--port', '0', '--data-dir', dataDir, '--log-format', 'json'],
       ...['--metrics-port', '0', '--admin-port', '0', ...args],
     ],

@@ -6,7 +6,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { psql } from './support/clients.js';
-import { startPgbranch, tempDir } from './support/pgbranch.js';
+import { startPgbranch, tempDir, PGBRANCH_BIN } from './support/pgbranch.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 
@@ -35,7 +35,7 @@ function runPgbranch(
   return new Promise((resolve) => {
     execFile(
       process.execPath,
-      ['--import', 'tsx', path.join(ROOT, 'src/main.ts'), '--log-format', 'json', ...args],
+      [PGBRANCH_BIN, '--log-format', 'json', ...args],
       { cwd: ROOT, timeout: 60_000, env: { ...process.env, PGBRANCH_PASSWORD: 'test-password' } },
       (error, stdout, stderr) => {
         const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;

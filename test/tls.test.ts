@@ -13,7 +13,7 @@ import pg from 'pg';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { connectError, psql } from './support/clients.js';
-import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
+import { startPgbranch, tempDir, type PgbranchProcess, PGBRANCH_BIN } from './support/pgbranch.js';
 import { codePacket, PROTOCOL_3_0, startupPacket, WireClient } from './support/wire-client.js';
 
 const SSL_REQUEST = 80877103;
@@ -32,10 +32,7 @@ const ROOT = path.resolve(import.meta.dirname, '..');
 async function tlsInit(dir: string, ...hosts: string[]): Promise<Certificates & { out: string }> {
   const { stdout } = await promisify(execFile)(
     process.execPath,
-    [
-      ...['--import', 'tsx', path.join(ROOT, 'src/main.ts'), 'tls', 'init', '--dir', dir],
-      ...hosts.flatMap((host) => ['--host', host]),
-    ],
+    [...[PGBRANCH_BIN, 'tls', 'init', '--dir', dir], ...hosts.flatMap((host) => ['--host', host])],
     { cwd: ROOT },
   );
   const at = (name: string) => path.join(dir, name);

@@ -17,6 +17,8 @@ import { TEMPLATE_DATABASES } from './names.js';
 
 /** Comments on branch databases start with this, followed by the branch's record as JSON. */
 export const RECORD_PREFIX = 'pgbranch:';
+/** pg_database.datconnlimit of a database a DROP DATABASE began and did not finish. */
+const INVALID_CONNLIMIT = -2;
 
 export class DatabaseProvider implements BranchProvider {
   private constructor(
@@ -78,10 +80,16 @@ export class DatabaseProvider implements BranchProvider {
     return new DatabaseProvider(admin, connectTo, maintenanceDatabase, copyMethod, row.version);
   }
 
+  /**
+   * Whether `physical` exists. A database a DROP DATABASE left invalid (the server died during a
+   * delete or a reset: PostgreSQL marks it datconnlimit -2 first, and refuses every connection to
+   * it after with 55000) does not: the next connect or create makes the branch again.
+   */
   async exists(physical: string): Promise<boolean> {
-    const { rowCount } = await this.admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [
-      physical,
-    ]);
+    const { rowCount } = await this.admin.query(
+      `SELECT 1 FROM pg_database WHERE datname = $1 AND datconnlimit <> ${INVALID_CONNLIMIT}`,
+      [physical],
+    );
     return rowCount === 1;
   }
 
@@ -116,6 +124,14 @@ export class DatabaseProvider implements BranchProvider {
     const lost = () => undefined;
     client.on('error', lost);
     try {
+      // What an interrupted DROP DATABASE left of an earlier branch of this name goes first.
+      const leftover = await client.query(
+        `SELECT 1 FROM pg_database WHERE datname = $1 AND datconnlimit = ${INVALID_CONNLIMIT}`,
+        [physical],
+      );
+      if (leftover.rowCount === 1) {
+        await client.query(`DROP DATABASE IF EXISTS ${quoteIdent(physical)} WITH (FORCE)`);
+      }
       await client.query(`SET file_copy_method = ${this.copyMethod.mode}`).catch(() => undefined);
       const owner = await client.query<{ owner: string }>(
         'SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = $1',
@@ -178,7 +194,7 @@ export class DatabaseProvider implements BranchProvider {
       `SELECT datname AS name, shobj_description(oid, 'pg_database') AS comment,
               CASE WHEN $2 OR datname = ANY($3) THEN pg_database_size(oid) ELSE 0 END AS size
          FROM pg_database
-        WHERE datname <> $1 AND datname <> ALL($4)
+        WHERE datname <> $1 AND datname <> ALL($4) AND datconnlimit <> ${INVALID_CONNLIMIT}
         ORDER BY datname`,
       [this.maintenanceDatabase, sizes === 'all', sizes === 'all' ? [] : sizes, TEMPLATE_DATABASES],
     );

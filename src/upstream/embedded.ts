@@ -121,7 +121,12 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
 
   try {
     // Keep the superuser's password what the operator asked for (or what was generated).
-    const admin = new pg.Client({ host: socketDir, port, user: SUPERUSER, database: 'postgres' });
+    const admin = new pg.Client({
+      host: server.endpoint.socketDir,
+      port,
+      user: SUPERUSER,
+      database: 'postgres',
+    });
     await admin.connect();
     try {
       await admin.query("SET password_encryption = 'scram-sha-256'");

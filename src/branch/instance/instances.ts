@@ -16,7 +16,18 @@ import type { CopyMethod } from '../provider.js';
 import type { PastBranch, StartInstance } from '../../source/history.js';
 import { copyCluster } from './cluster-copy.js';
 import { startPostmaster, stopLeftover, type Postmaster } from './postmaster.js';
-import { socketConninfo, SPARE_DIR_PREFIX, Spares, type SpareSource } from './spares.js';
+import { parseLsn } from '../../source/lsn.js';
+import {
+  freshnessOf,
+  socketConninfo,
+  SPARE_DIR_PREFIX,
+  Spares,
+  upstreamPosition,
+  waitForReplay,
+  type Freshness,
+  type SpareSource,
+  type Upstream,
+} from './spares.js';
 
 /** The port in every instance's socket name: each has a socket directory of its own. */
 const INSTANCE_PORT = 5432;
@@ -57,8 +68,15 @@ export interface InstanceRecord {
   /** Made from a warm standby: the moment its data is of, and the WAL position it holds. */
   dataAsOf?: string;
   lsn?: string;
-  /** Its parent's upstream was ahead by this much when it was made (past source.max_wait). */
+  /**
+   * A branch of the root's upstream (a source), named as notices name it: its data is the
+   * source's at dataAsOf, or as far as the standby had replayed (behind, unreachable).
+   */
+  of?: string;
+  /** The upstream's position the standby had not replayed within source.max_wait. */
   behind?: string;
+  /** Why the upstream's position could not be read when it was made. */
+  unreachable?: string;
 }
 
 /** A restore point of an instance branch: a stopped copy of it, nobody connects to. */
@@ -90,6 +108,8 @@ export interface InstanceBranchesOptions {
     connect: () => Promise<pg.Client>;
     /** Where a standby of it connects (libpq keywords), for warm spares; none without. */
     replicationConninfo?: string | undefined;
+    /** The server it is a standby of (a source): new branches wait to replay its position. */
+    upstream?: Upstream | undefined;
   };
   /**
    * branch.warm_spare: keep a standby of each parent being branched (the root always) replayed
@@ -735,6 +755,8 @@ export class InstanceBranches implements BranchResolver {
     };
     try {
       let copied: Awaited<ReturnType<typeof copyCluster>>;
+      /** A copy of the root of an upstream: how fresh its data is. */
+      let fresh: Partial<InstanceRecord> = {};
       if (point) {
         copied = await copyCluster({
           clone: this.options.copyMethod.mode === 'clone',
@@ -757,6 +779,7 @@ export class InstanceBranches implements BranchResolver {
           onProgress,
         });
       } else {
+        fresh = await this.catchUpRoot();
         copied = await copyCluster({
           clone: this.options.copyMethod.mode === 'clone',
           sourceDataDir: this.options.root.pgDataDir,
@@ -773,6 +796,7 @@ export class InstanceBranches implements BranchResolver {
         mode: copied.mode,
         ...(point && point.of !== name ? { fromSnapshot: point.name } : {}),
         ...(user !== undefined ? { createdBy: user } : {}),
+        ...fresh,
       };
       this.options.prepareCopy?.(path.join(staging, 'pg'));
       // A restore point's copy was prepared when its branch was made.
@@ -913,7 +937,7 @@ export class InstanceBranches implements BranchResolver {
         ...(user !== undefined ? { createdBy: user } : {}),
         dataAsOf: taken.asOf.toISOString(),
         lsn: taken.lsn,
-        ...(taken.behind ? { behind: taken.behind.wanted } : {}),
+        ...freshnessFields(source.upstream, taken.freshness),
       },
       {
         from: 'warm_spare',
@@ -966,6 +990,7 @@ export class InstanceBranches implements BranchResolver {
         ...(user !== undefined ? { createdBy: user } : {}),
         dataAsOf: past.asOf.toISOString(),
         lsn: past.lsn,
+        ...(this.options.root.upstream ? { of: this.options.root.upstream.name } : {}),
       },
       {
         from: 'restore_point',
@@ -1034,7 +1059,40 @@ export class InstanceBranches implements BranchResolver {
       pgDataDir: root.pgDataDir,
       connect: root.connect,
       conninfo: root.replicationConninfo,
+      upstream: root.upstream,
     };
+  }
+
+  /**
+   * Before the root is copied (no warm standby ready): waits, up to source.max_wait, for it to
+   * replay what its upstream has committed now. The copy holds at least that.
+   */
+  private async catchUpRoot(): Promise<Partial<InstanceRecord>> {
+    const { upstream } = this.options.root;
+    if (!upstream) return {};
+    const asked = Date.now();
+    const wanted = await upstreamPosition(upstream);
+    const client = await this.options.root.connect();
+    client.on('error', () => undefined);
+    try {
+      const replay = await waitForReplay(
+        client,
+        typeof wanted === 'string' ? wanted : '0/0',
+        upstream.maxWaitMs,
+        true,
+      );
+      const freshness = freshnessOf(wanted, replay.caughtUp);
+      return {
+        dataAsOf: (freshness.state === 'fresh'
+          ? new Date(asked)
+          : (replay.lastCommit ?? new Date(asked))
+        ).toISOString(),
+        lsn: replay.at,
+        ...freshnessFields(upstream, freshness),
+      };
+    } finally {
+      await client.end().catch(() => undefined);
+    }
   }
 
   /** A running branch as a source of warm spares, on its private socket. */
@@ -1167,15 +1225,43 @@ export class InstanceBranches implements BranchResolver {
   }
 }
 
+/** The record's fields for a branch of the root's upstream, from how fresh it came out. */
+function freshnessFields(
+  upstream: Upstream | undefined,
+  freshness: Freshness | undefined,
+): Partial<InstanceRecord> {
+  if (!upstream || !freshness) return {};
+  return {
+    of: upstream.name,
+    ...(freshness.state === 'behind' ? { behind: freshness.wanted } : {}),
+    ...(freshness.state === 'unreachable' ? { unreachable: freshness.reason } : {}),
+  };
+}
+
 /** What a client that made a branch is told: from what, how, and as of when. */
-function creationNotice(branch: string, record: InstanceRecord): string {
-  const asOf = record.dataAsOf
-    ? ` as of ${record.dataAsOf.slice(0, 19).replace('T', ' ')} UTC (LSN ${record.lsn})`
-    : '';
-  const behind = record.behind
-    ? `; its source was ahead, at ${record.behind}, and the standby had not caught up in time`
-    : '';
-  return `pgbranch: created branch "${branch}" (an instance of its own) from ${record.parent ?? 'the root instance'}${asOf} (${record.mode})${behind}`;
+export function creationNotice(branch: string, record: InstanceRecord, now = Date.now()): string {
+  const moment = record.dataAsOf && `${record.dataAsOf.slice(0, 19).replace('T', ' ')} UTC`;
+  const asOf = moment ? ` as of ${moment} (LSN ${record.lsn})` : '';
+  const made = `pgbranch: created branch "${branch}" (an instance of its own)`;
+  if (record.of === undefined) {
+    return `${made} from ${record.parent ?? 'the root instance'}${asOf} (${record.mode})`;
+  }
+  const age = record.dataAsOf
+    ? `${Math.max(0, Math.round((now - Date.parse(record.dataAsOf)) / 1000))} s`
+    : 'an unknown time';
+  const lag = record.behind
+    ? `; the standby had not replayed the source's position ${record.behind} within source.max_wait, ${lagBytes(record.behind, record.lsn)} behind: its data is ${age} old`
+    : record.unreachable
+      ? `; the source could not be reached (${record.unreachable}): its data is what the standby had replayed, ${age} old`
+      : '';
+  return `${made}, a branch of production (${record.of})${asOf} (${record.mode})${lag}`;
+}
+
+/** `3.2 MB` between two WAL positions. */
+function lagBytes(ahead: string, at: string | undefined): string {
+  if (at === undefined) return 'an unknown amount';
+  const bytes = Number(parseLsn(ahead) - parseLsn(at));
+  return bytes < 1024 * 1024 ? `${Math.max(0, bytes)} bytes` : mb(bytes);
 }
 
 function endpointOf(instance: Instance): Endpoint {

@@ -3,7 +3,7 @@
 // started in a process group of its own, waited for until it takes connections, and stopped on
 // request, when pgbranch exits, or (left by a pgbranch that was killed) by the next one.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -154,16 +154,37 @@ export interface Postmaster {
 
 const OWN_SETTINGS = ['port', 'listen_addresses', 'unix_socket_directories'];
 
+/** The longest Unix socket path the kernel takes (sun_path, less its NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/**
+ * `socketDir`, or where its path is too long for a Unix socket (a deep data directory), a short
+ * one of its own in the temporary directory, named after it so that each start finds the same.
+ */
+export function socketDirFor(socketDir: string, port: number): string {
+  if (Buffer.byteLength(path.join(socketDir, `.s.PGSQL.${port}`)) <= MAX_SOCKET_PATH) {
+    return socketDir;
+  }
+  const hash = createHash('sha256').update(path.resolve(socketDir)).digest('hex').slice(0, 16);
+  return path.join(os.tmpdir(), `pgbranch-run-${hash}`);
+}
+
 /**
  * Starts postgres on a data directory and resolves once it accepts connections (recovery done);
  * rejects, with the server's last log lines, if it exits or times out first.
  */
 export async function startPostmaster(options: PostmasterOptions): Promise<Postmaster> {
-  const { pgDataDir, socketDir, port, owner, log } = options;
+  const { pgDataDir, port, owner, log } = options;
   const settings = options.settings ?? {};
   const clash = OWN_SETTINGS.find((name) => name in settings);
   if (clash) throw new Error(`${clash} is set by startPostmaster's options, not by settings`);
+  const socketDir = socketDirFor(options.socketDir, port);
   fs.mkdirSync(socketDir, { recursive: true, mode: 0o700 });
+  // One in the temporary directory may have been made by someone else first.
+  const made = fs.lstatSync(socketDir);
+  if (!made.isDirectory() || ![process.getuid?.(), owner?.uid].includes(made.uid)) {
+    throw new Error(`${socketDir} is not a directory of pgbranch's: remove it, then start again`);
+  }
   fs.chmodSync(socketDir, 0o700);
   if (owner) fs.chownSync(socketDir, owner.uid, owner.gid);
 
@@ -197,6 +218,10 @@ export async function startPostmaster(options: PostmasterOptions): Promise<Postm
     }),
   );
   guardExit(child);
+  // A socket directory of its own in the temporary directory goes with it.
+  if (socketDir !== options.socketDir) {
+    void exited.then(() => fs.rmSync(socketDir, { recursive: true, force: true }));
+  }
 
   const stop = async (mode: 'fast' | 'immediate' = 'fast') => {
     if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;

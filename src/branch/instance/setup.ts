@@ -13,6 +13,7 @@ import { withCopyMethodSetting, type CopyMethod } from '../provider.js';
 import type { Endpoint } from '../../upstream/endpoint.js';
 import { InstanceBranches, type InstanceBranchesOptions } from './instances.js';
 import { serverBinaries, serverOwner } from './postmaster.js';
+import type { Upstream } from './spares.js';
 
 /**
  * Small settings for instances that mostly sit idle: a branch is a preview or a test database,
@@ -77,6 +78,8 @@ export interface RootInstanceSetup {
   replicationConninfo?: string;
   /** The postgres binary of its major version; the embedded one's when undefined. */
   binary?: string;
+  /** The server it is a standby of (a source): new branches wait to replay its position. */
+  upstream?: Upstream;
   /**
    * Its postgresql.conf and pg_hba.conf live outside its data directory (Debian's layout): a
    * copy gets its own, minimal ones.
@@ -109,6 +112,7 @@ export async function openInstanceBranches(setup: InstanceSetup): Promise<Instan
       pgDataDir: root.pgDataDir,
       connect: root.connect,
       replicationConninfo: root.replicationConninfo,
+      upstream: root.upstream,
     },
     warmSpare:
       config.branch.warm_spare === 'on' ||

@@ -26,8 +26,27 @@ export interface SpareSource {
    * Without, the position is the source instance's own, and a spare that can't reach it in time
    * is not used.
    */
-  upstream?: { position: () => Promise<string>; maxWaitMs: number };
+  upstream?: Upstream | undefined;
 }
+
+/** The server the root instance follows (a source), further up than any spare's source. */
+export interface Upstream {
+  /** How notices name it: `db.prod:5432`. */
+  name: string;
+  /** Its current WAL position; throws when it can't be reached. */
+  position: () => Promise<string>;
+  /** source.max_wait */
+  maxWaitMs: number;
+}
+
+/** How a branch's data stands against its root's upstream when it was made. */
+export type Freshness =
+  /** It holds every transaction the upstream had committed when the branch was asked for. */
+  | { state: 'fresh' }
+  /** The standby had not replayed the upstream's position `wanted` within source.max_wait. */
+  | { state: 'behind'; wanted: string }
+  /** The upstream could not be asked its position: the branch holds what was replayed. */
+  | { state: 'unreachable'; reason: string };
 
 export interface SparesOptions {
   /** Where instances live: a spare's directory becomes its branch's when taken. */
@@ -54,8 +73,8 @@ export interface TakenSpare {
   lsn: string;
   /** The moment its data is of: the ask, when it caught up; else its last replayed commit's. */
   asOf: Date;
-  /** With an upstream it could not catch up with in time: the position it was asked to reach. */
-  behind?: { wanted: string } | undefined;
+  /** With an upstream: whether it caught up with it. */
+  freshness?: Freshness | undefined;
   /** Time from the ask to the promotion's end, and its parts. */
   ms: number;
   phases: { positionMs: number; catchUpMs: number; promoteMs: number };
@@ -135,7 +154,7 @@ export class Spares {
     const { upstream } = source;
     try {
       const [wanted, client] = await Promise.all([
-        upstream ? upstream.position() : this.position(spare),
+        upstream ? upstreamPosition(upstream) : this.position(spare),
         this.session(spare),
       ]);
       const positioned = Date.now();
@@ -144,7 +163,7 @@ export class Spares {
       try {
         replay = await waitForReplay(
           client,
-          wanted,
+          typeof wanted === 'string' ? wanted : '0/0',
           upstream?.maxWaitMs ?? this.options.catchUpMs,
           upstream !== undefined,
         );
@@ -165,8 +184,11 @@ export class Spares {
         postmaster: spare.postmaster!,
         mode: spare.mode,
         lsn: replay.at,
-        asOf: replay.caughtUp ? new Date(asked) : (replay.lastCommit ?? new Date(asked)),
-        behind: replay.caughtUp ? undefined : { wanted },
+        asOf:
+          replay.caughtUp && typeof wanted === 'string'
+            ? new Date(asked)
+            : (replay.lastCommit ?? new Date(asked)),
+        freshness: upstream && freshnessOf(wanted, replay.caughtUp),
         ms: Date.now() - asked,
         phases,
       };
@@ -390,8 +412,27 @@ async function hotStandbyFloors(
   return floors;
 }
 
+/** The upstream's position, or why it could not be read (the branch is made of what is there). */
+export async function upstreamPosition(
+  upstream: Upstream,
+): Promise<string | { unreachable: string }> {
+  try {
+    return await upstream.position();
+  } catch (error) {
+    return { unreachable: (error as Error).message };
+  }
+}
+
+export function freshnessOf(
+  wanted: string | { unreachable: string },
+  caughtUp: boolean,
+): Freshness {
+  if (typeof wanted !== 'string') return { state: 'unreachable', reason: wanted.unreachable };
+  return caughtUp ? { state: 'fresh' } : { state: 'behind', wanted };
+}
+
 /** How far a standby got: its replay position, and its last replayed commit's time. */
-interface Replay {
+export interface Replay {
   caughtUp: boolean;
   at: string;
   lastCommit: Date | null;
@@ -401,7 +442,7 @@ interface Replay {
  * Waits until the standby on `client` has replayed up to `lsn`. Past `timeoutMs` it throws, or,
  * where `orWhatItHas`, resolves with how far it got.
  */
-async function waitForReplay(
+export async function waitForReplay(
   client: pg.Client,
   lsn: string,
   timeoutMs: number,
