@@ -143,6 +143,7 @@ describe('loadConfig', () => {
       'source.url',
       'source.bin_dir',
       'source.max_rate',
+      'source.max_wait',
       'source.retention',
       'source.snapshot_interval',
       'auth',
@@ -505,6 +506,7 @@ describe('config/pgbranch.example.yaml', () => {
       source: {
         bin_dir: '/usr/lib/postgresql/16/bin',
         max_rate: 0,
+        max_wait: 5_000,
         retention: 86_400_000,
         snapshot_interval: 900_000,
       },
