@@ -495,7 +495,7 @@ export async function startPgbranch(
         // Read when a branch is made, by when the lifecycle below exists.
         policy: () => lifecycle.settings.policy,
         creationQuota,
-        history: () => history,
+        history: standby && (() => history),
         log,
       });
       if (standby)

@@ -97,6 +97,8 @@ export class SourceHistory {
   private timer: NodeJS.Timeout | undefined;
   private ticking: Promise<void> | undefined;
   private closed = false;
+  /** Stops a restore point's copy under way when pgbranch stops. */
+  private readonly stopping = new AbortController();
   /** The last moment the standby was seen to have replayed everything the source had. */
   private caughtUpAt: Date | null = null;
   /** The newest commit seen replayed. */
@@ -236,6 +238,7 @@ export class SourceHistory {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
+    this.stopping.abort();
     await this.ticking;
   }
 
@@ -405,6 +408,7 @@ export class SourceHistory {
         target: path.join(staging, 'pg'),
         running: { connect: this.options.standby.connect },
         owner: this.options.owner,
+        signal: this.stopping.signal,
       });
       const point: HistoryPoint = {
         id,
