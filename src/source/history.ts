@@ -288,7 +288,7 @@ export class SourceHistory {
       postmaster = await start(
         dir,
         {
-          // Not open during recovery: the postmaster is ready once promoted.
+          // Closed to clients until promoted (promoted() waits for that, not for the postmaster).
           hot_standby: 'off',
           restore_command: restoreCommand(restoreDir),
           recovery_target_timeline: 'latest',
