@@ -15,6 +15,8 @@ import { ARCHIVE_DIR, gatherWal, pruneArchive, restoreCommand } from './wal-arch
 
 const HISTORY_DIR = 'history';
 const POINT_FILE = 'point.json';
+/** The system identifier of the cluster the points and the archive are of. */
+const SYSTEM_FILE = 'system-id';
 const CREATING_PREFIX = '.creating-';
 /** The WAL a recovery reads, beside its data directory; removed once it is promoted. */
 const RESTORE_DIR = 'wal-restore';
@@ -44,7 +46,12 @@ export interface SourceHistoryOptions {
   /** `<data_dir>/source`: restore points go in its history/, the WAL in its wal-archive/. */
   root: string;
   /** The standby's data directory, and a superuser session on it. */
-  standby: { pgDataDir: string; superuser: string; connect: () => Promise<pg.Client> };
+  standby: {
+    pgDataDir: string;
+    superuser: string;
+    systemId: string;
+    connect: () => Promise<pg.Client>;
+  };
   /** The source's WAL position now; throws when the source can't be reached. */
   sourceLsn: () => Promise<Lsn>;
   /** source.retention and source.snapshot_interval, in ms. */
@@ -122,12 +129,14 @@ export class SourceHistory {
   static open(options: SourceHistoryOptions): SourceHistory {
     const history = new SourceHistory(options);
     fs.mkdirSync(history.dir, { recursive: true, mode: 0o755 });
+    history.forgetOtherCluster();
     for (const entry of fs.readdirSync(history.dir)) {
       const dir = path.join(history.dir, entry);
       if (entry.startsWith(CREATING_PREFIX)) {
         fs.rmSync(dir, { recursive: true, force: true });
         continue;
       }
+      if (entry === SYSTEM_FILE) continue;
       try {
         history.points.push(
           JSON.parse(fs.readFileSync(path.join(dir, POINT_FILE), 'utf8')) as HistoryPoint,
@@ -139,6 +148,34 @@ export class SourceHistory {
     history.points.sort((a, b) => a.at.localeCompare(b.at));
     history.schedule(0);
     return history;
+  }
+
+  /**
+   * Restore points and WAL of another cluster (the standby was made again of a source that was
+   * re-initialised) are of no use, and the archive would refuse the new cluster's segments of the
+   * same names: both are emptied.
+   */
+  private forgetOtherCluster(): void {
+    const file = path.join(this.dir, SYSTEM_FILE);
+    const { systemId } = this.options.standby;
+    let recorded: string | undefined;
+    try {
+      recorded = fs.readFileSync(file, 'utf8').trim();
+    } catch {
+      // None yet.
+    }
+    if (recorded !== undefined && recorded !== systemId) {
+      this.options.log.warn(
+        { event: 'source_history_forgotten', was: recorded, now: systemId },
+        `the restore points and archived WAL are of another cluster (system ${recorded}; the standby's is ${systemId}): removed`,
+      );
+      for (const dir of [this.dir, this.archiveDir]) {
+        for (const entry of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+          fs.rmSync(path.join(dir, entry), { recursive: true, force: true });
+        }
+      }
+    }
+    fs.writeFileSync(file, `${systemId}\n`);
   }
 
   /** The restore points kept, oldest first. */

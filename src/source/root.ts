@@ -70,7 +70,12 @@ export function openHistory(
   const root = standbyRoot(standby, config.source.max_wait);
   return SourceHistory.open({
     root: sourceDir(config),
-    standby: { pgDataDir: standby.pgDataDir, superuser: standby.superuser, connect: root.connect },
+    standby: {
+      pgDataDir: standby.pgDataDir,
+      superuser: standby.superuser,
+      systemId: standby.systemId,
+      connect: root.connect,
+    },
     sourceLsn: () => standby.currentLsn(),
     retentionMs: config.source.retention,
     intervalMs: config.source.snapshot_interval,
