@@ -50,6 +50,7 @@ import {
 } from './proxy/tls.js';
 import { listenOnSocket } from './proxy/unix-socket.js';
 import type { SourceHistory } from './source/history.js';
+import { SourceHealth } from './source/health.js';
 import { openHistory, openSource, standbyRoot } from './source/root.js';
 import type { Standby } from './source/standby.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
@@ -260,9 +261,38 @@ export async function startPgbranch(
     );
   }
 
-  /** While the embedded server is being started again after it died, logins and connects wait. */
+  /**
+   * The source's health, checked every 10 s; its resync replaces the root's warm spare, which
+   * follows the old standby.
+   */
+  const sourceHealth =
+    standby &&
+    new SourceHealth({
+      standby,
+      log,
+      window: () => {
+        const window = history?.window();
+        return Promise.resolve(
+          window ? { from: window.from.toISOString(), to: window.to.toISOString() } : null,
+        );
+      },
+      swap: async (work) => {
+        await instances?.spares?.discard('');
+        try {
+          return await work();
+        } finally {
+          await instances?.rootReplaced();
+        }
+      },
+    });
+  /**
+   * While the embedded server is being started again after it died, or a source's standby is
+   * swapped for a new one, logins and connects wait.
+   */
   const upstreamRunning = () =>
-    embedded ? embedded.running(config.pool.connect_timeout) : Promise.resolve();
+    embedded
+      ? embedded.running(config.pool.connect_timeout)
+      : (sourceHealth?.running(config.pool.connect_timeout) ?? Promise.resolve());
   const openSession: typeof openServerSession = async (options) => {
     if (options.endpoint === endpoint) await upstreamRunning();
     return openServerSession(options);
@@ -414,6 +444,7 @@ export async function startPgbranch(
             })),
           sessions: () => sessions,
           census: (): ReturnType<LifecycleService['census']> => lifecycle.census(),
+          source: sourceHealth && (() => sourceHealth.gauges()),
         },
         provider.copyMethod.mode,
       )
@@ -433,6 +464,7 @@ export async function startPgbranch(
       );
       cancels.share(sharedCancels);
     } catch (error) {
+      sourceHealth?.close();
       pools.close();
       await admin.end().catch(() => undefined);
       await embedded?.stop();
@@ -452,6 +484,7 @@ export async function startPgbranch(
   );
   /** Undoes what start-up did so far, when a later step fails. */
   const abandon = async () => {
+    sourceHealth?.close();
     await history?.close();
     pools.close();
     drain.close();
@@ -485,7 +518,7 @@ export async function startPgbranch(
                 : undefined,
           }
         : standby
-          ? standbyRoot(standby, config.source.max_wait)
+          ? standbyRoot(standby, config.source.max_wait, upstreamRunning)
           : await localUpstream(admin, String(adminConfig.user), connectRoot);
       instances = await openInstanceBranches({
         config,
@@ -498,8 +531,10 @@ export async function startPgbranch(
         history: standby && (() => history),
         log,
       });
-      if (standby)
-        history = openHistory(config, standby, instances.copyMethod.mode === 'clone', log);
+      if (standby) {
+        const clone = instances.copyMethod.mode === 'clone';
+        history = openHistory(config, standby, root.connect, clone, log);
+      }
     } catch (error) {
       await abandon();
       throw error;
@@ -608,6 +643,7 @@ export async function startPgbranch(
       },
       serverVersion: provider.serverVersion,
       pauseTimeoutMs: () => lifecycle.settings.drainTimeoutMs,
+      source: sourceHealth,
     },
   };
 
@@ -694,6 +730,7 @@ export async function startPgbranch(
           admin,
         }),
         https: servesHttps(config, 'admin') ? serverTls?.pem : undefined,
+        source: sourceHealth,
       });
     } catch (error) {
       await metricsServer?.close();
@@ -833,6 +870,7 @@ export async function startPgbranch(
       await lifecycle
         .flushTouched()
         .catch((error: unknown) => log.warn({ err: error }, 'could not record last connections'));
+      sourceHealth?.close();
       await history?.close();
       await instances?.close();
       await admin.end().catch(() => undefined);

@@ -456,6 +456,26 @@ export const errors = {
       undefined,
       'Check that the source runs and that this host can reach it (address, port, firewall).',
     ),
+  sourceResyncing: (source: string) =>
+    new PgError(
+      '57P03',
+      `the standby of the source ${source} is being replaced by a new one (pgbranch source resync)`,
+      undefined,
+      'Connect again in a moment; branches are not affected.',
+    ),
+  resyncRunning: (source: string) =>
+    new PgError(
+      '55006',
+      `a resync of the standby of ${source} is running already`,
+      undefined,
+      undefined,
+      'ERROR',
+    ),
+  noSource: () =>
+    new PgError(
+      '42704',
+      'this pgbranch follows no source: it was started without source.url (--source, PGBRANCH_SOURCE)',
+    ),
   sourceChanged: (source: string, standbyDir: string, standbyId: string, sourceId: string) =>
     new PgError(
       '55000',

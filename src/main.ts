@@ -16,7 +16,7 @@ async function main(): Promise<number> {
   // `pgbranch url` only reads the settings.
   const argv = process.argv.slice(2);
   const word = commandWord(argv);
-  if (word === 'branch' || word === 'gc' || word === 'url') {
+  if (word === 'branch' || word === 'gc' || word === 'url' || word === 'source') {
     // Loaded on demand, as the proxy is below: a CLI command would otherwise spend half a second
     // loading the proxy, the pools and the embedded server it never uses.
     const { runCli } = await import('./cli/commands.js');

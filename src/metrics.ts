@@ -37,6 +37,18 @@ export interface MetricsSources {
   sessions?(): { session: number; transaction: number; pinned: number };
   /** Branches per database (roots not counted) and restore points, read from the server. */
   census?(): Promise<{ branches: Map<string, number>; restorePoints: number }>;
+  /** With a source: its standby's health, read when scraped. */
+  source?(): Promise<SourceGauges>;
+}
+
+export interface SourceGauges {
+  /** `replicator@db.prod:5432`, the gauges' label. */
+  source: string;
+  /** Streaming from the source, and able to follow it. */
+  connected: boolean;
+  /** null while the source can't be reached. */
+  lagBytes: number | null;
+  lagSeconds: number | null;
 }
 
 type Mode = CopyMethod['mode'];
@@ -189,15 +201,7 @@ export class Metrics {
       // Both gauges come from one query: a scrape collects them at once, and they share it. When
       // the server can't be asked, or takes longer than CENSUS_TIMEOUT_MS, they keep their last
       // values and the rest is served as usual.
-      const census = sources.census;
-      type Census = Awaited<ReturnType<typeof census>>;
-      let reading: Promise<Census | undefined> | undefined;
-      const read = () =>
-        (reading ??= withinTime(census(), CENSUS_TIMEOUT_MS)
-          .catch(() => undefined)
-          .finally(() => {
-            reading = undefined;
-          }));
+      const read = sharedRead(sources.census);
       new Gauge({
         name: `${PREFIX}branches`,
         help: 'Branches per database, its root not counted; read from the server when scraped.',
@@ -220,6 +224,45 @@ export class Metrics {
         },
       });
     }
+    if (sources.source) this.sourceGauges(sources.source, registers);
+  }
+
+  /**
+   * The three gauges of a source, from one status read per scrape. A lag that can't be known (the
+   * source unreachable, the standby down for a resync's swap) has no sample.
+   */
+  private sourceGauges(source: () => Promise<SourceGauges>, registers: Registry[]): void {
+    const read = sharedRead(source);
+    let label: string | undefined;
+    const gauge = (name: string, help: string, value: (now: SourceGauges) => number | null) =>
+      new Gauge({
+        name: `${PREFIX}${name}`,
+        help,
+        labelNames: ['source'],
+        registers,
+        async collect() {
+          const now = await read();
+          this.reset();
+          if (now) label = now.source;
+          const sample = now ? value(now) : name === 'source_connected' ? 0 : null;
+          if (sample !== null && label !== undefined) this.set({ source: label }, sample);
+        },
+      });
+    gauge(
+      'source_connected',
+      'Whether the standby streams from the source and can follow it: 0 while the source is unreachable, or was failed over or re-initialised (pgbranch source resync).',
+      (now) => (now.connected ? 1 : 0),
+    );
+    gauge(
+      'source_lag_bytes',
+      "Bytes of WAL the source has written that the standby has not replayed; absent while the source can't be reached.",
+      (now) => now.lagBytes,
+    );
+    gauge(
+      'source_lag_seconds',
+      'Age of the newest transaction the standby replayed while behind (0 when caught up); with the source unreachable, time since the standby last heard from it.',
+      (now) => now.lagSeconds,
+    );
   }
 
   branchOperation(operation: Operation, ok: boolean): void {
@@ -239,6 +282,20 @@ export class Metrics {
     this.creations.inc(labels);
     this.creationSeconds.observe(labels, ms / 1000);
   }
+}
+
+/**
+ * One read for the gauges of a scrape that come from it: `read`'s result, or undefined when it
+ * fails or takes longer than CENSUS_TIMEOUT_MS.
+ */
+function sharedRead<T>(read: () => Promise<T>): () => Promise<T | undefined> {
+  let reading: Promise<T | undefined> | undefined;
+  return () =>
+    (reading ??= withinTime(read(), CENSUS_TIMEOUT_MS)
+      .catch(() => undefined)
+      .finally(() => {
+        reading = undefined;
+      }));
 }
 
 /** `work`'s result, or undefined once `ms` have passed without one. */

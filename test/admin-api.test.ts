@@ -120,10 +120,19 @@ describe('the admin API', () => {
         'GET /v1/diff',
         'GET /v1/events',
         'GET /v1/connection',
+        'GET /v1/source',
+        'POST /v1/source/resync',
       ].sort(),
     );
     expect(Object.keys(document.components.schemas)).toEqual(
-      expect.arrayContaining(['BranchInfo', 'SnapshotInfo', 'CreateResult', 'GcResult', 'Error']),
+      expect.arrayContaining([
+        'BranchInfo',
+        'SnapshotInfo',
+        'CreateResult',
+        'GcResult',
+        'SourceStatus',
+        'Error',
+      ]),
     );
     expect(document.paths['/v1/branches/{name}'].get.responses['200'].content).toEqual({
       'application/json': { schema: { $ref: '#/components/schemas/BranchInfo' } },

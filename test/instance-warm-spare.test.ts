@@ -46,6 +46,32 @@ async function spareReady(parent: string | null, nth: number): Promise<void> {
   );
 }
 
+/**
+ * Waits until the root's spare has replayed past where the root was when asked: streaming at its
+ * pace, not still replaying its way up after its start (a spare over 3 s behind is passed over
+ * for a copy, rightly, under the load a loaded machine puts on it).
+ */
+async function spareStreaming(): Promise<void> {
+  const root = await connect(proxy.directUrl('postgres'));
+  try {
+    const { rows } = await root.query<{ lsn: string }>('select pg_current_wal_lsn()::text as lsn');
+    await vi.waitFor(
+      async () =>
+        expect(
+          (
+            await root.query<{ n: number }>(
+              'select count(*)::int as n from pg_stat_replication where replay_lsn >= $1::pg_lsn',
+              [rows[0]!.lsn],
+            )
+          ).rows,
+        ).toEqual([{ n: 1 }]),
+      { timeout: 120_000, interval: 50 },
+    );
+  } finally {
+    await root.end();
+  }
+}
+
 function created(branch: string): Record<string, unknown> | undefined {
   return proxy.events('branch_created').find((e) => e.branch === branch);
 }
@@ -90,6 +116,7 @@ describe('warm spares', () => {
     try {
       for (const [i, branch] of ['w1', 'w2'].entries()) {
         await spareReady(null, i + 1);
+        await spareStreaming();
         const floor = committed;
         await vi.waitFor(() => expect(committed).toBeGreaterThan(floor + 20), {
           timeout: 60_000,
@@ -133,6 +160,20 @@ describe('warm spares', () => {
     expect(created('dev-1')).toMatchObject({ parent: 'dev' });
     expect(created('dev-1')!.from).toBeUndefined();
     await spareReady('dev', 1);
+    // Ready is a consistent standby: it may still be replaying its way to dev's position, and a
+    // spare more than 3 s behind is passed over for a copy (right under load, not what this
+    // checks). Its replay caught up with dev, it is what dev-2 is made of.
+    await vi.waitFor(
+      async () =>
+        expect(
+          (
+            await dev.query<{ n: number }>(
+              'select count(*)::int as n from pg_stat_replication where replay_lsn >= pg_current_wal_lsn()',
+            )
+          ).rows,
+        ).toEqual([{ n: 1 }]),
+      { timeout: 120_000, interval: 50 },
+    );
     const second = await connect({
       ...proxy.config('app@dev-2'),
       options: '-c pgbranch.parent=dev',

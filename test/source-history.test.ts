@@ -191,6 +191,18 @@ describe('branches at past moments', () => {
       'no branch of the source at 2020-01-01 00:00:00 UTC: it is before the oldest restore point',
     );
     expect(early.message).toMatch(WINDOW);
+    // The same window in the source's status (GET /v1/source, pgbranch source status).
+    const status = (await (await fetch(`${proxy!.ready.adminUrl}/v1/source`)).json()) as {
+      window: { from: string; to: string } | null;
+    };
+    expect(status.window).not.toBeNull();
+    expect(Date.parse(status.window!.from)).toBeLessThan(Date.parse(status.window!.to));
+    expect(early.message).toContain(
+      `from ${new Date(status.window!.from)
+        .toISOString()
+        .replace('T', ' ')
+        .replace(/(\.000)?Z$/, '')} UTC`,
+    );
     const later = new Date(Date.now() + 3_600_000).toISOString();
     const future = await refusal('future', later);
     expect(future.code).toBe('22023');

@@ -19,6 +19,9 @@ describe('parseCommands', () => {
     expect(parseCommands('  Show SERVERS ; ')).toEqual([{ kind: 'show', what: 'servers' }]);
     expect(parseCommands('show help')).toEqual([{ kind: 'show', what: 'help' }]);
     expect(parseCommands('reload')).toEqual([{ kind: 'reload' }]);
+    expect(parseCommands('show source')).toEqual([{ kind: 'show', what: 'source' }]);
+    expect(parseCommands('Resync Source;')).toEqual([{ kind: 'resync' }]);
+    expect(errorOf('RESYNC').hint).toBe('Write: RESYNC SOURCE');
   });
 
   it('reads several commands separated by semicolons, and none from blanks and comments', () => {
@@ -122,9 +125,9 @@ describe('parseCommands', () => {
     expect(unknown.severity).toBe('ERROR');
     expect(unknown.message).toBe('syntax error at or near "SELECT"');
     expect(unknown.hint).toBe(
-      'Commands: SHOW BRANCHES|SNAPSHOTS|POOLS|CLIENTS|SERVERS|VERSION|HELP, ' +
-        'CREATE|RESET|DROP|SNAPSHOT|RESTORE|PROTECT|UNPROTECT BRANCH, DROP SNAPSHOT, PAUSE, RESUME, RELOAD. ' +
-        'SHOW HELP describes them.',
+      'Commands: SHOW BRANCHES|SNAPSHOTS|POOLS|CLIENTS|SERVERS|SOURCE|VERSION|HELP, ' +
+        'CREATE|RESET|DROP|SNAPSHOT|RESTORE|PROTECT|UNPROTECT BRANCH, DROP SNAPSHOT, PAUSE, RESUME, RELOAD, ' +
+        'RESYNC SOURCE. SHOW HELP describes them.',
     );
 
     const snapshot = errorOf('SNAPSHOT BRANCH app@x before');

@@ -5,7 +5,7 @@ import { parentWithin } from '../branch/names.js';
 import { errors } from '../errors.js';
 import { ttlMs } from './ttl.js';
 
-export type ShowTarget = 'pools' | 'clients' | 'servers' | 'help' | 'version';
+export type ShowTarget = 'pools' | 'clients' | 'servers' | 'source' | 'help' | 'version';
 
 export type ConsoleCommand =
   | { kind: 'show'; what: ShowTarget }
@@ -33,7 +33,9 @@ export type ConsoleCommand =
   | { kind: 'pause'; database?: string }
   /** Without a database: every paused database. */
   | { kind: 'resume'; database?: string }
-  | { kind: 'reload' };
+  | { kind: 'reload' }
+  /** Rebuilds the standby of the source. */
+  | { kind: 'resync' };
 
 /** The commands, as SHOW HELP lists them and syntax errors hint at them. */
 export const COMMANDS: readonly { syntax: string; description: string }[] = [
@@ -48,6 +50,10 @@ export const COMMANDS: readonly { syntax: string; description: string }[] = [
   { syntax: 'SHOW POOLS', description: 'server connection pools' },
   { syntax: 'SHOW CLIENTS', description: 'clients past login, and whether they are pinned' },
   { syntax: 'SHOW SERVERS', description: 'server connections, idle and in use' },
+  {
+    syntax: 'SHOW SOURCE',
+    description: 'the source and its standby: streaming, positions, lag, disk, problem',
+  },
   { syntax: 'SHOW VERSION', description: "pgbranch's version" },
   { syntax: 'SHOW HELP', description: 'this list' },
   {
@@ -73,6 +79,10 @@ export const COMMANDS: readonly { syntax: string; description: string }[] = [
   },
   { syntax: 'RESUME [db@name]', description: 'ends a PAUSE (no name: every paused database)' },
   { syntax: 'RELOAD', description: 'reads the configuration again' },
+  {
+    syntax: 'RESYNC SOURCE',
+    description: 'rebuilds the standby of the source from a new base backup; branches keep running',
+  },
 ];
 
 /**
@@ -236,6 +246,7 @@ function parseStatement(tokens: Token[]): ConsoleCommand {
     'PAUSE',
     'RESUME',
     'RELOAD',
+    'RESYNC',
   );
   switch (verb) {
     case 'SHOW':
@@ -297,16 +308,19 @@ function parseStatement(tokens: Token[]): ConsoleCommand {
     case 'RELOAD':
       w.expecting('RELOAD').end();
       return { kind: 'reload' };
+    case 'RESYNC':
+      w.expecting('RESYNC SOURCE').need('SOURCE');
+      w.end();
+      return { kind: 'resync' };
     default:
       return w.fail();
   }
 }
 
 function parseShow(w: Words): ConsoleCommand {
-  w.expecting(
-    `SHOW ${['BRANCHES', 'SNAPSHOTS', 'POOLS', 'CLIENTS', 'SERVERS', 'VERSION', 'HELP'].join(' | ')}`,
-  );
-  const what = w.keyword('BRANCHES', 'SNAPSHOTS', 'POOLS', 'CLIENTS', 'SERVERS', 'VERSION', 'HELP');
+  const targets = ['BRANCHES', 'SNAPSHOTS', 'POOLS', 'CLIENTS', 'SERVERS', 'SOURCE', 'VERSION'];
+  w.expecting(`SHOW ${[...targets, 'HELP'].join(' | ')}`);
+  const what = w.keyword(...targets, 'HELP');
   if (what === undefined) return w.fail();
   if (what === 'BRANCHES') {
     const of = w.optionalName();
@@ -361,8 +375,9 @@ function syntaxOf(prefix: string): string {
 
 /** The hint of a syntax error that is not in a known command. */
 const EVERY_COMMAND =
-  'Commands: SHOW BRANCHES|SNAPSHOTS|POOLS|CLIENTS|SERVERS|VERSION|HELP, ' +
-  'CREATE|RESET|DROP|SNAPSHOT|RESTORE|PROTECT|UNPROTECT BRANCH, DROP SNAPSHOT, PAUSE, RESUME, RELOAD. ' +
+  'Commands: SHOW BRANCHES|SNAPSHOTS|POOLS|CLIENTS|SERVERS|SOURCE|VERSION|HELP, ' +
+  'CREATE|RESET|DROP|SNAPSHOT|RESTORE|PROTECT|UNPROTECT BRANCH, DROP SNAPSHOT, PAUSE, RESUME, RELOAD, ' +
+  'RESYNC SOURCE. ' +
   'SHOW HELP describes them.';
 
 function syntaxError(message: string, hint = EVERY_COMMAND) {

@@ -4,6 +4,7 @@ import type { BranchInfo, SnapshotInfo } from '../lifecycle/model.js';
 import type { ServerBudget } from '../pool/budget.js';
 import type { Pool } from '../pool/pool.js';
 import type { ConnectedClient } from '../proxy/clients.js';
+import type { SourceStatus } from '../source/health.js';
 import { version } from '../version.js';
 import type { Column } from '../wire/backend.js';
 import { COMMANDS } from './console-commands.js';
@@ -222,6 +223,50 @@ export function serversTable(pools: Iterable<Pool>, clients: Iterable<ConnectedC
       { name: 'idle_since', type: 'timestamptz' },
     ],
     rows,
+  };
+}
+
+/**
+ * The source and its standby: one row, none without a source. `resync` says how far a resync
+ * under way is; `problem` why the standby can't follow the source, and what to run.
+ */
+export function sourceTable(statuses: readonly SourceStatus[]): Table {
+  return {
+    columns: [
+      { name: 'source', type: 'text' },
+      { name: 'version', type: 'text' },
+      { name: 'system_identifier', type: 'text' },
+      { name: 'connected', type: 'bool' },
+      { name: 'receive_lsn', type: 'text' },
+      { name: 'replay_lsn', type: 'text' },
+      { name: 'source_lsn', type: 'text' },
+      { name: 'lag_bytes', type: 'int8' },
+      { name: 'lag_seconds', type: 'float8' },
+      { name: 'data_dir', type: 'text' },
+      { name: 'disk', type: 'text' },
+      { name: 'window_from', type: 'timestamptz' },
+      { name: 'window_to', type: 'timestamptz' },
+      { name: 'resync', type: 'text' },
+      { name: 'problem', type: 'text' },
+    ],
+    rows: statuses.map((s) => [
+      s.source,
+      s.version,
+      s.systemId,
+      bool(s.connected),
+      s.receiveLsn,
+      s.replayLsn,
+      s.sourceLsn,
+      s.lagBytes === null ? null : String(s.lagBytes),
+      s.lagSeconds === null ? null : String(s.lagSeconds),
+      s.dataDir,
+      sizePretty(s.diskBytes),
+      timestamp(s.window?.from ?? null),
+      timestamp(s.window?.to ?? null),
+      s.resync &&
+        `${s.resync.phase}: ${sizePretty(s.resync.bytes)}${s.resync.totalBytes === null ? '' : ` of ${sizePretty(s.resync.totalBytes)}`}`,
+      s.problem,
+    ]),
   };
 }
 

@@ -9,6 +9,7 @@ import type { Lifecycle } from '../lifecycle/model.js';
 import type { PoolManager } from '../pool/pool.js';
 import type { CancelRegistry, ServerKey } from '../proxy/cancel.js';
 import type { ClientRegistry } from '../proxy/clients.js';
+import type { SourceControl } from '../source/health.js';
 import {
   backendKeyData,
   commandComplete,
@@ -29,6 +30,7 @@ import {
   poolsTable,
   serversTable,
   snapshotsTable,
+  sourceTable,
   versionTable,
   type Table,
 } from './console-rows.js';
@@ -58,6 +60,8 @@ export interface ConsoleDeps {
   serverVersion: string;
   /** How long PAUSE waits for server connections in use to come back (branch.drain_timeout). */
   pauseTimeoutMs(): number;
+  /** The source followed (source.url); undefined without one. */
+  source?: SourceControl | undefined;
 }
 
 /** Where the session's cancel key comes from, as for every client: in its protocol's length. */
@@ -257,7 +261,7 @@ class ConsoleSession {
     const running =
       command.kind === 'show'
         ? this.run(command, tag)
-        : this.slow(tag, target, waiting.signal, () => this.run(command, tag));
+        : this.slow(tag, target, waiting.signal, () => this.run(command, tag), slowHint(command));
     const canceled = new Promise<never>((_, reject) =>
       waiting.signal.addEventListener('abort', () =>
         reject(
@@ -283,6 +287,12 @@ class ConsoleSession {
     const { lifecycle } = this.deps;
     switch (command.kind) {
       case 'show':
+        if (command.what === 'source' && !this.deps.source) {
+          return [
+            noticeResponse(`pgbranch: ${errors.noSource().message}`),
+            ...table(sourceTable([])),
+          ];
+        }
         return table(await this.show(command));
       case 'create': {
         const { name, parent, snapshot, ttlMs, expiresAt } = command;
@@ -324,6 +334,14 @@ class ConsoleSession {
         return this.pause(command.database);
       case 'resume':
         return this.resume(command.database);
+      case 'resync': {
+        if (!this.deps.source) throw errors.noSource();
+        const status = await this.deps.source.resync();
+        return done(
+          tag,
+          `the standby of ${status.source} was made again (system identifier ${status.systemId}) and streams from it`,
+        );
+      }
       case 'reload': {
         const { applied, needRestart } = await this.deps.reload();
         return done(
@@ -359,6 +377,8 @@ class ConsoleSession {
         return clientsTable(clients.all());
       case 'servers':
         return serversTable(pools.list(), clients.all());
+      case 'source':
+        return sourceTable([await this.deps.source!.status()]);
       case 'help':
         return helpTable();
       case 'version':
@@ -375,13 +395,14 @@ class ConsoleSession {
     name: string | undefined,
     signal: AbortSignal,
     work: () => Promise<T>,
+    hint: string,
   ): Promise<T> {
     const timer = setTimeout(
       () =>
         this.write(
           noticeResponse(
             `pgbranch: ${tag}${name === undefined ? '' : ` "${name}"`} is still running`,
-            'It drains the clients involved first; it completes even if this session ends.',
+            hint,
           ),
         ),
       PROGRESS_AFTER_MS,
@@ -522,7 +543,16 @@ function describeCommand(command: ConsoleCommand): {
       return { tag: 'RESUME', target: command.database, seeWith: 'SHOW POOLS' };
     case 'reload':
       return { tag: 'RELOAD' };
+    case 'resync':
+      return { tag: 'RESYNC SOURCE', seeWith: 'SHOW SOURCE' };
   }
+}
+
+/** What a command taking over a second is busy with, and that it completes regardless. */
+function slowHint(command: ConsoleCommand): string {
+  return command.kind === 'resync'
+    ? 'It makes a new base backup of the source (SHOW SOURCE shows how far); it completes even if this session ends.'
+    : 'It drains the clients involved first; it completes even if this session ends.';
 }
 
 /** The server database a name as clients write it (`app@feature-x`) is served from. */

@@ -10,7 +10,9 @@ import Fastify, {
 import type { Logger } from 'pino';
 import { hostInUrl, isLoopback, reachableHost } from '../config/load.js';
 import { createServer, renewCertificate, type HttpsCertificate } from '../https.js';
+import { errors as pgErrors } from '../errors.js';
 import type { ExpiryChange, Lifecycle } from '../lifecycle/model.js';
+import type { SourceControl } from '../source/health.js';
 import { version } from '../version.js';
 import { bearerCheck } from './auth.js';
 import type { Readiness } from './readiness.js';
@@ -40,6 +42,8 @@ export interface AdminApiOptions {
   proxy?: ProxyAddress;
   /** Serve HTTPS with this certificate (the proxy's); plain HTTP without. */
   https?: HttpsCertificate;
+  /** The source followed (source.url): /v1/source answers 404 without one. */
+  source?: SourceControl | undefined;
 }
 
 /** The proxy's address and the role its connection strings name (no password). */
@@ -535,6 +539,35 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
       },
     },
     async (request) => lifecycle.diff(request.query.from, request.query.to),
+  );
+
+  const source = () => {
+    if (!options.source) throw pgErrors.noSource();
+    return options.source;
+  };
+  app.get(
+    '/v1/source',
+    {
+      schema: {
+        summary: 'The source and its standby',
+        description:
+          'Version, system identifier, streaming, positions, lag, disk, retention window, a resync under way, and a problem (failed over, re-initialised) with what to do. 404 (42704) when pgbranch follows no source.',
+        response: { 200: ref('SourceStatus'), ...errors(401, 404) },
+      },
+    },
+    async () => source().status(),
+  );
+  app.post(
+    '/v1/source/resync',
+    {
+      schema: {
+        summary: 'Rebuild the standby of the source',
+        description:
+          'A new base backup beside the standby (which serves meanwhile), then a swap of a few seconds during which connections to the read-only root get 57P03; branches keep running. Answers once the new standby runs; GET /v1/source shows how far it is meanwhile. 409 (55006) when one runs already.',
+        response: { 200: ref('SourceStatus'), ...errors(401, 404, 409, 503) },
+      },
+    },
+    async () => source().resync(),
   );
 
   try {

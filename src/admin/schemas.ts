@@ -3,6 +3,7 @@
 // document says is what the server does. They mirror the types in lifecycle/model.ts.
 
 import type { BranchInfo, SnapshotInfo } from '../lifecycle/model.js';
+import type { SourceStatus } from '../source/health.js';
 
 const nullable = (type: string) => ({ type: [type, 'null'] });
 
@@ -97,6 +98,79 @@ const branchInfo = {
   },
 } as const;
 
+const sourceStatus = {
+  $id: 'SourceStatus',
+  type: 'object',
+  description: 'The source pgbranch follows (source.url) and its local standby.',
+  required: [
+    'source',
+    'version',
+    'systemId',
+    'connected',
+    'receiveLsn',
+    'replayLsn',
+    'sourceLsn',
+    'lagBytes',
+    'lagSeconds',
+    'problem',
+    'dataDir',
+    'diskBytes',
+    'window',
+    'resync',
+  ],
+  properties: {
+    source: { type: 'string', description: 'user@host:port, never the password.' },
+    version: { type: 'string', description: 'The source’s server_version.' },
+    systemId: { type: 'string', description: 'The system identifier the standby follows.' },
+    connected: { type: 'boolean', description: 'The standby streams from the source now.' },
+    receiveLsn: { ...nullable('string'), description: 'WAL received by the standby.' },
+    replayLsn: { ...nullable('string'), description: 'WAL replayed by the standby.' },
+    sourceLsn: {
+      ...nullable('string'),
+      description: 'The source’s current WAL position; null when it can’t be reached.',
+    },
+    lagBytes: {
+      ...nullable('integer'),
+      description: 'sourceLsn less replayLsn; null when the source can’t be reached.',
+    },
+    lagSeconds: {
+      ...nullable('number'),
+      description:
+        '0 when caught up; else the age of the newest transaction replayed; with the source unreachable, the time since the standby last heard from it.',
+    },
+    problem: {
+      ...nullable('string'),
+      description:
+        'Why the standby can’t follow the source (failed over, re-initialised, WAL or slot gone) and what to run; null when nothing is wrong.',
+    },
+    dataDir: { type: 'string', description: 'The standby’s data directory.' },
+    diskBytes: { type: 'integer', description: 'Disk its files take.' },
+    window: {
+      type: ['object', 'null'],
+      description:
+        'The oldest and newest moment a branch of the source can be made at; null where no restore points are kept.',
+      required: ['from', 'to'],
+      properties: {
+        from: { type: 'string', format: 'date-time' },
+        to: { type: 'string', format: 'date-time' },
+      },
+    },
+    resync: {
+      type: ['object', 'null'],
+      description: 'A resync under way (POST /v1/source/resync); null when none runs.',
+      required: ['phase', 'startedAt', 'bytes', 'totalBytes', 'rate', 'secondsLeft'],
+      properties: {
+        phase: { type: 'string', enum: ['backup', 'swap'] },
+        startedAt: { type: 'string', format: 'date-time' },
+        bytes: { type: 'integer' },
+        totalBytes: nullable('integer'),
+        rate: { type: 'number', description: 'Bytes per second.' },
+        secondsLeft: nullable('number'),
+      },
+    },
+  },
+} as const;
+
 /**
  * Fastify drops what a response schema does not list: a field added to BranchInfo or SnapshotInfo
  * and not here would vanish from the API. These fail to compile until both agree.
@@ -107,7 +181,9 @@ export const schemasMatchModel: [
   Same<(typeof branchInfo.required)[number], keyof BranchInfo>,
   Same<keyof typeof snapshotInfo.properties, keyof SnapshotInfo>,
   Same<(typeof snapshotInfo.required)[number], keyof SnapshotInfo>,
-] = [true, true, true, true];
+  Same<keyof typeof sourceStatus.properties, keyof SourceStatus>,
+  Same<(typeof sourceStatus.required)[number], keyof SourceStatus>,
+] = [true, true, true, true, true, true];
 
 const branchList = {
   $id: 'BranchList',
@@ -225,6 +301,7 @@ export const sharedSchemas = [
   deleteResult,
   gcResult,
   diffResult,
+  sourceStatus,
   errorBody,
 ];
 

@@ -111,3 +111,28 @@ describe('parseInvocation', () => {
     ).toMatchObject({ sub: 'expire' });
   });
 });
+
+describe('source', () => {
+  it('reads status and resync, with --json and settings flags', () => {
+    expect(parseInvocation(['source', 'status', '--json', '--admin-port', '7931'])).toEqual({
+      command: 'source',
+      sub: 'status',
+      options: new Map([['--json', []]]),
+      json: true,
+      configArgv: ['--admin-port', '7931'],
+    });
+    expect(parseInvocation(['source', 'resync'])).toMatchObject({ sub: 'resync', json: false });
+    expect(parseInvocation(['source', '--help'])).toEqual({ command: 'help', topic: 'source' });
+  });
+
+  it('says what is wrong in one line', () => {
+    expect(usageError(['source'])).toBe('source needs a command: status or resync');
+    expect(usageError(['source', 'resyn'])).toBe(
+      'unknown command "source resyn"; did you mean resync?',
+    );
+    expect(usageError(['source', 'status', 'now'])).toBe('source status takes no words, got "now"');
+    expect(usageError(['source', 'status', '--tree'])).toMatch(
+      /^source status does not take --tree/,
+    );
+  });
+});

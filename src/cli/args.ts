@@ -1,4 +1,4 @@
-// The command line of `pgbranch branch ...` and `pgbranch gc ...`: which command, its words and
+// The command line of `pgbranch branch ...`, `pgbranch gc ...` and `pgbranch source ...`: which command, its words and
 // options, and the flags that are pgbranch settings (--admin-port, --config, ...), which are left
 // for loadConfig so that the CLI finds the server through the same settings the server reads.
 import { closest, configKeys } from '../config/load.js';
@@ -49,6 +49,11 @@ const BRANCH_COMMANDS: Readonly<Record<BranchCommand, Spec>> = {
 };
 
 const GC: Spec = spec([], ['--keep-from', '--pattern', '--database'], ['--apply']);
+export type SourceCommand = 'status' | 'resync';
+const SOURCE_COMMANDS: Readonly<Record<SourceCommand, Spec>> = {
+  status: spec([]),
+  resync: spec([]),
+};
 /** `url [DATABASE]`: the one word is optional (PGDATABASE). */
 const URL_SPEC: Spec = spec([], ['--branch', '--user'], ['--env']);
 
@@ -56,7 +61,7 @@ const URL_SPEC: Spec = spec([], ['--branch', '--user'], ['--env']);
 const COMMON_SWITCHES = ['--json'];
 
 export type Invocation =
-  | { command: 'help'; topic: 'branch' | 'gc' | 'url' }
+  | { command: 'help'; topic: 'branch' | 'gc' | 'url' | 'source' }
   | {
       command: 'branch';
       sub: BranchCommand;
@@ -67,6 +72,7 @@ export type Invocation =
       configArgv: string[];
     }
   | { command: 'gc'; options: Options; json: boolean; configArgv: string[] }
+  | { command: 'source'; sub: SourceCommand; options: Options; json: boolean; configArgv: string[] }
   | { command: 'url'; words: string[]; options: Options; json: boolean; configArgv: string[] };
 
 /** A value flag maps to its values in order (repeatable ones keep all); a switch to []. */
@@ -136,8 +142,26 @@ export function parseInvocation(argv: string[]): Invocation {
   }
 
   const [command, sub, ...rest] = words;
-  if (command !== 'branch' && command !== 'gc' && command !== 'url') {
+  if (command !== 'branch' && command !== 'gc' && command !== 'url' && command !== 'source') {
     throw new UsageError(`unknown command "${command ?? ''}"`);
+  }
+  if (command === 'source') {
+    if (help) return { command: 'help', topic: 'source' };
+    if (sub === undefined) throw new UsageError('source needs a command: status or resync');
+    if (!(sub in SOURCE_COMMANDS)) {
+      throw new UsageError(
+        `unknown command "source ${sub}"${suggest(sub, Object.keys(SOURCE_COMMANDS))}`,
+      );
+    }
+    const options = checkFlags(flags, SOURCE_COMMANDS[sub as SourceCommand], `source ${sub}`);
+    if (rest.length > 0) throw new UsageError(`source ${sub} takes no words, got "${rest[0]}"`);
+    return {
+      command,
+      sub: sub as SourceCommand,
+      options,
+      json: options.has('--json'),
+      configArgv,
+    };
   }
   if (command === 'url') {
     if (help) return { command: 'help', topic: 'url' };

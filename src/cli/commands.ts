@@ -1,4 +1,4 @@
-// `pgbranch branch ...` and `pgbranch gc ...`: each command is one request to a running pgbranch's
+// `pgbranch branch ...`, `pgbranch gc ...` and `pgbranch source ...`: each command is one request to a running pgbranch's
 // admin API, printed as a table for people or as the API's JSON for scripts, with exit codes that
 // tell scripts what happened (see EXIT_CODES in help.ts).
 import { httpStatus } from '../admin/error-status.js';
@@ -14,23 +14,26 @@ import type {
   GcResult,
   SnapshotInfo,
 } from '../lifecycle/model.js';
+import type { SourceStatus } from '../source/health.js';
 import {
   commandWord,
   parseInvocation,
   UsageError,
   type BranchCommand,
   type Options,
+  type SourceCommand,
 } from './args.js';
 import { ApiError, Unreachable, type AdminClient } from './client.js';
 import {
   branchDetails,
   branchTable,
+  sourceDetails,
   branchTree,
   formatSpan,
   formatWhen,
   gcReport,
 } from './format.js';
-import { branchHelp, gcHelp } from './help.js';
+import { branchHelp, gcHelp, sourceHelp } from './help.js';
 import { withProgress, type CopyProgress } from './progress.js';
 import { clientFor, explainUnreachable } from './reach.js';
 import { branchUrl, urlHelp } from './url.js';
@@ -56,7 +59,9 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<nu
     return EXIT.usage;
   }
   if (invocation.command === 'help') {
-    const help = { gc: gcHelp, url: urlHelp, branch: branchHelp }[invocation.topic];
+    const help = { gc: gcHelp, url: urlHelp, branch: branchHelp, source: sourceHelp }[
+      invocation.topic
+    ];
     process.stdout.write(help());
     return EXIT.ok;
   }
@@ -91,7 +96,9 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<nu
     const outcome =
       invocation.command === 'gc'
         ? await gc(client, invocation.options)
-        : await branch(client, invocation.sub, invocation.words, invocation.options);
+        : invocation.command === 'source'
+          ? await source(client, invocation.sub)
+          : await branch(client, invocation.sub, invocation.words, invocation.options);
     process.stdout.write(json ? JSON.stringify(outcome.json, null, 2) + '\n' : outcome.text);
     return EXIT.ok;
   } catch (error) {
@@ -102,6 +109,10 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<nu
     if (error instanceof ApiError) {
       if (json) process.stdout.write(JSON.stringify(error.body, null, 2) + '\n');
       const { message, detail, hint, code } = error.body.error;
+      if (code === '42704' && invocation.command === 'source') {
+        process.stderr.write(`pgbranch: ${message}\n`);
+        return EXIT.notFound;
+      }
       const cliHint =
         code === '2BP01' && invocation.command === 'branch'
           ? 'Run again with --cascade to delete them as well.'
@@ -290,6 +301,32 @@ async function gc(client: AdminClient, options: Options): Promise<Outcome> {
     }),
   );
   return { json: result, text: gcReport(result) };
+}
+
+async function source(client: AdminClient, command: SourceCommand): Promise<Outcome> {
+  if (command === 'status') {
+    const status = await withProgress(
+      process.stderr,
+      'reading the source',
+      client.request<SourceStatus>('GET', '/v1/source'),
+    );
+    return { json: status, text: sourceDetails(status) };
+  }
+  const status = await withProgress(
+    process.stderr,
+    'rebuilding the standby of the source',
+    client.request<SourceStatus>('POST', '/v1/source/resync'),
+    async () => {
+      const { resync } = await client.request<SourceStatus>('GET', '/v1/source');
+      return resync?.totalBytes
+        ? { bytes: resync.bytes, totalBytes: resync.totalBytes }
+        : undefined;
+    },
+  );
+  return {
+    json: status,
+    text: `the standby of ${status.source} was made again (system identifier ${status.systemId}) and streams from it\n${sourceDetails(status)}`,
+  };
 }
 
 const optional = (key: string, value: string | undefined) =>

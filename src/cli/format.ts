@@ -2,6 +2,7 @@
 // which prints the API's own JSON instead, so nothing here is a format anyone parses.
 import stringWidth from 'string-width';
 import type { BranchInfo, GcResult } from '../lifecycle/model.js';
+import type { SourceStatus } from '../source/health.js';
 
 const UNITS = ['B', 'kB', 'MB', 'GB', 'TB'];
 
@@ -167,6 +168,33 @@ export function branchDetails(b: BranchInfo, now: number): string {
           .map((line) => (line === '' ? line : `  ${line}`))
           .join('\n');
   return lines.join('\n') + '\n' + points;
+}
+
+/** `pgbranch source status`: the source, its standby, and a problem first when there is one. */
+export function sourceDetails(s: SourceStatus): string {
+  const lag =
+    s.lagBytes === null
+      ? `unknown (the source can't be reached)${s.lagSeconds === null ? '' : `; last heard from ${s.lagSeconds.toFixed(1)} s ago`}`
+      : `${formatBytes(s.lagBytes)}, ${(s.lagSeconds ?? 0).toFixed(1)} s`;
+  const lines = [
+    ...(s.problem === null ? [] : [`PROBLEM:         ${s.problem}`]),
+    `source:          ${s.source}`,
+    `version:         PostgreSQL ${s.version}`,
+    `system id:       ${s.systemId}`,
+    `streaming:       ${s.connected ? 'yes' : 'no'}`,
+    `received:        ${s.receiveLsn ?? '-'}`,
+    `replayed:        ${s.replayLsn ?? '-'}`,
+    `source at:       ${s.sourceLsn ?? '-'}`,
+    `lag:             ${lag}`,
+    `window:          ${s.window === null ? 'none (no restore points kept)' : `${s.window.from} to ${s.window.to}`}`,
+    `standby:         ${s.dataDir} (${formatBytes(s.diskBytes)})`,
+    ...(s.resync === null
+      ? []
+      : [
+          `resync:          ${s.resync.phase}, ${formatBytes(s.resync.bytes)}${s.resync.totalBytes === null ? '' : ` of ${formatBytes(s.resync.totalBytes)}`} since ${s.resync.startedAt}`,
+        ]),
+  ];
+  return lines.join('\n') + '\n';
 }
 
 export function gcReport(result: GcResult): string {

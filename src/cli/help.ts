@@ -1,4 +1,4 @@
-// The text of `pgbranch branch --help` and `pgbranch gc --help`.
+// The text of `pgbranch branch --help`, `pgbranch gc --help` and `pgbranch source --help`.
 
 const FINDING = `Where pgbranch is: its admin API, found through the same settings the server reads (the
 config file, PGBRANCH_* variables, flags): admin.host and admin.port, 127.0.0.1:9931 by default,
@@ -85,5 +85,31 @@ Options:
 ${FINDING}
 
 ${EXIT_CODES}
+`;
+}
+
+export function sourceHelp(): string {
+  return `Usage: npx pgbranch source COMMAND [--json]
+
+Works with the source a running pgbranch follows (source.url, --source): the production server
+whose local standby is the read-only root, and whose branches are instances of that standby.
+
+Commands:
+  status    the source (user@host:port), its version and system identifier, whether the
+            standby streams, the positions received, replayed and the source's own, the lag in
+            bytes and seconds, the standby's directory and disk, and a problem when the standby
+            can't follow the source (failed over, re-initialised, WAL or slot gone)
+  resync    rebuild the standby: a new base backup beside the old one (which serves meanwhile),
+            then a swap of a few seconds; branches keep running. Connections to the read-only
+            root during the swap wait, and past pool.connect_timeout get 57P03
+
+Options:
+  --json      print the admin API's JSON instead
+  -h, --help  this text
+
+${FINDING}
+
+${EXIT_CODES}
+  A pgbranch that follows no source: exit 4, one line saying so.
 `;
 }

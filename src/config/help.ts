@@ -172,8 +172,9 @@ export function helpText(): string {
        npm start -- [options]    npm passes what follows -- on, e.g. npm start -- --port 7432
        npx pgbranch branch list|show|create|reset|snapshot|restore|delete|protect|unprotect|expire|diff
        npx pgbranch gc --keep-from FILE [--apply]
+       npx pgbranch source status|resync
                                  ask a running pgbranch through its admin API; see
-                                 npx pgbranch branch --help and npx pgbranch gc --help (exit codes:
+                                 npx pgbranch branch --help, gc --help, source --help (exit codes:
                                  0 done, 1 refused or failed, 2 usage, 3 unreachable, 4 not found)
        npx pgbranch url [DATABASE] [--branch NAME] [--env]
                                  print the connection string of the current git branch's

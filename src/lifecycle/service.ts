@@ -644,8 +644,9 @@ export class LifecycleService implements Lifecycle {
       cloneMs = await cloner.clone(source, physical, record, { drainSource, scripts });
     } catch (error) {
       const code = (error as { code?: string }).code;
-      // Another proxy on the same server made it first: the branch exists, which is what we want.
-      if (code === '42P04' && (await provider.exists(physical))) return;
+      // Another proxy on the same server is making it: once it has finished (its record is the
+      // last step, after the branch is opened to connections), the branch is what we want.
+      if (code === '42P04' && (await this.othersCreation(physical))) return;
       this.options.onCreated?.(provider.copyMethod.mode, this.now() - started, false);
       if (code !== undefined && (error as { script?: string }).script !== undefined) {
         throw new PgError(
@@ -734,6 +735,21 @@ export class LifecycleService implements Lifecycle {
         if (client.serverPid() !== undefined) client.terminate(error);
       }
     }
+  }
+
+  /**
+   * Waits for another proxy's creation of `physical` to end: true once the branch is complete,
+   * false if it failed (its database dropped) or is still not done after a minute.
+   */
+  private async othersCreation(physical: string): Promise<boolean> {
+    const { provider } = this.options;
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline) {
+      if ((await provider.record(physical)) !== null) return true;
+      if (!(await provider.exists(physical))) return false;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    return false;
   }
 
   /** Drops a branch and its restore points, disconnecting its clients. Returns what went. */

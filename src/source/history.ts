@@ -151,8 +151,8 @@ export class SourceHistory {
   }
 
   /**
-   * Restore points and WAL of another cluster (the standby was made again of a source that was
-   * re-initialised) are of no use, and the archive would refuse the new cluster's segments of the
+   * Restore points and WAL of another cluster (the standby was made again, by a resync or
+   * anew, of a source that was re-initialised) are of no use, and the archive would refuse the new cluster's segments of the
    * same names: both are emptied.
    */
   private forgetOtherCluster(): void {
@@ -174,8 +174,11 @@ export class SourceHistory {
           fs.rmSync(path.join(dir, entry), { recursive: true, force: true });
         }
       }
+      this.points = [];
+      this.caughtUpAt = null;
+      this.lastCommit = null;
     }
-    fs.writeFileSync(file, `${systemId}\n`);
+    if (recorded !== systemId) fs.writeFileSync(file, `${systemId}\n`);
   }
 
   /** The restore points kept, oldest first. */
@@ -418,6 +421,8 @@ export class SourceHistory {
   /** A restore point when the newest is an interval old, pruning, and what is replayed now. */
   private async tick(): Promise<void> {
     try {
+      // A resync may have made the standby of another cluster.
+      this.forgetOtherCluster();
       const newest = this.points.at(-1);
       if (!newest || Date.now() - Date.parse(newest.at) >= this.options.intervalMs * 0.9) {
         await this.take();

@@ -57,6 +57,8 @@ export async function openSource(config: Config, log: Logger): Promise<Standby> 
 export function openHistory(
   config: Config,
   standby: Standby,
+  /** A session on the standby (waiting through a resync's swap). */
+  connect: () => Promise<pg.Client>,
   clone: boolean,
   log: Logger,
 ): SourceHistory | undefined {
@@ -67,14 +69,16 @@ export function openHistory(
       `restore points of the standby are full copies here (no reflink clones): one every ${config.source.snapshot_interval / 1000} s kept for ${config.source.retention / 1000} s; raise source.snapshot_interval or lower source.retention if the disk can't hold them`,
     );
   }
-  const root = standbyRoot(standby, config.source.max_wait);
   return SourceHistory.open({
     root: sourceDir(config),
     standby: {
       pgDataDir: standby.pgDataDir,
       superuser: standby.superuser,
-      systemId: standby.systemId,
-      connect: root.connect,
+      // A resync may make it a standby of another cluster.
+      get systemId() {
+        return standby.systemId;
+      },
+      connect,
     },
     sourceLsn: () => standby.currentLsn(),
     retentionMs: config.source.retention,
@@ -90,8 +94,15 @@ function sourceDir(config: Config): string {
   return path.join(path.resolve(config.data_dir), 'source');
 }
 
-/** The standby as the root instance: copies of it become writable branches of the source. */
-export function standbyRoot(standby: Standby, maxWaitMs: number): RootInstanceSetup {
+/**
+ * The standby as the root instance: copies of it become writable branches of the source.
+ * `running` resolves when the standby takes connections (not during a resync's swap).
+ */
+export function standbyRoot(
+  standby: Standby,
+  maxWaitMs: number,
+  running: () => Promise<void>,
+): RootInstanceSetup {
   return {
     upstream: {
       // Notices name the server, not the role: `db.prod:5432`.
@@ -109,6 +120,7 @@ export function standbyRoot(standby: Standby, maxWaitMs: number): RootInstanceSe
       standby.superuser,
     ),
     connect: async () => {
+      await running();
       const client = new pg.Client({
         ...pgClientConfig(standby.endpoint),
         ssl: false,

@@ -2,11 +2,14 @@
 // first (so no WAL the standby needs is recycled), a base backup into a scratch directory renamed
 // into place only once complete, then a postmaster of the source's major version in standby mode
 // that streams from the slot by itself, reachable only by pgbranch on a private socket directory.
-// A later start reuses the standby after checking it still follows the same cluster.
+// A later start reuses the standby after checking it still follows the same cluster. While it
+// runs, its status says when it can no longer follow the source (another cluster at the URL, a
+// timeline it can't take, WAL or a slot gone), and a resync rebuilds it beside the old one.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { errors, PgError } from '../errors.js';
@@ -24,7 +27,7 @@ import { receiveBaseBackup, type BackupProgress } from './base-backup.js';
 import { findBinaries, type SourceBinaries } from './binaries.js';
 import { formatLsn, parseLsn, type Lsn } from './lsn.js';
 import { checkSourceVersion, explainConnectError, majorOf } from './refusals.js';
-import { ReplicationConnection } from './replication-connection.js';
+import { ReplicationConnection, type SystemIdentity } from './replication-connection.js';
 import { archiveCommand, prepareArchive } from './wal-archive.js';
 import {
   describeSource,
@@ -41,6 +44,8 @@ const OWNER_FILE = 'pgbranch.pid';
 /** The base backup's scratch directory: renamed to STANDBY_DIR once complete. */
 const PARTIAL_DIR = '.standby-partial';
 const STANDBY_DIR = 'standby';
+/** The standby a resync replaces, renamed aside while the new one is moved into place. */
+const OLD_DIR = '.standby-old';
 /**
  * Settings a hot standby must have at least as high as its primary's, or it refuses to start
  * (PostgreSQL checks them against the primary's WAL).
@@ -93,6 +98,21 @@ export interface StandbyStatus {
    * replayed; with the source unreachable, the time since the standby last heard from it.
    */
   lagSeconds: number | null;
+  /**
+   * Why the standby can't follow the source any more (another cluster at source.url, a timeline
+   * it can't take, WAL or its slot gone there), with what to run; null when nothing is wrong.
+   */
+  problem: string | null;
+}
+
+export interface ResyncOptions {
+  /** The new base backup's progress, about once a second (the log prints it too). */
+  onProgress?: (progress: BackupProgress) => void;
+  /**
+   * Runs the swap (old postmaster stopped, directories renamed, new one started): the caller
+   * refuses the standby's clients meanwhile and replaces what followed the old one.
+   */
+  swap?: <T>(work: () => Promise<T>) => Promise<T>;
 }
 
 export interface Standby {
@@ -110,9 +130,18 @@ export interface Standby {
   systemId: string;
   /** True when this start made it (a base backup ran). */
   created: boolean;
-  /** The source's WAL position now (IDENTIFY_SYSTEM): throws when the source can't be reached. */
+  /**
+   * The source's WAL position now (IDENTIFY_SYSTEM): throws when the source can't be reached, or
+   * is another cluster than the one the standby follows.
+   */
   currentLsn(): Promise<Lsn>;
   status(): Promise<StandbyStatus>;
+  /**
+   * Rebuilds the standby from the source as it is now: a new base backup beside the old standby
+   * (which serves meanwhile, its streaming paused so the slot can be made again), then the swap.
+   * On failure the old standby is kept, or put back.
+   */
+  resync(options?: ResyncOptions): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -144,6 +173,7 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
   fs.mkdirSync(root, { recursive: true, mode: 0o755 });
   claim(root);
   const owner = serverOwner();
+  putBackAfterSwap(root, log);
   if (fs.existsSync(path.join(pgDataDir, 'postmaster.pid'))) await stopLeftover(pgDataDir, log);
   const partial = path.join(root, PARTIAL_DIR);
   if (fs.existsSync(partial)) {
@@ -228,69 +258,136 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
         log,
         onProgress: options.onProgress,
       });
+      fs.renameSync(partial, standbyDir);
+      fsyncDir(root);
       writeRecord(root, record);
       created = true;
     }
     // Without the source its settings can't be read: the configuration of the last start stays.
-    if (connection) {
-      writeConfig(pgDataDir, await sourceSettings(connection), owner, options.archiveDir);
-    }
-    const passfile = path.join(root, 'passfile');
-    writeOwned(passfile, passfileLine(target), owner);
-    const conninfo = primaryConninfo(
-      target,
-      { passfile, sslcert: target.sslcert!, sslkey: target.sslkey! },
-      'pgbranch_standby',
-    );
-    writeOwned(
-      path.join(pgDataDir, 'postgresql.auto.conf'),
-      '# Written by pgbranch at each start: how the standby reaches the source.\n' +
-        `primary_conninfo = ${confValue(conninfo)}\n` +
-        `primary_slot_name = ${confValue(slot)}\n`,
-      owner,
-    );
-    writeOwned(path.join(pgDataDir, 'standby.signal'), '', owner);
+    const settings = connection && (await sourceSettings(connection));
     connection?.close();
     connection = undefined;
-
-    const postmaster = await startPostmaster({
-      binary: binaries.postgres,
-      pgDataDir,
-      socketDir: path.join(root, 'run'),
-      port: STANDBY_PORT,
+    const running = await runStandby({
+      target,
+      root,
+      binaries,
       owner,
       log,
-      startTimeoutMs: created ? FIRST_START_TIMEOUT_MS : START_TIMEOUT_MS,
+      created,
+      settings,
+      archiveDir: options.archiveDir,
     });
-    const endpoint = postmaster.endpoint;
-    let superuser: string;
-    let database: string;
-    try {
-      ({ superuser, database } = await findSuperuser(endpoint, target));
-    } catch (error) {
-      await postmaster.stop();
-      throw error;
-    }
     log.info(
-      { event: 'source_standby_running', source, pid: postmaster.pid, dir: pgDataDir, systemId },
-      `the standby of ${source} runs (pid ${postmaster.pid}) and streams from slot ${slot}`,
+      {
+        event: 'source_standby_running',
+        source,
+        pid: running.postmaster.pid,
+        dir: pgDataDir,
+        systemId,
+      },
+      `the standby of ${source} runs (pid ${running.postmaster.pid}) and streams from slot ${slot}`,
     );
     return standbyHandle({
       target,
-      postmaster,
-      pgDataDir,
-      superuser,
-      database,
-      binaries,
-      version,
-      systemId,
-      created,
+      state: { ...running, binaries, version, systemId, created },
       root,
-      log,
+      options,
     });
   } finally {
     connection?.close();
   }
+}
+
+/**
+ * A pgbranch stopped during a resync's swap, between its two renames: the old standby is put
+ * back (the new one is a partial backup to the next start, which removes it).
+ */
+function putBackAfterSwap(root: string, log: Logger): void {
+  const old = path.join(root, OLD_DIR);
+  if (!fs.existsSync(old)) return;
+  const standbyDir = path.join(root, STANDBY_DIR);
+  if (fs.existsSync(standbyDir)) {
+    fs.rmSync(old, { recursive: true, force: true });
+    return;
+  }
+  log.warn(
+    { event: 'source_resync_undone', dir: standbyDir },
+    `a resync of the standby was stopped during its swap: the old standby is put back in ${standbyDir}`,
+  );
+  fs.renameSync(old, standbyDir);
+}
+
+interface RunStandbyOptions {
+  target: SourceTarget;
+  root: string;
+  binaries: SourceBinaries;
+  owner: OsUser | undefined;
+  log: Logger;
+  /** Just made: its first start replays the WAL of the backup period, which may take long. */
+  created: boolean;
+  /** The source's settings the standby must match; undefined keeps the last configuration. */
+  settings: Record<string, string> | undefined;
+  /** Where it archives every WAL segment it receives (the source's history); none without. */
+  archiveDir: string | undefined;
+}
+
+interface RunningStandby {
+  postmaster: Postmaster;
+  superuser: string;
+  database: string;
+}
+
+/** Configures the standby in `<root>/standby` to stream from the source, and starts it. */
+async function runStandby(options: RunStandbyOptions): Promise<RunningStandby> {
+  const { target, root, owner, log } = options;
+  const pgDataDir = path.join(root, STANDBY_DIR, 'pg');
+  if (options.settings) writeConfig(pgDataDir, options.settings, owner, options.archiveDir);
+  const passfile = path.join(root, 'passfile');
+  writeOwned(passfile, passfileLine(target), owner);
+  writeStreaming(pgDataDir, streamingConninfo(target, root), slotName(root), owner);
+  writeOwned(path.join(pgDataDir, 'standby.signal'), '', owner);
+  const postmaster = await startPostmaster({
+    binary: options.binaries.postgres,
+    pgDataDir,
+    socketDir: path.join(root, 'run'),
+    port: STANDBY_PORT,
+    owner,
+    log,
+    startTimeoutMs: options.created ? FIRST_START_TIMEOUT_MS : START_TIMEOUT_MS,
+  });
+  try {
+    return { postmaster, ...(await findSuperuser(postmaster.endpoint, target)) };
+  } catch (error) {
+    await postmaster.stop();
+    throw error;
+  }
+}
+
+/** How the standby reaches the source: libpq keywords, the password in the passfile. */
+function streamingConninfo(target: SourceTarget, root: string): string {
+  return primaryConninfo(
+    target,
+    { passfile: path.join(root, 'passfile'), sslcert: target.sslcert!, sslkey: target.sslkey! },
+    'pgbranch_standby',
+  );
+}
+
+/** postgresql.auto.conf: where the standby streams from; conninfo null stops its streaming. */
+function writeStreaming(
+  pgDataDir: string,
+  conninfo: string | null,
+  slot: string,
+  owner: OsUser | undefined,
+): void {
+  writeOwned(
+    path.join(pgDataDir, 'postgresql.auto.conf'),
+    '# Written by pgbranch at each start: how the standby reaches the source.\n' +
+      (conninfo === null
+        ? '# Streaming paused while a new standby is made (pgbranch source resync).\n'
+        : `primary_conninfo = ${confValue(conninfo)}\n`) +
+      `primary_slot_name = ${confValue(slot)}\n`,
+    owner,
+  );
 }
 
 interface MakeStandbyOptions {
@@ -311,7 +408,7 @@ interface MakeStandbyOptions {
 
 /**
  * The slot, then the base backup into the scratch directory (tablespaces beside the data
- * directory), renamed into place once every byte is on disk.
+ * directory), for the caller to rename into place once every byte is on disk.
  */
 async function makeStandby(options: MakeStandbyOptions): Promise<StandbyRecord> {
   const { connection, slot, log, partial, standbyDir, owner } = options;
@@ -359,8 +456,6 @@ async function makeStandby(options: MakeStandbyOptions): Promise<StandbyRecord> 
       throw error;
     })
     .finally(() => signal?.removeEventListener('abort', abort));
-  fs.renameSync(partial, standbyDir);
-  fsyncDir(path.dirname(standbyDir));
   log.info(
     {
       event: 'source_backup_done',
@@ -386,31 +481,35 @@ async function makeStandby(options: MakeStandbyOptions): Promise<StandbyRecord> 
   };
 }
 
-interface HandleParts {
-  target: SourceTarget;
-  postmaster: Postmaster;
-  pgDataDir: string;
-  superuser: string;
-  database: string;
+/** What a resync replaces: the postmaster and what the source was when the standby was made. */
+interface StandbyState extends RunningStandby {
   binaries: SourceBinaries;
   version: string;
   systemId: string;
   created: boolean;
+}
+
+interface HandleParts {
+  target: SourceTarget;
+  state: StandbyState;
   root: string;
-  log: Logger;
+  options: StandbyOptions;
 }
 
 function standbyHandle(parts: HandleParts): Standby {
-  const { target, postmaster, root } = parts;
+  const { target, root, options } = parts;
+  const { log } = options;
+  let state = parts.state;
   const source = describeSource(target);
+  const pgDataDir = path.join(root, STANDBY_DIR, 'pg');
   /** One replication connection kept for IDENTIFY_SYSTEM, opened again after a failure. */
   let link: Promise<ReplicationConnection> | undefined;
-  const currentLsn = async (): Promise<Lsn> => {
+  const identify = async (): Promise<SystemIdentity> => {
     const opening = (link ??= ReplicationConnection.open(target, { timeoutMs: 5_000 }));
     try {
       const connection = await opening;
       if (connection.closed) throw new Error(`the connection to ${source} was lost`);
-      return await connection.currentLsn();
+      return await connection.identifySystem();
     } catch (error) {
       if (link === opening) link = undefined;
       void opening.then(
@@ -420,28 +519,208 @@ function standbyHandle(parts: HandleParts): Standby {
       throw explainConnectError(error, target);
     }
   };
-  const endpoint = postmaster.endpoint;
+  /** A session on the standby as pgbranch's own (its superuser, on the private socket). */
+  const session = async (): Promise<pg.Client> => {
+    const client = new pg.Client({
+      ...pgClientConfig(endpoint),
+      ssl: false,
+      user: state.superuser,
+      database: state.database,
+      application_name: 'pgbranch',
+    });
+    client.on('error', () => undefined);
+    await client.connect();
+    return client;
+  };
+  /** Stops or starts again the standby's walreceiver (a reload reads primary_conninfo). */
+  const streaming = async (on: boolean) => {
+    const owner = serverOwner();
+    writeStreaming(pgDataDir, on ? streamingConninfo(target, root) : null, slotName(root), owner);
+    const client = await session();
+    try {
+      await client.query('SELECT pg_reload_conf()');
+      if (on) return;
+      // A walreceiver that does not stream holds no slot on the source (one that waits for a
+      // timeline it can't have may stay, and does no harm).
+      const deadline = Date.now() + 30_000;
+      const streams = "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'";
+      while ((await client.query(streams)).rowCount !== 0) {
+        if (Date.now() > deadline) {
+          throw new Error('the old standby still streamed 30 s after it was told to stop');
+        }
+        await sleep(50);
+      }
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  };
+  let resyncing: Promise<void> | undefined;
+  /** Stops a resync's base backup when pgbranch stops. */
+  const stopping = new AbortController();
+  const resync = async (resyncOptions: ResyncOptions) => {
+    let connection: ReplicationConnection;
+    try {
+      connection = await ReplicationConnection.open(target, {
+        onNotice: (message) => log.debug({ event: 'source_notice', notice: message }, message),
+      });
+    } catch (error) {
+      throw explainConnectError(error, target);
+    }
+    const owner = serverOwner();
+    const slot = slotName(root);
+    const partial = path.join(root, PARTIAL_DIR);
+    const standbyDir = path.join(root, STANDBY_DIR);
+    try {
+      const version = connection.serverVersion;
+      checkSourceVersion(target, version);
+      const major = majorOf(version);
+      if (major !== majorOf(state.binaries.version)) {
+        throw new PgError(
+          '55000',
+          `the source ${source} now runs PostgreSQL ${major}, and the standby and its branches ${majorOf(state.binaries.version)}: a resync can't change the major version`,
+          undefined,
+          `Stop pgbranch, remove ${standbyDir}, and start it again: it makes a standby of PostgreSQL ${major}.`,
+        );
+      }
+      const identity = await connection.identifySystem();
+      log.info(
+        { event: 'source_resync_started', source, systemId: identity.systemId },
+        `resync: making a new standby of ${source} (system identifier ${identity.systemId}) beside the old one, which serves meanwhile`,
+      );
+      let record: StandbyRecord;
+      try {
+        // The old standby holds the slot while it streams: paused, so that it can be made anew.
+        await streaming(false);
+        await dropSlotWhenReleased(connection, slot);
+        record = await makeStandby({
+          connection,
+          target,
+          source,
+          slot,
+          version,
+          systemId: identity.systemId,
+          partial,
+          standbyDir,
+          owner,
+          maxRateKbps: options.maxRateKbps || undefined,
+          signal: stopping.signal,
+          log,
+          onProgress: resyncOptions.onProgress,
+        });
+      } catch (error) {
+        await streaming(true).catch(() => undefined);
+        throw error;
+      }
+      const settings = await sourceSettings(connection);
+      connection.close();
+      const swap = resyncOptions.swap ?? ((work) => work());
+      await swap(async () => {
+        const old = path.join(root, OLD_DIR);
+        await state.postmaster.stop('fast');
+        fs.renameSync(standbyDir, old);
+        fs.renameSync(partial, standbyDir);
+        fsyncDir(root);
+        const binaries = state.binaries;
+        let running: RunningStandby;
+        try {
+          running = await runStandby({
+            target,
+            root,
+            binaries,
+            owner,
+            log,
+            created: true,
+            settings,
+            archiveDir: options.archiveDir,
+          });
+        } catch (error) {
+          fs.renameSync(standbyDir, partial);
+          fs.renameSync(old, standbyDir);
+          fs.rmSync(partial, { recursive: true, force: true });
+          state = {
+            ...state,
+            ...(await runStandby({
+              target,
+              root,
+              binaries,
+              owner,
+              log,
+              created: false,
+              settings: undefined,
+              archiveDir: options.archiveDir,
+            })),
+          };
+          log.error(
+            { event: 'source_resync_failed', err: error },
+            `resync: the new standby did not start, the old one is back: ${(error as Error).message}`,
+          );
+          throw error;
+        }
+        if (running.superuser !== state.superuser) {
+          log.error(
+            { event: 'source_superuser_changed', was: state.superuser, now: running.superuser },
+            `resync: the source's bootstrap superuser is now ${running.superuser}, and pgbranch's sessions on the standby log in as ${state.superuser} until it is restarted: restart pgbranch`,
+          );
+        }
+        writeRecord(root, record);
+        state = { ...running, binaries, version, systemId: identity.systemId, created: true };
+        await fs.promises.rm(old, { recursive: true, force: true });
+      });
+      log.info(
+        {
+          event: 'source_resync_done',
+          source,
+          pid: state.postmaster.pid,
+          systemId: state.systemId,
+        },
+        `resync: the new standby of ${source} runs (pid ${state.postmaster.pid}) and streams from slot ${slot}`,
+      );
+    } finally {
+      connection.close();
+    }
+  };
+  const endpoint = state.postmaster.endpoint;
   return {
     endpoint,
-    pgDataDir: parts.pgDataDir,
-    superuser: parts.superuser,
-    database: parts.database,
-    binaries: parts.binaries,
+    pgDataDir,
+    get superuser() {
+      return state.superuser;
+    },
+    get database() {
+      return state.database;
+    },
+    get binaries() {
+      return state.binaries;
+    },
     source,
-    version: parts.version,
-    systemId: parts.systemId,
-    created: parts.created,
-    currentLsn,
+    get version() {
+      return state.version;
+    },
+    get systemId() {
+      return state.systemId;
+    },
+    get created() {
+      return state.created;
+    },
+    currentLsn: async () => {
+      // The old standby does not stream while a resync makes the new one: nothing to wait for.
+      if (resyncing) {
+        throw new PgError(
+          '55000',
+          `the standby of ${source} is being made again (pgbranch source resync), its streaming paused meanwhile`,
+        );
+      }
+      const identity = await identify();
+      // Another cluster's position means nothing to this standby: a new branch waits for none.
+      if (identity.systemId !== state.systemId) {
+        throw new PgError('55000', anotherCluster(source, state.systemId));
+      }
+      return identity.xlogpos;
+    },
     status: async () => {
-      const sourceLsn = await currentLsn().catch(() => null);
-      const client = new pg.Client({
-        ...pgClientConfig(endpoint),
-        ssl: false,
-        user: parts.superuser,
-        database: parts.database,
-        application_name: 'pgbranch',
-      });
-      await client.connect();
+      const identity = await identify().catch(() => null);
+      const sourceLsn = identity?.xlogpos ?? null;
+      const client = await session();
       try {
         const { rows } = await client.query<{
           receive: string | null;
@@ -467,31 +746,114 @@ function standbyHandle(parts: HandleParts): Standby {
             : lagBytes !== null
               ? (row.replay_age ?? null)
               : (row.heard_age ?? null);
+        const connected = row.status === 'streaming';
+        const problem =
+          identity && identity.systemId !== state.systemId
+            ? anotherCluster(source, state.systemId)
+            : connected
+              ? null
+              : streamingProblem(state.postmaster.recentLog(), source, state.systemId);
         return {
           source,
-          version: parts.version,
-          systemId: parts.systemId,
-          connected: row.status === 'streaming',
+          version: state.version,
+          systemId: state.systemId,
+          connected,
           receiveLsn: row.receive,
           replayLsn: row.replay,
           sourceLsn: sourceLsn === null ? null : formatLsn(sourceLsn),
           lagBytes,
           lagSeconds,
+          problem:
+            problem &&
+            `${problem}. Run pgbranch source resync to rebuild the standby from it (branches keep running)`,
         };
       } finally {
         await client.end().catch(() => undefined);
       }
     },
+    resync: (resyncOptions = {}) => {
+      if (resyncing) {
+        return Promise.reject(errors.resyncRunning(source));
+      }
+      resyncing = resync(resyncOptions).finally(() => (resyncing = undefined));
+      return resyncing;
+    },
     stop: async () => {
+      stopping.abort();
+      await resyncing?.catch(() => undefined);
       void link?.then(
         (connection) => connection.close(),
         () => undefined,
       );
       link = undefined;
-      await postmaster.stop('fast');
+      await state.postmaster.stop('fast');
       fs.rmSync(path.join(root, OWNER_FILE), { force: true });
     },
   };
+}
+
+/**
+ * What the standby's own log says of why it does not stream, when it is something it can't get
+ * over by itself; null while its last word on streaming is a success or a plain failure to
+ * connect (the source is down: it reconnects by itself).
+ */
+export function streamingProblem(
+  serverLog: readonly string[],
+  source: string,
+  systemId: string,
+): string | null {
+  for (let i = serverLog.length - 1; i >= 0; i--) {
+    const line = serverLog[i]!;
+    if (/started streaming WAL|could not connect to the primary server/.test(line)) return null;
+    for (const [pattern, problem] of STREAMING_PROBLEMS) {
+      if (pattern.test(line)) return problem(source, systemId);
+    }
+  }
+  return null;
+}
+
+/** The same words whether IDENTIFY_SYSTEM or the standby's log found it: logged once. */
+function anotherCluster(source: string, systemId: string): string {
+  return `the source ${source} is now another cluster (not the one of system identifier ${systemId} the standby follows): it was re-initialised, or source.url names another server`;
+}
+
+const STREAMING_PROBLEMS: [RegExp, (source: string, systemId: string) => string][] = [
+  [/database system identifier differs between the primary and standby/, anotherCluster],
+  [
+    /is not in this server's history|forked off current database system timeline|is not a child of database system timeline|of the primary is behind recovery timeline/,
+    (source) =>
+      `the standby can't follow the timeline of the source ${source}: it was failed over to a server whose history does not hold the standby's position`,
+  ],
+  [
+    /is ahead of the WAL flush position of this server/,
+    (source) =>
+      `the source ${source} is behind what the standby replayed: it was restored from an older backup, or lost WAL`,
+  ],
+  [
+    /requested WAL segment \S+ has already been removed/,
+    (source) => `the source ${source} has removed WAL the standby still needs`,
+  ],
+  [
+    /replication slot "[^"]+" does not exist/,
+    (source) => `the standby's replication slot is gone from the source ${source}`,
+  ],
+];
+
+/**
+ * Drops the slot once the walsender of the standby that streamed from it has let go of it
+ * (55006 meanwhile); a source without it has nothing to drop.
+ */
+async function dropSlotWhenReleased(connection: ReplicationConnection, slot: string) {
+  const deadline = Date.now() + 30_000;
+  while (await connection.readSlot(slot)) {
+    try {
+      await connection.dropSlot(slot);
+      return;
+    } catch (error) {
+      if ((error as { code?: string }).code !== '55006' || Date.now() > deadline) throw error;
+      await sleep(100);
+    }
+  }
 }
 
 async function dropSlotAfterFailure(target: SourceTarget, slot: string, log: Logger) {

@@ -84,6 +84,7 @@ export function readyForQuery(status: 'I' | 'T' | 'E'): Buffer {
 const COLUMN_TYPES = {
   text: { oid: 25, size: -1 },
   int8: { oid: 20, size: 8 },
+  float8: { oid: 701, size: 8 },
   bool: { oid: 16, size: 1 },
   timestamptz: { oid: 1184, size: 8 },
 } as const;

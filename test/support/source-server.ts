@@ -33,6 +33,17 @@ export interface SourceServer {
   setHba(text: string): Promise<void>;
   start(): Promise<void>;
   stop(mode?: 'fast' | 'immediate'): Promise<void>;
+  /**
+   * Stops it and makes another cluster in its place: a new initdb (a new system identifier) at the
+   * same port, with the same roles and passwords, started.
+   */
+  reinitialise(): Promise<void>;
+  /**
+   * A copy of the cluster as it is now (stopped a moment for it), which `takeOver` later puts in
+   * its place: the source stops, and the copy starts at its address and is promoted, a new
+   * timeline forking off where the copy was made, as a failover to a standby that lagged does.
+   */
+  fork(): Promise<{ takeOver: () => Promise<void> }>;
   remove(): Promise<void>;
 }
 
@@ -53,12 +64,14 @@ export async function sourceServer(options: SourceServerOptions = {}): Promise<S
   const dir = tempDir('source');
   const pgDataDir = path.join(dir, 'pg');
   const pwfile = path.join(dir, 'pwfile');
-  fs.writeFileSync(pwfile, `${SUPERUSER_PASSWORD}\n`);
-  if (owner) fs.chownSync(pwfile, owner.uid, owner.gid);
-  await initdb(binaries.initdb, pgDataDir, pwfile, owner);
-  fs.rmSync(pwfile);
   const port = await freePort();
   let running: Postmaster | undefined;
+  const init = async () => {
+    fs.writeFileSync(pwfile, `${SUPERUSER_PASSWORD}\n`);
+    if (owner) fs.chownSync(pwfile, owner.uid, owner.gid);
+    await initdb(binaries.initdb, pgDataDir, pwfile, owner);
+    fs.rmSync(pwfile);
+  };
   const start = async () => {
     running = await startPostmaster({
       binary: binaries.postgres,
@@ -76,6 +89,7 @@ export async function sourceServer(options: SourceServerOptions = {}): Promise<S
       log,
     });
   };
+  await init();
   await start();
   const connect = async (database = 'postgres') => {
     const client = new pg.Client({
@@ -88,12 +102,17 @@ export async function sourceServer(options: SourceServerOptions = {}): Promise<S
     await client.connect();
     return client;
   };
-  const admin = await connect();
-  try {
-    await admin.query(`CREATE ROLE replicator LOGIN REPLICATION PASSWORD '${REPLICATOR_PASSWORD}'`);
-  } finally {
-    await admin.end();
-  }
+  const addReplicator = async () => {
+    const admin = await connect();
+    try {
+      await admin.query(
+        `CREATE ROLE replicator LOGIN REPLICATION PASSWORD '${REPLICATOR_PASSWORD}'`,
+      );
+    } finally {
+      await admin.end();
+    }
+  };
+  await addReplicator();
   return {
     port,
     pgDataDir,
@@ -116,12 +135,55 @@ export async function sourceServer(options: SourceServerOptions = {}): Promise<S
       await running?.stop(mode);
       running = undefined;
     },
+    reinitialise: async () => {
+      await running?.stop('fast');
+      running = undefined;
+      fs.rmSync(pgDataDir, { recursive: true, force: true });
+      await init();
+      await start();
+      await addReplicator();
+    },
+    fork: async () => {
+      await running?.stop('fast');
+      running = undefined;
+      const copy = path.join(dir, 'fork');
+      await run('cp', ['-a', pgDataDir, copy]);
+      await start();
+      return {
+        takeOver: async () => {
+          await running?.stop('fast');
+          running = undefined;
+          fs.rmSync(pgDataDir, { recursive: true, force: true });
+          fs.renameSync(copy, pgDataDir);
+          const signal = path.join(pgDataDir, 'standby.signal');
+          fs.writeFileSync(signal, '');
+          if (owner) fs.chownSync(signal, owner.uid, owner.gid);
+          await start();
+          const client = await connect();
+          try {
+            await client.query('SELECT pg_promote()');
+          } finally {
+            await client.end();
+          }
+        },
+      };
+    },
     remove: async () => {
       await running?.stop('immediate');
       running = undefined;
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+function run(command: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: 'ignore' });
+    child.once('error', reject);
+    child.once('exit', (code) =>
+      code === 0 ? resolve() : reject(new Error(`${command} exited with ${code}`)),
+    );
+  });
 }
 
 /** initdb with options every major from 15 on takes. */

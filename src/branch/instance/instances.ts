@@ -317,6 +317,16 @@ export class InstanceBranches implements BranchResolver {
     // A database dropped inside an instance is the instance's business; the instance stays.
   }
 
+  /**
+   * The root instance was replaced where it lies (a source's standby made again): its warm spare,
+   * a standby of the old one, goes, and one of the new root is made.
+   */
+  async rootReplaced(): Promise<void> {
+    await this.spares?.discard('');
+    const root = this.rootSpareSource();
+    if (root && !this.closed) this.spares?.prepare(root);
+  }
+
   /** Instances that run now, and all of them: for the banner, metrics and tests. */
   census(): { running: number; total: number } {
     let running = 0;
@@ -535,10 +545,10 @@ export class InstanceBranches implements BranchResolver {
       false,
       point,
     );
-    const swap = (async () => {
-      // Its standby follows what is replaced: branches of the new copy get a new one.
-      await this.spares?.discard(name);
-      await this.suspend(instance, 'stop');
+    const swap = async () => {
+      // Its standby follows what is replaced (branches of the new copy get a new one); a connect
+      // meanwhile waits for the swap (running() waits for the transition).
+      await this.stopNow(instance);
       const old = path.join(this.options.dir, `${OLD_PREFIX}${path.basename(instance.dir)}`);
       fs.renameSync(instance.dir, old);
       fs.renameSync(replacement.dir, instance.dir);
@@ -552,10 +562,27 @@ export class InstanceBranches implements BranchResolver {
       };
       writeRecord(instance.dir, instance.record);
       await fs.promises.rm(old, { recursive: true, force: true });
-    })();
+    };
+    // Begun only once no other transition runs, and set as the transition before its first await:
+    // within it nothing may wait for the instance's transition (itself).
     while (instance.transition) await instance.transition;
-    instance.transition = swap.finally(() => (instance.transition = undefined));
+    instance.transition = swap().finally(() => (instance.transition = undefined));
     await instance.transition;
+  }
+
+  /**
+   * Stops the instance's postmaster (its clients get 57P01) and its warm standby: of no use with
+   * its parent stopped, which is copied as it lies. Part of a transition the caller has set.
+   */
+  private async stopNow(instance: Instance): Promise<void> {
+    clearTimeout(instance.suspendTimer);
+    instance.suspendTimer = undefined;
+    await this.spares?.discard(instance.record.name);
+    const postmaster = instance.postmaster;
+    if (!postmaster) return;
+    instance.postmaster = undefined;
+    this.options.onStopping(postmaster.endpoint);
+    await postmaster.stop('fast');
   }
 
   /** Sets (or, with null, clears) an instance's absolute or idle expiry; absent leaves it. */
@@ -1207,16 +1234,8 @@ export class InstanceBranches implements BranchResolver {
     while (instance.transition) await instance.transition;
     clearTimeout(instance.suspendTimer);
     instance.suspendTimer = undefined;
-    const postmaster = instance.postmaster;
-    if (!postmaster) return;
-    // A standby of a stopped parent is of no use: a stopped parent is copied as it lies.
-    await this.spares?.discard(instance.record.name);
-    const stop = (async () => {
-      instance.postmaster = undefined;
-      this.options.onStopping(postmaster.endpoint);
-      await postmaster.stop('fast');
-    })();
-    instance.transition = stop.finally(() => (instance.transition = undefined));
+    if (!instance.postmaster) return;
+    instance.transition = this.stopNow(instance).finally(() => (instance.transition = undefined));
     await instance.transition;
     this.options.log.info(
       { event: 'instance_suspended', branch: instance.record.name, reason: why },
