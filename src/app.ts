@@ -270,11 +270,9 @@ export async function startPgbranch(
     new SourceHealth({
       standby,
       log,
-      window: () => {
-        const window = history?.window();
-        return Promise.resolve(
-          window ? { from: window.from.toISOString(), to: window.to.toISOString() } : null,
-        );
+      window: async () => {
+        const window = await history?.currentWindow();
+        return window ? { from: window.from.toISOString(), to: window.to.toISOString() } : null;
       },
       swap: async (work) => {
         await instances?.spares?.discard('');

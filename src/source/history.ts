@@ -199,6 +199,15 @@ export class SourceHistory {
     return { from, to: new Date(Math.max(from.getTime(), known)) };
   }
 
+  /**
+   * The window as of now: what the standby has replayed is read first (without waiting for it),
+   * where window() gives it as of the last look (a tick or a branch).
+   */
+  async currentWindow(): Promise<HistoryWindow | null> {
+    if (this.points.length > 0) await this.observe(true, 0).catch(() => undefined);
+    return this.window();
+  }
+
   /** Bytes on disk of the restore points and the archive (a clone's shared blocks in full). */
   async diskBytes(): Promise<number> {
     let total = 0;
@@ -356,10 +365,10 @@ export class SourceHistory {
 
   /**
    * What the standby has replayed. With `catchUp`, the source's position is read first and the
-   * standby given up to maxWaitMs to replay it: then everything the source had committed by the
-   * time of the ask is there.
+   * standby given up to `waitMs` (source.max_wait) to replay it: then everything the source had
+   * committed by the time of the ask is there.
    */
-  private async observe(catchUp: boolean): Promise<Replayed> {
+  private async observe(catchUp: boolean, waitMs = this.options.maxWaitMs): Promise<Replayed> {
     const asked = new Date();
     let wanted: Lsn | undefined;
     if (catchUp) {
@@ -372,7 +381,7 @@ export class SourceHistory {
     const client = await this.options.standby.connect();
     client.on('error', () => undefined);
     try {
-      const deadline = Date.now() + this.options.maxWaitMs;
+      const deadline = Date.now() + waitMs;
       for (;;) {
         // Three reads in this order (see Replayed).
         const before = await client.query<{ last: Date | null; size: string; started: Date }>(
