@@ -49,8 +49,9 @@ import {
   type TlsMode,
 } from './proxy/tls.js';
 import { listenOnSocket } from './proxy/unix-socket.js';
+import type { SourceHistory } from './source/history.js';
 import { SourceHealth } from './source/health.js';
-import { openSource, standbyRoot } from './source/root.js';
+import { openHistory, openSource, standbyRoot } from './source/root.js';
 import type { Standby } from './source/standby.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
@@ -104,6 +105,8 @@ export interface Running {
   loginWarning?: { problem: string; remedy: string } | undefined;
   /** The branch lifecycle operations (CLI, admin API and console use these). */
   lifecycle: LifecycleService;
+  /** With a source: its restore points, and the window of moments branches can be made at. */
+  sourceHistory?: SourceHistory | undefined;
   /**
    * Applies a new configuration where it can be applied while running (branch policies, pool
    * modes, timeouts that are read per client, log level, console users); says what needs a restart.
@@ -146,6 +149,8 @@ export async function startPgbranch(
   let embedded: EmbeddedServer | undefined;
   /** With source.url: the standby of the source, the server behind the proxy. */
   let standby: Standby | undefined;
+  /** With source.url: restore points of the standby, for branches at past moments. */
+  let history: SourceHistory | undefined;
   let endpoint: Endpoint;
   let adminConfig: pg.PoolConfig;
   if (config.upstream) {
@@ -265,6 +270,10 @@ export async function startPgbranch(
     new SourceHealth({
       standby,
       log,
+      window: async () => {
+        const window = await history?.currentWindow();
+        return window ? { from: window.from.toISOString(), to: window.to.toISOString() } : null;
+      },
       swap: async (work) => {
         await instances?.spares?.discard('');
         try {
@@ -474,6 +483,7 @@ export async function startPgbranch(
   /** Undoes what start-up did so far, when a later step fails. */
   const abandon = async () => {
     sourceHealth?.close();
+    await history?.close();
     pools.close();
     drain.close();
     await admin.end().catch(() => undefined);
@@ -516,8 +526,13 @@ export async function startPgbranch(
         // Read when a branch is made, by when the lifecycle below exists.
         policy: () => lifecycle.settings.policy,
         creationQuota,
+        history: standby && (() => history),
         log,
       });
+      if (standby) {
+        const clone = instances.copyMethod.mode === 'clone';
+        history = openHistory(config, standby, root.connect, clone, log);
+      }
     } catch (error) {
       await abandon();
       throw error;
@@ -854,6 +869,7 @@ export async function startPgbranch(
         .flushTouched()
         .catch((error: unknown) => log.warn({ err: error }, 'could not record last connections'));
       sourceHealth?.close();
+      await history?.close();
       await instances?.close();
       await admin.end().catch(() => undefined);
       await embedded?.stop();
@@ -880,6 +896,7 @@ export async function startPgbranch(
     adminUrl: adminApi?.url,
     loginWarning,
     lifecycle,
+    sourceHistory: history,
     reload,
     consoleUsers: () => consoleUsers,
     stop,

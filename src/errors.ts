@@ -286,6 +286,30 @@ export const errors = {
       'See the branches with: npx pgbranch branch list (or SHOW BRANCHES in the console).',
       'ERROR',
     ),
+  /** pgbranch.at (or --at) that is no moment. */
+  invalidMoment: (value: string) =>
+    new PgError(
+      '22007',
+      `invalid value for parameter "pgbranch.at": "${printable(value)}"`,
+      undefined,
+      'Write a moment in ISO 8601 with its zone (2026-12-06T09:30:00Z, 2026-12-06T10:30:00+01:00), or back from now (-90s, -30m, -1h, -2d).',
+    ),
+  /** A past moment asked of a pgbranch that keeps no history (no source, or source.retention 0). */
+  noSourceHistory: (why: string) =>
+    new PgError(
+      '0A000',
+      `pgbranch.at: no branch at a past moment here: ${why}`,
+      undefined,
+      'Branches at past moments are of a source (--source postgres://...) with source.retention above 0.',
+    ),
+  /** A past moment outside what the restore points and the WAL kept cover. */
+  momentOutsideWindow: (at: Date, why: string, window: { from: Date; to: Date } | null) =>
+    new PgError(
+      '22023',
+      `no branch of the source at ${utc(at)}: ${why}; ${window ? `branches can be made at moments from ${utc(window.from)} to ${utc(window.to)}` : 'there is no restore point of the source yet (the first is being taken)'}`,
+      undefined,
+      'Restore points are kept for source.retention; the newest moment is what the standby has replayed.',
+    ),
   snapshotMissing: (name: string, snapshot: string) =>
     new PgError(
       '42704',
@@ -492,4 +516,10 @@ export function printable(text: string): string {
     /[\u0000-\u001f\u007f]/g,
     (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
   );
+}
+
+/** `2026-12-06 09:30:00 UTC`, with milliseconds where there are any. */
+export function utc(date: Date): string {
+  const text = date.toISOString().replace('T', ' ').replace('Z', '');
+  return `${text.endsWith('.000') ? text.slice(0, -4) : text} UTC`;
 }

@@ -33,7 +33,8 @@ beforeAll(async () => {
   await fillSource('the first cluster');
   proxy = await startPgbranch({
     dataDir,
-    args: ['--source', source.url(), '--branch-warm-spare', 'on'],
+    // No restore points (source-history.test.ts has them): the window stays null here.
+    args: ['--source', source.url(), '--branch-warm-spare', 'on', '--source-retention', '0'],
     timeoutMs: 120_000,
   });
 });

@@ -84,6 +84,30 @@ test('a branch of it is a PostgreSQL 15 instance too, and writable', async () =>
   }
 });
 
+test('a branch of it at a past moment is recovered by PostgreSQL 15 to that moment', async () => {
+  await vi.waitFor(() => expect(proxy.events('source_point_taken')).toHaveLength(1), {
+    timeout: 60_000,
+    interval: 50,
+  });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  const moment = new Date();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  const app = await source.connect('app');
+  await app.query("INSERT INTO orders VALUES (102, 'after the moment')");
+  await app.end();
+  const client = await connect(url('app@then-15'), {
+    options: `-c pgbranch.at=${moment.toISOString()}`,
+  });
+  try {
+    expect((await client.query('SHOW server_version_num')).rows[0].server_version_num).toMatch(
+      /^150\d{3}$/,
+    );
+    expect((await client.query('SELECT max(id) AS id FROM orders')).rows).toEqual([{ id: 101 }]);
+  } finally {
+    await client.end();
+  }
+});
+
 test("a role without REPLICATION on PostgreSQL 15 (whose words differ from 16's) gets the same message", async () => {
   const dir = tempDir('source-refused');
   try {

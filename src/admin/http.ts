@@ -289,6 +289,7 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
       name: string;
       parent?: string;
       snapshot?: string;
+      at?: string;
       expiresAt?: string;
       ttl?: string | number;
     };
@@ -312,6 +313,12 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
               type: 'string',
               minLength: 1,
               description: 'A restore point of the parent to start from.',
+            },
+            at: {
+              type: 'string',
+              minLength: 1,
+              description:
+                'With a source: the source as it was at this moment (2026-12-06T09:30:00Z, or -1h), within source.retention.',
             },
             expiresAt: {
               type: 'string',

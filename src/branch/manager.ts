@@ -1,6 +1,7 @@
 // Finds the database behind a branch when a client connects, creating it on first use: once per
 // branch however many clients ask at the same time (single flight). How a branch is made, and
 // whether it may be, is the creator's business (the lifecycle service).
+import { errors } from '../errors.js';
 import type { Endpoint } from '../upstream/endpoint.js';
 import { physicalName, type BranchTarget } from './names.js';
 
@@ -69,6 +70,8 @@ export class BranchManager implements BranchResolver {
       this.known.add(database);
       return { database, created: false };
     }
+    // Past moments are of a source's history: database branches are of the server as it is.
+    if (target.at) throw errors.noSourceHistory('pgbranch follows no source');
     // Re-check after the await: another client may have started the creation meanwhile.
     let creation = this.inFlight.get(database);
     if (!creation) {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { PgError } from '../errors.js';
-import { parseConnectTarget, physicalName, validateBranchName } from './names.js';
+import { parseConnectTarget, parseMoment, physicalName, validateBranchName } from './names.js';
 
 function code(fn: () => unknown): string | undefined {
   try {
@@ -148,5 +148,42 @@ describe('physicalName', () => {
     expect(Buffer.byteLength(name)).toBeLessThanOrEqual(63);
     expect(name).not.toContain('\uFFFD');
     expect(Buffer.from(name).toString()).toBe(name);
+  });
+});
+
+describe('pgbranch.at', () => {
+  const now = Date.parse('2026-12-06T12:00:00Z');
+
+  it('takes ISO 8601 with its zone, or a time back from now', () => {
+    const iso = (value: string) => parseMoment(value, now).toISOString();
+    expect(iso('2026-12-06T09:30:00Z')).toBe('2026-12-06T09:30:00.000Z');
+    expect(iso('2026-12-06 10:30:00+01:00')).toBe('2026-12-06T09:30:00.000Z');
+    expect(iso('2026-12-06T10:30:00.123456+0100')).toBe('2026-12-06T09:30:00.123Z');
+    expect(iso('2026-12-06T04:30-05')).toBe('2026-12-06T09:30:00.000Z');
+    expect(iso('-1h')).toBe('2026-12-06T11:00:00.000Z');
+    expect(iso('-90s')).toBe('2026-12-06T11:58:30.000Z');
+    expect(iso('-2d')).toBe('2026-12-04T12:00:00.000Z');
+  });
+
+  it('refuses anything else with 22007, a moment without a zone too', () => {
+    for (const value of [
+      'yesterday',
+      '2026-12-06T09:30:00',
+      '2026-13-06T09:30:00Z',
+      '-1h30m',
+      '1h',
+    ]) {
+      expect(
+        code(() => parseMoment(value)),
+        value,
+      ).toBe('22007');
+    }
+  });
+
+  it('is read from options for a branch, and refused for the root itself', () => {
+    const { target } = parseConnectTarget('app@then', '-c pgbranch.at=2026-12-06T09:30:00Z');
+    expect(target).toEqual({ root: 'app', branch: 'then', at: new Date('2026-12-06T09:30:00Z') });
+    expect(code(() => parseConnectTarget('app', '-c pgbranch.at=-1h'))).toBe('22023');
+    expect(code(() => parseConnectTarget('app@then', '-c pgbranch.at=soon'))).toBe('22007');
   });
 });

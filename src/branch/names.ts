@@ -19,6 +19,8 @@ export interface BranchTarget {
   branch?: string;
   /** The branch to create it from when it does not exist yet; undefined means the root. */
   parent?: string;
+  /** Create it as the source was at this moment (pgbranch.at) when it does not exist yet. */
+  at?: Date;
 }
 
 export type PoolMode = 'session' | 'transaction';
@@ -60,6 +62,7 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
   let fromOption: string | undefined;
   let parent: string | undefined;
   let poolMode: PoolMode | undefined;
+  let at: Date | undefined;
   let rest = options;
   if (options !== undefined && options.includes('pgbranch.')) {
     const words = splitOptions(options);
@@ -80,6 +83,7 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
       const value = eq < 0 ? '' : setting.slice(eq + 1);
       if (name === 'pgbranch.branch') fromOption = value;
       else if (name === 'pgbranch.parent') parent = value;
+      else if (name === 'pgbranch.at') at = parseMoment(value);
       else if (name === 'pgbranch.pool_mode') {
         if (value !== 'session' && value !== 'transaction') {
           throw new PgError(
@@ -95,7 +99,7 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
           '42704',
           `unrecognized configuration parameter "${name}"`,
           undefined,
-          'pgbranch understands pgbranch.branch, pgbranch.parent and pgbranch.pool_mode in options.',
+          'pgbranch understands pgbranch.branch, pgbranch.parent, pgbranch.at and pgbranch.pool_mode in options.',
         );
       }
     }
@@ -114,6 +118,17 @@ export function parseConnectTarget(database: string, options?: string): ParsedCo
   const target: BranchTarget = { root };
   if (branch !== undefined) target.branch = branch;
   if (parentName !== undefined && parentName !== ROOT_BRANCH) target.parent = parentName;
+  if (at !== undefined) {
+    if (branch === undefined) {
+      throw new PgError(
+        '22023',
+        `pgbranch.at makes a new branch as the source was then: name one (${root}${SEPARATOR}name)`,
+        undefined,
+        `Connect to ${root}${SEPARATOR}<branch> with options=-c pgbranch.at=...; ${root} itself is the source now.`,
+      );
+    }
+    target.at = at;
+  }
   const parsed: ParsedConnectTarget = { target };
   if (rest !== undefined) parsed.options = rest;
   if (poolMode !== undefined) parsed.poolMode = poolMode;
@@ -225,4 +240,34 @@ function truncateUtf8(text: string, maxBytes: number): string {
     bytes += size;
   }
   return out;
+}
+
+const RELATIVE_MOMENT = /^-\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)$/;
+const ISO_MOMENT =
+  /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?\s*(Z|[+-]\d{2}(:?\d{2})?)$/i;
+
+/**
+ * A past moment as pgbranch.at and --at take it: ISO 8601 with its zone (`2026-12-06T09:30:00Z`,
+ * `2026-12-06 10:30:00+01:00`), or back from `now` (`-90s`, `-30m`, `-1h`, `-2d`). 22007 otherwise:
+ * a moment without a zone would be read in some clock's zone, silently.
+ */
+export function parseMoment(value: string, now = Date.now()): Date {
+  const text = value.trim();
+  const relative = RELATIVE_MOMENT.exec(text);
+  if (relative) {
+    const unit = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[relative[2]!]!;
+    return new Date(now - Math.round(Number(relative[1]) * unit));
+  }
+  if (ISO_MOMENT.test(text)) {
+    // Date.parse wants the T, and at most milliseconds.
+    const iso = text
+      .replace(' ', 'T')
+      .replace(/(\.\d{3})\d+/, '$1')
+      .replace(/\s+/g, '')
+      .replace(/([+-]\d{2})(\d{2})$/, '$1:$2')
+      .replace(/([+-]\d{2})$/, '$1:00');
+    const ms = Date.parse(iso);
+    if (!Number.isNaN(ms)) return new Date(ms);
+  }
+  throw errors.invalidMoment(value);
 }

@@ -37,7 +37,7 @@ const spec = (words: string[], values: string[] = [], switches: string[] = []): 
 const BRANCH_COMMANDS: Readonly<Record<BranchCommand, Spec>> = {
   list: spec([], ['--database'], ['--tree']),
   show: spec(['NAME']),
-  create: spec(['NAME'], ['--from', '--snapshot', '--expires', '--ttl']),
+  create: spec(['NAME'], ['--from', '--snapshot', '--at', '--expires', '--ttl']),
   reset: spec(['NAME']),
   snapshot: spec(['NAME', 'RESTORE_POINT']),
   restore: spec(['NAME', 'RESTORE_POINT']),

@@ -185,6 +185,7 @@ async function branch(
             ? {}
             : { parent: parentWithin(parseConnectTarget(name).target.root, from) }),
           ...optional('snapshot', one(options, '--snapshot')),
+          ...optional('at', one(options, '--at')),
           ...optional('expiresAt', one(options, '--expires')),
           ...optional('ttl', ttl),
         },

@@ -23,10 +23,11 @@ Commands:
   list [--database DB] [--tree]    every branch: parent, age, last connection, size, clients,
                                    expiry; --tree draws parents above their children
   show NAME                        one branch and its restore points
-  create NAME [--from BRANCH] [--snapshot POINT] [--expires DATE] [--ttl DURATION]
+  create NAME [--from BRANCH] [--snapshot POINT] [--at TIME] [--expires DATE] [--ttl DURATION]
                                    make it now from BRANCH (default the root), or from a
-                                   restore point of it; creating an existing branch with the
-                                   same parent succeeds
+                                   restore point of it; with a source, --at makes it of the
+                                   source as it was at TIME (2026-12-06T09:30:00Z, -1h);
+                                   creating an existing branch with the same parent succeeds
   reset NAME                       make it a fresh copy of its parent's current state; its
                                    clients are drained first
   snapshot NAME POINT              save its current state as the restore point POINT

@@ -26,6 +26,10 @@ export const descriptions: Record<ConfigPath, string> = {
     "The base backup's rate limit in kB/s (at least 32), to spare the source's disk; 0 for none.",
   'source.max_wait':
     'How long a new branch waits for the standby to replay what the source has committed; past it the branch holds what was replayed, and its NOTICE says how far behind.',
+  'source.retention':
+    'How far back branches at a past moment (pgbranch.at, branch create --at) can go: restore points of the standby and its WAL are kept this long; 0 keeps none.',
+  'source.snapshot_interval':
+    'How often a copy-on-write restore point of the standby is taken (a branch at a past moment replays the WAL from the newest one before it).',
   auth: 'How clients authenticate; trust is refused unless listen.host is a loopback address.',
   auth_max_failures:
     'Failed logins a client address may have in a minute; past it, its logins are refused (28000) until the oldest is a minute old. Unix socket clients count as one address; 0 for no limit.',

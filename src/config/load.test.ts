@@ -143,6 +143,9 @@ describe('loadConfig', () => {
       'source.url',
       'source.bin_dir',
       'source.max_rate',
+      'source.max_wait',
+      'source.retention',
+      'source.snapshot_interval',
       'auth',
       'auth_max_failures',
       'auth_timeout',
@@ -500,7 +503,13 @@ describe('config/pgbranch.example.yaml', () => {
     const config = load([], {}, directory({ 'pgbranch.yaml': withoutSource })).config;
     expect(config).toEqual({
       ...defaults,
-      source: { bin_dir: '/usr/lib/postgresql/16/bin', max_rate: 0 },
+      source: {
+        bin_dir: '/usr/lib/postgresql/16/bin',
+        max_rate: 0,
+        max_wait: 5_000,
+        retention: 86_400_000,
+        snapshot_interval: 900_000,
+      },
       listen: { ...defaults.listen, socket_dir: '/var/run/postgresql' },
       tls: { ...defaults.tls, cert: '/etc/pgbranch/server.crt', key: '/etc/pgbranch/server.key' },
       upstream:

@@ -155,9 +155,16 @@ export const configSchema = z
          * the branch was asked for; past it the branch holds what was replayed, and says so.
          */
         max_wait: duration.default(5_000),
+        /**
+         * How far back branches at past moments (pgbranch.at) can go: restore points of the standby
+         * and its WAL are kept this long. 0: none are kept.
+         */
+        retention: duration.default(86_400_000),
+        /** How often a restore point of the standby is taken. */
+        snapshot_interval: duration.refine((ms) => ms >= 1000, 'is below 1s').default(900_000),
       })
       .strict()
-      .default({ max_rate: 0, max_wait: 5_000 }),
+      .default({ max_rate: 0, max_wait: 5_000, retention: 86_400_000, snapshot_interval: 900_000 }),
     /** How clients authenticate to the proxy. `trust` is refused unless listen.host is loopback. */
     auth: z.enum(['scram-sha-256', 'md5', 'trust']).default('scram-sha-256'),
     /**

@@ -10,6 +10,7 @@ import {
   ROOT_BRANCH,
   SEPARATOR,
   SNAPSHOT_SEPARATOR,
+  parseMoment,
   splitRestorePoint,
   validateBranchName,
 } from '../branch/names.js';
@@ -88,7 +89,8 @@ export class InstanceLifecycle implements Lifecycle {
       throw errors.branchMissing(request.parent!);
     }
     const started = Date.now();
-    const created = await this.instances.make(branch, fromParent, request.snapshot);
+    const at = request.at === undefined ? undefined : parseMoment(request.at);
+    const created = await this.instances.make(branch, fromParent, request.snapshot, at);
     if (created && (request.expiresAt !== undefined || request.ttlMs !== undefined)) {
       this.instances.setExpiry(branch, { expiresAt: request.expiresAt, ttlMs: request.ttlMs });
     }

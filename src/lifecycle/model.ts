@@ -77,6 +77,11 @@ export interface CreateRequest {
   parent?: string;
   /** Create from this restore point of the parent instead of its current state. */
   snapshot?: string;
+  /**
+   * Create as the source was at this moment (ISO 8601 with its zone, or back from now as -1h):
+   * with a source only.
+   */
+  at?: string;
   /** Absolute expiry, ISO date or date-time. */
   expiresAt?: string;
   /** Idle expiry in milliseconds. */

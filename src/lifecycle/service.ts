@@ -182,6 +182,7 @@ export class LifecycleService implements Lifecycle {
   async create(request: CreateRequest): Promise<CreateResult> {
     const { root, branch } = parseBranchName(request.name);
     if (branch === ROOT_BRANCH) throw notABranch(request.name);
+    if (request.at !== undefined) throw errors.noSourceHistory('pgbranch follows no source');
     const parent = request.parent === undefined ? ROOT_BRANCH : parentBranch(root, request.parent);
     validateBranchName(parent);
     this.checkBranchable(root, branch);

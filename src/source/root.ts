@@ -1,5 +1,6 @@
 // A source as what pgbranch stands on: its standby is the server behind the proxy (the read-only
 // root, `app` is production's data) and the root instance that instance branches are made from.
+import path from 'node:path';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type { RootInstanceSetup } from '../branch/instance/setup.js';
@@ -9,8 +10,11 @@ import { PgError } from '../errors.js';
 import { hideInLogs, passwordIn } from '../log.js';
 import { CannotStart } from '../preflight.js';
 import { pgClientConfig } from '../upstream/endpoint.js';
+import { serverOwner } from '../branch/instance/postmaster.js';
+import { SourceHistory } from './history.js';
 import { formatLsn } from './lsn.js';
 import { startStandby, type Standby } from './standby.js';
+import { ARCHIVE_DIR } from './wal-archive.js';
 
 /**
  * Starts (making it first if need be) the standby of source.url. A source pgbranch can't follow
@@ -31,6 +35,8 @@ export async function openSource(config: Config, log: Logger): Promise<Standby> 
       dataDir: config.data_dir,
       maxRateKbps: config.source.max_rate,
       signal: interrupted.signal,
+      archiveDir:
+        config.source.retention > 0 ? path.join(sourceDir(config), ARCHIVE_DIR) : undefined,
       log,
     });
   } catch (error) {
@@ -42,6 +48,50 @@ export async function openSource(config: Config, log: Logger): Promise<Standby> 
     process.removeListener('SIGINT', stop);
     process.removeListener('SIGTERM', stop);
   }
+}
+
+/**
+ * The source's history (branches at past moments), unless source.retention is 0: restore points
+ * of the standby every source.snapshot_interval, from now on, in the background.
+ */
+export function openHistory(
+  config: Config,
+  standby: Standby,
+  /** A session on the standby (waiting through a resync's swap). */
+  connect: () => Promise<pg.Client>,
+  clone: boolean,
+  log: Logger,
+): SourceHistory | undefined {
+  if (config.source.retention === 0) return undefined;
+  if (!clone) {
+    log.warn(
+      { event: 'source_points_copied' },
+      `restore points of the standby are full copies here (no reflink clones): one every ${config.source.snapshot_interval / 1000} s kept for ${config.source.retention / 1000} s; raise source.snapshot_interval or lower source.retention if the disk can't hold them`,
+    );
+  }
+  return SourceHistory.open({
+    root: sourceDir(config),
+    standby: {
+      pgDataDir: standby.pgDataDir,
+      superuser: standby.superuser,
+      // A resync may make it a standby of another cluster.
+      get systemId() {
+        return standby.systemId;
+      },
+      connect,
+    },
+    sourceLsn: () => standby.currentLsn(),
+    retentionMs: config.source.retention,
+    intervalMs: config.source.snapshot_interval,
+    maxWaitMs: config.source.max_wait,
+    clone,
+    owner: serverOwner(),
+    log,
+  });
+}
+
+function sourceDir(config: Config): string {
+  return path.join(path.resolve(config.data_dir), 'source');
 }
 
 /**

@@ -28,6 +28,7 @@ import { findBinaries, type SourceBinaries } from './binaries.js';
 import { formatLsn, parseLsn, type Lsn } from './lsn.js';
 import { checkSourceVersion, explainConnectError, majorOf } from './refusals.js';
 import { ReplicationConnection, type SystemIdentity } from './replication-connection.js';
+import { archiveCommand, prepareArchive } from './wal-archive.js';
 import {
   describeSource,
   parseSourceUrl,
@@ -74,6 +75,8 @@ export interface StandbyOptions {
   onProgress?: (progress: BackupProgress) => void;
   /** Stops a base backup under way (Ctrl-C): nothing of it is kept, the slot is dropped. */
   signal?: AbortSignal;
+  /** Archive every WAL segment received there (archive_mode = always): the source's history. */
+  archiveDir?: string | undefined;
 }
 
 /** What the standby's health reporting shows. */
@@ -264,7 +267,16 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
     const settings = connection && (await sourceSettings(connection));
     connection?.close();
     connection = undefined;
-    const running = await runStandby({ target, root, binaries, owner, log, created, settings });
+    const running = await runStandby({
+      target,
+      root,
+      binaries,
+      owner,
+      log,
+      created,
+      settings,
+      archiveDir: options.archiveDir,
+    });
     log.info(
       {
         event: 'source_standby_running',
@@ -315,6 +327,8 @@ interface RunStandbyOptions {
   created: boolean;
   /** The source's settings the standby must match; undefined keeps the last configuration. */
   settings: Record<string, string> | undefined;
+  /** Where it archives every WAL segment it receives (the source's history); none without. */
+  archiveDir: string | undefined;
 }
 
 interface RunningStandby {
@@ -327,7 +341,7 @@ interface RunningStandby {
 async function runStandby(options: RunStandbyOptions): Promise<RunningStandby> {
   const { target, root, owner, log } = options;
   const pgDataDir = path.join(root, STANDBY_DIR, 'pg');
-  if (options.settings) writeConfig(pgDataDir, options.settings, owner);
+  if (options.settings) writeConfig(pgDataDir, options.settings, owner, options.archiveDir);
   const passfile = path.join(root, 'passfile');
   writeOwned(passfile, passfileLine(target), owner);
   writeStreaming(pgDataDir, streamingConninfo(target, root), slotName(root), owner);
@@ -617,6 +631,7 @@ function standbyHandle(parts: HandleParts): Standby {
             log,
             created: true,
             settings,
+            archiveDir: options.archiveDir,
           });
         } catch (error) {
           fs.renameSync(standbyDir, partial);
@@ -632,6 +647,7 @@ function standbyHandle(parts: HandleParts): Standby {
               log,
               created: false,
               settings: undefined,
+              archiveDir: options.archiveDir,
             })),
           };
           log.error(
@@ -885,14 +901,18 @@ function writeConfig(
   pgDataDir: string,
   settings: Record<string, string>,
   owner: OsUser | undefined,
+  archiveDir: string | undefined,
 ): void {
+  if (archiveDir) prepareArchive(archiveDir, owner);
   const lines = [
     '# Written by pgbranch at each start: the standby of a source. The source configuration',
     '# (its paths, libraries and certificates are its own) is not used here.',
     'hot_standby = on',
     // Feedback would hold back VACUUM on the source for the standby's queries: never.
     'hot_standby_feedback = off',
-    'archive_mode = off',
+    ...(archiveDir
+      ? ['archive_mode = always', `archive_command = ${confValue(archiveCommand(archiveDir))}`]
+      : ['archive_mode = off']),
     ...Object.entries(settings).map(([name, value]) => `${name} = ${confValue(value)}`),
   ];
   writeOwned(path.join(pgDataDir, 'postgresql.conf'), `${lines.join('\n')}\n`, owner);

@@ -13,6 +13,7 @@ import type { Endpoint } from '../../upstream/endpoint.js';
 import type { BranchResolver, Resolution } from '../manager.js';
 import type { BranchTarget } from '../names.js';
 import type { CopyMethod } from '../provider.js';
+import type { PastBranch, StartInstance } from '../../source/history.js';
 import { copyCluster } from './cluster-copy.js';
 import { startPostmaster, stopLeftover, type Postmaster } from './postmaster.js';
 import { parseLsn } from '../../source/lsn.js';
@@ -146,7 +147,14 @@ export interface InstanceBranchesOptions {
   admitCreation: (user: string, made: () => number) => void;
   /** An instance stops: pgbranch's pools of it must go first. */
   onStopping: (endpoint: Endpoint) => void;
+  /** A source's history, which makes branches at past moments (pgbranch.at); none without. */
+  history?: (() => PastMoments | undefined) | undefined;
   log: Logger;
+}
+
+/** What makes a branch of the source as it was at a past moment (source/history.ts). */
+export interface PastMoments {
+  branchAt(at: Date, dir: string, start: StartInstance): Promise<PastBranch>;
 }
 
 interface Instance {
@@ -273,7 +281,13 @@ export class InstanceBranches implements BranchResolver {
     notify?: (message: string) => void,
   ): Promise<Resolution> {
     if (target.branch === undefined) return { database: target.root, created: false };
-    const { instance, created } = await this.find(target.branch, target.parent, user, notify);
+    const { instance, created } = await this.find(
+      target.branch,
+      target.parent,
+      user,
+      notify,
+      target.at,
+    );
     instance.record.lastConnectedAt = new Date().toISOString();
     instance.clients++;
     instance.lastUsed = Date.now();
@@ -436,7 +450,12 @@ export class InstanceBranches implements BranchResolver {
    * the lifecycle's create does; false when it existed already with that parent. 42P04 when it
    * exists with another.
    */
-  async make(name: string, parent: string | undefined, snapshot?: string): Promise<boolean> {
+  async make(
+    name: string,
+    parent: string | undefined,
+    snapshot?: string,
+    at?: Date,
+  ): Promise<boolean> {
     const existing = this.instances.get(instanceId(name));
     if (existing) {
       if (existing.record.parent !== (parent ?? null)) {
@@ -468,7 +487,7 @@ export class InstanceBranches implements BranchResolver {
       });
       return instance !== undefined;
     }
-    const { created } = await this.find(name, parent, undefined, undefined);
+    const { created } = await this.find(name, parent, undefined, undefined, at);
     return created;
   }
 
@@ -667,6 +686,8 @@ export class InstanceBranches implements BranchResolver {
     /** Whose connect makes it (checked may create); undefined for the lifecycle's own. */
     user: string | undefined,
     notify: ((message: string) => void) | undefined,
+    /** The source as it was at this moment (pgbranch.at), instead of its parent now. */
+    at?: Date,
   ): Promise<{ instance: Instance; created: boolean }> {
     const id = instanceId(name);
     const existing = this.instances.get(id);
@@ -678,7 +699,9 @@ export class InstanceBranches implements BranchResolver {
         for (const listener of listeners) listener(message);
       };
       creation = {
-        done: this.create(id, name, parent, user, progress).finally(() => this.creating.delete(id)),
+        done: this.create(id, name, parent, user, progress, true, undefined, at).finally(() =>
+          this.creating.delete(id),
+        ),
         listeners,
       };
       this.creating.set(id, creation);
@@ -704,6 +727,7 @@ export class InstanceBranches implements BranchResolver {
     install = true,
     /** A restore point of the parent (or, for restore(), of the branch) to copy instead. */
     point?: { of: string; name: string },
+    at?: Date,
   ): Promise<Instance> {
     const { log } = this.options;
     if (user !== undefined && !(await this.options.mayCreate(user))) {
@@ -726,6 +750,7 @@ export class InstanceBranches implements BranchResolver {
       );
     }
     const started = Date.now();
+    if (at !== undefined) return this.fromMoment(name, parentName, at, user, started);
     if (install && !point) {
       const fromSpare = await this.fromSpare(name, parent, user, started);
       if (fromSpare) return fromSpare;
@@ -929,10 +954,9 @@ export class InstanceBranches implements BranchResolver {
       // A parent suspended meanwhile gets none (its next branch is copied as it lies).
       if (!this.closed && (!parent || parent.postmaster)) this.spares?.prepare(source);
     }, REPLENISH_AFTER_MS).unref();
-    const instance: Instance = {
-      id: instanceId(name),
-      dir: taken.dir,
-      record: {
+    return this.installRunning(
+      taken,
+      {
         name,
         parent: parent?.record.name ?? null,
         createdAt: new Date().toISOString(),
@@ -942,6 +966,84 @@ export class InstanceBranches implements BranchResolver {
         lsn: taken.lsn,
         ...freshnessFields(source.upstream, taken.freshness),
       },
+      {
+        from: 'warm_spare',
+        lsn: taken.lsn,
+        promoteMs: taken.ms,
+        phases: taken.phases,
+        ms: Date.now() - started,
+      },
+      `as of ${taken.lsn} (its warm standby promoted) in ${Date.now() - started} ms`,
+    );
+  }
+
+  /**
+   * Makes branch `name` of the source as it was at `at` (pgbranch.at): a restore point of the
+   * standby recovered to that moment and promoted (source/history.ts), running from the start.
+   */
+  private async fromMoment(
+    name: string,
+    parent: string | undefined,
+    at: Date,
+    user: string | undefined,
+    started: number,
+  ): Promise<Instance> {
+    const history = this.options.history?.();
+    if (!history) {
+      throw errors.noSourceHistory(
+        this.options.history ? 'source.retention is 0' : 'pgbranch follows no source',
+      );
+    }
+    if (parent !== undefined) {
+      throw new PgError(
+        '22023',
+        `pgbranch.at and pgbranch.parent can't go together: a branch at a past moment is of the source`,
+        undefined,
+        `Leave out pgbranch.parent (or --from) to branch the source as it was at ${at.toISOString()}.`,
+      );
+    }
+    await this.makeRoom();
+    const dir = path.join(this.options.dir, `${SPARE_DIR_PREFIX}${randomBytes(6).toString('hex')}`);
+    const past = await history.branchAt(at, dir, (d, settings, timeoutMs) =>
+      this.startOn(d, settings, timeoutMs),
+    );
+    return this.installRunning(
+      past,
+      {
+        name,
+        parent: null,
+        createdAt: new Date().toISOString(),
+        mode: past.mode,
+        ...(user !== undefined ? { createdBy: user } : {}),
+        dataAsOf: past.asOf.toISOString(),
+        lsn: past.lsn,
+        ...(this.options.root.upstream ? { of: this.options.root.upstream.name } : {}),
+      },
+      {
+        from: 'restore_point',
+        point: past.point,
+        lsn: past.lsn,
+        recoverMs: past.ms,
+        ms: Date.now() - started,
+      },
+      `as of ${past.asOf.toISOString()} (LSN ${past.lsn}, restore point ${past.point} recovered) in ${Date.now() - started} ms`,
+    );
+  }
+
+  /**
+   * Registers a new branch that already runs (a warm spare promoted, a past moment recovered):
+   * scripts run in it first, so no client sees it before; it is removed if they fail.
+   */
+  private async installRunning(
+    running: { dir: string; postmaster: Postmaster },
+    record: InstanceRecord,
+    logged: Record<string, unknown>,
+    how: string,
+  ): Promise<Instance> {
+    const instance: Instance = {
+      id: instanceId(record.name),
+      dir: running.dir,
+      record,
       postmaster: undefined,
       transition: undefined,
       clients: 0,
@@ -949,32 +1051,28 @@ export class InstanceBranches implements BranchResolver {
       suspendTimer: undefined,
     };
     try {
-      if (this.options.scripts.mayHave(name)) {
-        await this.runScriptsOn(name, taken.postmaster.endpoint);
+      if (this.options.scripts.mayHave(record.name)) {
+        await this.runScriptsOn(record.name, running.postmaster.endpoint);
       }
       // From here on it is a branch: a start after a kill keeps it.
-      writeRecord(taken.dir, instance.record);
+      writeRecord(running.dir, record);
     } catch (error) {
-      await taken.postmaster.stop('fast');
-      fs.rmSync(taken.dir, { recursive: true, force: true });
+      await running.postmaster.stop('fast');
+      fs.rmSync(running.dir, { recursive: true, force: true });
       throw error;
     }
-    this.adopt(instance, taken.postmaster);
+    this.adopt(instance, running.postmaster);
     this.instances.set(instance.id, instance);
     this.options.log.info(
       {
         event: 'branch_created',
-        branch: name,
-        parent: instance.record.parent,
+        branch: record.name,
+        parent: record.parent,
         provider: 'instance',
-        mode: taken.mode,
-        from: 'warm_spare',
-        lsn: taken.lsn,
-        promoteMs: taken.ms,
-        phases: taken.phases,
-        ms: Date.now() - started,
+        mode: record.mode,
+        ...logged,
       },
-      `created branch instance ${name} from ${instance.record.parent ?? 'the root instance'} as of ${taken.lsn} (its warm standby promoted) in ${Date.now() - started} ms`,
+      `created branch instance ${record.name} from ${record.parent ?? 'the root instance'} ${how}`,
     );
     return instance;
   }
@@ -1051,8 +1149,13 @@ export class InstanceBranches implements BranchResolver {
    * A postmaster on `<dir>/pg`, with its private socket in `<dir>/run` (made by startPostmaster,
    * mode 0700, for the owner): an instance, or a scratch copy (scripts, a restore point read).
    */
-  private startOn(dir: string, extra?: Record<string, string>): Promise<Postmaster> {
+  private startOn(
+    dir: string,
+    extra?: Record<string, string>,
+    startTimeoutMs?: number,
+  ): Promise<Postmaster> {
     return startPostmaster({
+      startTimeoutMs,
       binary: this.options.binary,
       pgDataDir: path.join(dir, 'pg'),
       socketDir: path.join(dir, 'run'),

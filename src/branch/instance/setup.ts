@@ -11,7 +11,7 @@ import type { CreationQuota } from '../../lifecycle/creation-quota.js';
 import type { Policy } from '../../lifecycle/policy.js';
 import { withCopyMethodSetting, type CopyMethod } from '../provider.js';
 import type { Endpoint } from '../../upstream/endpoint.js';
-import { InstanceBranches } from './instances.js';
+import { InstanceBranches, type InstanceBranchesOptions } from './instances.js';
 import { serverBinaries, serverOwner } from './postmaster.js';
 import type { Upstream } from './spares.js';
 
@@ -96,6 +96,8 @@ export interface InstanceSetup {
   policy: () => Policy;
   /** How many branches a role may make by connecting. */
   creationQuota: CreationQuota;
+  /** A source's history, for branches at past moments. */
+  history?: InstanceBranchesOptions['history'];
   log: Logger;
 }
 
@@ -136,6 +138,7 @@ export async function openInstanceBranches(setup: InstanceSetup): Promise<Instan
       mayHave: (branch) => setup.policy().mayHaveScripts(branch),
       for: (database, branch) => setup.policy().scriptsFor(database, branch),
     },
+    history: setup.history,
     log,
   });
 }
