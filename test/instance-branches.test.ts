@@ -12,6 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { connect as connectClient, psql } from './support/clients.js';
 import { connectDirect } from './support/observe.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
+import { mountReflinkXfs, type XfsMount } from './support/xfs.js';
 
 const MAX_RUNNING = 12;
 
@@ -48,9 +49,26 @@ const scripts = tempDir('instance-scripts');
 fs.writeFileSync(path.join(scripts, 'mask.sql'), "update notes set body = 'masked'");
 fs.writeFileSync(path.join(scripts, 'broken.sql'), 'select 1 / 0');
 
+/**
+ * The main pgbranch's data directory: on a reflink XFS where the machine allows one (as root),
+ * where copies are clones, as instance branches are meant to run; the copy path under the backup
+ * API is the same, warm standbys are off. Elsewhere byte copies (slower, the same tests).
+ */
+let mount: XfsMount | undefined;
+
 beforeAll(async () => {
+  mount = await mountReflinkXfs(2048);
+  let dataDir: string | undefined;
+  if ('skipped' in mount) console.warn(`byte copies: ${mount.skipped}`);
+  else {
+    dataDir = fs.mkdtempSync(path.join(mount.dir, 'instances-'));
+    fs.chmodSync(dataDir, 0o755);
+  }
   proxy = await startPgbranch({
+    ...(dataDir ? { dataDir } : {}),
     args: [
+      '--branch-warm-spare',
+      'off',
       '--branch-scripts',
       `app@masked-*=${path.join(scripts, 'mask.sql')}, app@broken-*=${path.join(scripts, 'broken.sql')}`,
       '--branch-provider',
@@ -81,6 +99,7 @@ afterAll(async () => {
   await direct?.end();
   await proxy?.stop();
   fs.rmSync(scripts, { recursive: true, force: true });
+  if (mount && !('skipped' in mount)) await mount.unmount();
 });
 
 /** Running instances' postmasters: processes whose data directory is under instances/. */

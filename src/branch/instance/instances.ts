@@ -729,6 +729,35 @@ export class InstanceBranches implements BranchResolver {
     point?: { of: string; name: string },
     at?: Date,
   ): Promise<Instance> {
+    // The parent counts as in use while it is copied: an idle parent suspended (idle, or to make
+    // room) under its own copy would fail the creation with a lost connection.
+    const parent =
+      parentName === undefined ? undefined : this.instances.get(instanceId(parentName));
+    if (parent) {
+      parent.clients++;
+      clearTimeout(parent.suspendTimer);
+      parent.suspendTimer = undefined;
+    }
+    try {
+      return await this.copyOf(id, name, parentName, user, progress, install, point, at);
+    } finally {
+      if (parent) {
+        parent.clients--;
+        this.idle(parent);
+      }
+    }
+  }
+
+  private async copyOf(
+    id: string,
+    name: string,
+    parentName: string | undefined,
+    user: string | undefined,
+    progress: (message: string) => void,
+    install: boolean,
+    point: { of: string; name: string } | undefined,
+    at: Date | undefined,
+  ): Promise<Instance> {
     const { log } = this.options;
     if (user !== undefined && !(await this.options.mayCreate(user))) {
       throw errors.mayNotCreateBranch(user, name, parentName ?? 'the root instance');
@@ -1220,7 +1249,12 @@ export class InstanceBranches implements BranchResolver {
       instance.record.lastConnectedAt = new Date(instance.lastUsed).toISOString();
       writeRecord(instance.dir, instance.record);
     }
-    if (instance.clients > 0 || this.closed) return;
+    this.idle(instance);
+  }
+
+  /** Suspends `instance` after branch.suspend_after once nothing uses it. */
+  private idle(instance: Instance): void {
+    if (instance.clients > 0 || this.closed || !instance.postmaster) return;
     clearTimeout(instance.suspendTimer);
     instance.suspendTimer = setTimeout(() => {
       instance.suspendTimer = undefined;
