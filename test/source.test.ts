@@ -249,6 +249,24 @@ describe('through pgbranch', () => {
       { n: ROWS + 3 },
     ]);
   });
+  test('a standby postmaster that dies is started again: app answers again, with its data', async () => {
+    const pidFile = path.join(dataDir, 'source', 'standby', 'pg', 'postmaster.pid');
+    const pid = Number(fs.readFileSync(pidFile, 'utf8').split('\n')[0]);
+    process.kill(pid, 'SIGKILL');
+    await vi.waitFor(() => expect(proxy!.events('source_standby_restarted')).toHaveLength(1), {
+      timeout: 120_000,
+      interval: 100,
+    });
+    expect(proxy!.events('source_standby_exited')).toEqual([
+      expect.objectContaining({ level: 40, code: null }),
+    ]);
+    expect(await queryOnce(url('app'), 'SELECT count(*)::int AS n FROM orders')).toEqual([
+      { n: ROWS + 3 },
+    ]);
+    const lsn = await commitOnSource(ROWS + 5, 'after the standby came back');
+    await replayed(lsn);
+  });
+
   test('with warm spares, a branch is a cascading standby of the standby, promoted', async () => {
     await proxy!.stop();
     proxy = await startPgbranch({

@@ -557,6 +557,61 @@ function standbyHandle(parts: HandleParts): Standby {
   let resyncing: Promise<void> | undefined;
   /** Stops a resync's base backup when pgbranch stops. */
   const stopping = new AbortController();
+  /** Postmasters pgbranch stopped itself (a resync's swap, pgbranch stopping): not restarted. */
+  const stopped = new WeakSet<Postmaster>();
+  const stopPostmaster = async (postmaster: Postmaster) => {
+    stopped.add(postmaster);
+    await postmaster.stop('fast');
+  };
+  /**
+   * A standby postmaster that ends by itself (killed, out of memory, a crash it did not recover
+   * from) is started again, as the embedded server is: `app` and new branches answer again once
+   * it is back; while it is down they fail (08006) and the log says why.
+   */
+  const supervise = (postmaster: Postmaster) => {
+    void postmaster.exited.then(async (code) => {
+      if (stopped.has(postmaster) || stopping.signal.aborted || state.postmaster !== postmaster) {
+        return;
+      }
+      log.warn(
+        { event: 'source_standby_exited', code, lastLines: postmaster.recentLog().slice(-5) },
+        `the standby's postmaster exited by itself (${code === null ? 'killed by a signal' : `code ${code}`}); starting it again`,
+      );
+      for (let attempt = 1; !stopping.signal.aborted; attempt++) {
+        try {
+          const running = await runStandby({
+            target,
+            root,
+            binaries: state.binaries,
+            owner: serverOwner(),
+            log,
+            created: false,
+            settings: undefined,
+            archiveDir: options.archiveDir,
+          });
+          if (stopping.signal.aborted) {
+            await stopPostmaster(running.postmaster);
+            return;
+          }
+          state = { ...state, ...running };
+          supervise(running.postmaster);
+          log.info(
+            { event: 'source_standby_restarted', pid: running.postmaster.pid, attempt },
+            `the standby runs again (pid ${running.postmaster.pid})`,
+          );
+          return;
+        } catch (error) {
+          const waitMs = Math.min(30_000, 1000 * 2 ** (attempt - 1));
+          log.error(
+            { event: 'source_standby_restart_failed', attempt, err: error },
+            `the standby did not start again (${(error as Error).message}); next try in ${waitMs / 1000} s`,
+          );
+          await sleep(waitMs);
+        }
+      }
+    });
+  };
+  supervise(state.postmaster);
   const resync = async (resyncOptions: ResyncOptions) => {
     let connection: ReplicationConnection;
     try {
@@ -616,7 +671,7 @@ function standbyHandle(parts: HandleParts): Standby {
       const swap = resyncOptions.swap ?? ((work) => work());
       await swap(async () => {
         const old = path.join(root, OLD_DIR);
-        await state.postmaster.stop('fast');
+        await stopPostmaster(state.postmaster);
         fs.renameSync(standbyDir, old);
         fs.renameSync(partial, standbyDir);
         fsyncDir(root);
@@ -650,6 +705,7 @@ function standbyHandle(parts: HandleParts): Standby {
               archiveDir: options.archiveDir,
             })),
           };
+          supervise(state.postmaster);
           log.error(
             { event: 'source_resync_failed', err: error },
             `resync: the new standby did not start, the old one is back: ${(error as Error).message}`,
@@ -664,6 +720,7 @@ function standbyHandle(parts: HandleParts): Standby {
         }
         writeRecord(root, record);
         state = { ...running, binaries, version, systemId: identity.systemId, created: true };
+        supervise(state.postmaster);
         await fs.promises.rm(old, { recursive: true, force: true });
       });
       log.info(
@@ -786,7 +843,7 @@ function standbyHandle(parts: HandleParts): Standby {
         () => undefined,
       );
       link = undefined;
-      await state.postmaster.stop('fast');
+      await stopPostmaster(state.postmaster);
       fs.rmSync(path.join(root, OWNER_FILE), { force: true });
     },
   };
