@@ -198,8 +198,11 @@ describe('the branch page', () => {
     await details.getByRole('button', { name: 'Protect' }).click();
     await notice(page, 'app@guarded is protected');
     await row(page, 'app@guarded').filter({ hasText: 'protected' }).waitFor();
-    expect(await details.getByRole('button', { name: 'Delete' }).isDisabled()).toBe(true);
-    expect(await details.getByRole('button', { name: 'Reset' }).isDisabled()).toBe(true);
+    // The details re-render from the next list: waited for, not read at once.
+    await expect
+      .poll(() => details.getByRole('button', { name: 'Delete' }).isDisabled())
+      .toBe(true);
+    await expect.poll(() => details.getByRole('button', { name: 'Reset' }).isDisabled()).toBe(true);
     const refused = await fetch(
       `${proxy.ready.adminUrl}/v1/branches/${encodeURIComponent('app@guarded')}`,
       { method: 'DELETE' },
@@ -207,7 +210,9 @@ describe('the branch page', () => {
     expect(refused.status).toBe(403);
     await details.getByRole('button', { name: 'Unprotect' }).click();
     await notice(page, 'app@guarded is no longer protected');
-    expect(await details.getByRole('button', { name: 'Delete' }).isDisabled()).toBe(false);
+    await expect
+      .poll(() => details.getByRole('button', { name: 'Delete' }).isDisabled())
+      .toBe(false);
   });
 
   it('shows a refusal with its message and SQLSTATE', async () => {
