@@ -14,7 +14,13 @@ import { writeDevCertificates } from '../src/cli/tls-init.js';
 import { slotName, startStandby, type Standby } from '../src/source/standby.js';
 import { pgClientConfig } from '../src/upstream/endpoint.js';
 import { tempDir } from './support/pgbranch.js';
-import { REPLICATOR_PASSWORD, sourceServer, type SourceServer } from './support/source-server.js';
+import {
+  commitOrder,
+  REPLICATOR_PASSWORD,
+  replayedOn,
+  sourceServer,
+  type SourceServer,
+} from './support/source-server.js';
 
 vi.setConfig({ testTimeout: 180_000 });
 
@@ -62,37 +68,6 @@ async function onStandby(database = 'app'): Promise<pg.Client> {
   });
   await client.connect();
   return client;
-}
-
-/** Commits a row on the source; resolves with the source's WAL position after the commit. */
-async function commitOnSource(id: number, note: string): Promise<string> {
-  const app = await source.connect('app');
-  try {
-    await app.query('INSERT INTO orders VALUES ($1, $2)', [id, note]);
-    return (await app.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn')).rows[0]!
-      .lsn;
-  } finally {
-    await app.end();
-  }
-}
-
-/** Waits until the standby has replayed `lsn`. */
-async function replayed(lsn: string): Promise<void> {
-  const client = await onStandby();
-  try {
-    await vi.waitFor(
-      async () => {
-        const { rows } = await client.query<{ done: boolean }>(
-          'SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn AS done',
-          [lsn],
-        );
-        expect(rows[0]!.done).toBe(true);
-      },
-      { timeout: 60_000, interval: 50 },
-    );
-  } finally {
-    await client.end();
-  }
 }
 
 describe('a standby made from scratch', () => {
@@ -158,8 +133,8 @@ describe('a standby made from scratch', () => {
   });
 
   test('a commit on the source reaches it, and its status shows no lag once replayed', async () => {
-    const lsn = await commitOnSource(1001, 'streamed');
-    await replayed(lsn);
+    const lsn = await commitOrder(source, 1001, 'streamed');
+    await replayedOn(onStandby, lsn);
     const client = await onStandby();
     try {
       const { rows } = await client.query('SELECT note FROM orders WHERE id = 1001');
@@ -195,8 +170,8 @@ describe('a standby made from scratch', () => {
       await client.end();
     }
     await source.start();
-    const lsn = await commitOnSource(1002, 'after the source came back');
-    await replayed(lsn);
+    const lsn = await commitOrder(source, 1002, 'after the source came back');
+    await replayedOn(onStandby, lsn);
     await vi.waitFor(
       async () => expect(await standby!.status()).toMatchObject({ connected: true, lagBytes: 0 }),
       { timeout: 30_000, interval: 100 },
@@ -211,8 +186,8 @@ describe('a standby made from scratch', () => {
     expect(standby.created).toBe(false);
     expect(events('source_backup_started')).toHaveLength(backups);
     expect(events('source_standby_reused')).toHaveLength(1);
-    const lsn = await commitOnSource(1003, 'after the restart');
-    await replayed(lsn);
+    const lsn = await commitOrder(source, 1003, 'after the restart');
+    await replayedOn(onStandby, lsn);
     const client = await onStandby();
     try {
       expect((await client.query('SELECT count(*)::int AS n FROM orders')).rows[0].n).toBe(1003);
@@ -241,8 +216,8 @@ describe('a standby made from scratch', () => {
       await client.end();
     }
     await source.start();
-    const lsn = await commitOnSource(1004, 'after a start without the source');
-    await replayed(lsn);
+    const lsn = await commitOrder(source, 1004, 'after a start without the source');
+    await replayedOn(onStandby, lsn);
   });
 
   test('sslmode=require and a source without TLS: refused, saying so', async () => {

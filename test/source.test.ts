@@ -15,6 +15,8 @@ import { startPgbranch, tempDir, type PgbranchProcess, PGBRANCH_BIN } from './su
 import {
   REPLICATOR_PASSWORD,
   SUPERUSER_PASSWORD,
+  commitOrder,
+  replayedOn,
   sourceServer,
   type SourceServer,
 } from './support/source-server.js';
@@ -50,36 +52,6 @@ afterAll(async () => {
 
 /** Through pgbranch as the source's own superuser, with the source's password. */
 const url = (database: string) => proxy!.url(database, 'postgres', SUPERUSER_PASSWORD);
-
-async function commitOnSource(id: number, note: string): Promise<string> {
-  const app = await source.connect('app');
-  try {
-    await app.query('INSERT INTO orders VALUES ($1, $2)', [id, note]);
-    return (await app.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn')).rows[0]!
-      .lsn;
-  } finally {
-    await app.end();
-  }
-}
-
-/** Waits until the standby behind pgbranch has replayed `lsn`. */
-async function replayed(lsn: string): Promise<void> {
-  const client = await connect(url('app'));
-  try {
-    await vi.waitFor(
-      async () => {
-        const { rows } = await client.query<{ done: boolean }>(
-          'SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn AS done',
-          [lsn],
-        );
-        expect(rows[0]!.done).toBe(true);
-      },
-      { timeout: 60_000, interval: 50 },
-    );
-  } finally {
-    await client.end();
-  }
-}
 
 /** pgbranch started as a user would, its JSON log lines read as they come (no wait for ready). */
 function spawnPgbranch(args: string[]) {
@@ -198,8 +170,8 @@ describe('through pgbranch', () => {
   });
 
   test('a row committed on the source is there once the standby has replayed it', async () => {
-    const lsn = await commitOnSource(ROWS + 1, 'committed on the source');
-    await replayed(lsn);
+    const lsn = await commitOrder(source, ROWS + 1, 'committed on the source');
+    await replayedOn(() => connect(url('app')), lsn);
     expect(await queryOnce(url('app'), `SELECT note FROM orders WHERE id = ${ROWS + 1}`)).toEqual([
       { note: 'committed on the source' },
     ]);
@@ -227,8 +199,8 @@ describe('through pgbranch', () => {
       { n: ROWS + 1 },
     ]);
     await source.start();
-    const lsn = await commitOnSource(ROWS + 2, 'after the source came back');
-    await replayed(lsn);
+    const lsn = await commitOrder(source, ROWS + 2, 'after the source came back');
+    await replayedOn(() => connect(url('app')), lsn);
     await vi.waitFor(
       async () =>
         expect(await queryOnce(url('app'), 'SELECT status FROM pg_stat_wal_receiver')).toEqual([
@@ -243,8 +215,8 @@ describe('through pgbranch', () => {
     proxy = await startPgbranch({ dataDir, args: ['--source', source.url()], timeoutMs: 120_000 });
     expect(proxy.events('source_standby_reused')).toHaveLength(1);
     expect(proxy.events('source_backup_started')).toHaveLength(0);
-    const lsn = await commitOnSource(ROWS + 3, 'after the restart');
-    await replayed(lsn);
+    const lsn = await commitOrder(source, ROWS + 3, 'after the restart');
+    await replayedOn(() => connect(url('app')), lsn);
     expect(await queryOnce(url('app'), 'SELECT count(*)::int AS n FROM orders')).toEqual([
       { n: ROWS + 3 },
     ]);
@@ -263,8 +235,8 @@ describe('through pgbranch', () => {
     expect(await queryOnce(url('app'), 'SELECT count(*)::int AS n FROM orders')).toEqual([
       { n: ROWS + 3 },
     ]);
-    const lsn = await commitOnSource(ROWS + 5, 'after the standby came back');
-    await replayed(lsn);
+    const lsn = await commitOrder(source, ROWS + 5, 'after the standby came back');
+    await replayedOn(() => connect(url('app')), lsn);
   });
 
   test('with warm spares, a branch is a cascading standby of the standby, promoted', async () => {
@@ -278,8 +250,8 @@ describe('through pgbranch', () => {
       timeout: 120_000,
       interval: 100,
     });
-    const lsn = await commitOnSource(ROWS + 4, 'before the branch');
-    await replayed(lsn);
+    const lsn = await commitOrder(source, ROWS + 4, 'before the branch');
+    await replayedOn(() => connect(url('app')), lsn);
     expect(
       await queryOnce(url('app@pr-2'), `SELECT note FROM orders WHERE id = ${ROWS + 4}`),
     ).toEqual([{ note: 'before the branch' }]);

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import pino from 'pino';
+import { expect, vi } from 'vitest';
 import {
   serverBinaries,
   serverOwner,
@@ -216,4 +217,35 @@ async function initdb(
     child.once('exit', resolve);
   });
   if (code !== 0) throw new Error(`initdb failed (exit ${code}):\n${output.join('')}`);
+}
+
+/** Inserts a row into app's orders on the source; resolves with its WAL position after the commit. */
+export async function commitOrder(source: SourceServer, id: number, note: string): Promise<string> {
+  const app = await source.connect('app');
+  try {
+    await app.query('INSERT INTO orders VALUES ($1, $2)', [id, note]);
+    return (await app.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn')).rows[0]!
+      .lsn;
+  } finally {
+    await app.end();
+  }
+}
+
+/** Waits until the standby that `connect` opens a session on has replayed `lsn`. */
+export async function replayedOn(connect: () => Promise<pg.Client>, lsn: string): Promise<void> {
+  const client = await connect();
+  try {
+    await vi.waitFor(
+      async () => {
+        const { rows } = await client.query<{ done: boolean }>(
+          'SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn AS done',
+          [lsn],
+        );
+        expect(rows[0]!.done).toBe(true);
+      },
+      { timeout: 60_000, interval: 50 },
+    );
+  } finally {
+    await client.end();
+  }
 }

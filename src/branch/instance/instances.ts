@@ -18,12 +18,11 @@ import { copyCluster } from './cluster-copy.js';
 import { startPostmaster, stopLeftover, type Postmaster } from './postmaster.js';
 import { parseLsn } from '../../source/lsn.js';
 import {
-  freshnessOf,
+  catchUp,
   socketConninfo,
   SPARE_DIR_PREFIX,
   Spares,
   upstreamPosition,
-  waitForReplay,
   type Freshness,
   type SpareSource,
   type Upstream,
@@ -1131,20 +1130,11 @@ export class InstanceBranches implements BranchResolver {
     const client = await this.options.root.connect();
     client.on('error', () => undefined);
     try {
-      const replay = await waitForReplay(
-        client,
-        typeof wanted === 'string' ? wanted : '0/0',
-        upstream.maxWaitMs,
-        true,
-      );
-      const freshness = freshnessOf(wanted, replay.caughtUp);
+      const caught = await catchUp(client, wanted, asked, upstream, upstream.maxWaitMs);
       return {
-        dataAsOf: (freshness.state === 'fresh'
-          ? new Date(asked)
-          : (replay.lastCommit ?? new Date(asked))
-        ).toISOString(),
-        lsn: replay.at,
-        ...freshnessFields(upstream, freshness),
+        dataAsOf: caught.asOf.toISOString(),
+        lsn: caught.at,
+        ...freshnessFields(upstream, caught.freshness),
       };
     } finally {
       await client.end().catch(() => undefined);

@@ -158,15 +158,10 @@ export class Spares {
         this.session(spare),
       ]);
       const positioned = Date.now();
-      let replay: Replay;
+      let caught: CaughtUp;
       let phases: TakenSpare['phases'];
       try {
-        replay = await waitForReplay(
-          client,
-          typeof wanted === 'string' ? wanted : '0/0',
-          upstream?.maxWaitMs ?? this.options.catchUpMs,
-          upstream !== undefined,
-        );
+        caught = await catchUp(client, wanted, asked, upstream, this.options.catchUpMs);
         const replayed = Date.now();
         await promote(client);
         phases = {
@@ -183,12 +178,9 @@ export class Spares {
         dir: spare.dir,
         postmaster: spare.postmaster!,
         mode: spare.mode,
-        lsn: replay.at,
-        asOf:
-          replay.caughtUp && typeof wanted === 'string'
-            ? new Date(asked)
-            : (replay.lastCommit ?? new Date(asked)),
-        freshness: upstream && freshnessOf(wanted, replay.caughtUp),
+        lsn: caught.at,
+        asOf: caught.asOf,
+        freshness: caught.freshness,
         ms: Date.now() - asked,
         phases,
       };
@@ -422,16 +414,50 @@ export async function upstreamPosition(
   }
 }
 
-export function freshnessOf(
-  wanted: string | { unreachable: string },
-  caughtUp: boolean,
-): Freshness {
+function freshnessOf(wanted: string | { unreachable: string }, caughtUp: boolean): Freshness {
   if (typeof wanted !== 'string') return { state: 'unreachable', reason: wanted.unreachable };
   return caughtUp ? { state: 'fresh' } : { state: 'behind', wanted };
 }
 
+/** What a standby replayed before it became a branch, and the moment its data is of. */
+export interface CaughtUp {
+  at: string;
+  /** The ask, when it caught up; else its last replayed commit's time. */
+  asOf: Date;
+  /** With an upstream: whether it caught up with it. */
+  freshness: Freshness | undefined;
+}
+
+/**
+ * Waits for the standby on `client` to replay `wanted`, read at `asked`. With an upstream, up to
+ * its max_wait, then it is what was replayed (at once where the upstream could not be asked);
+ * without, up to `timeoutMs`, then it throws.
+ */
+export async function catchUp(
+  client: pg.Client,
+  wanted: string | { unreachable: string },
+  asked: number,
+  upstream: Upstream | undefined,
+  timeoutMs: number,
+): Promise<CaughtUp> {
+  const replay = await waitForReplay(
+    client,
+    // Unreachable: nothing to wait for.
+    typeof wanted === 'string' ? wanted : '0/0',
+    upstream?.maxWaitMs ?? timeoutMs,
+    upstream !== undefined,
+  );
+  const freshness = upstream && freshnessOf(wanted, replay.caughtUp);
+  const fresh = !freshness || freshness.state === 'fresh';
+  return {
+    at: replay.at,
+    asOf: fresh ? new Date(asked) : (replay.lastCommit ?? new Date(asked)),
+    freshness,
+  };
+}
+
 /** How far a standby got: its replay position, and its last replayed commit's time. */
-export interface Replay {
+interface Replay {
   caughtUp: boolean;
   at: string;
   lastCommit: Date | null;
@@ -441,7 +467,7 @@ export interface Replay {
  * Waits until the standby on `client` has replayed up to `lsn`. Past `timeoutMs` it throws, or,
  * where `orWhatItHas`, resolves with how far it got.
  */
-export async function waitForReplay(
+async function waitForReplay(
   client: pg.Client,
   lsn: string,
   timeoutMs: number,
