@@ -629,12 +629,12 @@ async function connectToBranch(
       return { conn, request, database, created, notice, pools, endpoint, leave };
     } catch (error) {
       leave?.();
-      // A branch dropped behind pgbranch's back, or left invalid by a DROP DATABASE the server
-      // died in (55000): forget it and make it again, once.
+      // A branch dropped behind pgbranch's back (3D000), or left invalid by a DROP DATABASE the
+      // server died in (55000): forget it and look again, once; the catalog then says whether it
+      // is to be made again (a branch refused for another reason is refused again).
       if (
         error instanceof ServerError &&
-        (error.code === '3D000' ||
-          (error.code === '55000' && error.message.includes('invalid database'))) &&
+        (error.code === '3D000' || error.code === '55000') &&
         target.branch &&
         attempt === 0
       ) {
