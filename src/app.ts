@@ -1,6 +1,5 @@
 // Wires the layers together: upstream (embedded or external), branch provider and manager, pools,
 // and the listeners. The only file that knows all of them.
-import fs from 'node:fs';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
@@ -33,14 +32,14 @@ import {
   type ServerBudget,
 } from './pool/budget.js';
 import { PoolManager } from './pool/pool.js';
-import { CannotStart, checkBeforeStart, listenProblem } from './preflight.js';
+import { CannotStart, checkBeforeStart } from './preflight.js';
 import { CancelRegistry } from './proxy/cancel.js';
 import { ClientQuotas, type ClientLimits } from './proxy/client-quotas.js';
 import { ClientRegistry } from './proxy/clients.js';
 import { SharedCancelKeys } from './coordination/cancel-keys.js';
 import { Peers } from './coordination/peers.js';
 import { SharedDrain } from './coordination/shared-drain.js';
-import { serveClient, type ProxyContext } from './proxy/client-session.js';
+import { refuseClient, serveClient, type ProxyContext } from './proxy/client-session.js';
 import {
   describeCertificate,
   loadServerTls,
@@ -48,10 +47,13 @@ import {
   type ServerTls,
   type TlsMode,
 } from './proxy/tls.js';
-import { listenOnSocket } from './proxy/unix-socket.js';
 import type { SourceHistory } from './source/history.js';
 import { SourceHealth } from './source/health.js';
 import { openHistory, openSource, standbyRoot } from './source/root.js';
+import { StandbyMaking } from './source/making.js';
+import { describeSource, parseSourceUrl } from './source/source-url.js';
+import { serveAdminWhileMaking, type MakingAdmin } from './admin/making.js';
+import { ClientListeners } from './proxy/listeners.js';
 import type { Standby } from './source/standby.js';
 import { startEmbedded, type EmbeddedServer } from './upstream/embedded.js';
 import { describeEndpoint, pgClientConfig, type Endpoint } from './upstream/endpoint.js';
@@ -132,6 +134,9 @@ const ADMIN_CONNECTIONS = 4;
  */
 const OWN_CONNECTIONS = ADMIN_CONNECTIONS + 1;
 
+/** Cancel requests that arrive before pgbranch has sessions: nothing to cancel. */
+const NO_SESSIONS = { cancel: async () => false };
+
 export async function startPgbranch(
   config: Config,
   log: Logger,
@@ -151,6 +156,11 @@ export async function startPgbranch(
   let standby: Standby | undefined;
   /** With source.url: restore points of the standby, for branches at past moments. */
   let history: SourceHistory | undefined;
+  /**
+   * With source.url: the proxy's listeners and the admin API that told how far the standby was
+   * while it was made; taken over by the proxy and the full admin API.
+   */
+  let making: { listeners: ClientListeners; admin: MakingAdmin | undefined } | undefined;
   let endpoint: Endpoint;
   let adminConfig: pg.PoolConfig;
   if (config.upstream) {
@@ -195,7 +205,47 @@ export async function startPgbranch(
     }
     adminConfig = { ...login, ssl: pgSsl(adminTls) };
   } else if (config.source.url) {
-    standby = await openSource(config, log);
+    // The standby may take hours to make (its base backup): meanwhile pgbranch listens and tells
+    // every client, the CLI and the admin API how far it is.
+    let tracker: StandbyMaking;
+    try {
+      tracker = new StandbyMaking(describeSource(parseSourceUrl(config.source.url)));
+    } catch (error) {
+      throw new CannotStart((error as Error).message, { cause: error });
+    }
+    const refusing = (socket: net.Socket, local: boolean) =>
+      void refuseClient(
+        socket,
+        { tls: serverTls, loginTimeoutMs: config.auth_timeout, cancels: NO_SESSIONS, log },
+        { local },
+        () => tracker.refusal(),
+      );
+    const listeners = await ClientListeners.open(config.listen, refusing);
+    log.info(
+      { event: 'listening_while_making', host: config.listen.host, port: listeners.port },
+      `listening on ${hostInUrl(reachableHost(config.listen.host))}:${listeners.port}: until the standby of ${tracker.source} runs, clients are told how far it is (57P03)`,
+    );
+    let makingAdmin: MakingAdmin | undefined;
+    try {
+      if (config.admin.enabled) {
+        makingAdmin = await serveAdminWhileMaking({
+          host: config.admin.host,
+          port: config.admin.port,
+          token: config.admin.token,
+          https: servesHttps(config, 'admin') ? serverTls?.pem : undefined,
+          making: tracker,
+          log,
+        }).catch((error: unknown) => {
+          throw new CannotStart((error as Error).message, { cause: error });
+        });
+      }
+      standby = await openSource(config, log, tracker);
+    } catch (error) {
+      await makingAdmin?.close();
+      await listeners.close();
+      throw error;
+    }
+    making = { listeners, admin: makingAdmin };
     endpoint = standby.endpoint;
     adminConfig = {
       ...pgClientConfig(endpoint),
@@ -482,6 +532,8 @@ export async function startPgbranch(
   );
   /** Undoes what start-up did so far, when a later step fails. */
   const abandon = async () => {
+    await making?.admin?.close();
+    await making?.listeners.close();
     sourceHealth?.close();
     await history?.close();
     pools.close();
@@ -654,49 +706,21 @@ export async function startPgbranch(
     socket.once('close', () => ctx.clients.delete(socket));
     void serveClient(socket, ctx, { local });
   };
-  const listener = net.createServer((socket) =>
-    // A listener on :: sees IPv4 clients as ::ffff:a.b.c.d.
-    onClient(socket, isLoopback((socket.remoteAddress ?? '').replace(/^::ffff:/, ''))),
-  );
-  try {
-    await new Promise<void>((resolve, reject) => {
-      listener.once('error', reject);
-      listener.listen(config.listen.port, config.listen.host, resolve);
-    });
-  } catch (error) {
-    // Free when checked at start, taken since.
-    await abandon();
-    const { host, port } = config.listen;
-    throw new CannotStart(listenProblem({ key: 'listen.port', host, port }, error), {
-      cause: error,
-    });
-  }
-  const port = (listener.address() as net.AddressInfo).port;
-  let socketListener: net.Server | undefined;
-  let socketPath: string | undefined;
-  if (config.listen.socket_dir !== undefined) {
-    socketListener = net.createServer((socket) => onClient(socket, true));
+  let listeners: ClientListeners;
+  if (making) {
+    // Listening since before the standby was made.
+    listeners = making.listeners;
+    listeners.serve(onClient);
+  } else {
     try {
-      // Named after the TCP port, as PostgreSQL names its socket, so -h DIR -p PORT finds it.
-      socketPath = await listenOnSocket(socketListener, config.listen.socket_dir, port);
+      listeners = await ClientListeners.open(config.listen, onClient);
     } catch (error) {
-      listener.close();
       await abandon();
-      throw new CannotStart((error as Error).message, { cause: error });
+      throw error;
     }
   }
-  /** Stops accepting clients: closes both listeners and removes the socket file. */
-  const closeListeners = () =>
-    Promise.all([
-      new Promise<void>((resolve) => listener.close(() => resolve())),
-      socketListener &&
-        new Promise<void>((resolve) =>
-          socketListener.close(() => {
-            if (socketPath) fs.rmSync(socketPath, { force: true });
-            resolve();
-          }),
-        ),
-    ]);
+  const { port, socketPath } = listeners;
+  const closeListeners = () => listeners.close();
   let metricsServer: MetricsServer | undefined;
   if (metrics) {
     try {
@@ -715,16 +739,18 @@ export async function startPgbranch(
   let adminApi: AdminApi | undefined;
   if (config.admin.enabled) {
     try {
+      // The port the admin API listened on while the standby was made (admin.port 0 included).
+      await making?.admin?.close();
       adminApi = await serveAdminApi({
         lifecycle: branchLifecycle,
         host: config.admin.host,
-        port: config.admin.port,
+        port: making?.admin?.port ?? config.admin.port,
         token: config.admin.token,
         log,
         proxy: { host: config.listen.host, port, user: String(adminConfig.user) },
         ready: readinessCheck({
           stopping: () => ctx.shuttingDown,
-          listening: () => listener.listening,
+          listening: () => listeners.listening,
           admin,
         }),
         https: servesHttps(config, 'admin') ? serverTls?.pem : undefined,

@@ -456,6 +456,13 @@ export const errors = {
       undefined,
       'Check that the source runs and that this host can reach it (address, port, firewall).',
     ),
+  standbyBeingMade: (source: string, howFar: string) =>
+    new PgError(
+      '57P03',
+      `pgbranch is making its standby of the source ${source}: ${howFar}`,
+      undefined,
+      'It takes clients once the standby runs; connect again then. `pgbranch source status` shows how far it is.',
+    ),
   sourceResyncing: (source: string) =>
     new PgError(
       '57P03',

@@ -5,10 +5,11 @@
 // start removes the partial copy and backs up again), the source going away and coming back is
 // survived, and a role without REPLICATION or a pg_hba.conf without replication get one message
 // saying what to change on the source.
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { connect, queryOnce } from './support/clients.js';
 import { startPgbranch, tempDir, type PgbranchProcess, PGBRANCH_BIN } from './support/pgbranch.js';
@@ -88,6 +89,37 @@ async function progressLines(logs: Record<string, unknown>[], count: number) {
   return lines();
 }
 
+/** psql, as a user runs it, against `url`. */
+function runPsql(url: string): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      'psql',
+      [url, '-c', 'SHOW SOURCE'],
+      { env: { ...process.env, PGPASSWORD: SUPERUSER_PASSWORD, PGCONNECT_TIMEOUT: '30' } },
+      (error, _stdout, stderr) =>
+        resolve({ code: error ? (typeof error.code === 'number' ? error.code : null) : 0, stderr }),
+    );
+  });
+}
+
+/** The CLI, as a user runs it, with `env` saying where the admin API is. */
+function runCli(
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [PGBRANCH_BIN, ...args],
+      { cwd: ROOT, env: { ...process.env, ...env }, timeout: 120_000 },
+      (error, stdout, stderr) => {
+        const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
 async function slotsOnSource(): Promise<string[]> {
   const admin = await source.connect();
   try {
@@ -101,10 +133,84 @@ async function slotsOnSource(): Promise<string[]> {
 }
 
 describe('a base backup interrupted', () => {
-  test('Ctrl-C stops it at once: no partial copy and no slot are left', async () => {
-    const run = spawnPgbranch(['--source', source.url(), '--source-max-rate', '4096']);
+  test('meanwhile clients, psql on the console, the CLI and the admin API are told how far it is; Ctrl-C stops it at once: no partial copy and no slot are left', async () => {
+    const token = 'making-token';
+    const run = spawnPgbranch([
+      // 1 MB/s: the backup outlasts every check below by far; Ctrl-C ends it.
+      ...['--source', source.url(), '--source-max-rate', '1024'],
+      ...['--admin-token', token],
+    ]);
     try {
       await progressLines(run.logs, 1);
+      const listening = run.logs.find((l) => l.event === 'listening_while_making')!;
+      const adminUrl = run.logs.find((l) => l.event === 'admin_listening_while_making')!
+        .url as string;
+      const port = listening.port as number;
+      const howFar =
+        /^pgbranch is making its standby of the source replicator@127\.0\.0\.1:\d+: base backup: [\d.]+ MB of [\d.]+ MB \(\d+%\), [\d.]+ MB\/s, \d+ s left$/;
+
+      // A client of app: 57P03, as a server starting up, with the base backup's figures.
+      const client = new pg.Client({
+        host: '127.0.0.1',
+        port,
+        database: 'app',
+        user: 'postgres',
+        password: SUPERUSER_PASSWORD,
+      });
+      const refused = (await client.connect().then(
+        () => undefined,
+        (error: unknown) => error,
+      )) as { code?: string; message?: string; hint?: string } | undefined;
+      expect(refused).toMatchObject({ code: '57P03', message: expect.stringMatching(howFar) });
+      expect(refused!.hint).toContain('pgbranch source status');
+
+      // psql on the console database, over TLS if it asks (sslmode=prefer): the same answer.
+      const psql = await runPsql(`postgresql://postgres@127.0.0.1:${port}/pgbranch`);
+      expect(psql.code).toBe(2);
+      expect(psql.stderr).toMatch(
+        /FATAL: +pgbranch is making its standby of the source .*base backup: [\d.]+ MB of/,
+      );
+
+      // The CLI: where the standby is, in words and as JSON, bytes growing.
+      const env = { PGBRANCH_ADMIN_PORT: new URL(adminUrl).port, PGBRANCH_ADMIN_TOKEN: token };
+      const text = await runCli(['source', 'status'], env);
+      expect(text, text.stderr).toMatchObject({ code: 0 });
+      expect(text.stdout).toMatch(/^source: +replicator@127\.0\.0\.1:\d+$/m);
+      expect(text.stdout).toMatch(/^standby: +being made since \d{4}-\d\d-\d\dT/m);
+      expect(text.stdout).toMatch(
+        /^now: +base backup: [\d.]+ MB of [\d.]+ MB \(\d+%\), [\d.]+ MB\/s, \d+ s left$/m,
+      );
+      const first = JSON.parse((await runCli(['source', 'status', '--json'], env)).stdout) as {
+        making: { step: string; backup: { bytes: number; totalBytes: number } };
+      };
+      expect(first.making.step).toBe('backup');
+      await vi.waitFor(
+        async () => {
+          const later = JSON.parse((await runCli(['source', 'status', '--json'], env)).stdout) as {
+            making: { backup: { bytes: number } };
+          };
+          expect(later.making.backup.bytes).toBeGreaterThan(first.making.backup.bytes);
+        },
+        { timeout: 60_000, interval: 200 },
+      );
+      // A command that needs the standby: 57P03 with the same words, exit code 1.
+      const list = await runCli(['branch', 'list'], env);
+      expect(list.code).toBe(1);
+      expect(list.stderr).toMatch(/pgbranch is making its standby of the source .*base backup:/);
+
+      // The admin API: liveness yes, readiness no (with why), the token still required.
+      expect((await fetch(`${adminUrl}/healthz`)).status).toBe(200);
+      const ready = await fetch(`${adminUrl}/readyz`);
+      expect(ready.status).toBe(503);
+      expect(((await ready.json()) as { reason: string }).reason).toMatch(howFar);
+      expect((await fetch(`${adminUrl}/v1/source`)).status).toBe(401);
+      const branches = await fetch(`${adminUrl}/v1/branches`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      expect(branches.status).toBe(503);
+      expect(((await branches.json()) as { error: { code: string } }).error.code).toBe('57P03');
+      // The token never reaches the log.
+      expect(JSON.stringify(run.logs)).not.toContain(token);
     } finally {
       run.child.kill('SIGINT');
     }

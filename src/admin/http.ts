@@ -112,14 +112,30 @@ interface NameParams {
   name: string;
 }
 
-export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi> {
-  const { lifecycle, host, port, token } = options;
+/** The admin API can reset and delete every branch: off loopback, only with a token. */
+export function checkAdminExposure(host: string, token: string | undefined): void {
   if (token === undefined && !isLoopback(host)) {
     throw new Error(
       `the admin API may only listen on ${host} with a token, since it can reset and delete every branch: ` +
         `set admin.token (PGBRANCH_ADMIN_TOKEN, --admin-token), or serve it on 127.0.0.1 (admin.host)`,
     );
   }
+}
+
+/** Why the admin API could not listen, in words for a person. */
+export function adminListenProblem(host: string, port: number, error: unknown): Error {
+  const e = error as NodeJS.ErrnoException;
+  return new Error(
+    e.code === 'EADDRINUSE'
+      ? `admin port ${port} on ${host} is already in use: pick another with --admin-port (0 picks a free one) or turn the admin API off with --admin-enabled false`
+      : `cannot serve the admin API on ${host}:${port}: ${e.message}`,
+    { cause: error },
+  );
+}
+
+export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi> {
+  const { lifecycle, host, port, token } = options;
+  checkAdminExposure(host, token);
   const app = Fastify({
     loggerInstance: options.log.child({
       component: 'admin-api',
@@ -574,13 +590,7 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
     await app.listen({ host, port, listenTextResolver: (url) => `admin API listening on ${url}` });
   } catch (error) {
     await app.close();
-    const e = error as NodeJS.ErrnoException;
-    throw new Error(
-      e.code === 'EADDRINUSE'
-        ? `admin port ${port} on ${host} is already in use: pick another with --admin-port (0 picks a free one) or turn the admin API off with --admin-enabled false`
-        : `cannot serve the admin API on ${host}:${port}: ${e.message}`,
-      { cause: error },
-    );
+    throw adminListenProblem(host, port, error);
   }
   const address = app.server.address();
   const bound = typeof address === 'object' && address ? address.port : port;

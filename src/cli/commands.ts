@@ -15,6 +15,7 @@ import type {
   SnapshotInfo,
 } from '../lifecycle/model.js';
 import type { SourceStatus } from '../source/health.js';
+import type { SourceMaking } from '../source/making.js';
 import {
   commandWord,
   parseInvocation,
@@ -27,6 +28,7 @@ import { ApiError, Unreachable, type AdminClient } from './client.js';
 import {
   branchDetails,
   branchTable,
+  makingDetails,
   sourceDetails,
   branchTree,
   formatSpan,
@@ -308,9 +310,12 @@ async function source(client: AdminClient, command: SourceCommand): Promise<Outc
     const status = await withProgress(
       process.stderr,
       'reading the source',
-      client.request<SourceStatus>('GET', '/v1/source'),
+      client.request<SourceStatus | SourceMaking>('GET', '/v1/source'),
     );
-    return { json: status, text: sourceDetails(status) };
+    return {
+      json: status,
+      text: 'making' in status ? makingDetails(status) : sourceDetails(status),
+    };
   }
   const status = await withProgress(
     process.stderr,

@@ -3,6 +3,7 @@
 import stringWidth from 'string-width';
 import type { BranchInfo, GcResult } from '../lifecycle/model.js';
 import type { SourceStatus } from '../source/health.js';
+import type { SourceMaking } from '../source/making.js';
 
 const UNITS = ['B', 'kB', 'MB', 'GB', 'TB'];
 
@@ -195,6 +196,17 @@ export function sourceDetails(s: SourceStatus): string {
         ]),
   ];
   return lines.join('\n') + '\n';
+}
+
+/** While the standby is being made: what it is at, and since when. */
+export function makingDetails({ source, making }: SourceMaking): string {
+  return (
+    [
+      `source:          ${source}`,
+      `standby:         being made since ${making.startedAt}; pgbranch takes clients once it runs`,
+      `now:             ${making.description}`,
+    ].join('\n') + '\n'
+  );
 }
 
 export function gcReport(result: GcResult): string {

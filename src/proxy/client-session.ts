@@ -273,6 +273,36 @@ export async function serveClient(
   );
 }
 
+/**
+ * While pgbranch can't serve yet (its source's standby is being made): the client's startup is
+ * read as usual (TLS offered, cancels passed on), then refused with `refusal()`, as a server
+ * that is starting up answers 57P03 before authentication.
+ */
+export async function refuseClient(
+  raw: net.Socket,
+  ctx: StartupContext & { log: Logger },
+  origin: ClientOrigin,
+  refusal: () => PgError,
+): Promise<void> {
+  raw.setNoDelay(true);
+  raw.on('error', () => raw.destroy());
+  const link: ClientLink = { socket: raw, reader: new MessageReader(raw), tls: undefined };
+  const loginTimer = setTimeout(() => {
+    link.socket.destroy();
+    raw.destroy();
+  }, ctx.loginTimeoutMs);
+  try {
+    const packet = await readStartup(link, ctx, origin);
+    if (packet) refuse(link.socket, refusal());
+  } catch (error) {
+    if (error instanceof CommError) link.socket.destroy();
+    else if (!link.socket.destroyed) refuse(link.socket, toPgError(error, ctx.log));
+  } finally {
+    clearTimeout(loginTimer);
+    link.reader.detach();
+  }
+}
+
 interface Admitted {
   target: BranchTarget;
   user: string;
@@ -510,7 +540,12 @@ function greeting(
  * Reads until a StartupMessage, answering encryption requests (starting TLS where it is on) and
  * forwarding cancels on the way, as PostgreSQL's ProcessStartupPacket does.
  */
-async function readStartup(link: ClientLink, ctx: ProxyContext, origin: ClientOrigin) {
+/** What reading a startup packet needs: TLS to offer, the login's time, cancels to pass on. */
+type StartupContext = Pick<ProxyContext, 'tls' | 'loginTimeoutMs'> & {
+  cancels: Pick<CancelRegistry, 'cancel'>;
+};
+
+async function readStartup(link: ClientLink, ctx: StartupContext, origin: ClientOrigin) {
   const answered = new Set<EncryptionRequest>();
   const tls = ctx.tls;
   if (tls && (await link.reader.peekByte(ctx.loginTimeoutMs)) === TLS_HANDSHAKE_BYTE) {

@@ -13,6 +13,7 @@ import { pgClientConfig } from '../upstream/endpoint.js';
 import { serverOwner } from '../branch/instance/postmaster.js';
 import { SourceHistory } from './history.js';
 import { formatLsn } from './lsn.js';
+import type { StandbyMaking } from './making.js';
 import { startStandby, type Standby } from './standby.js';
 import { ARCHIVE_DIR } from './wal-archive.js';
 
@@ -20,7 +21,12 @@ import { ARCHIVE_DIR } from './wal-archive.js';
  * Starts (making it first if need be) the standby of source.url. A source pgbranch can't follow
  * is refused with CannotStart, whose one line says what to change on the source.
  */
-export async function openSource(config: Config, log: Logger): Promise<Standby> {
+export async function openSource(
+  config: Config,
+  log: Logger,
+  /** Told each step and the base backup's progress, for whoever asks meanwhile. */
+  making?: StandbyMaking,
+): Promise<Standby> {
   const url = config.source.url!;
   hideInLogs(log, passwordIn(url));
   // A base backup can take hours: Ctrl-C or SIGTERM stops it, rather than waiting for its end.
@@ -35,6 +41,8 @@ export async function openSource(config: Config, log: Logger): Promise<Standby> 
       dataDir: config.data_dir,
       maxRateKbps: config.source.max_rate,
       signal: interrupted.signal,
+      onStep: making && ((step) => making.stepped(step)),
+      onProgress: making && ((progress) => making.progressed(progress)),
       archiveDir:
         config.source.retention > 0 ? path.join(sourceDir(config), ARCHIVE_DIR) : undefined,
       log,

@@ -24,6 +24,7 @@ import {
 import { CannotStart } from '../preflight.js';
 import { pgClientConfig, type Endpoint } from '../upstream/endpoint.js';
 import { receiveBaseBackup, type BackupProgress } from './base-backup.js';
+import type { MakingStep } from './making.js';
 import { findBinaries, type SourceBinaries } from './binaries.js';
 import { formatLsn, parseLsn, type Lsn } from './lsn.js';
 import { checkSourceVersion, explainConnectError, majorOf } from './refusals.js';
@@ -73,6 +74,8 @@ export interface StandbyOptions {
   log: Logger;
   /** The base backup's progress, about once a second (the log prints it too). */
   onProgress?: (progress: BackupProgress) => void;
+  /** Each step of the start as it begins (the base backup's progress comes by onProgress). */
+  onStep?: (step: MakingStep) => void;
   /** Stops a base backup under way (Ctrl-C): nothing of it is kept, the slot is dropped. */
   signal?: AbortSignal;
   /** Archive every WAL segment received there (archive_mode = always): the source's history. */
@@ -208,6 +211,7 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
       ? majorOf(version)
       : Number(readText(path.join(pgDataDir, 'PG_VERSION')));
     const identity = await connection?.identifySystem();
+    options.onStep?.('binaries');
     const binaries = await findBinaries({
       major,
       binDir: options.binDir,
@@ -267,6 +271,7 @@ export async function startStandby(options: StandbyOptions): Promise<Standby> {
     const settings = connection && (await sourceSettings(connection));
     connection?.close();
     connection = undefined;
+    options.onStep?.('starting');
     const running = await runStandby({
       target,
       root,

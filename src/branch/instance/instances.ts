@@ -1342,14 +1342,37 @@ function writeRecord(dir: string, record: InstanceRecord): void {
 }
 
 /** Bytes of disk the files under `dir` take (allocated blocks). */
+/** Bytes on disk of the files under `dir` (what they really take: clones share blocks). */
 export function diskUsage(dir: string): number {
+  return sumOfFiles(dir, (stat) => stat.blocks * 512);
+}
+
+/**
+ * `measure` of every file under `dir`, summed. Walked one directory at a time: a running server
+ * renames and removes files and directories as it goes (a slot's `.tmp` directory, temporary
+ * files), and whatever vanished meanwhile counts for nothing rather than failing the count.
+ */
+export function sumOfFiles(dir: string, measure: (stat: fs.Stats) => number): number {
   let total = 0;
-  for (const entry of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
-    if (!entry.isFile()) continue;
+  const pending = [dir];
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    let entries: fs.Dirent[];
     try {
-      total += fs.statSync(path.join(entry.parentPath, entry.name)).blocks * 512;
-    } catch {
-      // Gone meanwhile (a running instance's temporary files).
+      entries = fs.readdirSync(next, { withFileTypes: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT' && next !== dir) continue;
+      throw error;
+    }
+    for (const entry of entries) {
+      const full = path.join(next, entry.name);
+      if (entry.isDirectory()) pending.push(full);
+      else if (entry.isFile()) {
+        try {
+          total += measure(fs.statSync(full));
+        } catch {
+          // Gone meanwhile.
+        }
+      }
     }
   }
   return total;

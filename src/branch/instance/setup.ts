@@ -11,7 +11,7 @@ import type { CreationQuota } from '../../lifecycle/creation-quota.js';
 import type { Policy } from '../../lifecycle/policy.js';
 import { withCopyMethodSetting, type CopyMethod } from '../provider.js';
 import type { Endpoint } from '../../upstream/endpoint.js';
-import { InstanceBranches, type InstanceBranchesOptions } from './instances.js';
+import { InstanceBranches, sumOfFiles, type InstanceBranchesOptions } from './instances.js';
 import { serverBinaries, serverOwner } from './postmaster.js';
 import type { Upstream } from './spares.js';
 
@@ -164,11 +164,7 @@ function copyMethodFor(pgDataDir: string, wanted: 'auto' | 'clone' | 'copy'): Co
 
 /** Bytes of the files under `dir` (what a full copy of it costs). */
 function directorySize(dir: string): number {
-  let total = 0;
-  for (const entry of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
-    if (entry.isFile()) total += fs.statSync(path.join(entry.parentPath, entry.name)).size;
-  }
-  return total;
+  return sumOfFiles(dir, (stat) => stat.size);
 }
 
 function megabytes(bytes: number): string {
