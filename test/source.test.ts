@@ -365,6 +365,42 @@ describe('through pgbranch', () => {
       expect.objectContaining({ msg: expect.stringContaining('its warm standby promoted') }),
     ]);
   });
+
+  test('a branch asked for while the next warm standby is being made waits for it instead of copying the standby', async () => {
+    // WAL since the source's last checkpoint, which every copy of the standby replays: the next
+    // spare takes seconds to be ready, and a copy made meanwhile would replay it all again.
+    const app = await source.connect('app');
+    try {
+      await app.query('CREATE TABLE IF NOT EXISTS ballast (id int, pad text)');
+      await app.query(
+        "INSERT INTO ballast SELECT g, repeat('x', 200) FROM generate_series(1, 400000) g",
+      );
+    } finally {
+      await app.end();
+    }
+    const lsn = await commitOrder(source, ROWS + 6, 'before pr-3');
+    await replayedOn(() => connect(url('app')), lsn);
+    // pr-3 takes the spare (waiting for it if it is still being made); the next one is made
+    // behind it, and pr-4 is asked for as soon as that begins.
+    await queryOnce(url('app@pr-3'), 'SELECT 1');
+    const pr3 = proxy!.events('branch_created').find((e) => e.branch === 'pr-3')!;
+    const asked = (pr3.time as number) - (pr3.ms as number);
+    await vi.waitFor(
+      () =>
+        expect(
+          proxy!.events('spare_making').filter((e) => (e.time as number) >= asked),
+        ).not.toHaveLength(0),
+      { timeout: 60_000, interval: 20 },
+    );
+    expect(
+      await queryOnce(url('app@pr-4'), `SELECT note FROM orders WHERE id = ${ROWS + 6}`),
+    ).toEqual([{ note: 'before pr-3' }]);
+    const created = proxy!.events('branch_created').find((e) => e.branch === 'pr-4');
+    expect(created).toMatchObject({
+      from: 'warm_spare',
+      phases: expect.objectContaining({ waitMs: expect.any(Number) }),
+    });
+  });
 });
 
 describe('a source pgbranch cannot follow', () => {

@@ -1001,7 +1001,7 @@ export class InstanceBranches implements BranchResolver {
         phases: taken.phases,
         ms: Date.now() - started,
       },
-      `as of ${taken.lsn} (its warm standby promoted) in ${Date.now() - started} ms`,
+      `as of ${taken.lsn} (its warm standby promoted${taken.phases.waitMs >= 1000 ? `, ${(taken.phases.waitMs / 1000).toFixed(1)} s of it waiting for that standby to be ready` : ''}) in ${Date.now() - started} ms`,
     );
   }
 

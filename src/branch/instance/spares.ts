@@ -77,7 +77,13 @@ export interface TakenSpare {
   freshness?: Freshness | undefined;
   /** Time from the ask to the promotion's end, and its parts. */
   ms: number;
-  phases: { positionMs: number; catchUpMs: number; promoteMs: number };
+  phases: {
+    /** Waiting for a spare that was being made when the branch was asked for. */
+    waitMs: number;
+    positionMs: number;
+    catchUpMs: number;
+    promoteMs: number;
+  };
 }
 
 interface Spare {
@@ -143,14 +149,26 @@ export class Spares {
 
   /**
    * The spare of `source`, caught up with what the source had now and promoted; undefined where
-   * none is ready or it can't catch up in time (the caller copies instead).
+   * none is ready or it can't catch up in time (the caller copies instead). A spare of a standby
+   * (a source's root) that is still being made is waited for.
    */
   async take(source: SpareSource): Promise<TakenSpare | undefined> {
-    const spare = this.spares.get(source.key);
+    const asked = Date.now();
+    let spare = this.spares.get(source.key);
+    if (spare?.state === 'making' && source.upstream) {
+      // A standby's copy recovers from its last restartpoint, as far back as the upstream's
+      // last checkpoint: the spare under way started that same recovery earlier, so waiting for
+      // it is never slower than a copy made now (and the machine does that work once, not twice).
+      const waiting = spare;
+      await waiting.made;
+      spare = this.spares.get(source.key);
+      // Taken by another branch meanwhile, or failed: this one is copied.
+      if (spare !== waiting) return undefined;
+    }
     if (!spare || spare.state !== 'ready') return undefined;
     // Nobody else takes it from here on.
     this.spares.delete(source.key);
-    const asked = Date.now();
+    const ready = Date.now();
     const { upstream } = source;
     try {
       const [wanted, client] = await Promise.all([
@@ -161,11 +179,12 @@ export class Spares {
       let caught: CaughtUp;
       let phases: TakenSpare['phases'];
       try {
-        caught = await catchUp(client, wanted, asked, upstream, this.options.catchUpMs);
+        caught = await catchUp(client, wanted, ready, upstream, this.options.catchUpMs);
         const replayed = Date.now();
         await promote(client);
         phases = {
-          positionMs: positioned - asked,
+          waitMs: ready - asked,
+          positionMs: positioned - ready,
           catchUpMs: replayed - positioned,
           promoteMs: Date.now() - replayed,
         };
@@ -227,6 +246,10 @@ export class Spares {
   private async make(spare: Spare): Promise<void> {
     const { source } = spare;
     const started = Date.now();
+    this.options.log.info(
+      { event: 'spare_making', parent: source.key || null },
+      `making a warm standby of ${describe(source)} for its next branch`,
+    );
     fs.mkdirSync(spare.dir, { mode: 0o755 });
     // The slot first: the source keeps its WAL from its redo point until the spare streams it.
     const admin = await source.connect();
