@@ -1,4 +1,5 @@
 import { configDefaults, defineConfig } from 'vitest/config';
+import { LongestFirst } from './test/support/sequencer.js';
 
 /**
  * Slow suites, kept out of `npm test` (which must stay under 10 minutes on 2 cores) and run by
@@ -18,6 +19,8 @@ export default defineConfig({
     // Test files start their own PostgreSQL servers; two cores run two at a time.
     fileParallelism: true,
     maxWorkers: 2,
+    // Longest files first (test/durations.json), so that both workers stay busy to the end.
+    sequence: { sequencer: LongestFirst },
     reporters: ['default'],
   },
 });
