@@ -13,6 +13,12 @@ export async function runHealthCheck(argv: string[], env: NodeJS.ProcessEnv): Pr
   let config;
   try {
     const loaded = loadConfig(argv, env);
+    if (loaded.help) {
+      process.stdout.write(
+        "usage: npx pgbranch health [settings flags]\n\nAsks the running pgbranch's /readyz on this machine, over HTTPS when its admin API\nserves HTTPS; exit 0 when it is ready, 1 when not. The Docker image's HEALTHCHECK.\n",
+      );
+      return 0;
+    }
     if (loaded.command.join(' ') !== 'health') {
       process.stderr.write(`pgbranch health takes no arguments but settings flags\n`);
       return 2;
