@@ -48,9 +48,13 @@ VOLUME /data
 EXPOSE 6432 9930 9931
 # Healthy while the admin API's /readyz answers 200 (no token needed): pgbranch takes clients and
 # its server answers. It is 503 while pgbranch stops or its server is down, and nothing answers
-# before the start is done. The first start initialises PostgreSQL: give it a minute. With the
-# admin API turned off (PGBRANCH_ADMIN_ENABLED=false), run with --no-healthcheck.
+# before the start is done. The first start initialises PostgreSQL: give it a minute.
+# `pgbranch health` reads the settings the server reads (PGBRANCH_* variables, the config file in
+# /app or PGBRANCH_CONFIG; give settings that way, not as flags to CMD, so both see them) and asks
+# on the container's loopback, over HTTPS when the admin API serves HTTPS (admin.tls, or tls.cert
+# with admin.host beyond loopback). With the admin API turned off (PGBRANCH_ADMIN_ENABLED=false),
+# run with --no-healthcheck.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PGBRANCH_ADMIN_PORT || 9931) + '/readyz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+    CMD ["node", "dist/main.js", "health"]
 STOPSIGNAL SIGINT
 CMD ["node", "dist/main.js"]

@@ -22,6 +22,10 @@ async function main(): Promise<number> {
     const { runCli } = await import('./cli/commands.js');
     return runCli(argv, process.env);
   }
+  if (word === 'health') {
+    const { runHealthCheck } = await import('./cli/health.js');
+    return runHealthCheck(argv, process.env);
+  }
   if (word === 'tls') {
     const { runTlsCommand } = await import('./cli/tls-init.js');
     return runTlsCommand(argv);

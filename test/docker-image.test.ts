@@ -4,8 +4,8 @@
 // checkout's, linked), and the final stage's CMD runs with its ENV. Then: pgbranch listening on
 // every interface prints addresses a user can connect to, not 0.0.0.0; its metrics answer at the
 // address printed; the branch page is served from the built files alone; the image runs as a user
-// other than root; and its HEALTHCHECK, run as Docker would, asks /readyz and says healthy while
-// pgbranch runs and unhealthy once it has stopped.
+// other than root; and its HEALTHCHECK, run as Docker would, asks /readyz (over HTTPS when the
+// admin API serves HTTPS) and says healthy while pgbranch runs and unhealthy once it has stopped.
 import { execFile, execSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -40,17 +40,37 @@ function healthcheck(): string[] {
   return JSON.parse(line!.slice(line!.indexOf(' CMD ') + 5)) as string[];
 }
 
-/** Runs the health check command as Docker would, in the image's environment; its exit code. */
-function checkHealth(adminPort: string): Promise<number> {
+/**
+ * Runs the health check command as Docker would: in the image's WORKDIR (/app, here the laid-out
+ * image), with its ENV and the container's own (`env`: what `docker run -e` adds); its exit code
+ * and what it printed (Docker keeps that in the container's health log).
+ */
+function checkHealth(env: Record<string, string>): Promise<{ code: number; output: string }> {
   const [command, ...args] = healthcheck();
   return new Promise((resolve) => {
     execFile(
       command === 'node' ? process.execPath : command!,
       args,
-      { env: { ...process.env, ...imageEnv(), PGBRANCH_ADMIN_PORT: adminPort }, timeout: 30_000 },
-      (error) => resolve(error ? (typeof error.code === 'number' ? error.code : 1) : 0),
+      { cwd: image, env: { ...process.env, ...imageEnv(), ...env }, timeout: 30_000 },
+      (error, stdout, stderr) =>
+        resolve({
+          code: error ? (typeof error.code === 'number' ? error.code : 1) : 0,
+          output: stdout + stderr,
+        }),
     );
   });
+}
+
+/** A self-signed certificate for a public name only, as a production server has: not loopback's. */
+function publicCertificate(dir: string): { cert: string; key: string } {
+  const cert = path.join(dir, 'server.crt');
+  const key = path.join(dir, 'server.key');
+  execSync(
+    `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 ` +
+      `-keyout ${key} -out ${cert} -subj /CN=pgbranch.example -addext subjectAltName=DNS:pgbranch.example`,
+    { stdio: 'pipe' },
+  );
+  return { cert, key };
 }
 
 /** The instructions of the stage that starts with the index-th FROM (0: build, 1: the image). */
@@ -184,10 +204,45 @@ describe('the Docker image', () => {
   });
 
   it('is healthy by its HEALTHCHECK while pgbranch runs, and unhealthy once it stopped', async () => {
-    expect(healthcheck().join(' ')).toContain('/readyz');
+    expect(healthcheck()).toEqual(['node', 'dist/main.js', 'health']);
     const adminPort = new URL(proxy.ready.adminUrl!).port;
-    expect(await checkHealth(adminPort)).toBe(0);
+    expect(proxy.ready.adminUrl).toMatch(/^http:/);
+    const healthy = await checkHealth({ PGBRANCH_ADMIN_PORT: adminPort });
+    expect(healthy).toEqual({ code: 0, output: expect.stringContaining('/readyz answered 200') });
     await proxy.stop();
-    expect(await checkHealth(adminPort)).toBe(1);
+    const down = await checkHealth({ PGBRANCH_ADMIN_PORT: adminPort });
+    expect(down.code).toBe(1);
+    expect(down.output).toContain('unhealthy');
+  });
+
+  it('is healthy by its HEALTHCHECK when the admin API serves HTTPS, whatever names its certificate holds', async () => {
+    const tls = publicCertificate(buildRoot);
+    // Published with a token, as the Dockerfile's comment shows: HTTPS by itself off loopback.
+    const env = {
+      ...imageEnv(),
+      PGBRANCH_TLS_CERT: tls.cert,
+      PGBRANCH_TLS_KEY: tls.key,
+      PGBRANCH_ADMIN_HOST: '0.0.0.0',
+      PGBRANCH_ADMIN_TOKEN: 'docker-health-token',
+    };
+    const secure = await startPgbranch({
+      env,
+      entry: { script: path.join(image, 'dist/main.js') },
+    });
+    try {
+      expect(secure.ready.adminUrl).toMatch(/^https:/);
+      const adminPort = new URL(secure.ready.adminUrl!).port;
+      // A plain HTTP request, as the image's health check once made, gets no answer from it.
+      await expect(fetch(`http://127.0.0.1:${adminPort}/readyz`)).rejects.toThrow();
+      const run = { ...env, PGBRANCH_ADMIN_PORT: adminPort };
+      expect(await checkHealth(run)).toEqual({
+        code: 0,
+        output: `healthy: https://127.0.0.1:${adminPort}/readyz answered 200\n`,
+      });
+      await secure.stop();
+      expect((await checkHealth(run)).code).toBe(1);
+    } finally {
+      await secure.stop();
+    }
   });
 });

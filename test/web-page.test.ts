@@ -2,11 +2,13 @@
 // playwright-core) against a real pgbranch: branches made by psql connects show in the tree and
 // arrive live, and what the page does (create, reset, restore points, delete, diff) is what psql
 // then sees.
+import { execFile } from 'node:child_process';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BranchInfo } from '../src/lifecycle/model.js';
 import { psql } from './support/clients.js';
 import { startBrowser, type TestBrowser } from './support/browser.js';
-import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
+import { PGBRANCH_BIN, startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
 
 let proxy: PgbranchProcess;
 let browser: TestBrowser;
@@ -41,6 +43,27 @@ async function branch(name: string, parent: string) {
     env: { PGOPTIONS: `-c pgbranch.parent=${parent}` },
   });
   expect(made.code, made.stderr).toBe(0);
+}
+
+/** The CLI's `branch show NAME` as a person reads it. */
+function cliShow(name: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      process.execPath,
+      [PGBRANCH_BIN, 'branch', 'show', name],
+      {
+        env: { ...process.env, PGBRANCH_ADMIN_PORT: new URL(proxy.ready.adminUrl!).port },
+        timeout: 60_000,
+      },
+      (error, stdout, stderr) => (error ? reject(new Error(stderr)) : resolve(stdout)),
+    );
+  });
+}
+
+async function apiBranch(name: string): Promise<BranchInfo> {
+  const response = await fetch(`${proxy.ready.adminUrl}/v1/branches/${encodeURIComponent(name)}`);
+  expect(response.status).toBe(200);
+  return (await response.json()) as BranchInfo;
 }
 
 async function openPage(): Promise<Page> {
@@ -266,5 +289,114 @@ describe('the branch page', () => {
     expect(await page.locator('tr.branch:not(.context) button.name').allTextContents()).toEqual([
       'app@feature/login',
     ]);
+  });
+
+  it('sets, changes and removes the expiry of a branch in its Expiry dialog, as the API and the CLI then show it', async () => {
+    await connect('app@expiring');
+    const page = await openPage();
+    await openDetails(page, 'app@expiring');
+    // Branch, clients, last connection, created, size, made by, protection, expires.
+    const expires = row(page, 'app@expiring').locator('td').nth(7);
+    expect(await expires.textContent()).toBe('');
+
+    // After an idle time.
+    await page.locator('tr.details').getByRole('button', { name: 'Expiry' }).click();
+    const form = dialog(page).filter({ hasText: 'Expiry of app@expiring' });
+    expect(await form.getByLabel('never').isChecked()).toBe(true);
+    await form.locator('input[name=ttl]').fill('3h');
+    expect(await form.locator('input[value=ttl]').isChecked()).toBe(true);
+    await form.getByRole('button', { name: 'Save' }).click();
+    await notice(page, 'Changed the expiry of app@expiring');
+    expect(await apiBranch('app@expiring')).toMatchObject({ ttlMs: 3 * 3600_000, expiresAt: null });
+    expect(await cliShow('app@expiring')).toMatch(/idle expiry: +3h\n/);
+    await expect.poll(() => expires.textContent()).toMatch(/^in [23] h \(3 h idle\)$/);
+
+    // On a date: the dialog opens on what the branch has now.
+    await page.locator('tr.details').getByRole('button', { name: 'Expiry' }).click();
+    expect(await form.locator('input[value=ttl]').isChecked()).toBe(true);
+    expect(await form.locator('input[name=ttl]').inputValue()).toBe('10800s');
+    await form.locator('input[name=expiresAt]').fill('2099-03-01');
+    expect(await form.locator('input[value=at]').isChecked()).toBe(true);
+    await form.getByRole('button', { name: 'Save' }).click();
+    await notice(page, 'Changed the expiry of app@expiring');
+    const dated = await apiBranch('app@expiring');
+    expect(dated.ttlMs).toBeNull();
+    expect(dated.expiresAt).toMatch(/^2099-03-01/);
+    const shown = await cliShow('app@expiring');
+    expect(shown).toMatch(/expires at: +2099-03-01/);
+    expect(shown).toMatch(/idle expiry: +none\n/);
+    await expect.poll(() => expires.textContent()).toMatch(/^in \d+ d$/);
+
+    // Never.
+    await page.locator('tr.details').getByRole('button', { name: 'Expiry' }).click();
+    expect(await form.locator('input[name=expiresAt]').inputValue()).toBe('2099-03-01');
+    await form.getByLabel('never').check();
+    await form.getByRole('button', { name: 'Save' }).click();
+    await notice(page, 'Changed the expiry of app@expiring');
+    expect(await apiBranch('app@expiring')).toMatchObject({
+      ttlMs: null,
+      expiresAt: null,
+      expiresBy: null,
+    });
+    expect(await cliShow('app@expiring')).toMatch(/expires at: +never\n/);
+    await expect.poll(() => expires.textContent()).toBe('');
+  });
+
+  it('refuses an expiry the API refuses, with its message and SQLSTATE, and changes nothing', async () => {
+    await connect('app@badly-expiring');
+    const page = await openPage();
+    await openDetails(page, 'app@badly-expiring');
+    await page.locator('tr.details').getByRole('button', { name: 'Expiry' }).click();
+    await dialog(page).locator('input[name=ttl]').fill('soon');
+    await dialog(page).getByRole('button', { name: 'Save' }).click();
+    const error = dialog(page).locator('.error');
+    await error.waitFor();
+    expect(await error.locator('.sqlstate').textContent()).toBe('22023');
+    expect(await error.textContent()).toContain('soon');
+    expect(await apiBranch('app@badly-expiring')).toMatchObject({ ttlMs: null, expiresAt: null });
+  });
+
+  it('collapses every subtree with Collapse all and opens them again with Expand all; a filter still finds what is folded', async () => {
+    await connect('app@develop');
+    await branch('app@feature/login', 'develop');
+    await branch('app@feature/login-2fa', 'feature/login');
+    await connect('app@pr-7');
+    const page = await openPage();
+    await row(page, 'app@feature/login-2fa').waitFor();
+    const drawn = () => page.locator('tr.branch button.name').allTextContents();
+    const everything = await drawn();
+    expect(everything).toEqual(expect.arrayContaining(['app@develop', 'app@feature/login-2fa']));
+
+    // A fold inside a fold: each level folds on its own.
+    await page.getByRole('button', { name: 'collapse app@feature/login' }).click();
+    await row(page, 'app@feature/login-2fa').waitFor({ state: 'detached' });
+    await row(page, 'app@develop').waitFor();
+
+    await page.getByRole('button', { name: 'Collapse all' }).click();
+    await row(page, 'app@develop').waitFor({ state: 'detached' });
+    expect(await drawn()).toEqual(['app']);
+    expect(
+      await row(page, 'app')
+        .getByRole('button', { name: 'expand app' })
+        .getAttribute('aria-expanded'),
+    ).toBe('false');
+
+    // The filter shows a match and the way to it, folds or not; cleared, the folds are back.
+    await page.getByLabel('filter branches by name').fill('2fa');
+    await row(page, 'app@feature/login-2fa').waitFor();
+    expect(await drawn()).toEqual([
+      'app',
+      'app@develop',
+      'app@feature/login',
+      'app@feature/login-2fa',
+    ]);
+    expect(await page.locator('p.summary').textContent()).toContain('; 1 match');
+    await page.getByLabel('filter branches by name').fill('');
+    await row(page, 'app@develop').waitFor({ state: 'detached' });
+    expect(await drawn()).toEqual(['app']);
+
+    await page.getByRole('button', { name: 'Expand all' }).click();
+    await row(page, 'app@feature/login-2fa').waitFor();
+    expect(await drawn()).toEqual(everything);
   });
 });

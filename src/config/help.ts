@@ -182,6 +182,9 @@ export function helpText(): string {
        npx pgbranch tls init [--dir DIR] [--host NAME]...
                                  write a development CA and server certificate for tls.cert and
                                  tls.key; see npx pgbranch tls --help
+       npx pgbranch health       ask the running pgbranch's /readyz on this machine (HTTPS when the
+                                 settings say its admin API serves it); exit 0 ready, 1 not: the
+                                 Docker image's HEALTHCHECK
 
 pgbranch is a PostgreSQL proxy that gives every branch of your code its own database. Clients
 connect to it as to PostgreSQL, and asking for database app@feature-x gets a copy-on-write branch
