@@ -1,0 +1,45 @@
+// The buffers a base backup's file contents are gathered in before they are written, used again
+// once written so that gigabytes cost a few dozen. Those for O_DIRECT writes must start on a page
+// boundary, which no Buffer allocation promises: WebAssembly memory does (it is mapped whole
+// pages), so aligned buffers are carved out of it.
+
+/** Each buffer's size: the largest write of a file's content. */
+export const WRITE_BYTES = 1024 * 1024;
+/** What O_DIRECT asks of memory, file offsets and lengths (a page; more than any disk's sector). */
+export const DIRECT_ALIGNMENT = 4096;
+/** Plain buffers kept for reuse at most (base-backup.ts stops reading at 32 MB of them in use). */
+const POOLED = 40;
+/** Aligned buffers are mapped this many at a time (64 MB of address space, touched as used). */
+const ALIGNED_PER_MAPPING = 64;
+const WASM_PAGE = 64 * 1024;
+
+export class WriteBuffers {
+  private readonly plain: Buffer[] = [];
+  private readonly aligned: Buffer[] = [];
+  private readonly isAligned = new WeakSet<Buffer>();
+
+  /** A buffer of WRITE_BYTES; `aligned` for an O_DIRECT write. */
+  take(aligned: boolean): Buffer {
+    if (!aligned) return this.plain.pop() ?? Buffer.allocUnsafeSlow(WRITE_BYTES);
+    if (this.aligned.length === 0) this.map();
+    return this.aligned.pop()!;
+  }
+
+  /** The buffer is free again. */
+  give(buffer: Buffer): void {
+    // Aligned ones are all kept: how many are mapped is bounded by how many were in use at once.
+    if (this.isAligned.has(buffer)) this.aligned.push(buffer);
+    else if (this.plain.length < POOLED) this.plain.push(buffer);
+  }
+
+  private map(): void {
+    const memory = new WebAssembly.Memory({
+      initial: (ALIGNED_PER_MAPPING * WRITE_BYTES) / WASM_PAGE,
+    });
+    for (let i = 0; i < ALIGNED_PER_MAPPING; i++) {
+      const buffer = Buffer.from(memory.buffer, i * WRITE_BYTES, WRITE_BYTES);
+      this.isAligned.add(buffer);
+      this.aligned.push(buffer);
+    }
+  }
+}
