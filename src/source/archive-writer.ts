@@ -1,5 +1,5 @@
 // Writes the entries of a tar archive (tar.ts) into a directory as they stream in: file contents
-// are copied into write buffers of 1 MB (write-buffers.ts), written on libuv's threads while the
+// are copied into write buffers (write-buffers.ts), written on libuv's threads while the
 // next bytes arrive; the memory of the buffers not yet written is counted, so that the reader can
 // stop taking input while the disk catches up. Data handed in may be reused by the caller as soon
 // as the call returns.
@@ -20,6 +20,8 @@ import { DIRECT_ALIGNMENT, WRITE_BYTES, WriteBuffers } from './write-buffers.js'
  * than they would in the page cache) and a whole number of aligned blocks, so every write is too.
  */
 const DIRECT_MIN_BYTES = WRITE_BYTES;
+/** Writes of one file under way at once at most (see OpenFile.lanes). */
+const LANES = 2;
 
 export interface ArchiveWriterOptions {
   /** Exists; entries land under it. */
@@ -36,11 +38,18 @@ interface OpenFile {
   /** Written with O_DIRECT from aligned buffers (until the file system refuses it). */
   direct: boolean;
   position: number;
+  /** Without O_DIRECT, opened when a write with it was refused (EINVAL). */
+  buffered: Promise<FileHandle> | undefined;
   /** Content not yet written: the first `fill` bytes of `buffer`. */
   buffer: Buffer | undefined;
   fill: number;
-  /** The file's writes, one after another. */
-  writes: Promise<void>;
+  /**
+   * The file's writes, in lanes: one after another in each lane, the lanes side by side, so that
+   * the disk always has the next write at hand instead of waiting for this thread to hand it over.
+   */
+  lanes: Promise<void>[];
+  /** The lane of the next write. */
+  lane: number;
 }
 
 export class ArchiveWriter implements TarHandler {
@@ -92,15 +101,18 @@ export class ArchiveWriter implements TarHandler {
           if (direct && !opened.direct) this.refuseDirect(file);
           return opened.handle;
         });
+        // A file that could not be opened fails its first write, or its close.
+        const opened = handle.then(() => undefined);
         const file: OpenFile = {
           handle,
           path: target,
           direct,
           position: 0,
+          buffered: undefined,
           buffer: undefined,
           fill: 0,
-          // A file that could not be opened fails its first write, or its close.
-          writes: handle.then(() => undefined),
+          lanes: Array.from({ length: LANES }, () => opened),
+          lane: 0,
         };
         this.file = file;
       }
@@ -112,12 +124,12 @@ export class ArchiveWriter implements TarHandler {
     for (let at = 0; at < chunk.length;) {
       if (!file.buffer) {
         file.buffer = this.buffers.take(file.direct);
-        this.queued += WRITE_BYTES;
+        this.queued += file.buffer.length;
       }
       const copied = chunk.copy(file.buffer, file.fill, at);
       file.fill += copied;
       at += copied;
-      if (file.fill === WRITE_BYTES) this.flush(file);
+      if (file.fill === file.buffer.length) this.flush(file);
     }
   }
 
@@ -125,7 +137,7 @@ export class ArchiveWriter implements TarHandler {
     const file = this.file!;
     this.file = undefined;
     this.flush(file);
-    this.track(file.writes.finally(() => close(file)));
+    this.track(settled(file).finally(() => close(file)));
   }
 
   /** Resolves once the backlog is at most `bytes` (or a write failed: then rejects). */
@@ -140,7 +152,7 @@ export class ArchiveWriter implements TarHandler {
   async abandon(): Promise<void> {
     const file = this.file;
     this.file = undefined;
-    if (file) this.track(file.writes.finally(() => close(file)));
+    if (file) this.track(settled(file).finally(() => close(file)));
     while (this.unfinished.size > 0) await Promise.allSettled([...this.unfinished]);
   }
 
@@ -157,20 +169,23 @@ export class ArchiveWriter implements TarHandler {
     file.buffer = undefined;
     file.fill = 0;
     file.position += bytes;
-    file.writes = file.writes.then(async () => {
+    const lane = file.lane;
+    file.lane = (lane + 1) % LANES;
+    file.lanes[lane] = file.lanes[lane]!.then(async () => {
       try {
         const data = buffer.subarray(0, bytes);
         const direct = file.direct;
         try {
-          await writeAll(await file.handle, data, position);
+          await writeAll(await (file.buffered ?? file.handle), data, position);
         } catch (error) {
           if (!direct || (error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
-          // O_DIRECT refused on this file system after all: the file goes on buffered.
-          await this.reopenBuffered(file);
-          await writeAll(await file.handle, data, position);
+          // O_DIRECT refused on this file system after all: the file goes on without it.
+          this.refuseDirect(file);
+          file.buffered ??= fsp.open(file.path, fs.constants.O_WRONLY);
+          await writeAll(await file.buffered, data, position);
         }
         this.written += bytes;
-        if (file.direct) this.writtenDirect += bytes;
+        if (direct && file.direct) this.writtenDirect += bytes;
         this.buffers.give(buffer);
       } catch (error) {
         this.failure ??= new Error(`could not write ${file.path}: ${(error as Error).message}`, {
@@ -178,7 +193,7 @@ export class ArchiveWriter implements TarHandler {
         });
         throw this.failure;
       } finally {
-        this.queued -= WRITE_BYTES;
+        this.queued -= buffer.length;
         this.wake();
       }
     });
@@ -187,15 +202,6 @@ export class ArchiveWriter implements TarHandler {
   private refuseDirect(file: OpenFile): void {
     file.direct = false;
     this.direct = false;
-  }
-
-  /** The file opened again without O_DIRECT, to go on where its last write left off. */
-  private async reopenBuffered(file: OpenFile): Promise<void> {
-    this.refuseDirect(file);
-    const old = await file.handle;
-    file.handle = fsp.open(file.path, fs.constants.O_WRONLY);
-    await old.close();
-    await file.handle;
   }
 
   private track(work: Promise<void>): void {
@@ -285,8 +291,16 @@ async function writeAll(handle: FileHandle, data: Buffer, position: number): Pro
   }
 }
 
+/** Once every write of the file has settled (none is under way); rejects with a failed one. */
+async function settled(file: OpenFile): Promise<void> {
+  const failed = (await Promise.allSettled(file.lanes)).find((lane) => lane.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
 /** Closes a file once it was opened; one that never opened has nothing to close. */
 async function close(file: OpenFile): Promise<void> {
-  const handle = await file.handle.catch(() => undefined);
-  await handle?.close();
+  for (const opening of [file.handle, file.buffered]) {
+    const handle = await opening?.catch(() => undefined);
+    await handle?.close();
+  }
 }

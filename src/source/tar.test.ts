@@ -150,8 +150,8 @@ test('the archive writer lays the tree out on disk, links pointed where asked', 
 test('relation files go to the disk with O_DIRECT where the file system takes it, whole', async () => {
   const tree = fs.mkdtempSync(path.join(work, 'large-'));
   const files = new Map<string, Buffer>([
-    // A relation segment: whole 8 kB pages, large.
-    ['base/1/16384', randomBytes(320 * 8192)],
+    // A relation segment: whole 8 kB pages, large (written in several pieces, side by side).
+    ['base/1/16384', randomBytes(1280 * 8192)],
     // Large but not whole blocks, and small: through the page cache.
     ['base/1/odd', randomBytes(1536 * 1024 + 17)],
     ['base/1/small', randomBytes(8192)],

@@ -3,14 +3,19 @@
 // boundary, which no Buffer allocation promises: WebAssembly memory does (it is mapped whole
 // pages), so aligned buffers are carved out of it.
 
-/** Each buffer's size: the largest write of a file's content. */
+/** A plain buffer's size: the largest buffered write of a file's content. */
 export const WRITE_BYTES = 1024 * 1024;
+/**
+ * An aligned buffer's size: O_DIRECT writes wait for the disk, so they are few and large (measured
+ * on ext4: a 1 GB backup's COPY took 2.0-2.5 s with 4 MB writes against 2.5-2.8 s with 1 MB).
+ */
+export const DIRECT_WRITE_BYTES = 4 * WRITE_BYTES;
 /** What O_DIRECT asks of memory, file offsets and lengths (a page; more than any disk's sector). */
 export const DIRECT_ALIGNMENT = 4096;
 /** Plain buffers kept for reuse at most (base-backup.ts stops reading at 32 MB of them in use). */
 const POOLED = 40;
 /** Aligned buffers are mapped this many at a time (64 MB of address space, touched as used). */
-const ALIGNED_PER_MAPPING = 64;
+const ALIGNED_PER_MAPPING = 16;
 const WASM_PAGE = 64 * 1024;
 
 export class WriteBuffers {
@@ -18,7 +23,7 @@ export class WriteBuffers {
   private readonly aligned: Buffer[] = [];
   private readonly isAligned = new WeakSet<Buffer>();
 
-  /** A buffer of WRITE_BYTES; `aligned` for an O_DIRECT write. */
+  /** A buffer of WRITE_BYTES, or of DIRECT_WRITE_BYTES `aligned` for O_DIRECT writes. */
   take(aligned: boolean): Buffer {
     if (!aligned) return this.plain.pop() ?? Buffer.allocUnsafeSlow(WRITE_BYTES);
     if (this.aligned.length === 0) this.map();
@@ -34,10 +39,10 @@ export class WriteBuffers {
 
   private map(): void {
     const memory = new WebAssembly.Memory({
-      initial: (ALIGNED_PER_MAPPING * WRITE_BYTES) / WASM_PAGE,
+      initial: (ALIGNED_PER_MAPPING * DIRECT_WRITE_BYTES) / WASM_PAGE,
     });
     for (let i = 0; i < ALIGNED_PER_MAPPING; i++) {
-      const buffer = Buffer.from(memory.buffer, i * WRITE_BYTES, WRITE_BYTES);
+      const buffer = Buffer.from(memory.buffer, i * DIRECT_WRITE_BYTES, DIRECT_WRITE_BYTES);
       this.isAligned.add(buffer);
       this.aligned.push(buffer);
     }
