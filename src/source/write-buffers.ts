@@ -23,11 +23,18 @@ export class WriteBuffers {
   private readonly aligned: Buffer[] = [];
   private readonly isAligned = new WeakSet<Buffer>();
 
-  /** A buffer of WRITE_BYTES, or of DIRECT_WRITE_BYTES `aligned` for O_DIRECT writes. */
+  /** False once WebAssembly memory could not be had. */
+  private mappable = true;
+
+  /**
+   * A buffer of WRITE_BYTES, or of DIRECT_WRITE_BYTES `aligned` for O_DIRECT writes: then aligned
+   * unless no WebAssembly memory could be mapped (an address space limit, `ulimit -v`), and the
+   * O_DIRECT write refused with EINVAL goes on buffered (archive-writer.ts).
+   */
   take(aligned: boolean): Buffer {
-    if (!aligned) return this.plain.pop() ?? Buffer.allocUnsafeSlow(WRITE_BYTES);
-    if (this.aligned.length === 0) this.map();
-    return this.aligned.pop()!;
+    if (aligned && this.aligned.length === 0 && this.mappable) this.map();
+    if (aligned && this.aligned.length > 0) return this.aligned.pop()!;
+    return this.plain.pop() ?? Buffer.allocUnsafeSlow(WRITE_BYTES);
   }
 
   /** The buffer is free again. */
@@ -38,9 +45,15 @@ export class WriteBuffers {
   }
 
   private map(): void {
-    const memory = new WebAssembly.Memory({
-      initial: (ALIGNED_PER_MAPPING * DIRECT_WRITE_BYTES) / WASM_PAGE,
-    });
+    let memory: WebAssembly.Memory;
+    try {
+      memory = new WebAssembly.Memory({
+        initial: (ALIGNED_PER_MAPPING * DIRECT_WRITE_BYTES) / WASM_PAGE,
+      });
+    } catch {
+      this.mappable = false;
+      return;
+    }
     for (let i = 0; i < ALIGNED_PER_MAPPING; i++) {
       const buffer = Buffer.from(memory.buffer, i * DIRECT_WRITE_BYTES, DIRECT_WRITE_BYTES);
       this.isAligned.add(buffer);
