@@ -1,13 +1,16 @@
 // pgbranch's replication client against a real PostgreSQL 18: logins by SCRAM, md5, password and
 // trust (over a Unix socket), the walsender's commands (IDENTIFY_SYSTEM, SHOW, slots, TIMELINE_HISTORY
-// of a promoted standby), and errors that leave the connection usable or say what went wrong.
+// of a promoted standby, BASE_BACKUP into a sink that holds the stream back), and errors that leave
+// the connection usable or say what went wrong.
 import fs from 'node:fs';
+import path from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, expect, test, vi } from 'vitest';
 import { explainConnectError } from '../src/source/refusals.js';
 import { ReplicationConnection } from '../src/source/replication-connection.js';
 import { parseSourceUrl } from '../src/source/source-url.js';
 import { startStandby } from '../src/source/standby.js';
+import { TarParser } from '../src/source/tar.js';
 import { pgClientConfig } from '../src/upstream/endpoint.js';
 import { connect } from './support/clients.js';
 import { tempDir } from './support/pgbranch.js';
@@ -118,6 +121,58 @@ test("a command the walsender refuses rejects with the server's error, and the c
   } finally {
     connection.close();
   }
+});
+
+test('a BASE_BACKUP sink that holds the stream back after every chunk gets the archive whole and in order', async () => {
+  const admin = await source.connect();
+  let relation: string;
+  try {
+    // Not vacuumed nor read while the test runs: its file stays as the checkpoint wrote it.
+    await admin.query('CREATE TABLE held (n int, pad text) WITH (autovacuum_enabled = off)');
+    await admin.query(
+      "INSERT INTO held SELECT n, repeat('x', 200) FROM generate_series(1, 20000) n",
+    );
+    await admin.query('CHECKPOINT');
+    relation = (await admin.query<{ p: string }>("SELECT pg_relation_filepath('held') AS p"))
+      .rows[0]!.p;
+  } finally {
+    await admin.end();
+  }
+  const files = new Map<string, Buffer[]>();
+  let current: Buffer[] = [];
+  const parser = new TarParser({
+    entry: (entry) => {
+      if (entry.type === 'file') files.set(entry.path, (current = []));
+    },
+    data: (chunk) => current.push(Buffer.from(chunk)),
+    endFile: () => (current = []),
+  });
+  let holds = 0;
+  const connection = await open(source.url());
+  try {
+    await connection.baseBackup(
+      { label: 'held' },
+      {
+        started: () => undefined,
+        archive: () => undefined,
+        data: (chunk) => {
+          parser.push(chunk);
+          holds++;
+          return new Promise<void>((resolve) => setImmediate(resolve));
+        },
+        progress: () => undefined,
+      },
+    );
+    parser.end();
+  } finally {
+    connection.close();
+  }
+  const received = (name: string) => Buffer.concat(files.get(name) ?? []);
+  const onSource = (name: string) => fs.readFileSync(path.join(source.pgDataDir, name));
+  expect(received(relation).length).toBeGreaterThan(4 * 1024 * 1024);
+  expect(received(relation).equals(onSource(relation))).toBe(true);
+  expect(received('PG_VERSION').equals(onSource('PG_VERSION'))).toBe(true);
+  expect(holds).toBeGreaterThan(100);
 });
 
 test('trust over a Unix socket, and TIMELINE_HISTORY of a promoted standby', async () => {

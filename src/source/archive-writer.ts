@@ -1,21 +1,27 @@
 // Writes the entries of a tar archive (tar.ts) into a directory as they stream in: file contents
-// are copied into write buffers of 1 MB (used again once written, so a backup of any size
-// allocates a few dozen), written on libuv's threads while the next bytes arrive; the memory of
-// the buffers not yet written is counted, so that the reader can stop taking input while the disk
-// catches up. Data handed in may be reused by the caller as soon as the call returns.
+// are copied into write buffers (write-buffers.ts), written on libuv's threads while the
+// next bytes arrive; the memory of the buffers not yet written is counted, so that the reader can
+// stop taking input while the disk catches up. Data handed in may be reused by the caller as soon
+// as the call returns.
+//
+// Relation files (large, whole 8 kB pages) are written with O_DIRECT, from page-aligned buffers
+// straight to the disk: through the page cache, each byte cost a copy into a newly allocated page
+// and that page's writeback at the final sync, most of the backup's CPU and half its time; with
+// O_DIRECT the final sync has little left. A file system that refuses O_DIRECT gets buffered writes.
 import fs from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { OsUser } from '../branch/instance/postmaster.js';
 import type { TarEntry, TarHandler } from './tar.js';
+import { DIRECT_ALIGNMENT, WRITE_BYTES, WriteBuffers } from './write-buffers.js';
 
-/** A file's content is written in pieces of this size at most (fewer, larger system calls). */
-const WRITE_BYTES = 1024 * 1024;
 /**
- * Write buffers kept for reuse at most: as many as the reader lets pile up (base-backup.ts stops
- * reading at 32 MB), so that a new one, and its page faults, is rare.
+ * Files written with O_DIRECT: at least this large (small ones cost more in a synchronous write
+ * than they would in the page cache) and a whole number of aligned blocks, so every write is too.
  */
-const POOLED = 40;
+const DIRECT_MIN_BYTES = WRITE_BYTES;
+/** Writes of one file under way at once at most (see OpenFile.lanes). */
+const LANES = 2;
 
 export interface ArchiveWriterOptions {
   /** Exists; entries land under it. */
@@ -29,12 +35,21 @@ interface OpenFile {
   /** Opened on libuv's threads: creating a file can wait on the file system's journal. */
   handle: Promise<FileHandle>;
   path: string;
+  /** Written with O_DIRECT from aligned buffers (until the file system refuses it). */
+  direct: boolean;
   position: number;
+  /** Without O_DIRECT, opened when a write with it was refused (EINVAL). */
+  buffered: Promise<FileHandle> | undefined;
   /** Content not yet written: the first `fill` bytes of `buffer`. */
   buffer: Buffer | undefined;
   fill: number;
-  /** The file's writes, one after another. */
-  writes: Promise<void>;
+  /**
+   * The file's writes, in lanes: one after another in each lane, the lanes side by side, so that
+   * the disk always has the next write at hand instead of waiting for this thread to hand it over.
+   */
+  lanes: Promise<void>[];
+  /** The lane of the next write. */
+  lane: number;
 }
 
 export class ArchiveWriter implements TarHandler {
@@ -45,9 +60,13 @@ export class ArchiveWriter implements TarHandler {
   private failure: Error | undefined;
   private waiters: (() => void)[] = [];
   private readonly links = new Set<string>();
-  private readonly pool: Buffer[] = [];
+  private readonly buffers = new WriteBuffers();
+  /** False once the file system refused O_DIRECT: buffered writes from then on. */
+  private direct = true;
   /** Bytes of file content written so far. */
   written = 0;
+  /** ... of which with O_DIRECT. */
+  writtenDirect = 0;
 
   constructor(private readonly options: ArchiveWriterOptions) {}
 
@@ -76,16 +95,26 @@ export class ArchiveWriter implements TarHandler {
         return;
       }
       case 'file': {
-        const handle = openFile(target, entry.mode & 0o777, owner);
-        this.file = {
+        const direct =
+          this.direct && entry.size >= DIRECT_MIN_BYTES && entry.size % DIRECT_ALIGNMENT === 0;
+        const handle = openFile(target, entry.mode & 0o777, owner, direct).then((opened) => {
+          if (direct && !opened.direct) this.refuseDirect(file);
+          return opened.handle;
+        });
+        // A file that could not be opened fails its first write, or its close.
+        const opened = handle.then(() => undefined);
+        const file: OpenFile = {
           handle,
           path: target,
+          direct,
           position: 0,
+          buffered: undefined,
           buffer: undefined,
           fill: 0,
-          // A file that could not be opened fails its first write, or its close.
-          writes: handle.then(() => undefined),
+          lanes: Array.from({ length: LANES }, () => opened),
+          lane: 0,
         };
+        this.file = file;
       }
     }
   }
@@ -94,13 +123,13 @@ export class ArchiveWriter implements TarHandler {
     const file = this.file!;
     for (let at = 0; at < chunk.length;) {
       if (!file.buffer) {
-        file.buffer = this.pool.pop() ?? Buffer.allocUnsafeSlow(WRITE_BYTES);
-        this.queued += WRITE_BYTES;
+        file.buffer = this.buffers.take(file.direct);
+        this.queued += file.buffer.length;
       }
       const copied = chunk.copy(file.buffer, file.fill, at);
       file.fill += copied;
       at += copied;
-      if (file.fill === WRITE_BYTES) this.flush(file);
+      if (file.fill === file.buffer.length) this.flush(file);
     }
   }
 
@@ -108,7 +137,7 @@ export class ArchiveWriter implements TarHandler {
     const file = this.file!;
     this.file = undefined;
     this.flush(file);
-    this.track(file.writes.finally(() => close(file)));
+    this.track(settled(file).finally(() => close(file)));
   }
 
   /** Resolves once the backlog is at most `bytes` (or a write failed: then rejects). */
@@ -123,7 +152,7 @@ export class ArchiveWriter implements TarHandler {
   async abandon(): Promise<void> {
     const file = this.file;
     this.file = undefined;
-    if (file) this.track(file.writes.finally(() => close(file)));
+    if (file) this.track(settled(file).finally(() => close(file)));
     while (this.unfinished.size > 0) await Promise.allSettled([...this.unfinished]);
   }
 
@@ -140,21 +169,39 @@ export class ArchiveWriter implements TarHandler {
     file.buffer = undefined;
     file.fill = 0;
     file.position += bytes;
-    file.writes = file.writes.then(async () => {
+    const lane = file.lane;
+    file.lane = (lane + 1) % LANES;
+    file.lanes[lane] = file.lanes[lane]!.then(async () => {
       try {
-        await writeAll(await file.handle, buffer.subarray(0, bytes), position);
+        const data = buffer.subarray(0, bytes);
+        const direct = file.direct;
+        try {
+          await writeAll(await (file.buffered ?? file.handle), data, position);
+        } catch (error) {
+          if (!direct || (error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+          // O_DIRECT refused on this file system after all: the file goes on without it.
+          this.refuseDirect(file);
+          file.buffered ??= fsp.open(file.path, fs.constants.O_WRONLY);
+          await writeAll(await file.buffered, data, position);
+        }
         this.written += bytes;
-        if (this.pool.length < POOLED) this.pool.push(buffer);
+        if (direct && file.direct) this.writtenDirect += bytes;
+        this.buffers.give(buffer);
       } catch (error) {
         this.failure ??= new Error(`could not write ${file.path}: ${(error as Error).message}`, {
           cause: error,
         });
         throw this.failure;
       } finally {
-        this.queued -= WRITE_BYTES;
+        this.queued -= buffer.length;
         this.wake();
       }
     });
+  }
+
+  private refuseDirect(file: OpenFile): void {
+    file.direct = false;
+    this.direct = false;
   }
 
   private track(work: Promise<void>): void {
@@ -189,16 +236,17 @@ export class ArchiveWriter implements TarHandler {
 
 /**
  * A new file, owned as the entries are; its directory made first when the archive did not list it
- * (tar allows that).
+ * (tar allows that). With O_DIRECT if asked and the file system takes it (`direct` says).
  */
 async function openFile(
   file: string,
   mode: number,
   owner: OsUser | undefined,
-): Promise<FileHandle> {
-  let handle: FileHandle;
+  direct: boolean,
+): Promise<{ handle: FileHandle; direct: boolean }> {
+  let opened: { handle: FileHandle; direct: boolean };
   try {
-    handle = await fsp.open(file, 'w', mode);
+    opened = await create(file, mode, direct);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
     const made = await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
@@ -207,15 +255,33 @@ async function openFile(
         await fsp.chown(dir, owner.uid, owner.gid);
       }
     }
-    handle = await fsp.open(file, 'w', mode);
+    opened = await create(file, mode, direct);
   }
   if (owner) {
-    await handle.chown(owner.uid, owner.gid).catch(async (error: unknown) => {
-      await handle.close();
+    await opened.handle.chown(owner.uid, owner.gid).catch(async (error: unknown) => {
+      await opened.handle.close();
       throw error;
     });
   }
-  return handle;
+  return opened;
+}
+
+/** open(2) of a new file; EINVAL to O_DIRECT (tmpfs before Linux 6.6, say): opened without. */
+async function create(
+  file: string,
+  mode: number,
+  direct: boolean,
+): Promise<{ handle: FileHandle; direct: boolean }> {
+  const { O_WRONLY, O_CREAT, O_TRUNC, O_DIRECT } = fs.constants;
+  try {
+    return {
+      handle: await fsp.open(file, O_WRONLY | O_CREAT | O_TRUNC | (direct ? O_DIRECT : 0), mode),
+      direct,
+    };
+  } catch (error) {
+    if (!direct || (error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+    return { handle: await fsp.open(file, 'w', mode), direct: false };
+  }
 }
 
 /** write until every byte is down: a write may take fewer bytes than it was given. */
@@ -225,8 +291,16 @@ async function writeAll(handle: FileHandle, data: Buffer, position: number): Pro
   }
 }
 
+/** Once every write of the file has settled (none is under way); rejects with a failed one. */
+async function settled(file: OpenFile): Promise<void> {
+  const failed = (await Promise.allSettled(file.lanes)).find((lane) => lane.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
 /** Closes a file once it was opened; one that never opened has nothing to close. */
 async function close(file: OpenFile): Promise<void> {
-  const handle = await file.handle.catch(() => undefined);
-  await handle?.close();
+  for (const opening of [file.handle, file.buffered]) {
+    const handle = await opening?.catch(() => undefined);
+    await handle?.close();
+  }
 }

@@ -106,6 +106,8 @@ export class ReplicationConnection {
   private inManifest = false;
   /** The sink holds the stream back until this settles. */
   private held: Promise<void> | undefined;
+  /** Some of `chunks` lie in the socket's reused read buffer. */
+  private transient = false;
   private pending: Pending | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private closedBecause: Error | undefined;
@@ -361,11 +363,21 @@ export class ReplicationConnection {
   private received(chunk: Buffer, transient: boolean): boolean {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
+    this.transient ||= transient;
     this.readFrames();
-    // What is left (a message cut by the read, or all that a held stream did not take) must
-    // outlive the socket's reused buffer.
-    if (transient && this.buffered > 0) this.chunks = [Buffer.concat(this.chunks)];
-    return this.held === undefined;
+    if (this.held !== undefined) return false;
+    this.keepLeftover();
+    return true;
+  }
+
+  /**
+   * Before the socket reads again into its reused buffer: what is left there (a message cut by
+   * the read) is copied out. Not while the stream is held: the socket is paused then, so what the
+   * sink has not taken yet stays where it is, however much, until the sink takes it.
+   */
+  private keepLeftover(): void {
+    if (this.transient && this.buffered > 0) this.chunks = [Buffer.concat(this.chunks)];
+    this.transient = false;
   }
 
   /**
@@ -414,7 +426,9 @@ export class ReplicationConnection {
       () => {
         this.held = undefined;
         this.readFrames();
-        if (this.held === undefined) this.socket.resume();
+        if (this.held !== undefined) return;
+        this.keepLeftover();
+        this.socket.resume();
       },
       (error: unknown) => {
         this.held = undefined;

@@ -147,6 +147,52 @@ test('the archive writer lays the tree out on disk, links pointed where asked', 
   expect(fs.statSync(path.join(target, 'pg_wal', 'archive_status')).isDirectory()).toBe(true);
 });
 
+test('relation files go to the disk with O_DIRECT where the file system takes it, whole', async () => {
+  const tree = fs.mkdtempSync(path.join(work, 'large-'));
+  const files = new Map<string, Buffer>([
+    // A relation segment: whole 8 kB pages, large (written in several pieces, side by side).
+    ['base/1/16384', randomBytes(1280 * 8192)],
+    // Large but not whole blocks, and small: through the page cache.
+    ['base/1/odd', randomBytes(1536 * 1024 + 17)],
+    ['base/1/small', randomBytes(8192)],
+  ]);
+  for (const [name, data] of files) {
+    fs.mkdirSync(path.dirname(path.join(tree, name)), { recursive: true });
+    fs.writeFileSync(path.join(tree, name), data, { mode: 0o600 });
+  }
+  const out = path.join(work, 'large.tar');
+  execFileSync('tar', ['-cf', out, '-C', tree, '.']);
+  const target = fs.mkdtempSync(path.join(work, 'large-out-'));
+  const writer = new ArchiveWriter({ root: target });
+  const parser = new TarParser(writer);
+  for (const piece of randomPieces(fs.readFileSync(out))) parser.push(piece);
+  parser.end();
+  await writer.finish();
+  for (const [name, data] of files) {
+    expect(fs.readFileSync(path.join(target, name)).equals(data), name).toBe(true);
+  }
+  const direct = takesDirect(target);
+  console.log(`${target}: ${direct ? 'O_DIRECT' : 'no O_DIRECT here: buffered writes'}`);
+  expect(writer.writtenDirect).toBe(direct ? files.get('base/1/16384')!.length : 0);
+  expect(writer.written).toBe([...files.values()].reduce((sum, data) => sum + data.length, 0));
+});
+
+/** Whether the file system under `dir` opens files with O_DIRECT. */
+function takesDirect(dir: string): boolean {
+  const probe = path.join(dir, 'probe');
+  try {
+    fs.closeSync(
+      fs.openSync(probe, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_DIRECT),
+    );
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+    return false;
+  } finally {
+    fs.rmSync(probe, { force: true });
+  }
+}
+
 test('a file whose directories the archive does not list gets them made', async () => {
   const tree = fs.mkdtempSync(path.join(work, 'bare-'));
   fs.mkdirSync(path.join(tree, 'a', 'b'), { recursive: true });
