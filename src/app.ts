@@ -568,7 +568,12 @@ export async function startPgbranch(
                 : undefined,
           }
         : standby
-          ? standbyRoot(standby, config.source.max_wait, upstreamRunning)
+          ? standbyRoot(
+              standby,
+              config.source.max_wait,
+              upstreamRunning,
+              config.source.warm_standbys,
+            )
           : await localUpstream(admin, String(adminConfig.user), connectRoot);
       instances = await openInstanceBranches({
         config,

@@ -403,6 +403,39 @@ describe('through pgbranch', () => {
   });
 });
 
+describe('with source.warm_standbys 2', () => {
+  test('two branches asked for at once are both warm standbys promoted, neither waits', async () => {
+    await proxy!.stop();
+    proxy = await startPgbranch({
+      dataDir,
+      args: ['--source', source.url(), '--branch-warm-spare', 'on', '--source-warm-standbys', '2'],
+      timeoutMs: 120_000,
+    });
+    // Made one after the other.
+    await vi.waitFor(() => expect(proxy!.events('spare_ready')).toHaveLength(2), {
+      timeout: 120_000,
+      interval: 100,
+    });
+    const lsn = await commitOrder(source, ROWS + 7, 'before the burst');
+    await replayedOn(() => connect(url('app')), lsn);
+    const burst = ['ci-1', 'ci-2'];
+    const rows = await Promise.all(
+      burst.map((name) =>
+        queryOnce(url(`app@${name}`), `SELECT note FROM orders WHERE id = ${ROWS + 7}`),
+      ),
+    );
+    expect(rows).toEqual([[{ note: 'before the burst' }], [{ note: 'before the burst' }]]);
+    for (const name of burst) {
+      const created = proxy!.events('branch_created').find((e) => e.branch === name);
+      // A ready spare is taken without waiting: nothing between the ask and the take awaits.
+      expect(created).toMatchObject({
+        from: 'warm_spare',
+        phases: expect.objectContaining({ waitMs: expect.toSatisfy((ms: number) => ms <= 1) }),
+      });
+    }
+  });
+});
+
 describe('a source pgbranch cannot follow', () => {
   /** Starts pgbranch on a fresh data directory; resolves with why it refused to start. */
   async function refusal(sourceUrl: string): Promise<string> {

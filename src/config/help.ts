@@ -26,6 +26,8 @@ export const descriptions: Record<ConfigPath, string> = {
     "The base backup's rate limit in kB/s (at least 32), to spare the source's disk; 0 for none.",
   'source.max_wait':
     'How long a new branch waits for the standby to replay what the source has committed; past it the branch holds what was replayed, and its NOTICE says how far behind.',
+  'source.warm_standbys':
+    "Warm standbys of the source's standby kept ready, each promoted into a new branch in about a second; raise it for branches asked for in quick succession (each one replays the source's WAL all along).",
   'source.retention':
     'How far back branches at a past moment (pgbranch.at, branch create --at) can go: restore points of the standby and its WAL are kept this long; 0 keeps none.',
   'source.snapshot_interval':

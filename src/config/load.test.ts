@@ -144,6 +144,7 @@ describe('loadConfig', () => {
       'source.bin_dir',
       'source.max_rate',
       'source.max_wait',
+      'source.warm_standbys',
       'source.retention',
       'source.snapshot_interval',
       'auth',

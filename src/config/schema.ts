@@ -156,6 +156,12 @@ export const configSchema = z
          */
         max_wait: duration.default(5_000),
         /**
+         * Warm standbys of the source's standby kept ready, each a new branch in a second: more
+         * serve branches asked for in quick succession (each is made after the one before, and
+         * each replays the source's stream all along).
+         */
+        warm_standbys: z.coerce.number().int().min(1).max(16).default(1),
+        /**
          * How far back branches at past moments (pgbranch.at) can go: restore points of the standby
          * and its WAL are kept this long. 0: none are kept.
          */
@@ -164,7 +170,13 @@ export const configSchema = z
         snapshot_interval: duration.refine((ms) => ms >= 1000, 'is below 1s').default(900_000),
       })
       .strict()
-      .default({ max_rate: 0, max_wait: 5_000, retention: 86_400_000, snapshot_interval: 900_000 }),
+      .default({
+        max_rate: 0,
+        max_wait: 5_000,
+        warm_standbys: 1,
+        retention: 86_400_000,
+        snapshot_interval: 900_000,
+      }),
     /** How clients authenticate to the proxy. `trust` is refused unless listen.host is loopback. */
     auth: z.enum(['scram-sha-256', 'md5', 'trust']).default('scram-sha-256'),
     /**

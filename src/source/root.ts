@@ -110,8 +110,11 @@ export function standbyRoot(
   standby: Standby,
   maxWaitMs: number,
   running: () => Promise<void>,
+  /** source.warm_standbys */
+  warmSpares: number,
 ): RootInstanceSetup {
   return {
+    warmSpares,
     upstream: {
       // Notices name the server, not the role: `db.prod:5432`.
       name: standby.source.replace(/^[^@]*@/, ''),

@@ -109,6 +109,8 @@ export interface InstanceBranchesOptions {
     replicationConninfo?: string | undefined;
     /** The server it is a standby of (a source): new branches wait to replay its position. */
     upstream?: Upstream | undefined;
+    /** Warm spares of it kept ready; 1 when unset. */
+    warmSpares?: number | undefined;
   };
   /**
    * branch.warm_spare: keep a standby of each parent being branched (the root always) replayed
@@ -1115,6 +1117,7 @@ export class InstanceBranches implements BranchResolver {
       connect: root.connect,
       conninfo: root.replicationConninfo,
       upstream: root.upstream,
+      keep: root.warmSpares,
     };
   }
 

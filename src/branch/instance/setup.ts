@@ -80,6 +80,8 @@ export interface RootInstanceSetup {
   binary?: string;
   /** The server it is a standby of (a source): new branches wait to replay its position. */
   upstream?: Upstream;
+  /** Warm spares of the root kept ready (source.warm_standbys); 1 when unset. */
+  warmSpares?: number;
   /**
    * Its postgresql.conf and pg_hba.conf live outside its data directory (Debian's layout): a
    * copy gets its own, minimal ones.
@@ -113,6 +115,7 @@ export async function openInstanceBranches(setup: InstanceSetup): Promise<Instan
       connect: root.connect,
       replicationConninfo: root.replicationConninfo,
       upstream: root.upstream,
+      warmSpares: root.warmSpares,
     },
     warmSpare:
       config.branch.warm_spare === 'on' ||

@@ -27,6 +27,8 @@ export interface SpareSource {
    * is not used.
    */
   upstream?: Upstream | undefined;
+  /** How many spares of it to keep ready (1 when unset); each is made after the one before. */
+  keep?: number | undefined;
 }
 
 /** The server the root instance follows (a source), further up than any spare's source. */
@@ -108,7 +110,8 @@ const COPY_ATTEMPTS = 3;
 export const SPARE_DIR_PREFIX = 'i-';
 
 export class Spares {
-  private readonly spares = new Map<string, Spare>();
+  /** By source key: its spares, ready or being made (at most one being made at a time). */
+  private readonly spares = new Map<string, Spare[]>();
   private readonly failedAt = new Map<string, number>();
   /** Slots of this pgbranch's spares: one prefix per instances directory. */
   private readonly slotPrefix: string;
@@ -119,9 +122,14 @@ export class Spares {
     this.slotPrefix = `pgbranch_spare_${hash}_`;
   }
 
-  /** Makes a spare of `source` in the background, unless it has one or one failed lately. */
+  /**
+   * Makes a spare of `source` in the background, unless it has as many as it keeps, one is being
+   * made (the next follows once it is ready), or one failed lately.
+   */
   prepare(source: SpareSource): void {
-    if (this.closed || this.spares.has(source.key)) return;
+    const list = this.spares.get(source.key) ?? [];
+    if (this.closed || list.length >= (source.keep ?? 1)) return;
+    if (list.some((spare) => spare.state === 'making')) return;
     const failed = this.failedAt.get(source.key);
     if (failed !== undefined && Date.now() - failed < RETRY_AFTER_MS) return;
     const spare: Spare = {
@@ -132,19 +140,42 @@ export class Spares {
       mode: 'clone',
       made: Promise.resolve(),
     };
-    this.spares.set(source.key, spare);
-    spare.made = this.make(spare).catch((error: unknown) => {
-      if (error instanceof NoLongerWanted) {
+    this.spares.set(source.key, [...list, spare]);
+    spare.made = this.make(spare).then(
+      // The next one, where more are kept.
+      () => this.prepare(source),
+      (error: unknown) => {
+        this.unlist(spare);
+        if (error instanceof NoLongerWanted) {
+          void this.remove(spare);
+          return;
+        }
+        this.failedAt.set(source.key, Date.now());
+        this.options.log.warn(
+          { event: 'spare_failed', parent: source.key || null, err: error },
+          `could not make a warm standby of ${describe(source)}; its branches are copied under the backup API meanwhile: ${(error as Error).message}`,
+        );
         void this.remove(spare);
-        return;
-      }
-      this.failedAt.set(source.key, Date.now());
-      this.options.log.warn(
-        { event: 'spare_failed', parent: source.key || null, err: error },
-        `could not make a warm standby of ${describe(source)}; its branches are copied under the backup API meanwhile: ${(error as Error).message}`,
-      );
-      void this.remove(spare);
-    });
+      },
+    );
+  }
+
+  /** Takes `spare` off its source's list; whether it was there. */
+  private unlist(spare: Spare): boolean {
+    const list = this.spares.get(spare.source.key);
+    const at = list?.indexOf(spare) ?? -1;
+    if (at < 0) return false;
+    list!.splice(at, 1);
+    if (list!.length === 0) this.spares.delete(spare.source.key);
+    return true;
+  }
+
+  private listed(spare: Spare): boolean {
+    return this.spares.get(spare.source.key)?.includes(spare) ?? false;
+  }
+
+  private ready(key: string): Spare | undefined {
+    return this.spares.get(key)?.find((spare) => spare.state === 'ready');
   }
 
   /**
@@ -154,20 +185,19 @@ export class Spares {
    */
   async take(source: SpareSource): Promise<TakenSpare | undefined> {
     const asked = Date.now();
-    let spare = this.spares.get(source.key);
-    if (spare?.state === 'making' && source.upstream) {
+    let spare = this.ready(source.key);
+    const making = this.spares.get(source.key)?.find((s) => s.state === 'making');
+    if (!spare && making && source.upstream) {
       // A standby's copy recovers from its last restartpoint, as far back as the upstream's
       // last checkpoint: the spare under way started that same recovery earlier, so waiting for
       // it is never slower than a copy made now (and the machine does that work once, not twice).
-      const waiting = spare;
-      await waiting.made;
-      spare = this.spares.get(source.key);
+      await making.made;
       // Taken by another branch meanwhile, or failed: this one is copied.
-      if (spare !== waiting) return undefined;
+      spare = this.ready(source.key);
     }
-    if (!spare || spare.state !== 'ready') return undefined;
+    if (!spare) return undefined;
     // Nobody else takes it from here on.
-    this.spares.delete(source.key);
+    this.unlist(spare);
     const ready = Date.now();
     const { upstream } = source;
     try {
@@ -215,14 +245,18 @@ export class Spares {
 
   /** Stops and removes the spare of `key`: its source stops, is replaced, or goes. */
   async discard(key: string): Promise<void> {
-    const spare = this.spares.get(key);
-    if (!spare) return;
+    const list = this.spares.get(key);
+    if (!list) return;
     this.spares.delete(key);
-    await spare.made;
-    await this.remove(spare);
+    await Promise.all(
+      list.map(async (spare) => {
+        await spare.made;
+        await this.remove(spare);
+      }),
+    );
     this.options.log.info(
-      { event: 'spare_discarded', parent: key || null },
-      `stopped the warm standby of ${describe(spare.source)} (its parent stopped, changed or went)`,
+      { event: 'spare_discarded', parent: key || null, count: list.length },
+      `stopped the warm standby of ${describe(list[0]!.source)}${list.length > 1 ? ` and ${list.length - 1} more` : ''} (its parent stopped, changed or went)`,
     );
   }
 
@@ -234,13 +268,15 @@ export class Spares {
   /** The spares running now (for the banner and tests). */
   running(): number {
     let count = 0;
-    for (const spare of this.spares.values()) if (spare.state === 'ready') count++;
+    for (const list of this.spares.values()) {
+      for (const spare of list) if (spare.state === 'ready') count++;
+    }
     return count;
   }
 
   /** Settles once every spare under way is ready or has failed (tests, benchmarks). */
   async settled(): Promise<void> {
-    await Promise.all([...this.spares.values()].map((s) => s.made));
+    await Promise.all([...this.spares.values()].flat().map((s) => s.made));
   }
 
   private async make(spare: Spare): Promise<void> {
@@ -288,25 +324,25 @@ export class Spares {
     const signal = path.join(target, 'standby.signal');
     fs.writeFileSync(signal, '', { mode: 0o600 });
     if (this.options.owner) fs.chownSync(signal, this.options.owner.uid, this.options.owner.gid);
-    if (this.closed || this.spares.get(source.key) !== spare) throw new NoLongerWanted();
+    if (this.closed || !this.listed(spare)) throw new NoLongerWanted();
     spare.postmaster = await this.options.start(spare.dir, {
       ...floors,
       hot_standby: 'on',
       primary_conninfo: `${source.conninfo} application_name=${spare.slot}`,
       primary_slot_name: spare.slot,
     });
-    if (this.closed || this.spares.get(source.key) !== spare) throw new NoLongerWanted();
+    if (this.closed || !this.listed(spare)) throw new NoLongerWanted();
     spare.watch = await source.connect();
     spare.watch.on('error', () => undefined);
     spare.state = 'ready';
     this.failedAt.delete(source.key);
     void spare.postmaster.exited.then(() => {
-      if (spare.state !== 'ready' || this.spares.get(source.key) !== spare) return;
+      if (spare.state !== 'ready' || !this.listed(spare)) return;
       this.options.log.warn(
         { event: 'spare_exited', parent: source.key || null },
         `the warm standby of ${describe(source)} stopped on its own; another is made at the next branch`,
       );
-      this.spares.delete(source.key);
+      this.unlist(spare);
       void this.remove(spare);
     });
     this.options.log.info(
