@@ -508,6 +508,7 @@ describe('config/pgbranch.example.yaml', () => {
         bin_dir: '/usr/lib/postgresql/16/bin',
         max_rate: 0,
         max_wait: 5_000,
+        warm_standbys: 1,
         retention: 86_400_000,
         snapshot_interval: 900_000,
       },
