@@ -5,6 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { startPgbranch, TEMPLATE_DIR } from './pgbranch.js';
 import { installXfsprogs } from './xfs.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -29,11 +30,17 @@ function buildIsCurrent(): boolean {
   }
 }
 
-export default async function setup(): Promise<void> {
+export default async function setup(): Promise<() => void> {
   const done = await installXfsprogs();
   if (done) console.info(`test setup: ${done}`);
   if (!buildIsCurrent()) {
     console.info('test setup: building dist/ (npm run build), which the tests run');
     execFileSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: ['ignore', 2, 2] });
   }
+  // The cluster a first start of pgbranch makes, copied into each fresh data directory.
+  fs.rmSync(TEMPLATE_DIR, { recursive: true, force: true });
+  fs.mkdirSync(TEMPLATE_DIR, { mode: 0o755 });
+  const first = await startPgbranch({ dataDir: TEMPLATE_DIR, timeoutMs: 120_000 });
+  await first.stop();
+  return () => fs.rmSync(TEMPLATE_DIR, { recursive: true, force: true });
 }

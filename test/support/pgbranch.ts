@@ -1,6 +1,7 @@
 // Starts a real pgbranch process (the CLI, as a user would) on a free port with its own data
 // directory, and stops it and removes what it made afterwards.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -82,6 +83,28 @@ export interface StartOptions {
   entry?: 'source' | 'bin' | { script: string };
 }
 
+/**
+ * An embedded cluster that a first start of pgbranch made (test/support/global-setup.ts makes it
+ * once per run): a fresh data directory starts as a copy of it instead of running initdb, which
+ * with its fsyncs was most of a start. pgbranch sets the superuser's password and the server's
+ * settings at every start, so a copy is what a first start leaves, whatever the options.
+ */
+export const TEMPLATE_DIR = path.join(
+  os.tmpdir(),
+  `pgbranch-test-template-${createHash('sha256').update(ROOT).digest('hex').slice(0, 8)}`,
+);
+
+/** A new data directory, holding a copy of the template's cluster when the template exists. */
+function freshDataDir(): string {
+  const dir = tempDir('data');
+  const cluster = path.join(TEMPLATE_DIR, 'pg');
+  if (fs.existsSync(path.join(cluster, 'PG_VERSION'))) {
+    // -a: modes and the server's owner (the postgres user, when the tests run as root).
+    execFileSync('cp', ['-a', cluster, path.join(dir, 'pg')]);
+  }
+  return dir;
+}
+
 export function tempDir(prefix: string): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `pgbranch-${prefix}-`));
   // The embedded server runs as the postgres user, which must reach the data directory.
@@ -90,7 +113,7 @@ export function tempDir(prefix: string): string {
 }
 
 export async function startPgbranch(options: StartOptions = {}): Promise<PgbranchProcess> {
-  const dataDir = options.dataDir ?? tempDir('data');
+  const dataDir = options.dataDir ?? freshDataDir();
   const password = options.password ?? 'test-password';
   const child = spawn(
     process.execPath,
