@@ -34,6 +34,8 @@ const HELP = `usage: npm run bench:source-branch -- [--gb 1] [--branches 5] [--c
   --branches  branches made under the load, one every --gap seconds (default 5)
   --clients   pgbench clients writing to the source (default 4)
   --gap       seconds between two branches (default 10)
+  --warm-standbys  source.warm_standbys: warm standbys kept ready (default 1); the first branch
+              is asked for once that many are
 `;
 
 interface Options {
@@ -41,6 +43,7 @@ interface Options {
   branches: number;
   clients: number;
   gapMs: number;
+  warmStandbys: number;
 }
 
 interface Creation {
@@ -107,7 +110,10 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
   const proxy = await startPgbranch({
     dataDir,
     keepDataDir: true,
-    args: ['--source', source.url(), '--branch-suspend-after', '10s'],
+    args: [
+      ...['--source', source.url(), '--branch-suspend-after', '10s'],
+      ...['--source-warm-standbys', String(options.warmStandbys)],
+    ],
     timeoutMs: 30 * 60_000,
   });
   const baseBackupMs = performance.now() - started;
@@ -121,6 +127,8 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     cleanup,
   });
   await sleep(WARM_UP_MS);
+  progress(`waiting for ${options.warmStandbys} warm standby(s) to be ready`);
+  while (proxy.events('spare_ready').length < options.warmStandbys) await sleep(200);
   const creations: Creation[] = [];
   for (let round = 1; round <= options.branches; round++) {
     await sleep(options.gapMs);
@@ -178,7 +186,7 @@ function report(results: Results, command: string): string {
   return [
     `# ${command}`,
     '',
-    `Source: PostgreSQL 18, ${bytes(results.databaseBytes)} of pgbench tables, pgbench -c ${results.options.clients} writing to it all along; pgbranch's data directory on a reflink XFS. Load average ${results.load[0].toFixed(1)} at the start, ${results.load[1].toFixed(1)} at the end.`,
+    `Source: PostgreSQL 18, ${bytes(results.databaseBytes)} of pgbench tables, pgbench -c ${results.options.clients} writing to it all along; a branch every ${results.options.gapMs / 1000} s; source.warm_standbys ${results.options.warmStandbys}; pgbranch's data directory on a reflink XFS. Load average ${results.load[0].toFixed(1)} at the start, ${results.load[1].toFixed(1)} at the end.`,
     `Base backup (first start of pgbranch --source, to ready): ${duration(results.baseBackupMs)}.`,
     '',
     markdownTable(['branch', 'connect to first row', 'made from', 'load average'], rows),
@@ -207,6 +215,7 @@ function parseOptions(argv: string[]): Options | undefined {
       branches: { type: 'string', default: '5' },
       clients: { type: 'string', default: '4' },
       gap: { type: 'string', default: '10' },
+      'warm-standbys': { type: 'string', default: '1' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -221,6 +230,7 @@ function parseOptions(argv: string[]): Options | undefined {
     branches: Math.round(number('branches', values.branches, 1)),
     clients: Math.round(number('clients', values.clients, 1)),
     gapMs: number('gap', values.gap, 1) * 1000,
+    warmStandbys: Math.round(number('warm-standbys', values['warm-standbys'], 1)),
   };
 }
 

@@ -24,7 +24,9 @@ for (const file of caches) {
   for (const [key, result] of (JSON.parse(fs.readFileSync(file, 'utf8')) as Results).results) {
     // Keys are `<project>:<path>`; the project has no name here.
     const name = key.slice(key.indexOf(':') + 1);
-    if (result.duration > 0) durations[name] = Math.round(result.duration / 100) / 10;
+    // Files removed or renamed since stay in the cache.
+    const exists = fs.existsSync(path.join(cacheDir, '..', '..', '..', name));
+    if (exists && result.duration > 0) durations[name] = Math.round(result.duration / 100) / 10;
   }
 }
 const sorted = Object.fromEntries(Object.entries(durations).sort(([, a], [, b]) => b - a));
