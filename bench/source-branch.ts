@@ -138,6 +138,8 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     const t0 = performance.now();
     const client = new pg.Client(config(`app@${branch}`));
     client.on('error', () => undefined);
+    const notices: string[] = [];
+    client.on('notice', (notice) => notices.push(notice.message ?? ''));
     await client.connect();
     const { rows } = await client.query<{ one: number }>(FIRST_ROW_SQL);
     const ms = performance.now() - t0;
@@ -146,7 +148,10 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     const fresh = await client.query('SELECT 1 FROM marker WHERE round = $1', [round]);
     await client.end();
     if (fresh.rowCount !== 1) {
-      throw new Error(`${branch} lacks the row committed on the source before it was asked for`);
+      const event = proxy.events('branch_created').find((e) => e.branch === branch);
+      throw new Error(
+        `${branch} lacks the row committed on the source before it was asked for (its NOTICE: ${notices.join(' | ')}; ${JSON.stringify(event)})`,
+      );
     }
     const event = proxy.events('branch_created').find((e) => e.branch === branch);
     const creation: Creation = {

@@ -103,6 +103,8 @@ interface Spare {
 
 /** A source whose spare could not be made is not tried again for this long. */
 const RETRY_AFTER_MS = 60_000;
+/** How long a new spare is given to replay what its source had when it became consistent. */
+const READY_CATCH_UP_MS = 120_000;
 /** Attempts at a copy that races a checkpoint (each a new copy). */
 const COPY_ATTEMPTS = 3;
 
@@ -332,6 +334,8 @@ export class Spares {
       primary_slot_name: spare.slot,
     });
     if (this.closed || !this.listed(spare)) throw new NoLongerWanted();
+    await this.catchUpWithSource(spare);
+    if (this.closed || !this.listed(spare)) throw new NoLongerWanted();
     spare.watch = await source.connect();
     spare.watch.on('error', () => undefined);
     spare.state = 'ready';
@@ -354,6 +358,23 @@ export class Spares {
       },
       `a warm standby of ${describe(source)} is ready for its next branch (${spare.mode}, ${Date.now() - started} ms)`,
     );
+  }
+
+  /**
+   * Ready means caught up: a standby that has just become consistent may still have minutes of its
+   * source's WAL to replay (from the checkpoint its copy started at), and a branch taken from it
+   * then would wait for that, or be made behind. It waits for the position its source had now,
+   * up to READY_CATCH_UP_MS (past it, a source writing faster than the spare replays, it is ready
+   * as it is, and a branch waits up to source.max_wait as before).
+   */
+  private async catchUpWithSource(spare: Spare): Promise<void> {
+    const target = await this.position(spare);
+    const client = await this.session(spare);
+    try {
+      await waitForReplay(client, target, READY_CATCH_UP_MS, true, 100);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
   }
 
   /**
@@ -531,6 +552,7 @@ async function waitForReplay(
   lsn: string,
   timeoutMs: number,
   orWhatItHas: boolean,
+  pollMs = 5,
 ): Promise<Replay> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -552,7 +574,7 @@ async function waitForReplay(
         `it had replayed to ${at ?? 'nothing'} after ${timeoutMs} ms, short of ${lsn}`,
       );
     }
-    await new Promise((resolve) => setTimeout(resolve, 5));
+    await new Promise((resolve) => setTimeout(resolve, pollMs));
   }
 }
 
