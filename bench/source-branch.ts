@@ -147,13 +147,12 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     if (rows[0]?.one !== 1) throw new Error(`${FIRST_ROW_SQL} returned no row in ${branch}`);
     const fresh = await client.query('SELECT 1 FROM marker WHERE round = $1', [round]);
     await client.end();
+    const event = proxy.events('branch_created').find((e) => e.branch === branch);
     if (fresh.rowCount !== 1) {
-      const event = proxy.events('branch_created').find((e) => e.branch === branch);
       throw new Error(
         `${branch} lacks the row committed on the source before it was asked for (its NOTICE: ${notices.join(' | ')}; ${JSON.stringify(event)})`,
       );
     }
-    const event = proxy.events('branch_created').find((e) => e.branch === branch);
     const creation: Creation = {
       branch,
       ms,

@@ -4,14 +4,19 @@
 // address) reported as a problem, and `pgbranch source resync` rebuilding the standby from it
 // while a branch made before keeps serving a session throughout; and a pgbranch without a source
 // saying so in each of them.
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import type { SourceStatus } from '../src/source/health.js';
 import { connect, psql, queryOnce } from './support/clients.js';
-import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
+import {
+  runCli,
+  startPgbranch,
+  tempDir,
+  type CliRun,
+  type PgbranchProcess,
+} from './support/pgbranch.js';
 import {
   REPLICATOR_PASSWORD,
   SUPERUSER_PASSWORD,
@@ -21,8 +26,6 @@ import {
 
 vi.setConfig({ testTimeout: 120_000 });
 
-const ROOT = path.resolve(import.meta.dirname, '..');
-const BIN = path.join(ROOT, 'bin/pgbranch.js');
 let source: SourceServer;
 let proxy: PgbranchProcess;
 const dataDir = tempDir('source-health');
@@ -77,25 +80,9 @@ async function metrics(): Promise<Map<string, number>> {
   return values;
 }
 
-function cli(
-  args: string[],
-  adminUrl = proxy.ready.adminUrl!,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [BIN, ...args],
-      {
-        cwd: ROOT,
-        env: { ...process.env, PGBRANCH_ADMIN_PORT: new URL(adminUrl).port },
-        timeout: 120_000,
-      },
-      (error, stdout, stderr) => {
-        const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
+/** The CLI against `adminUrl` (this file's pgbranch by default). */
+function cli(args: string[], adminUrl = proxy.ready.adminUrl!): Promise<CliRun> {
+  return runCli(args, { PGBRANCH_ADMIN_PORT: new URL(adminUrl).port });
 }
 
 /** SHOW SOURCE through psql, as `column|value` lines. */

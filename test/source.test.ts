@@ -5,14 +5,20 @@
 // start removes the partial copy and backs up again), the source going away and coming back is
 // survived, and a role without REPLICATION or a pg_hba.conf without replication get one message
 // saying what to change on the source.
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
-import { connect, queryOnce } from './support/clients.js';
-import { startPgbranch, tempDir, type PgbranchProcess, PGBRANCH_BIN } from './support/pgbranch.js';
+import { connect, psql, queryOnce } from './support/clients.js';
+import {
+  runCli,
+  startPgbranch,
+  tempDir,
+  type PgbranchProcess,
+  PGBRANCH_BIN,
+} from './support/pgbranch.js';
 import {
   REPLICATOR_PASSWORD,
   SUPERUSER_PASSWORD,
@@ -89,37 +95,6 @@ async function progressLines(logs: Record<string, unknown>[], count: number) {
   return lines();
 }
 
-/** psql, as a user runs it, against `url`. */
-function runPsql(url: string): Promise<{ code: number | null; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      'psql',
-      [url, '-c', 'SHOW SOURCE'],
-      { env: { ...process.env, PGPASSWORD: SUPERUSER_PASSWORD, PGCONNECT_TIMEOUT: '30' } },
-      (error, _stdout, stderr) =>
-        resolve({ code: error ? (typeof error.code === 'number' ? error.code : null) : 0, stderr }),
-    );
-  });
-}
-
-/** The CLI, as a user runs it, with `env` saying where the admin API is. */
-function runCli(
-  args: string[],
-  env: Record<string, string>,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [PGBRANCH_BIN, ...args],
-      { cwd: ROOT, env: { ...process.env, ...env }, timeout: 120_000 },
-      (error, stdout, stderr) => {
-        const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
-}
-
 async function slotsOnSource(): Promise<string[]> {
   const admin = await source.connect();
   try {
@@ -165,9 +140,15 @@ describe('a base backup interrupted', () => {
       expect(refused!.hint).toContain('pgbranch source status');
 
       // psql on the console database, over TLS if it asks (sslmode=prefer): the same answer.
-      const psql = await runPsql(`postgresql://postgres@127.0.0.1:${port}/pgbranch`);
-      expect(psql.code).toBe(2);
-      expect(psql.stderr).toMatch(
+      const onConsole = await psql(
+        `postgresql://postgres@127.0.0.1:${port}/pgbranch`,
+        'SHOW SOURCE',
+        {
+          env: { PGPASSWORD: SUPERUSER_PASSWORD },
+        },
+      );
+      expect(onConsole.code).toBe(2);
+      expect(onConsole.stderr).toMatch(
         /FATAL: +pgbranch is making its standby of the source .*base backup: [\d.]+ MB of/,
       );
 

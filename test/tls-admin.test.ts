@@ -3,7 +3,6 @@
 // metrics.tls anywhere; renewed with the proxy's certificate on SIGHUP. The CLI reaches an HTTPS
 // admin API with the CA beside the certificate (as tls init writes it) or PGBRANCH_ADMIN_CACERT,
 // and says what to do when it can't. Real HTTPS requests (node:https) and the real CLI.
-import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -12,9 +11,8 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { writeDevCertificates, type DevCertificates } from '../src/cli/tls-init.js';
-import { startPgbranch, tempDir, type PgbranchProcess, PGBRANCH_BIN } from './support/pgbranch.js';
+import { runCli, startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 
-const ROOT = path.resolve(import.meta.dirname, '..');
 const TOKEN = 'tls-admin-token';
 
 let dir: string;
@@ -77,23 +75,6 @@ function httpGet(url: string): Promise<number> {
   });
 }
 
-function cli(args: string[], env: Record<string, string>) {
-  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    execFile(
-      process.execPath,
-      [PGBRANCH_BIN, ...args],
-      { cwd: ROOT, env: { ...process.env, ...env }, timeout: 60_000 },
-      (error, stdout, stderr) => {
-        resolve({
-          code: error ? (typeof error.code === 'number' ? error.code : null) : 0,
-          stdout,
-          stderr,
-        });
-      },
-    );
-  });
-}
-
 /** The settings pgbranch runs with, as the CLI reads them from the environment. */
 function settingsOf(proxy: PgbranchProcess): Record<string, string> {
   const admin = new URL(proxy.ready.adminUrl!);
@@ -137,7 +118,7 @@ describe('with tls.cert, the admin API and metrics listening beyond loopback', (
   });
 
   it('are reached by the CLI with the CA beside the certificate (as tls init writes it)', async () => {
-    const run = await cli(['branch', 'list', '--json'], settingsOf(exposed));
+    const run = await runCli(['branch', 'list', '--json'], settingsOf(exposed));
     expect(run).toMatchObject({ code: 0, stderr: '' });
     expect(JSON.parse(run.stdout)).toHaveProperty('branches');
   });
@@ -145,13 +126,13 @@ describe('with tls.cert, the admin API and metrics listening beyond loopback', (
   it('are reached by the CLI with PGBRANCH_ADMIN_CACERT, and refused with a CA that did not sign the certificate', async () => {
     const copy = path.join(dir, 'copy-of-ca.crt');
     fs.copyFileSync(certs.ca, copy);
-    const good = await cli(['branch', 'list'], {
+    const good = await runCli(['branch', 'list'], {
       ...settingsOf(exposed),
       PGBRANCH_ADMIN_CACERT: copy,
     });
     expect(good).toMatchObject({ code: 0, stderr: '' });
 
-    const wrong = await cli(['branch', 'list'], {
+    const wrong = await runCli(['branch', 'list'], {
       ...settingsOf(exposed),
       PGBRANCH_ADMIN_CACERT: otherCa,
     });
@@ -167,7 +148,7 @@ describe('with tls.cert, the admin API and metrics listening beyond loopback', (
     const withoutTls = settingsOf(exposed);
     delete withoutTls.PGBRANCH_TLS_CERT;
     delete withoutTls.PGBRANCH_TLS_KEY;
-    const run = await cli(['branch', 'list'], withoutTls);
+    const run = await runCli(['branch', 'list'], withoutTls);
     expect(run.code).toBe(3);
     expect(run.stderr).toContain(
       `cannot reach pgbranch's admin API at http://127.0.0.1:${new URL(exposed.ready.adminUrl!).port}: it serves HTTPS, and the settings this command read say HTTP.`,
@@ -201,7 +182,7 @@ describe('with tls.cert, the admin API and metrics on loopback', () => {
     expect(local.ready.adminUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     expect(local.ready.metricsUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
     expect(await httpGet(`${local.ready.adminUrl}/healthz`)).toBe(200);
-    const run = await cli(['branch', 'list', '--json'], {
+    const run = await runCli(['branch', 'list', '--json'], {
       ...settingsOf(local),
     });
     expect(run).toMatchObject({ code: 0 });
@@ -216,13 +197,13 @@ describe('with tls.cert, the admin API and metrics on loopback', () => {
       expect(asked.ready.adminUrl).toMatch(/^https:/);
       expect(asked.ready.metricsUrl).toMatch(/^https:/);
       expect((await httpsGet(asked.ready.metricsUrl!, certs.ca)).status).toBe(200);
-      const run = await cli(['branch', 'list'], {
+      const run = await runCli(['branch', 'list'], {
         ...settingsOf(asked),
         PGBRANCH_ADMIN_TLS: 'true',
       });
       expect(run).toMatchObject({ code: 0, stderr: '' });
       // The CLI asked for HTTPS where pgbranch serves plain HTTP.
-      const mismatch = await cli(['branch', 'list'], {
+      const mismatch = await runCli(['branch', 'list'], {
         ...settingsOf(local),
         PGBRANCH_ADMIN_TLS: 'true',
       });
@@ -236,7 +217,7 @@ describe('with tls.cert, the admin API and metrics on loopback', () => {
   });
 
   it('refuses admin.tls without a certificate as a bad setting', async () => {
-    const run = await cli(['--admin-tls', 'true', '--port', '0'], {});
+    const run = await runCli(['--admin-tls', 'true', '--port', '0'], {});
     expect(run.code).toBe(2);
     expect(run.stderr).toContain('admin.tls (from --admin-tls) needs tls.cert and tls.key');
   });

@@ -112,6 +112,19 @@ interface NameParams {
   name: string;
 }
 
+/** The WWW-Authenticate header of a 401. */
+export const BEARER_CHALLENGE = 'Bearer realm="pgbranch"';
+
+/** The 401's body: no token, or the wrong one. */
+export function unauthorized(authorization: string | undefined) {
+  return errorBody(
+    '28000',
+    authorization ? 'the admin token is wrong' : 'an admin token is required',
+    undefined,
+    'Send Authorization: Bearer <admin.token>; the CLI reads it from PGBRANCH_ADMIN_TOKEN.',
+  );
+}
+
 /** The admin API can reset and delete every branch: off loopback, only with a token. */
 export function checkAdminExposure(host: string, token: string | undefined): void {
   if (token === undefined && !isLoopback(host)) {
@@ -171,15 +184,8 @@ export async function serveAdminApi(options: AdminApiOptions): Promise<AdminApi>
     if (request.routeOptions.config.public || authorized(request.headers.authorization)) return;
     await reply
       .code(401)
-      .header('www-authenticate', 'Bearer realm="pgbranch"')
-      .send(
-        errorBody(
-          '28000',
-          request.headers.authorization ? 'the admin token is wrong' : 'an admin token is required',
-          undefined,
-          'Send Authorization: Bearer <admin.token>; the CLI reads it from PGBRANCH_ADMIN_TOKEN.',
-        ),
-      );
+      .header('www-authenticate', BEARER_CHALLENGE)
+      .send(unauthorized(request.headers.authorization));
   });
   app.setErrorHandler(async (error, request, reply) => {
     const { status, body } = errorReply(error);

@@ -9,7 +9,7 @@ import { createServer, type HttpsCertificate } from '../https.js';
 import type { StandbyMaking } from '../source/making.js';
 import { bearerCheck } from './auth.js';
 import { errorBody } from './error-status.js';
-import { adminListenProblem, checkAdminExposure } from './http.js';
+import { adminListenProblem, BEARER_CHALLENGE, checkAdminExposure, unauthorized } from './http.js';
 
 export interface MakingAdminOptions {
   host: string;
@@ -36,7 +36,7 @@ export async function serveAdminWhileMaking(options: MakingAdminOptions): Promis
     response.writeHead(status, {
       'content-type': 'application/json; charset=utf-8',
       'content-length': Buffer.byteLength(text),
-      ...(status === 401 ? { 'www-authenticate': 'Bearer realm="pgbranch"' } : {}),
+      ...(status === 401 ? { 'www-authenticate': BEARER_CHALLENGE } : {}),
       // Polled for progress: never a stale answer.
       'cache-control': 'no-store',
     });
@@ -50,16 +50,7 @@ export async function serveAdminWhileMaking(options: MakingAdminOptions): Promis
       return send(response, 503, { status: 'not ready', reason: refusal.message });
     }
     if (!authorized(request.headers.authorization)) {
-      return send(
-        response,
-        401,
-        errorBody(
-          '28000',
-          request.headers.authorization ? 'the admin token is wrong' : 'an admin token is required',
-          undefined,
-          'Send Authorization: Bearer <admin.token>; the CLI reads it from PGBRANCH_ADMIN_TOKEN.',
-        ),
-      );
+      return send(response, 401, unauthorized(request.headers.authorization));
     }
     if (route === 'GET /v1/source') return send(response, 200, making.status());
     send(response, 503, errorBody(refusal.code, refusal.message, undefined, refusal.hint));

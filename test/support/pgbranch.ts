@@ -1,6 +1,6 @@
 // Starts a real pgbranch process (the CLI, as a user would) on a free port with its own data
 // directory, and stops it and removes what it made afterwards.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -224,4 +224,26 @@ export async function bannerWritten(stderr: () => string, timeoutMs = 5_000): Pr
     if (Date.now() > deadline) throw new Error(`ready, but no banner on stderr:\n${stderr()}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+/** What a run of the CLI printed, and its exit code (null when a signal ended it). */
+export interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** The CLI as a user runs it (`npx pgbranch ...`), with `env` saying where pgbranch is. */
+export function runCli(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [PGBRANCH_BIN, ...args],
+      { cwd: ROOT, env: { ...process.env, ...env }, timeout: 120_000 },
+      (error, stdout, stderr) => {
+        const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
 }

@@ -176,7 +176,7 @@ export class Spares {
     return this.spares.get(spare.source.key)?.includes(spare) ?? false;
   }
 
-  private ready(key: string): Spare | undefined {
+  private readyOf(key: string): Spare | undefined {
     return this.spares.get(key)?.find((spare) => spare.state === 'ready');
   }
 
@@ -187,7 +187,7 @@ export class Spares {
    */
   async take(source: SpareSource): Promise<TakenSpare | undefined> {
     const asked = Date.now();
-    let spare = this.ready(source.key);
+    let spare = this.readyOf(source.key);
     const making = this.spares.get(source.key)?.find((s) => s.state === 'making');
     if (!spare && making && source.upstream) {
       // A standby's copy recovers from its last restartpoint, as far back as the upstream's
@@ -195,7 +195,7 @@ export class Spares {
       // it is never slower than a copy made now (and the machine does that work once, not twice).
       await making.made;
       // Taken by another branch meanwhile, or failed: this one is copied.
-      spare = this.ready(source.key);
+      spare = this.readyOf(source.key);
     }
     if (!spare) return undefined;
     // Nobody else takes it from here on.
