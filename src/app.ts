@@ -6,7 +6,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { passwordCensus, PasswordlessHint, passwordWarning } from './auth/passwordless.js';
 import { LoginFailures } from './auth/failures.js';
-import { CatalogRoleSource, type RoleSource } from './auth/roles.js';
+import { CatalogRoleSource, type RoleSecret, type RoleSource } from './auth/roles.js';
 import { DatabaseProvider } from './branch/database-provider.js';
 import { Cloner } from './branch/cloner.js';
 import { BranchManager, type BranchResolver } from './branch/manager.js';
@@ -653,7 +653,11 @@ export async function startPgbranch(
     tls: serverTls,
     loginTimeoutMs: config.auth_timeout,
     loginFailures: new LoginFailures(() => maxLoginFailures, log),
-    roles: waitingFor(upstreamRunning, new CatalogRoleSource(admin)),
+    roles: waitingFor(
+      upstreamRunning,
+      new CatalogRoleSource(admin),
+      () => sourceHealth?.swapping ?? false,
+    ),
     loginHint: config.auth === 'trust' ? undefined : () => passwordlessHint.hint(),
     branches,
     pools,
@@ -975,15 +979,37 @@ function tlsOf(config: Config): ServerTls | undefined {
   return cert && key ? loadServerTls({ cert, key, mode }) : undefined;
 }
 
-/** Role lookups that wait for the server first (the embedded one may be restarting). */
-function waitingFor(running: () => Promise<void>, roles: RoleSource): RoleSource {
+/**
+ * Role lookups that wait for the server first (the embedded one may be restarting). While a
+ * source's standby is swapped for a new one (`pgbranch source resync`), a role that logged in
+ * before is answered from what the catalog said then, so logins to branches, which run on servers
+ * of their own, go on; the swap may outlast pool.connect_timeout on a loaded host. A role first
+ * seen meanwhile waits for the new standby as before.
+ */
+function waitingFor(
+  running: () => Promise<void>,
+  roles: RoleSource,
+  swapping: () => boolean,
+): RoleSource {
+  const known = new Map<string, RoleSecret>();
   return {
     lookup: async (user) => {
+      const before = swapping() ? known.get(user) : undefined;
+      if (before) return before;
       await running();
-      return roles.lookup(user);
+      const secret = await roles.lookup(user);
+      if (!secret) known.delete(user);
+      else {
+        if (known.size >= MAX_REMEMBERED_ROLES && !known.has(user)) known.clear();
+        known.set(user, secret);
+      }
+      return secret;
     },
   };
 }
+
+/** Roles whose secrets are kept for logins during a standby's swap: beyond, forget and refill. */
+const MAX_REMEMBERED_ROLES = 10_000;
 
 function roleSet(list: string): Set<string> {
   return new Set(commaList(list));

@@ -142,6 +142,11 @@ export class SourceHealth implements SourceControl {
     return this.status();
   }
 
+  /** A resync is swapping the standby for the new one: it takes no connections meanwhile. */
+  get swapping(): boolean {
+    return this.swapped !== undefined;
+  }
+
   /**
    * Resolves when the standby takes connections: at once, or when the swap under way ends. A
    * swap longer than `timeoutMs` is refused with 57P03.
