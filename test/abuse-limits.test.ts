@@ -3,6 +3,7 @@
 // while logging in. Real pgbranch processes, real clients: node-postgres (from other loopback
 // addresses, 127.0.0.2 and up, to count as other clients), psql through the Unix socket, and a
 // raw wire client for what no driver sends.
+import fs from 'node:fs';
 import net from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -68,6 +69,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all([proxy?.stop(), quotas?.stop(), instances?.stop()]);
+  fs.rmSync(socketDir, { recursive: true, force: true });
 });
 
 /** alice and bob, who may create databases (and so branches), and what else `sql` makes. */

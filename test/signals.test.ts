@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
-import { afterAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished, vi } from 'vitest';
 import { connect, connectError, queryOnce } from './support/clients.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 
@@ -98,7 +98,9 @@ describe('SIGTERM', () => {
 
 describe('SIGHUP', () => {
   it('applies a changed setting from the configuration file, as RELOAD does, and a bad file changes nothing', async () => {
-    const file = path.join(tempDir('sighup'), 'pgbranch.yaml');
+    const dir = tempDir('sighup');
+    onTestFinished(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'pgbranch.yaml');
     fs.writeFileSync(file, 'pool:\n  mode: session\n');
     const proxy = await start({ args: ['--config', file] });
 

@@ -149,7 +149,12 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
   const exited = new Promise<number | null>((resolve) =>
     child.once('exit', (code) => resolve(code)),
   );
-  const ready = await new Promise<ReadyEvent>((resolve, reject) => {
+  const removeDataDir = () => {
+    if (!options.dataDir && !options.keepDataDir) {
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
+  };
+  const starting = new Promise<ReadyEvent>((resolve, reject) => {
     const timer = setTimeout(
       () => reject(new Error(`pgbranch did not become ready:\n${stderr}`)),
       options.timeoutMs ?? 60_000,
@@ -171,6 +176,15 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
       clearTimeout(timer);
       reject(new Error(`pgbranch exited with ${code} before it was ready:\n${stderr}`));
     });
+  });
+  // A start refused (what some tests check) leaves no data directory of this file's making.
+  const ready = await starting.catch(async (error: unknown) => {
+    if (child.exitCode === null) child.kill('SIGINT');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    await exited;
+    clearTimeout(timer);
+    removeDataDir();
+    throw error;
   });
   await bannerWritten(() => stderr);
   let stopped: Promise<number | null> | undefined;
@@ -202,9 +216,7 @@ export async function startPgbranch(options: StartOptions = {}): Promise<Pgbranc
         const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
         const code = await exited;
         clearTimeout(timer);
-        if (!options.dataDir && !options.keepDataDir) {
-          fs.rmSync(dataDir, { recursive: true, force: true });
-        }
+        removeDataDir();
         return code;
       })()),
   };
