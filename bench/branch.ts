@@ -40,8 +40,8 @@ import {
 } from './support/report.js';
 
 const HELP = `usage: npm run bench:branch -- [--provider both] [--parts creation,live,resume,memory]
-         [--sizes 100,1000] [--live-sizes 1] [--repeat 5] [--clients 4] [--branches 100]
-         [--max-running 10]
+         [--sizes 100,1000] [--live-sizes 1] [--repeat 5] [--clients 4] [--rate 0]
+         [--branches 100] [--max-running 10]
 
   --provider     database, instance or both (default both): creation needs database; resume and
                  memory need instance; live measures the providers given side by side
@@ -59,6 +59,9 @@ const HELP = `usage: npm run bench:branch -- [--provider both] [--parts creation
                  memory run on the smallest
   --repeat       repetitions per cell, each on a new branch (default 5)
   --clients      live: pgbench clients writing to the parent (default 4)
+  --rate         live: the transactions per second pgbench holds to (pgbench -R); 0, the
+                 default, writes as fast as the machine lets it, which on a small machine leaves
+                 nothing for a branch's creation but what it takes from the parent
   --branches     memory: branches made in a row (default 100)
   --max-running  memory: branch.max_running meanwhile (default 10)
 
@@ -85,6 +88,7 @@ interface Options {
   liveSizes: number[];
   repeat: number;
   clients: number;
+  rate: number;
   branches: number;
   maxRunning: number;
 }
@@ -130,6 +134,7 @@ function parseOptions(argv: string[]): Options | undefined {
       'live-sizes': { type: 'string', default: '1' },
       repeat: { type: 'string', default: '5' },
       clients: { type: 'string', default: '4' },
+      rate: { type: 'string', default: '0' },
       branches: { type: 'string', default: '100' },
       'max-running': { type: 'string', default: '10' },
       help: { type: 'boolean', short: 'h', default: false },
@@ -181,6 +186,7 @@ function parseOptions(argv: string[]): Options | undefined {
     liveSizes: [...new Set(liveSizes)].sort((a, b) => a - b),
     repeat: count('repeat', values.repeat),
     clients: count('clients', values.clients),
+    rate: values.rate === '0' ? 0 : count('rate', values.rate),
     branches: count('branches', values.branches),
     maxRunning: count('max-running', values['max-running']),
   };
@@ -255,6 +261,7 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
           parts: i === 0 ? liveParts : { ...liveParts, resume: false, memory: false },
           repeat: options.repeat,
           clients: options.clients,
+          rate: options.rate,
           branches: options.branches,
           maxRunning: options.maxRunning,
           cleanup,
@@ -369,6 +376,7 @@ function report(results: Results, command: string): string {
         load: results.load,
         repeat: results.options.repeat,
         clients: results.options.clients,
+        rate: results.options.rate,
         command,
       }),
     );

@@ -21,18 +21,22 @@ import { runBenchmark } from './support/main.js';
 import { generatePgbenchCluster } from './support/pgbench-cluster.js';
 import { bytes, cell, duration, markdownTable, progress, summarize } from './support/report.js';
 import {
+  meanLatency,
   meanTps,
   secondsOverlapping,
   startWriteLoad,
-  steadySeconds,
+  steadyLoadSeconds,
   type LoadSecond,
 } from './support/write-load.js';
 
-const HELP = `usage: npm run bench:source-branch -- [--gb 1] [--branches 5] [--clients 4]
+const HELP = `usage: npm run bench:source-branch -- [--gb 1] [--branches 5] [--clients 4] [--rate 0]
 
   --gb        size of the source's data (pgbench's tables), in GB (default 1)
   --branches  branches made under the load, one every --gap seconds (default 5)
   --clients   pgbench clients writing to the source (default 4)
+  --rate      transactions per second pgbench holds to (pgbench -R; default 0: as fast as it
+              can, which on a small machine leaves a creation nothing but what it takes from
+              the source); the report then adds pgbench's latency away from and during creations
   --gap       seconds between two branches (default 10)
   --warm-standbys  source.warm_standbys: warm standbys kept ready (default 1); the first branch
               is asked for once that many are
@@ -42,6 +46,7 @@ interface Options {
   gb: number;
   branches: number;
   clients: number;
+  rate: number;
   gapMs: number;
   warmStandbys: number;
 }
@@ -62,6 +67,8 @@ interface Results {
   creations: Creation[];
   steadyTps: number[];
   duringTps: number[];
+  /** pgbench's mean latency (ms) away from creations and during them. */
+  latency: { steady: number; during: number };
   load: [number, number];
 }
 
@@ -124,6 +131,7 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
   const load = startWriteLoad({
     target: { ...server, database: 'app' },
     clients: options.clients,
+    rate: options.rate,
     cleanup,
   });
   await sleep(WARM_UP_MS);
@@ -171,13 +179,15 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
   const during: LoadSecond[] = creations.flatMap((c) =>
     secondsOverlapping(load, c.at, c.end + AFTER_MS),
   );
+  const steady = steadyLoadSeconds(load, busy, WARM_UP_MS);
   return {
     options,
     databaseBytes: generated.databaseBytes,
     baseBackupMs,
     creations,
-    steadyTps: steadySeconds(load, busy, WARM_UP_MS),
+    steadyTps: steady.map((s) => s.tps),
     duringTps: [meanTps(during)],
+    latency: { steady: meanLatency(steady), during: meanLatency(during) },
     load: [loadAtStart, os.loadavg()[0]!],
   };
 }
@@ -190,7 +200,7 @@ function report(results: Results, command: string): string {
   return [
     `# ${command}`,
     '',
-    `Source: PostgreSQL 18, ${bytes(results.databaseBytes)} of pgbench tables, pgbench -c ${results.options.clients} writing to it all along; a branch every ${results.options.gapMs / 1000} s; source.warm_standbys ${results.options.warmStandbys}; pgbranch's data directory on a reflink XFS. Load average ${results.load[0].toFixed(1)} at the start, ${results.load[1].toFixed(1)} at the end.`,
+    `Source: PostgreSQL 18, ${bytes(results.databaseBytes)} of pgbench tables, pgbench -c ${results.options.clients}${results.options.rate > 0 ? ` -R ${results.options.rate}` : ''} writing to it all along; a branch every ${results.options.gapMs / 1000} s; source.warm_standbys ${results.options.warmStandbys}; pgbranch's data directory on a reflink XFS. Load average ${results.load[0].toFixed(1)} at the start, ${results.load[1].toFixed(1)} at the end.`,
     `Base backup (first start of pgbranch --source, to ready): ${duration(results.baseBackupMs)}.`,
     '',
     markdownTable(['branch', 'connect to first row', 'made from', 'load average'], rows),
@@ -205,6 +215,10 @@ function report(results: Results, command: string): string {
         ['source tps away from creations (median of seconds)', steady.median.toFixed(0)],
         ['source tps during creations (mean)', duringTps[0]!.toFixed(0)],
         ['source tps during creations vs away', `${change >= 0 ? '+' : ''}${change.toFixed(1)}%`],
+        [
+          "pgbench's mean latency away from creations → during them",
+          `${results.latency.steady.toFixed(1)} ms → ${results.latency.during.toFixed(1)} ms`,
+        ],
       ],
     ),
     '',
@@ -218,6 +232,7 @@ function parseOptions(argv: string[]): Options | undefined {
       gb: { type: 'string', default: '1' },
       branches: { type: 'string', default: '5' },
       clients: { type: 'string', default: '4' },
+      rate: { type: 'string', default: '0' },
       gap: { type: 'string', default: '10' },
       'warm-standbys': { type: 'string', default: '1' },
       help: { type: 'boolean', default: false },
@@ -233,6 +248,7 @@ function parseOptions(argv: string[]): Options | undefined {
     gb: number('gb', values.gb, 0.01),
     branches: Math.round(number('branches', values.branches, 1)),
     clients: Math.round(number('clients', values.clients, 1)),
+    rate: Math.round(number('rate', values.rate, 0)),
     gapMs: number('gap', values.gap, 1) * 1000,
     warmStandbys: Math.round(number('warm-standbys', values['warm-standbys'], 1)),
   };

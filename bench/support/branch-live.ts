@@ -28,6 +28,7 @@ import type { Cleanup } from './cleanup.js';
 import { connectToFirstRow } from './first-row.js';
 import { bytes, duration, progress } from './report.js';
 import {
+  meanLatency,
   meanTps,
   secondsOverlapping,
   startWriteLoad,
@@ -70,6 +71,8 @@ export interface LiveCreation {
    * backup API (then branch_created's copyMs and ms, and instance_started's ms).
    */
   from?: 'warm_spare' | 'copy';
+  /** Instance: how long past GAP_MS the bench waited for the root's next warm standby to be ready. */
+  spareWaitMs?: number;
   /** Instance from a warm standby: the wait for it to replay the parent's position, and the promotion. */
   promoteMs?: number;
   copyMs?: number;
@@ -96,6 +99,9 @@ export interface LiveCreation {
   tpsLowest?: number;
   /** The parent's tps over the AFTER_MS after the first row. */
   tpsAfter?: number;
+  /** pgbench's mean latency (ms) over the same seconds as tpsBefore and tpsDuring. */
+  latencyBefore?: number;
+  latencyDuring?: number;
 }
 
 export interface CheckpointWork {
@@ -149,10 +155,13 @@ function loadTarget(proxy: PgbranchProcess): LoadTarget {
 function analyse(load: WriteLoad, creations: LiveCreation[], busy: [number, number][]) {
   for (const c of creations) {
     const start = c.stoppedAt ?? c.window[0];
-    c.tpsBefore = meanTps(secondsOverlapping(load, start - BEFORE_MS, start));
+    const before = secondsOverlapping(load, start - BEFORE_MS, start);
+    c.tpsBefore = meanTps(before);
+    c.latencyBefore = meanLatency(before);
     const during = secondsOverlapping(load, c.window[0], c.window[1]);
     if (c.pausedMs === undefined && during.length > 0) {
       c.tpsDuring = meanTps(during);
+      c.latencyDuring = meanLatency(during);
       c.tpsLowest = Math.min(...during.map((s) => s.tps));
     }
     c.tpsAfter = meanTps(secondsOverlapping(load, c.window[1], c.window[1] + AFTER_MS));
@@ -210,6 +219,17 @@ async function event(
   }
 }
 
+/** Waits until the root's warm standby has been ready `count` times (the first at the start). */
+async function readySpares(proxy: PgbranchProcess, count: number, timeoutMs = 300_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (proxy.events('spare_ready').filter((e) => e.parent === null).length < count) {
+    if (Date.now() > deadline) {
+      throw new Error(`the root's warm standby was not ready a ${count}. time in ${timeoutMs} ms`);
+    }
+    await sleep(50);
+  }
+}
+
 export function instanceDir(proxy: PgbranchProcess, branch: string): string | undefined {
   const dir = path.join(proxy.dataDir, 'instances');
   for (const id of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
@@ -229,17 +249,18 @@ export async function measureLiveInstance(options: {
   proxy: PgbranchProcess;
   repeat: number;
   clients: number;
+  rate: number;
   cleanup: Cleanup;
   label: string;
   /** branch.warm_spare is on (pgbranch's default where instances are clones). */
   warmSpare: boolean;
 }): Promise<LivePhase> {
-  const { proxy, repeat, clients, cleanup, label } = options;
+  const { proxy, repeat, clients, rate, cleanup, label } = options;
   const dataRoot = proxy.dataDir;
   const admin = new pg.Client(directConfig(proxy));
   await admin.connect();
   const closeAdmin = cleanup.add('close the admin connection', () => admin.end());
-  const load = startWriteLoad({ target: loadTarget(proxy), clients, cleanup });
+  const load = startWriteLoad({ target: loadTarget(proxy), clients, rate, cleanup });
   const busy: [number, number][] = [[load.starts[0]!, load.starts[0]! + WARM_UP_MS]];
   const creations: LiveCreation[] = [];
   const anatomy: CopyAnatomy[] = [];
@@ -257,6 +278,11 @@ export async function measureLiveInstance(options: {
     }
     for (let i = 1; i <= repeat; i++) {
       await sleep(GAP_MS);
+      // Each branch is asked for once the root's next warm standby is ready, as a branch made now
+      // and then finds it: branches in quicker succession than the standby is made are copied.
+      const readyFrom = Date.now();
+      if (options.warmSpare) await readySpares(proxy, i);
+      const spareWaitMs = Date.now() - readyFrom;
       const branch = `${options.warmSpare ? 'live' : 'copied'}-${i}`;
       const stats = await checkpointer(admin);
       const before = freeBytes(dataRoot);
@@ -283,6 +309,7 @@ export async function measureLiveInstance(options: {
         freed,
         unshared,
         from: fromSpare ? 'warm_spare' : 'copy',
+        spareWaitMs,
         promoteMs: fromSpare ? Number(created.promoteMs) : 0,
         copyMs: fromSpare ? 0 : Number(created.copyMs),
         createMs: Number(created.ms),
@@ -295,7 +322,7 @@ export async function measureLiveInstance(options: {
       creations.push(creation);
       const tps = secondsOverlapping(load, t0 - 1000, t0).at(-1)?.tps;
       progress(
-        `${label} instance, ${branch} (${i} of ${repeat}): connect → first row ${duration(ms)} (${fromSpare ? `from the warm standby: catch-up and promotion ${duration(creation.promoteMs!)}; ` : ''}copy ${duration(creation.copyMs!)}${checkpoint ? `, of which the parent's checkpoint ${duration(checkpoint.ms)} for ${checkpoint.buffers} buffers` : ''}, start ${duration(creation.startMs!)}), ${bytes(creation.copiedBytes!)} ${creation.mode}d, free space ${freed >= 0 ? '−' : '+'}${bytes(Math.abs(freed))}, unshared ${unshared === undefined ? '?' : bytes(unshared)}, parent's pgbench_accounts in ${parentExtents ?? '?'} extents; parent ${tps === undefined ? '?' : Math.round(tps)} tps the second before`,
+        `${label} instance, ${branch} (${i} of ${repeat}): connect → first row ${duration(ms)} (${fromSpare ? `from the warm standby${spareWaitMs > 100 ? `, asked for ${duration(spareWaitMs)} later than ${GAP_MS / 1000} s after the last once it was ready` : ''}: catch-up and promotion ${duration(creation.promoteMs!)}; ` : ''}copy ${duration(creation.copyMs!)}${checkpoint ? `, of which the parent's checkpoint ${duration(checkpoint.ms)} for ${checkpoint.buffers} buffers` : ''}, start ${duration(creation.startMs!)}), ${bytes(creation.copiedBytes!)} ${creation.mode}d, free space ${freed >= 0 ? '−' : '+'}${bytes(Math.abs(freed))}, unshared ${unshared === undefined ? '?' : bytes(unshared)}, parent's pgbench_accounts in ${parentExtents ?? '?'} extents; parent ${tps === undefined ? '?' : Math.round(tps)} tps the second before`,
       );
     }
     for (let i = 1; i <= ANATOMY_COPIES; i++) {
@@ -343,15 +370,16 @@ export async function measureLiveDatabase(options: {
   proxy: PgbranchProcess;
   repeat: number;
   clients: number;
+  rate: number;
   cleanup: Cleanup;
   label: string;
 }): Promise<LivePhase> {
-  const { proxy, repeat, clients, cleanup, label } = options;
+  const { proxy, repeat, clients, rate, cleanup, label } = options;
   const dataRoot = proxy.dataDir;
   const admin = new pg.Client(directConfig(proxy));
   await admin.connect();
   const closeAdmin = cleanup.add('close the admin connection', () => admin.end());
-  const load = startWriteLoad({ target: loadTarget(proxy), clients, cleanup });
+  const load = startWriteLoad({ target: loadTarget(proxy), clients, rate, cleanup });
   const busy: [number, number][] = [[load.starts[0]!, load.starts[0]! + WARM_UP_MS]];
   const creations: LiveCreation[] = [];
   let underLoad: LivePhase['underLoad'];

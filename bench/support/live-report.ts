@@ -26,6 +26,24 @@ function tpsCell(values: number[]): string {
   return values.length === 1 ? tps(median) : `${tps(median)} (${tps(min)}–${tps(max)})`;
 }
 
+/** How long past the gap the branches waited for the root's next warm standby. */
+function spareWaits(sizes: LiveSizeResult[]): string {
+  const parts = sizes.flatMap((size) => {
+    const waits = size.instance?.creations.map((c) => c.spareWaitMs ?? 0) ?? [];
+    return waits.length ? [`${size.gb} GB ${cell(waits)} longer`] : [];
+  });
+  return parts.length ? parts.join(', ') : 'none';
+}
+
+/** pgbench's mean latency per creation: median (min–max), in ms. */
+function latencyCell(values: number[]): string {
+  const known = values.filter(Number.isFinite);
+  if (known.length === 0) return 'none';
+  const { median, min, max } = summarize(known);
+  const ms = (n: number) => `${n.toFixed(1)} ms`;
+  return known.length === 1 ? ms(median) : `${ms(median)} (${ms(min)}–${ms(max)})`;
+}
+
 /** bytes() with a true minus sign: free space can grow while a branch is made. */
 function signedBytes(n: number): string {
   return n < 0 ? `−${bytes(-n)}` : bytes(n);
@@ -68,9 +86,10 @@ export function liveReport(options: {
   load: [number, number];
   repeat: number;
   clients: number;
+  rate: number;
   command: string;
 }): string {
-  const { sizes, repeat, clients } = options;
+  const { sizes, repeat, clients, rate } = options;
   const cpus = os.cpus();
   const out: string[] = [];
   const live = sizes.filter((s) => s.instance || s.database);
@@ -99,12 +118,12 @@ export function liveReport(options: {
   out.push(
     `- Load average (1 min) at start ${options.load[0].toFixed(1)}, at end ${options.load[1].toFixed(1)} (other work on the machine adds noise to every column)`,
     `- Each cluster: database ${PARENT} with pgbench's tables (logged), generated once per size; each provider's pgbranch (and the memory run's) starts on a fresh plain copy of it (files unshared, in few extents), synced to disk first`,
-    `- Write load: \`pgbench -c ${clients} -j ${Math.min(2, clients)} -P 1 --progress-timestamp\` (TPC-B-like) on ${PARENT}, straight to the server over TCP (not through pgbranch), ${WARM_UP_MS / 1000} s of warm-up, then ${repeat} branch${repeat === 1 ? '' : 'es'} ${GAP_MS / 1000} s apart`,
+    `- Write load: \`pgbench -c ${clients} -j ${Math.min(2, clients)} -P 1 --progress-timestamp${rate > 0 ? ` -R ${rate}` : ''}\` (TPC-B-like${rate > 0 ? `, held to ${rate} tps: a parent with room to spare, where its latency shows what a creation costs it` : ''}) on ${PARENT}, straight to the server over TCP (not through pgbranch), ${WARM_UP_MS / 1000} s of warm-up, then ${repeat} branch${repeat === 1 ? '' : 'es'} ${GAP_MS / 1000} s apart (with the warm standby: ${GAP_MS / 1000} s after the last, or once the root's next warm standby is ready, whichever is later: ${spareWaits(live)})`,
     `- Command: \`${options.command}\``,
     '',
   );
 
-  if (live.length > 0) out.push(...liveTables(live, clients));
+  if (live.length > 0) out.push(...liveTables(live, clients, rate));
   const resumeSize = sizes.find((s) => s.resume);
   if (resumeSize) out.push(...resumeTable(resumeSize));
   const memorySize = sizes.find((s) => s.memory);
@@ -113,7 +132,7 @@ export function liveReport(options: {
   return `${out.join('\n')}\n`;
 }
 
-function liveTables(sizes: LiveSizeResult[], clients: number): string[] {
+function liveTables(sizes: LiveSizeResult[], clients: number, rate: number): string[] {
   const out: string[] = ['### New branch of a running cluster under write load', ''];
   const rows: string[][] = [];
   const times: string[][] = [];
@@ -138,7 +157,7 @@ function liveTables(sizes: LiveSizeResult[], clients: number): string[] {
         `instance, pgbench writing (${clients} clients); ${how}${spared ? ` (${spared} of ${c.length} from it)` : ''}`,
         cell(c.map((x) => x.ms)),
         tpsCell(steady),
-        `${tpsCell(c.map((x) => x.tpsBefore!).filter(Number.isFinite))} → ${tpsCell(c.map((x) => x.tpsDuring!).filter(Number.isFinite))}${r.length ? `; change ${percent(median(r))} (worst ${percent(Math.min(...r))})` : ''}`,
+        `${tpsCell(c.map((x) => x.tpsBefore!).filter(Number.isFinite))} → ${tpsCell(c.map((x) => x.tpsDuring!).filter(Number.isFinite))}${r.length ? `; change ${percent(median(r))} (worst ${percent(Math.min(...r))})` : ''}${rate > 0 ? `; latency ${latencyCell(c.map((x) => x.latencyBefore!))} → ${latencyCell(c.map((x) => x.latencyDuring!))}` : ''}`,
         tpsCell(c.map((x) => x.tpsLowest!).filter(Number.isFinite)),
         tpsCell(c.map((x) => x.tpsAfter!).filter(Number.isFinite)),
         bytesCell(c.map((x) => x.freed)),

@@ -59,11 +59,12 @@ export async function runLiveSize(options: {
   parts: LiveParts;
   repeat: number;
   clients: number;
+  rate: number;
   branches: number;
   maxRunning: number;
   cleanup: Cleanup;
 }): Promise<LiveSizeResult> {
-  const { dataRoot, gb, password, parts, repeat, clients, cleanup } = options;
+  const { dataRoot, gb, password, parts, repeat, clients, rate, cleanup } = options;
   const label = `${gb} GB:`;
   const dataDir = path.join(dataRoot, `live-${gb}gb`);
   const pgDataDir = path.join(dataDir, 'pg');
@@ -105,10 +106,16 @@ export async function runLiveSize(options: {
     }
   };
 
-  /** The cluster as generated, as a plain copy: every file unshared and in few extents again. */
+  /**
+   * The cluster as generated, as a plain copy: every file unshared and in few extents again. The
+   * last phase's branches go too: sharing blocks with the copy they were made of, they would keep
+   * them all once it is gone (a 10 GB run filled its image that way).
+   */
   const restore = async () => {
     const started = performance.now();
-    fs.rmSync(pgDataDir, { recursive: true, force: true });
+    fs.rmSync(dataDir, { recursive: true, force: true });
+    // The embedded server runs as the postgres user, which must reach its data directory.
+    fs.mkdirSync(dataDir, { mode: 0o755 });
     await run('cp', ['-a', '--reflink=never', generated, pgDataDir]);
     // Written back now, not during the measurements.
     await run('sync', ['-f', pgDataDir]);
@@ -125,7 +132,7 @@ export async function runLiveSize(options: {
     if (parts.database && parts.live) {
       await restore();
       result.database = await withPgbranch('database', [], (proxy) =>
-        measureLiveDatabase({ proxy, repeat, clients, cleanup, label }),
+        measureLiveDatabase({ proxy, repeat, clients, rate, cleanup, label }),
       );
     }
     if (parts.instance && (parts.live || parts.resume)) {
@@ -139,6 +146,7 @@ export async function runLiveSize(options: {
               proxy,
               repeat,
               clients,
+              rate,
               cleanup,
               label,
               warmSpare: true,
@@ -166,6 +174,7 @@ export async function runLiveSize(options: {
             proxy,
             repeat,
             clients,
+            rate,
             cleanup,
             label: `${label} (warm_spare off)`,
             warmSpare: false,

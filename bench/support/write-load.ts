@@ -40,9 +40,11 @@ const PROGRESS = /^progress: ([\d.]+) s, ([\d.]+) tps, lat ([\d.]+) ms/;
 export function startWriteLoad(options: {
   target: LoadTarget;
   clients: number;
+  /** Transactions per second pgbench holds to (-R), or 0 for as fast as it can. */
+  rate?: number | undefined;
   cleanup: Cleanup;
 }): WriteLoad {
-  const { target, clients, cleanup } = options;
+  const { target, clients, rate = 0, cleanup } = options;
   const load: WriteLoad = {
     seconds: [],
     starts: [],
@@ -68,6 +70,7 @@ export function startWriteLoad(options: {
           '-P',
           '1',
           '--progress-timestamp',
+          ...(rate > 0 ? ['-R', String(rate)] : []),
           target.database,
         ],
         {
@@ -125,10 +128,33 @@ export function steadySeconds(
   busy: [number, number][],
   warmUpMs: number,
 ): number[] {
+  return steadyLoadSeconds(load, busy, warmUpMs).map((s) => s.tps);
+}
+
+/** The seconds steadySeconds() takes the tps of. */
+export function steadyLoadSeconds(
+  load: WriteLoad,
+  busy: [number, number][],
+  warmUpMs: number,
+): LoadSecond[] {
   return load.seconds
     .filter((s) => load.starts.every((start) => s.from >= start + warmUpMs || s.to <= start))
-    .filter((s) => busy.every(([from, to]) => s.to <= from || s.from >= to))
-    .map((s) => s.tps);
+    .filter((s) => busy.every(([from, to]) => s.to <= from || s.from >= to));
+}
+
+/**
+ * Mean latency over some seconds, each weighted by its transactions. With -R, pgbench counts a
+ * transaction's latency from its scheduled start, so a server slower for a moment shows here.
+ */
+export function meanLatency(seconds: LoadSecond[]): number {
+  let weighted = 0;
+  let transactions = 0;
+  for (const s of seconds) {
+    const n = (s.tps * (s.to - s.from)) / 1000;
+    weighted += s.latencyMs * n;
+    transactions += n;
+  }
+  return transactions > 0 ? weighted / transactions : 0;
 }
 
 /** Mean tps over some seconds, each weighted by its length. */
