@@ -40,6 +40,9 @@ const HELP = `usage: npm run bench:source-branch -- [--gb 1] [--branches 5] [--c
   --gap       seconds between two branches (default 10)
   --warm-standbys  source.warm_standbys: warm standbys kept ready (default 1); the first branch
               is asked for once that many are
+  --when-ready  each branch is asked for --gap seconds after the last or once a warm standby is
+              ready again, whichever is later (a branch now and then); without, every --gap
+              seconds (a burst, which outruns the making of standbys)
 `;
 
 interface Options {
@@ -49,12 +52,15 @@ interface Options {
   rate: number;
   gapMs: number;
   warmStandbys: number;
+  whenReady: boolean;
 }
 
 interface Creation {
   branch: string;
   ms: number;
   from: 'warm standby' | 'copy';
+  /** --when-ready: how long past the gap it waited for a warm standby. */
+  readyWaitMs: number;
   at: number;
   end: number;
   load: number;
@@ -140,6 +146,12 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
   const creations: Creation[] = [];
   for (let round = 1; round <= options.branches; round++) {
     await sleep(options.gapMs);
+    const readyFrom = Date.now();
+    // The n-th branch takes the n-th standby that became ready (the first ones before the loop).
+    const wanted = round + options.warmStandbys - 1;
+    const ready = () => proxy.events('spare_ready').filter((e) => e.parent === null).length;
+    while (options.whenReady && ready() < wanted) await sleep(50);
+    const readyWaitMs = Date.now() - readyFrom;
     const branch = `bench-${round}-${randomBytes(3).toString('hex')}`;
     await marker.query('INSERT INTO marker VALUES ($1)', [round]);
     const at = Date.now();
@@ -165,6 +177,7 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
       branch,
       ms,
       from: event?.from === 'warm_spare' ? 'warm standby' : 'copy',
+      readyWaitMs,
       at,
       end,
       load: os.loadavg()[0]!,
@@ -196,14 +209,29 @@ function report(results: Results, command: string): string {
   const { creations, steadyTps, duringTps } = results;
   const steady = summarize(steadyTps);
   const change = steady.median > 0 ? (duringTps[0]! / steady.median - 1) * 100 : 0;
-  const rows = creations.map((c) => [c.branch, duration(c.ms), c.from, c.load.toFixed(1)]);
+  const rows = creations.map((c) => [
+    c.branch,
+    duration(c.ms),
+    c.from,
+    results.options.whenReady ? duration(c.readyWaitMs) : '—',
+    c.load.toFixed(1),
+  ]);
   return [
     `# ${command}`,
     '',
-    `Source: PostgreSQL 18, ${bytes(results.databaseBytes)} of pgbench tables, pgbench -c ${results.options.clients}${results.options.rate > 0 ? ` -R ${results.options.rate}` : ''} writing to it all along; a branch every ${results.options.gapMs / 1000} s; source.warm_standbys ${results.options.warmStandbys}; pgbranch's data directory on a reflink XFS. Load average ${results.load[0].toFixed(1)} at the start, ${results.load[1].toFixed(1)} at the end.`,
+    `Source: PostgreSQL 18, ${bytes(results.databaseBytes)} of pgbench tables, pgbench -c ${results.options.clients}${results.options.rate > 0 ? ` -R ${results.options.rate}` : ''} writing to it all along; a branch every ${results.options.gapMs / 1000} s${results.options.whenReady ? ' or once a warm standby was ready again, whichever was later' : ''}; source.warm_standbys ${results.options.warmStandbys}; pgbranch's data directory on a reflink XFS. Load average ${results.load[0].toFixed(1)} at the start, ${results.load[1].toFixed(1)} at the end.`,
     `Base backup (first start of pgbranch --source, to ready): ${duration(results.baseBackupMs)}.`,
     '',
-    markdownTable(['branch', 'connect to first row', 'made from', 'load average'], rows),
+    markdownTable(
+      [
+        'branch',
+        'connect to first row',
+        'made from',
+        'asked for later, waiting for a standby',
+        'load average',
+      ],
+      rows,
+    ),
     '',
     markdownTable(
       ['', 'value'],
@@ -235,6 +263,7 @@ function parseOptions(argv: string[]): Options | undefined {
       rate: { type: 'string', default: '0' },
       gap: { type: 'string', default: '10' },
       'warm-standbys': { type: 'string', default: '1' },
+      'when-ready': { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
   });
@@ -251,6 +280,7 @@ function parseOptions(argv: string[]): Options | undefined {
     rate: Math.round(number('rate', values.rate, 0)),
     gapMs: number('gap', values.gap, 1) * 1000,
     warmStandbys: Math.round(number('warm-standbys', values['warm-standbys'], 1)),
+    whenReady: values['when-ready'],
   };
 }
 
