@@ -26,12 +26,13 @@ import {
 import { directConfig } from './branch-runs.js';
 import type { Cleanup } from './cleanup.js';
 import { connectToFirstRow } from './first-row.js';
-import { bytes, duration, progress } from './report.js';
+import { bytes, duration, progress, summarize } from './report.js';
 import {
   meanLatency,
   meanTps,
   secondsOverlapping,
   startWriteLoad,
+  steadyLoadSeconds,
   steadySeconds,
   type LoadTarget,
   type WriteLoad,
@@ -127,6 +128,11 @@ export interface LivePhase {
   anatomy?: CopyAnatomy[];
   /** Per-second tps of the parent away from creations. */
   steady: number[];
+  /**
+   * Instance with the warm standby: those steady seconds split by whether the root's next warm
+   * standby was being made in them (spare_making to spare_ready).
+   */
+  steadyByMaking?: { making: number[]; otherwise: number[] };
   /** Lines of pgbench that said a client failed. */
   loadErrors: string[];
   /** Database: the attempt made under load. */
@@ -217,6 +223,33 @@ async function event(
     if (Date.now() > deadline) throw new Error(`pgbranch logged no ${name} in ${timeoutMs} ms`);
     await sleep(20);
   }
+}
+
+/** The parent's steady seconds, split by whether the root's next warm standby was being made. */
+function splitByMaking(
+  proxy: PgbranchProcess,
+  load: WriteLoad,
+  busy: [number, number][],
+): { making: number[]; otherwise: number[] } {
+  const root = (e: Record<string, unknown>) => e.parent === null;
+  const readyAt = proxy
+    .events('spare_ready')
+    .filter(root)
+    .map((e) => Number(e.time));
+  const windows = proxy
+    .events('spare_making')
+    .filter(root)
+    .map((e): [number, number] => {
+      const from = Number(e.time);
+      return [from, readyAt.find((t) => t >= from) ?? Infinity];
+    });
+  const making: number[] = [];
+  const otherwise: number[] = [];
+  for (const second of steadyLoadSeconds(load, busy, RESTART_WARM_UP_MS)) {
+    const during = windows.some(([from, to]) => second.to > from && second.from < to);
+    (during ? making : otherwise).push(second.tps);
+  }
+  return { making, otherwise };
 }
 
 /** Waits until the root's warm standby has been ready `count` times (the first at the start). */
@@ -363,7 +396,25 @@ export async function measureLiveInstance(options: {
     await closeAdmin();
   }
   const steady = analyse(load, creations, busy);
-  return { provider: 'instance', creations, anatomy, steady, loadErrors: load.errors };
+  const steadyByMaking = options.warmSpare ? splitByMaking(proxy, load, busy) : undefined;
+  if (steadyByMaking) {
+    const { making, otherwise } = steadyByMaking;
+    const describe = (tps: number[]) =>
+      tps.length
+        ? `median ${Math.round(summarize(tps).median)}, lowest ${Math.round(summarize(tps).min)} (${tps.length} s)`
+        : 'none';
+    progress(
+      `${label} instance: parent's steady tps while the next warm standby was being made ${describe(making)}; otherwise ${describe(otherwise)}`,
+    );
+  }
+  return {
+    provider: 'instance',
+    creations,
+    anatomy,
+    steady,
+    steadyByMaking,
+    loadErrors: load.errors,
+  };
 }
 
 export async function measureLiveDatabase(options: {

@@ -215,6 +215,21 @@ function liveTables(sizes: LiveSizeResult[], clients: number, rate: number): str
     ),
     '',
   );
+  const byMaking = sizes.flatMap((size) => {
+    const split = size.instance?.steadyByMaking;
+    if (!split) return [];
+    const line = (seconds: number[]) =>
+      seconds.length ? `${tpsCell(seconds)} tps, lowest ${tps(Math.min(...seconds))}` : 'none';
+    return [
+      `${size.gb} GB: ${line(split.making)} while the next one was being made, ${line(split.otherwise)} otherwise`,
+    ];
+  });
+  if (byMaking.length > 0) {
+    out.push(
+      `The parent's steady seconds with the warm standby, by whether the root's next warm standby was being made in them (spare_making to spare_ready): ${byMaking.join('; ')}.`,
+      '',
+    );
+  }
   const underLoad = sizes.map((s) => s.database?.underLoad).find((u) => u);
   out.push(
     `Connect → first row: a new node-postgres client connects to \`${PARENT}@<branch>\` through pgbranch (SCRAM), the branch is made on that connect, and the clock stops at the first row of \`${FIRST_ROW_SQL}\`. Median (min–max). Parent's tps: pgbench's per-second progress. Steady: median (min–max) of the seconds that overlap no creation, none of the ${AFTER_MS / 1000} s after one, and no warm-up. Before → during: per creation, the mean of the ${BEFORE_MS / 1000} s before the connect (database provider: before pgbench was stopped) and the mean of the seconds that overlap the creation, medians (min–max) over the creations; change is the median of the per-creation changes, which compares each creation with its own neighbourhood (the machine's other load drifts). A creation shorter than a second is diluted by the rest of its seconds; the lowest second shows the dip.`,
