@@ -132,7 +132,7 @@ export interface LivePhase {
    * Instance with the warm standby: those steady seconds split by whether the root's next warm
    * standby was being made in them (spare_making to spare_ready).
    */
-  steadyByMaking?: { making: number[]; otherwise: number[] };
+  steadyByMaking?: SteadyByMaking;
   /** Lines of pgbench that said a client failed. */
   loadErrors: string[];
   /** Database: the attempt made under load. */
@@ -225,31 +225,45 @@ async function event(
   }
 }
 
-/** The parent's steady seconds, split by whether the root's next warm standby was being made. */
+/** The parent's steady tps, by what the root's next warm standby was doing in each second. */
+export interface SteadyByMaking {
+  /** Its copy of the running parent (reflink clones of every file). */
+  copying: number[];
+  /** Its start, recovery and catch-up, once copied. */
+  recovering: number[];
+  /** No standby being made. */
+  otherwise: number[];
+}
+
+/** The parent's steady seconds, split by what the root's next warm standby was doing. */
 function splitByMaking(
   proxy: PgbranchProcess,
   load: WriteLoad,
   busy: [number, number][],
-): { making: number[]; otherwise: number[] } {
+): SteadyByMaking {
   const root = (e: Record<string, unknown>) => e.parent === null;
-  const readyAt = proxy
-    .events('spare_ready')
-    .filter(root)
-    .map((e) => Number(e.time));
+  const ready = proxy.events('spare_ready').filter(root);
   const windows = proxy
     .events('spare_making')
     .filter(root)
-    .map((e): [number, number] => {
+    .map((e) => {
       const from = Number(e.time);
-      return [from, readyAt.find((t) => t >= from) ?? Infinity];
+      const done = ready.find((r) => Number(r.time) >= from);
+      const to = done ? Number(done.time) : Infinity;
+      // Without copyMs (an older pgbranch) the whole making counts as copying.
+      const copied = done?.copyMs === undefined ? to : from + Number(done.copyMs);
+      return { from, copied, to };
     });
-  const making: number[] = [];
-  const otherwise: number[] = [];
+  const split: SteadyByMaking = { copying: [], recovering: [], otherwise: [] };
+  const overlaps = (second: { from: number; to: number }, from: number, to: number) =>
+    second.to > from && second.from < to;
   for (const second of steadyLoadSeconds(load, busy, RESTART_WARM_UP_MS)) {
-    const during = windows.some(([from, to]) => second.to > from && second.from < to);
-    (during ? making : otherwise).push(second.tps);
+    if (windows.some((w) => overlaps(second, w.from, w.copied))) split.copying.push(second.tps);
+    else if (windows.some((w) => overlaps(second, w.copied, w.to))) {
+      split.recovering.push(second.tps);
+    } else split.otherwise.push(second.tps);
   }
-  return { making, otherwise };
+  return split;
 }
 
 /** Waits until the root's warm standby has been ready `count` times (the first at the start). */
@@ -398,13 +412,13 @@ export async function measureLiveInstance(options: {
   const steady = analyse(load, creations, busy);
   const steadyByMaking = options.warmSpare ? splitByMaking(proxy, load, busy) : undefined;
   if (steadyByMaking) {
-    const { making, otherwise } = steadyByMaking;
+    const { copying, recovering, otherwise } = steadyByMaking;
     const describe = (tps: number[]) =>
       tps.length
         ? `median ${Math.round(summarize(tps).median)}, lowest ${Math.round(summarize(tps).min)} (${tps.length} s)`
         : 'none';
     progress(
-      `${label} instance: parent's steady tps while the next warm standby was being made ${describe(making)}; otherwise ${describe(otherwise)}`,
+      `${label} instance: parent's steady tps while the next warm standby was copied ${describe(copying)}, while it recovered and caught up ${describe(recovering)}; otherwise ${describe(otherwise)}`,
     );
   }
   return {

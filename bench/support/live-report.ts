@@ -221,12 +221,12 @@ function liveTables(sizes: LiveSizeResult[], clients: number, rate: number): str
     const line = (seconds: number[]) =>
       seconds.length ? `${tpsCell(seconds)} tps, lowest ${tps(Math.min(...seconds))}` : 'none';
     return [
-      `${size.gb} GB: ${line(split.making)} while the next one was being made, ${line(split.otherwise)} otherwise`,
+      `${size.gb} GB: ${line(split.copying)} while the next one was copied, ${line(split.recovering)} while it recovered and caught up, ${line(split.otherwise)} otherwise`,
     ];
   });
   if (byMaking.length > 0) {
     out.push(
-      `The parent's steady seconds with the warm standby, by whether the root's next warm standby was being made in them (spare_making to spare_ready): ${byMaking.join('; ')}.`,
+      `The parent's steady seconds with the warm standby, by what the root's next warm standby was doing in them (spare_making, then its copyMs, then spare_ready): ${byMaking.join('; ')}.`,
       '',
     );
   }

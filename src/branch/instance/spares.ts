@@ -308,6 +308,7 @@ export class Spares {
       await admin.end().catch(() => undefined);
     }
     const target = path.join(spare.dir, 'pg');
+    const copyFrom = Date.now();
     for (let attempt = 1; ; attempt++) {
       try {
         const copied = await copyCluster({
@@ -323,6 +324,7 @@ export class Spares {
         if (!(error instanceof StandbyCopyRaced) || attempt === COPY_ATTEMPTS) throw error;
       }
     }
+    const copyMs = Date.now() - copyFrom;
     const signal = path.join(target, 'standby.signal');
     fs.writeFileSync(signal, '', { mode: 0o600 });
     if (this.options.owner) fs.chownSync(signal, this.options.owner.uid, this.options.owner.gid);
@@ -334,6 +336,7 @@ export class Spares {
       primary_slot_name: spare.slot,
     });
     if (this.closed || !this.listed(spare)) throw new NoLongerWanted();
+    const startedAt = Date.now();
     await this.catchUpWithSource(spare);
     if (this.closed || !this.listed(spare)) throw new NoLongerWanted();
     spare.watch = await source.connect();
@@ -355,6 +358,9 @@ export class Spares {
         parent: source.key || null,
         mode: spare.mode,
         ms: Date.now() - started,
+        // Its parts, for telling what the making costs the source (bench:branch).
+        copyMs,
+        catchUpMs: Date.now() - startedAt,
       },
       `a warm standby of ${describe(source)} is ready for its next branch (${spare.mode}, ${Date.now() - started} ms)`,
     );
