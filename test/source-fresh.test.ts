@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
-import { connect, queryOnce } from './support/clients.js';
+import { connect, connectWithNotices, queryOnce } from './support/clients.js';
 import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
 import { SUPERUSER_PASSWORD, sourceServer, type SourceServer } from './support/source-server.js';
 import { mountReflinkXfs, type XfsMount } from './support/xfs.js';
@@ -84,12 +84,8 @@ afterAll(async () => {
 const config = (database: string) => proxy!.config(database, 'postgres', SUPERUSER_PASSWORD);
 
 /** Connects to a new branch; resolves with its session and the NOTICEs its creation sent. */
-async function newBranch(database: string): Promise<{ client: pg.Client; notices: string[] }> {
-  const client = new pg.Client(config(database));
-  const notices: string[] = [];
-  client.on('notice', (notice) => notices.push(notice.message ?? ''));
-  await client.connect();
-  return { client, notices };
+function newBranch(database: string): Promise<{ client: pg.Client; notices: string[] }> {
+  return connectWithNotices(config(database));
 }
 
 /** The creation's NOTICE (a copy sends its progress before it). */

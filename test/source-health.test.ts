@@ -9,7 +9,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import type { SourceStatus } from '../src/source/health.js';
-import { connect, psql, queryOnce } from './support/clients.js';
+import { connect, connectWithNotices, psql, queryOnce } from './support/clients.js';
 import {
   runCli,
   startPgbranch,
@@ -293,10 +293,7 @@ describe('a source re-initialised under the standby', () => {
     expect(proxy.events('source_problem')[1]).toMatchObject({ level: 40 });
     // A new branch meanwhile does not wait for a position of another cluster: it is made of what
     // the standby has, and says why.
-    const notices: string[] = [];
-    const client = new pg.Client(url('app@pr-0'));
-    client.on('notice', (notice) => notices.push(notice.message ?? ''));
-    await client.connect();
+    const { client, notices } = await connectWithNotices(url('app@pr-0'));
     await client.end();
     // Made as a copy when no warm standby is ready, which on a loaded host takes long enough for
     // its progress to be told first.

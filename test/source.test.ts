@@ -11,7 +11,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
-import { connect, psql, queryOnce } from './support/clients.js';
+import { connect, connectWithNotices, psql, queryOnce } from './support/clients.js';
 import {
   runCli,
   startPgbranch,
@@ -327,22 +327,13 @@ describe('through pgbranch', () => {
   });
 
   test('with warm spares, a branch is a cascading standby of the standby, promoted', async () => {
-    await proxy!.stop();
-    proxy = await startPgbranch({
-      dataDir,
-      args: ['--source', source.url(), '--branch-warm-spare', 'on'],
-      timeoutMs: 120_000,
-    });
-    await vi.waitFor(() => expect(proxy!.events('spare_ready')).toHaveLength(1), {
-      timeout: 120_000,
-      interval: 100,
-    });
+    await restartWithSpares(1);
     const lsn = await commitOrder(source, ROWS + 4, 'before the branch');
     await replayedOn(() => connect(url('app')), lsn);
     expect(
       await queryOnce(url('app@pr-2'), `SELECT note FROM orders WHERE id = ${ROWS + 4}`),
     ).toEqual([{ note: 'before the branch' }]);
-    expect(proxy.events('branch_created')).toEqual([
+    expect(proxy!.events('branch_created')).toEqual([
       expect.objectContaining({ msg: expect.stringContaining('its warm standby promoted') }),
     ]);
   });
@@ -384,39 +375,38 @@ describe('through pgbranch', () => {
   });
 });
 
+/**
+ * pgbranch again on the same data directory with warm spares on (`count` of them, made one after
+ * the other), once they are all ready.
+ */
+async function restartWithSpares(count: number, args: string[] = []): Promise<void> {
+  await proxy!.stop();
+  proxy = await startPgbranch({
+    dataDir,
+    args: [
+      ...['--source', source.url(), '--branch-warm-spare', 'on'],
+      ...(count > 1 ? ['--source-warm-standbys', String(count)] : []),
+      ...args,
+    ],
+    timeoutMs: 120_000,
+  });
+  await vi.waitFor(() => expect(proxy!.events('spare_ready')).toHaveLength(count), {
+    timeout: 120_000,
+    interval: 100,
+  });
+}
+
 describe('with source.warm_standbys 2', () => {
   test('two branches asked for at once are both warm standbys promoted, neither waits', async () => {
-    await proxy!.stop();
-    proxy = await startPgbranch({
-      dataDir,
-      // A spare that replays slowly on a loaded host waits rather than being made behind: this
-      // is about which standby each branch is, not how fast they replay.
-      args: [
-        '--source',
-        source.url(),
-        '--branch-warm-spare',
-        'on',
-        '--source-warm-standbys',
-        '2',
-        '--source-max-wait',
-        '60s',
-      ],
-      timeoutMs: 120_000,
-    });
-    // Made one after the other.
-    await vi.waitFor(() => expect(proxy!.events('spare_ready')).toHaveLength(2), {
-      timeout: 120_000,
-      interval: 100,
-    });
+    // A spare that replays slowly on a loaded host waits rather than being made behind: this
+    // is about which standby each branch is, not how fast they replay.
+    await restartWithSpares(2, ['--source-max-wait', '60s']);
     const lsn = await commitOrder(source, ROWS + 7, 'before the burst');
     await replayedOn(() => connect(url('app')), lsn);
     const burst = ['ci-1', 'ci-2'];
     const made = await Promise.all(
       burst.map(async (name) => {
-        const client = new pg.Client(url(`app@${name}`));
-        const notices: string[] = [];
-        client.on('notice', (notice) => notices.push(notice.message ?? ''));
-        await client.connect();
+        const { client, notices } = await connectWithNotices(url(`app@${name}`));
         try {
           const { rows } = await client.query(`SELECT note FROM orders WHERE id = ${ROWS + 7}`);
           return { notices, rows };

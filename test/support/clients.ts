@@ -43,6 +43,23 @@ export async function connect(
   return client;
 }
 
+/**
+ * Connects, keeping the NOTICEs the server sends from the start (a new branch's creation says how
+ * it was made in them): the session, and the notices so far and to come.
+ */
+export async function connectWithNotices(
+  url: string | pg.ClientConfig,
+  config: pg.ClientConfig = {},
+): Promise<{ client: pg.Client; notices: string[] }> {
+  const client = new pg.Client(
+    typeof url === 'string' ? { connectionString: url, ...config } : { ...url, ...config },
+  );
+  const notices: string[] = [];
+  client.on('notice', (notice) => notices.push(notice.message ?? ''));
+  await client.connect();
+  return { client, notices };
+}
+
 /** Connects, runs one query, disconnects: the rows. */
 export async function queryOnce<T extends pg.QueryResultRow = pg.QueryResultRow>(
   url: string,
