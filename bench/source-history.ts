@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import pg from 'pg';
 import { parseLsn } from '../src/source/lsn.js';
 import { startPgbranch, tempDir } from '../test/support/pgbranch.js';
 import { SUPERUSER_PASSWORD, sourceServer } from '../test/support/source-server.js';
@@ -21,12 +22,21 @@ import { bytes, cell, duration, markdownTable, progress, summarize } from './sup
 import { meanTps, startWriteLoad } from './support/write-load.js';
 
 const HELP = `usage: npm run bench:source-history -- [--gb 0.5] [--interval 10] [--points 6] [--clients 4]
+         [--rate 0] [--checkpoint-timeout 300]
 
-  --gb        size of the source's data (pgbench's tables), in GB (default 0.5)
-  --interval  seconds between restore points (source.snapshot_interval; default 10)
-  --points    restore points taken under load before the branches are made (default 6); one
-              branch is made at the end of each interval between them
-  --clients   pgbench clients writing on the source meanwhile (default 4)
+  --gb                  size of the source's data (pgbench's tables), in GB (default 0.5)
+  --interval            seconds between restore points (source.snapshot_interval; default 10)
+  --points              restore points taken under load before the branches are made (default 6);
+                        one branch is made at the end of each interval between them
+  --clients             pgbench clients writing on the source meanwhile (default 4)
+  --rate                transactions per second pgbench holds to (pgbench -R); 0, the default,
+                        writes as fast as the machine lets it
+  --checkpoint-timeout  the source's checkpoint_timeout in seconds (default 300, PostgreSQL's;
+                        at least 30): a restore point's recovery starts at the source's last
+                        checkpoint before it, so with --interval 90 and 30 the bench keeps the
+                        proportions of 15-minute points and 5-minute checkpoints
+
+pgbranch's own settings come from the environment as usual (PGBRANCH_BRANCH_INSTANCE_SETTINGS, say).
 `;
 
 interface Options {
@@ -34,6 +44,8 @@ interface Options {
   interval: number;
   points: number;
   clients: number;
+  rate: number;
+  checkpointTimeout: number;
 }
 
 interface Sample {
@@ -45,6 +57,8 @@ interface Sample {
   recoverMs: number;
   /** WAL from the restore point's start to where the recovery stopped. */
   walBytes: number;
+  /** /proc/loadavg's 1-minute figure when it was asked for. */
+  load: number;
 }
 
 interface Results {
@@ -52,6 +66,8 @@ interface Results {
   filesystem: string;
   copyMode: string;
   tps: number;
+  /** The source's WAL per second while the points were taken. */
+  walRate: number;
   samples: Sample[];
 }
 
@@ -63,12 +79,17 @@ function parseOptions(argv: string[]): Options | undefined {
       interval: { type: 'string', default: '10' },
       points: { type: 'string', default: '6' },
       clients: { type: 'string', default: '4' },
+      rate: { type: 'string', default: '0' },
+      'checkpoint-timeout': { type: 'string', default: '300' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
   });
   if (values.help) return undefined;
-  const number = (name: 'gb' | 'interval' | 'points' | 'clients', min: number) => {
+  const number = (
+    name: 'gb' | 'interval' | 'points' | 'clients' | 'rate' | 'checkpoint-timeout',
+    min: number,
+  ) => {
     const value = Number(values[name]);
     if (!(value >= min))
       throw new Error(`--${name} "${values[name]}": write a number of at least ${min}`);
@@ -79,6 +100,8 @@ function parseOptions(argv: string[]): Options | undefined {
     interval: number('interval', 2),
     points: Math.floor(number('points', 2)),
     clients: Math.floor(number('clients', 1)),
+    rate: Math.floor(number('rate', 0)),
+    checkpointTimeout: Math.floor(number('checkpoint-timeout', 30)),
   };
 }
 
@@ -97,7 +120,9 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     fs.rmSync(dataDir, { recursive: true, force: true }),
   );
   progress('starting a PostgreSQL 18 source');
-  const source = await sourceServer();
+  const source = await sourceServer({
+    settings: { checkpoint_timeout: `${options.checkpointTimeout}s` },
+  });
   cleanup.add('stopping the source', () => source.remove());
   const target = {
     host: '127.0.0.1',
@@ -126,10 +151,13 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     while (points().length < count) await new Promise((resolve) => setTimeout(resolve, 100));
   };
   await waitForPoints(1);
-  const load = startWriteLoad({ target, clients: options.clients, cleanup });
+  const load = startWriteLoad({ target, clients: options.clients, rate: options.rate, cleanup });
   cleanup.add('stopping the write load', () => load.stop());
   progress(`write load on the source; waiting for ${options.points} restore points under it`);
+  const lsnFrom = await sourceLsn(target);
+  const timeFrom = Date.now();
   await waitForPoints(options.points + 1);
+  const walRate = Number((await sourceLsn(target)) - lsnFrom) / ((Date.now() - timeFrom) / 1000);
 
   // A moment just before each point after the first under load: the most WAL from the one before.
   const ends = points().slice(2, options.points + 1);
@@ -152,7 +180,11 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
       ms,
       recoverMs: Number(made.ms),
       walBytes: Number(parseLsn(String(made.lsn)) - parseLsn(String(from.startLsn))),
+      load: os.loadavg()[0]!,
     });
+    progress(
+      `  ${duration(ms)}: ${bytes(samples.at(-1)!.walBytes)} of WAL replayed, pgbranch ${duration(Number(made.ms))}`,
+    );
   }
   await load.stop();
   return {
@@ -160,8 +192,23 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
     filesystem: 'skipped' in mount ? 'the temporary directory (no reflink)' : 'XFS with reflink',
     copyMode: proxy.ready.copyMode,
     tps: meanTps(load.seconds),
+    walRate,
     samples,
   };
+}
+
+/** The source's current WAL insert position. */
+async function sourceLsn(target: pg.ClientConfig): Promise<bigint> {
+  const client = new pg.Client({ ...target, database: 'postgres' });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ lsn: string }>(
+      'select pg_current_wal_lsn()::text as lsn',
+    );
+    return parseLsn(rows[0]!.lsn);
+  } finally {
+    await client.end();
+  }
 }
 
 /** When a restore point was complete: its id is that moment, written without separators. */
@@ -173,26 +220,42 @@ function pointTime(event: Record<string, unknown>): number {
 
 function report(results: Results, command: string): string {
   const { options, samples } = results;
+  const rates = samples.map((s) => s.walBytes / (s.recoverMs / 1000));
+  const rate = summarize(rates).median;
   return [
     `# ${command}`,
     '',
     `Source: PostgreSQL 18 on loopback, pgbench scale for ${options.gb} GB, ${options.clients} pgbench clients writing ` +
-      `(${results.tps.toFixed(0)} tps on average); restore points every ${options.interval} s on ${results.filesystem} (${results.copyMode}); ` +
-      `${os.cpus().length} cores, ${bytes(os.totalmem())} memory. Each branch is at a moment 0.5 s before a restore point, ` +
-      `so it replays nearly a whole interval of WAL from the point before.`,
+      `(${options.rate > 0 ? `held to ${options.rate} tps, ` : ''}${results.tps.toFixed(0)} tps on average, ${bytes(results.walRate)}/s of WAL), ` +
+      `checkpoint_timeout ${options.checkpointTimeout} s; restore points every ${options.interval} s on ${results.filesystem} (${results.copyMode}); ` +
+      `${os.cpus().length} cores, ${bytes(os.totalmem())} memory; instance settings: ` +
+      `${process.env.PGBRANCH_BRANCH_INSTANCE_SETTINGS || "pgbranch's defaults"}. Each branch is at a moment 0.5 s before a restore point, ` +
+      `so it replays nearly a whole interval of WAL from the point before, and more: from the source's last checkpoint before that point.`,
     '',
     markdownTable(
-      ['moment', 'WAL replayed', 'pgbranch: clone + recovery + promotion', 'connect to first row'],
-      samples.map((s) => [
+      [
+        'moment',
+        'WAL replayed',
+        'pgbranch: clone + recovery + promotion',
+        'WAL per second of it',
+        'connect to first row',
+        'load average',
+      ],
+      samples.map((s, i) => [
         `${duration(s.backMs)} back`,
         bytes(s.walBytes),
         duration(s.recoverMs),
+        `${bytes(rates[i]!)}/s`,
         duration(s.ms),
+        s.load.toFixed(1),
       ]),
     ),
     '',
     `Connect to first row: ${cell(samples.map((s) => s.ms))} (median, min–max); WAL replayed ` +
-      `${bytes(summarize(samples.map((s) => s.walBytes)).median)} (median).`,
+      `${bytes(summarize(samples.map((s) => s.walBytes)).median)} (median), ${bytes(rate)} per second of pgbranch's time ` +
+      `(median; clone and promotion included). At that rate 10 s replays ${bytes(10 * rate)}: with 15-minute restore points ` +
+      `and the source's checkpoints 5 minutes apart (up to about 20 minutes of WAL from a point's start to the moment), ` +
+      `a source writing up to ${bytes((10 * rate) / (20 * 60))}/s of WAL.`,
     '',
   ].join('\n');
 }

@@ -39,6 +39,7 @@ export async function mountReflinkXfs(sizeMB: number): Promise<XfsMount> {
     fs.truncateSync(image, sizeMB * 1024 * 1024);
     await run(mkfs, ['-q', '-m', 'reflink=1', image]);
     await run(mount, ['-o', 'loop', image, dir]);
+    await directIo(image);
   } catch (error) {
     fs.rmSync(base, { recursive: true, force: true });
     const e = error as { stderr?: string; message: string };
@@ -59,6 +60,31 @@ export async function mountReflinkXfs(sizeMB: number): Promise<XfsMount> {
         fs.rmSync(base, { recursive: true, force: true });
       })()),
   };
+}
+
+/**
+ * Switches the image's loop device to direct I/O on its backing file, as a disk of its own would
+ * be. Buffered, every write reaches the host's page cache twice (the XFS's, then the image file's),
+ * and every fsync in the XFS (a commit's WAL flush) becomes an fsync of the whole image file: it
+ * writes out whatever any other server on it left dirty, so one instance's writes stall another's
+ * commits. Where the kernel or losetup can't, the device stays as it was.
+ */
+async function directIo(image: string): Promise<void> {
+  const losetup = findTool('losetup');
+  if (!losetup) return;
+  try {
+    const { stdout } = await run(losetup, [
+      '--noheadings',
+      '--output',
+      'NAME',
+      '--associated',
+      image,
+    ]);
+    const device = stdout.trim().split('\n')[0];
+    if (device) await run(losetup, ['--direct-io=on', device]);
+  } catch {
+    // Buffered, then.
+  }
 }
 
 /**
