@@ -145,6 +145,15 @@ describe('on XFS with reflink', () => {
     if (mount && !('skipped' in mount)) await mount.unmount();
   });
 
+  it('runs the image on a loop device with direct I/O, as a disk of its own', (ctx) => {
+    requireXfs(ctx, mount);
+    const { device } = mount as MountedXfs;
+    expect(device).toMatch(/^\/dev\/loop\d+$/);
+    // The kernel's own word: 1 once the loop device reads and writes its image with O_DIRECT.
+    const dio = fs.readFileSync(`/sys/block/${path.basename(device!)}/loop/dio`, 'utf8');
+    expect(dio.trim()).toBe('1');
+  });
+
   it('detects at start that branches will be clones, and names the filesystem', (ctx) => {
     requireXfs(ctx, mount);
     expect(proxy!.ready.copyMode).toBe('clone');

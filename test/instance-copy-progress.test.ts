@@ -2,9 +2,8 @@
 // the banner says what each copy costs, and a client waiting on one hears how far it is (NOTICEs
 // with percent, size and rate) instead of silence. branch.warm_spare is off (as its auto is where
 // copies are full ones): with it, the copy is made ahead of time and no client waits on it.
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { psql } from './support/clients.js';
+import { connectWithNotices, psql } from './support/clients.js';
 import { startPgbranch, type PgbranchProcess } from './support/pgbranch.js';
 
 vi.setConfig({ testTimeout: 240_000 });
@@ -46,10 +45,7 @@ describe('an instance branch copied in full', () => {
   });
 
   it('tells the waiting client how far the copy is, every second, then that the branch was made', async () => {
-    const notices: string[] = [];
-    const client = new pg.Client(proxy.config('app@progress'));
-    client.on('notice', (notice) => notices.push(notice.message ?? ''));
-    await client.connect();
+    const { client, notices } = await connectWithNotices(proxy.config('app@progress'));
     await client.end();
     const created = proxy.events('branch_created').find((e) => e.branch === 'progress')!;
     expect(created).toBeDefined();

@@ -4,9 +4,8 @@
 // and a pgbranch killed leaves no standby and no replication slot behind once started again.
 import fs from 'node:fs';
 import path from 'node:path';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { connect, psql } from './support/clients.js';
+import { connect, connectWithNotices, psql } from './support/clients.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 
 vi.setConfig({ testTimeout: 240_000 });
@@ -123,10 +122,7 @@ describe('warm spares', () => {
           interval: 10,
         });
         const before = committed;
-        const client = new pg.Client(proxy.config(`app@${branch}`));
-        const notices: string[] = [];
-        client.on('notice', (notice) => notices.push(notice.message ?? ''));
-        await client.connect();
+        const { client, notices } = await connectWithNotices(proxy.config(`app@${branch}`));
         const { rows } = await client.query<{ n: number }>(
           'select count(*)::int as n from counter where id <= $1',
           [before],

@@ -8,9 +8,8 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
-import { connect, psql } from './support/clients.js';
+import { connect, connectWithNotices, psql } from './support/clients.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 import { SUPERUSER_PASSWORD, sourceServer, type SourceServer } from './support/source-server.js';
 import { mountReflinkXfs, type XfsMount } from './support/xfs.js';
@@ -89,13 +88,10 @@ async function moment(): Promise<Date> {
 
 /** Connects to a new branch at `at` through pgbranch: its rows, and the notice it was made with. */
 async function branchAt(branch: string, at: string): Promise<{ ids: number[]; notice: string }> {
-  const notices: string[] = [];
-  const client = new pg.Client({
+  const { client, notices } = await connectWithNotices({
     ...proxy!.config(`app@${branch}`, 'postgres', SUPERUSER_PASSWORD),
     options: `-c pgbranch.at=${at}`,
   });
-  client.on('notice', (notice) => notices.push(notice.message ?? ''));
-  await client.connect();
   try {
     const { rows } = await client.query<{ id: number }>('SELECT id FROM orders ORDER BY id');
     return { ids: rows.map((row) => row.id), notice: notices.join('\n') };

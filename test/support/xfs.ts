@@ -13,6 +13,8 @@ const run = promisify(execFile);
 export interface MountedXfs {
   /** The mount point: world-traversable, so the embedded server's postgres user can use it. */
   dir: string;
+  /** Its loop device (/dev/loopN), or undefined where losetup could not name it. */
+  device: string | undefined;
   /** Unmounts (lazily when something still holds it) and removes the image file. */
   unmount(): Promise<void>;
 }
@@ -33,13 +35,14 @@ export async function mountReflinkXfs(sizeMB: number): Promise<XfsMount> {
   const image = path.join(base, 'xfs.img');
   const dir = path.join(base, 'mnt');
   fs.mkdirSync(dir);
+  let device: string | undefined;
   try {
     // Sparse: the image costs the host only what the test writes into it.
     fs.writeFileSync(image, '');
     fs.truncateSync(image, sizeMB * 1024 * 1024);
     await run(mkfs, ['-q', '-m', 'reflink=1', image]);
     await run(mount, ['-o', 'loop', image, dir]);
-    await directIo(image);
+    device = await directIo(image);
   } catch (error) {
     fs.rmSync(base, { recursive: true, force: true });
     const e = error as { stderr?: string; message: string };
@@ -49,6 +52,7 @@ export async function mountReflinkXfs(sizeMB: number): Promise<XfsMount> {
   let unmounted: Promise<void> | undefined;
   return {
     dir,
+    device,
     unmount: () =>
       (unmounted ??= (async () => {
         try {
@@ -69,9 +73,10 @@ export async function mountReflinkXfs(sizeMB: number): Promise<XfsMount> {
  * writes out whatever any other server on it left dirty, so one instance's writes stall another's
  * commits. Where the kernel or losetup can't, the device stays as it was.
  */
-async function directIo(image: string): Promise<void> {
+async function directIo(image: string): Promise<string | undefined> {
   const losetup = findTool('losetup');
-  if (!losetup) return;
+  if (!losetup) return undefined;
+  let device: string | undefined;
   try {
     const { stdout } = await run(losetup, [
       '--noheadings',
@@ -80,11 +85,12 @@ async function directIo(image: string): Promise<void> {
       '--associated',
       image,
     ]);
-    const device = stdout.trim().split('\n')[0];
+    device = stdout.trim().split('\n')[0] || undefined;
     if (device) await run(losetup, ['--direct-io=on', device]);
   } catch {
     // Buffered, then.
   }
+  return device;
 }
 
 /**
