@@ -315,13 +315,8 @@ export class SourceHistory {
         target: pgDataDir,
         owner,
       });
-      // A copy never takes the label (a copy of a stopped cluster needs none); this one starts
-      // from the backup's checkpoint, and is consistent at its end, only with it.
-      writeOwned(
-        path.join(pgDataDir, 'backup_label'),
-        fs.readFileSync(path.join(pointPg, 'backup_label'), 'utf8'),
-        owner,
-      );
+      // The copy took the point's backup_label: it starts from the backup's checkpoint, and is
+      // consistent at its end, only with it.
       writeOwned(path.join(pgDataDir, 'recovery.signal'), '', owner);
       const restoreDir = path.join(dir, RESTORE_DIR);
       await gatherWal({

@@ -136,6 +136,17 @@ export async function copyCluster(options: CopyClusterOptions): Promise<CopyClus
 async function copyStopped(copier: Copier): Promise<Record<string, never>> {
   const entries = await listTree(copier.source, '', { running: false });
   await copier.copyAll(entries);
+  // A copy taken under the backup API and never started since (a restore point) still needs its
+  // label: without it recovery starts at pg_control's checkpoint, copied last, which may be one
+  // that ended while the files were copied, and the changes before it to files copied earlier
+  // would never be replayed. A cluster that has run since has none (recovery renames it).
+  const label = await fsp
+    .readFile(path.join(copier.source, 'backup_label'), 'utf8')
+    .catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw error;
+    });
+  if (label !== undefined) await copier.writeFile('backup_label', label);
   return {};
 }
 
