@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { connect, psql, queryOnce } from './support/clients.js';
+import { connect, connectWithNotices, psql, queryOnce } from './support/clients.js';
 import { startPgbranch, tempDir, type PgbranchProcess } from './support/pgbranch.js';
 
 const ROLES = Array.from({ length: 15 }, (_, i) => `budget_role_${i + 1}`);
@@ -127,10 +127,7 @@ describe('pool.max_server_connections: auto', () => {
 
   it('reads the server again on RELOAD, with a margin changed in the file', async () => {
     fs.writeFileSync(configFile, 'embedded:\n  max_connections: 30\npool:\n  server_margin: 5\n');
-    const session = new pg.Client({ connectionString: proxy.url('pgbranch') });
-    const notices: string[] = [];
-    session.on('notice', (notice) => notices.push(notice.message ?? ''));
-    await session.connect();
+    const { client: session, notices } = await connectWithNotices(proxy.url('pgbranch'));
     try {
       await session.query('RELOAD');
     } finally {
