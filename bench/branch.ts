@@ -217,9 +217,8 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
       Math.ceil(1000 * Math.max(...options.liveSizes)) +
       8192
     : 0;
-  const hostFreeMib = Math.floor(
-    (fs.statfsSync(os.tmpdir()).bavail * fs.statfsSync(os.tmpdir()).bsize) / 1024 ** 2,
-  );
+  const host = fs.statfsSync(os.tmpdir());
+  const hostFreeMib = Math.floor((host.bavail * host.bsize) / 1024 ** 2);
   const imageMib = Math.min(Math.max(4096, creationMib, liveMib), hostFreeMib - 8192);
   progress(`mounting a reflink XFS (${imageMib} MiB, sparse) for the clone runs`);
   const mount = await mountReflinkXfs(imageMib);

@@ -16,6 +16,7 @@ import pg from 'pg';
 import { startPgbranch } from '../test/support/pgbranch.js';
 import { SUPERUSER_PASSWORD, sourceServer } from '../test/support/source-server.js';
 import { mountReflinkXfs } from '../test/support/xfs.js';
+import { readySpares } from './support/branch-live.js';
 import type { Cleanup } from './support/cleanup.js';
 import { runBenchmark } from './support/main.js';
 import { generatePgbenchCluster } from './support/pgbench-cluster.js';
@@ -142,15 +143,13 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
   });
   await sleep(WARM_UP_MS);
   progress(`waiting for ${options.warmStandbys} warm standby(s) to be ready`);
-  while (proxy.events('spare_ready').length < options.warmStandbys) await sleep(200);
+  await readySpares(proxy, options.warmStandbys);
   const creations: Creation[] = [];
   for (let round = 1; round <= options.branches; round++) {
     await sleep(options.gapMs);
     const readyFrom = Date.now();
     // The n-th branch takes the n-th standby that became ready (the first ones before the loop).
-    const wanted = round + options.warmStandbys - 1;
-    const ready = () => proxy.events('spare_ready').filter((e) => e.parent === null).length;
-    while (options.whenReady && ready() < wanted) await sleep(50);
+    if (options.whenReady) await readySpares(proxy, round + options.warmStandbys - 1);
     const readyWaitMs = Date.now() - readyFrom;
     const branch = `bench-${round}-${randomBytes(3).toString('hex')}`;
     await marker.query('INSERT INTO marker VALUES ($1)', [round]);

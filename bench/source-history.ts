@@ -9,10 +9,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import pg from 'pg';
 import { parseLsn } from '../src/source/lsn.js';
 import { startPgbranch, tempDir } from '../test/support/pgbranch.js';
-import { SUPERUSER_PASSWORD, sourceServer } from '../test/support/source-server.js';
+import {
+  SUPERUSER_PASSWORD,
+  sourceServer,
+  type SourceServer,
+} from '../test/support/source-server.js';
 import { mountReflinkXfs } from '../test/support/xfs.js';
 import type { Cleanup } from './support/cleanup.js';
 import { connectToFirstRow } from './support/first-row.js';
@@ -154,10 +157,10 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
   const load = startWriteLoad({ target, clients: options.clients, rate: options.rate, cleanup });
   cleanup.add('stopping the write load', () => load.stop());
   progress(`write load on the source; waiting for ${options.points} restore points under it`);
-  const lsnFrom = await sourceLsn(target);
+  const lsnFrom = await sourceLsn(source);
   const timeFrom = Date.now();
   await waitForPoints(options.points + 1);
-  const walRate = Number((await sourceLsn(target)) - lsnFrom) / ((Date.now() - timeFrom) / 1000);
+  const walRate = Number((await sourceLsn(source)) - lsnFrom) / ((Date.now() - timeFrom) / 1000);
 
   // A moment just before each point after the first under load: the most WAL from the one before.
   const ends = points().slice(2, options.points + 1);
@@ -198,9 +201,8 @@ async function run(options: Options, cleanup: Cleanup): Promise<Results> {
 }
 
 /** The source's current WAL insert position. */
-async function sourceLsn(target: pg.ClientConfig): Promise<bigint> {
-  const client = new pg.Client({ ...target, database: 'postgres' });
-  await client.connect();
+async function sourceLsn(source: SourceServer): Promise<bigint> {
+  const client = await source.connect();
   try {
     const { rows } = await client.query<{ lsn: string }>(
       'select pg_current_wal_lsn()::text as lsn',

@@ -267,7 +267,11 @@ function splitByMaking(
 }
 
 /** Waits until the root's warm standby has been ready `count` times (the first at the start). */
-async function readySpares(proxy: PgbranchProcess, count: number, timeoutMs = 300_000) {
+export async function readySpares(
+  proxy: PgbranchProcess,
+  count: number,
+  timeoutMs = 300_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (proxy.events('spare_ready').filter((e) => e.parent === null).length < count) {
     if (Date.now() > deadline) {

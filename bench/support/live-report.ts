@@ -20,10 +20,15 @@ function tps(value: number): string {
   return Math.round(value).toLocaleString('en');
 }
 
-function tpsCell(values: number[]): string {
+/** Median (min–max) of `values` written with `format`; 'none' without any. */
+function rangeCell(values: number[], format: (n: number) => string): string {
   if (values.length === 0) return 'none';
   const { median, min, max } = summarize(values);
-  return values.length === 1 ? tps(median) : `${tps(median)} (${tps(min)}–${tps(max)})`;
+  return values.length === 1 ? format(median) : `${format(median)} (${format(min)}–${format(max)})`;
+}
+
+function tpsCell(values: number[]): string {
+  return rangeCell(values, tps);
 }
 
 /** How long past the gap the branches waited for the root's next warm standby. */
@@ -37,11 +42,7 @@ function spareWaits(sizes: LiveSizeResult[]): string {
 
 /** pgbench's mean latency per creation: median (min–max), in ms. */
 function latencyCell(values: number[]): string {
-  const known = values.filter(Number.isFinite);
-  if (known.length === 0) return 'none';
-  const { median, min, max } = summarize(known);
-  const ms = (n: number) => `${n.toFixed(1)} ms`;
-  return known.length === 1 ? ms(median) : `${ms(median)} (${ms(min)}–${ms(max)})`;
+  return rangeCell(values.filter(Number.isFinite), (n) => `${n.toFixed(1)} ms`);
 }
 
 /** bytes() with a true minus sign: free space can grow while a branch is made. */

@@ -31,14 +31,19 @@ export function psql(
   });
 }
 
+/** A node-postgres client for a URL or a config, with `config` over it; not connected yet. */
+function newClient(url: string | pg.ClientConfig, config: pg.ClientConfig): pg.Client {
+  return new pg.Client(
+    typeof url === 'string' ? { connectionString: url, ...config } : { ...url, ...config },
+  );
+}
+
 /** A connected node-postgres client; the caller ends it. */
 export async function connect(
   url: string | pg.ClientConfig,
   config: pg.ClientConfig = {},
 ): Promise<pg.Client> {
-  const client = new pg.Client(
-    typeof url === 'string' ? { connectionString: url, ...config } : { ...url, ...config },
-  );
+  const client = newClient(url, config);
   await client.connect();
   return client;
 }
@@ -51,9 +56,7 @@ export async function connectWithNotices(
   url: string | pg.ClientConfig,
   config: pg.ClientConfig = {},
 ): Promise<{ client: pg.Client; notices: string[] }> {
-  const client = new pg.Client(
-    typeof url === 'string' ? { connectionString: url, ...config } : { ...url, ...config },
-  );
+  const client = newClient(url, config);
   const notices: string[] = [];
   client.on('notice', (notice) => notices.push(notice.message ?? ''));
   await client.connect();
